@@ -42,7 +42,7 @@ def new_upload_id() -> str:
 
 
 def is_job_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_JOB_ID_RE.match(value))
+    return isinstance(value, str) and bool(_JOB_ID_RE.fullmatch(value))
 
 
 def check_job_id(value: object, field: str = "job_id") -> str:
@@ -52,7 +52,7 @@ def check_job_id(value: object, field: str = "job_id") -> str:
 
 
 def check_upload_id(value: object, field: str = "upload_id") -> str:
-    if not (isinstance(value, str) and _UPLOAD_ID_RE.match(value)):
+    if not (isinstance(value, str) and _UPLOAD_ID_RE.fullmatch(value)):
         raise ValueError(f"{field}: must be 32 lowercase hex characters, got {value!r:.80}")
     return value
 
@@ -64,7 +64,7 @@ def check_frame_index(value: object, field: str = "frame") -> int:
 
 
 def check_name(value: object, field: str = "name") -> str:
-    if not (isinstance(value, str) and _NAME_RE.match(value)):
+    if not (isinstance(value, str) and _NAME_RE.fullmatch(value)):
         raise ValueError(
             f"{field}: must be 1-64 characters of a-z, 0-9, '.', '_' or '-', "
             f"starting and ending with a letter or digit, got {value!r:.80}"
@@ -132,6 +132,6 @@ _VALID_KEY_RE = re.compile(
 
 def check_key(value: object, field: str = "key") -> str:
     """Accept only keys of the shapes above (no '..', no absolute paths)."""
-    if not (isinstance(value, str) and _VALID_KEY_RE.match(value) and ".." not in value):
+    if not (isinstance(value, str) and _VALID_KEY_RE.fullmatch(value) and ".." not in value):
         raise ValueError(f"{field}: not a valid store key, got {value!r:.120}")
     return value

@@ -1,0 +1,56 @@
+# ghibli-anim: one-line idea -> Ghibli-style animation.
+# `make demo` and `make test` work on a fresh machine: each sets up .venv first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch goes in first and pinned: an unpinned torch pulls a multi-GB CUDA build
+# on machines that do not need one. Override on GPU boxes if you like.
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= sd15-ghibli
+IDEA ?= a dragon glides over a medieval town at dusk
+FRAMES ?= 8
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help setup proto lint format test bench demo up down logs up-local clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv and install everything (torch pinned first)
+
+proto: setup ## regenerate services/common/pb from proto/
+	$(PY) services/common/protogen.py
+
+lint: setup ## ruff format check + lint
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup ## run the whole test suite (real nats-server and SeaweedFS, tiny models)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: setup ## benchmarks: print figures and ratios
+	$(PY) bench/overhead.py
+
+demo: setup ## render an animation in embedded mode (PROFILE=tiny for the offline smoke run)
+	$(VENV)/bin/ghibli-anim generate "$(IDEA)" --frames $(FRAMES) --profile $(PROFILE)
+
+up-local: setup ## the distributed topology as local processes (no Docker)
+	$(VENV)/bin/ghibli-anim up-local
+
+clean: ## remove caches and runs (keeps .venv)
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""A gRPC server with honest health and reflection, shared by every service.
+
+Health (``grpc.health.v1``) reports SERVING only while every dependency check
+passes (NATS connected, store reachable, models loaded...); checks run every few
+seconds in the background. On shutdown the status turns NOT_SERVING first, so
+load balancers stop sending work before the server goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[None]]  # raises when the dependency is unhealthy
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class ServiceBinding:
+    """A servicer and how to add it to a server."""
+
+    name: str  # full service name, e.g. "animation.v1.AnimationService"
+    add: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+
+
+@dataclass
+class GrpcServer:
+    host: str
+    port: int
+    bindings: Sequence[ServiceBinding]
+    checks: dict[str, Check] = field(default_factory=dict)
+    check_interval_s: float = 2.0
+    max_concurrent_rpcs: int | None = None
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+
+    def __post_init__(self) -> None:
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.bound_port = 0
+        self.last_errors: dict[str, str] = {}
+        self._monitor: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> int:
+        """Bind and start; returns the bound port (useful with port 0)."""
+        self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            interceptors=list(self.interceptors),
+            options=[("grpc.max_receive_message_length", 1024 * 1024)],
+        )
+        for binding in self.bindings:
+            binding.add(binding.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [b.name for b in self.bindings]
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        self.bound_port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.bound_port == 0:
+            raise OSError(f"ANIM_GRPC_PORT: cannot bind {self.host}:{self.port}")
+        await self.server.start()
+        await self.refresh_health()
+        self._monitor = asyncio.create_task(self._watch_health(), name="grpc-health")
+        log.info("grpc listening", extra={"port": self.bound_port, "services": ",".join(names)})
+        return self.bound_port
+
+    async def refresh_health(self) -> bool:
+        """Run every check once and publish the result."""
+        errors: dict[str, str] = {}
+        for name, check in self.checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=max(1.0, self.check_interval_s))
+            except Exception as exc:  # any failure means not serving
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        if errors != self.last_errors and errors:
+            log.warning(
+                "unhealthy", extra={"checks": "; ".join(f"{k}={v}" for k, v in errors.items())}
+            )
+        self.last_errors = errors
+        status = SERVING if not errors and not self._stopping else NOT_SERVING
+        for name in ["", *[b.name for b in self.bindings]]:
+            await self.health.set(name, status)
+        return status == SERVING
+
+    async def _watch_health(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.check_interval_s)
+            await self.refresh_health()
+
+    async def mark_not_serving(self) -> None:
+        """First step of a graceful shutdown: probes fail, traffic moves away."""
+        self._stopping = True
+        if self._monitor:
+            self._monitor.cancel()
+        for name in ["", *[b.name for b in self.bindings]]:
+            await self.health.set(name, NOT_SERVING)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.mark_not_serving()
+        if self.server is not None:
+            await self.server.stop(grace_s)
