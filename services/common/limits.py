@@ -104,7 +104,7 @@ def check_text(field: str, value: object, max_chars: int, *, required: bool) -> 
         raise ValueError(f"{field}: must not be empty")
     if len(value) > max_chars:
         raise ValueError(f"{field}: must be at most {max_chars} characters, got {len(value)}")
-    bad = next((c for c in value if ord(c) < 32 and c not in "\t\n" or c == "\x7f"), None)
+    bad = next((c for c in value if (ord(c) < 32 and c not in "\t\n") or c == "\x7f"), None)
     if bad is not None:
         raise ValueError(f"{field}: must not contain control characters, found {bad!r}")
     return stripped
