@@ -82,6 +82,7 @@ MAX_RETRY_DELAY_S = 300.0
 DEFAULT_RETRY_DELAY_S = 1.0
 
 _JOB_LEVEL_FRAME = -1
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c2e-9a57-4b8e-8f0a-1c2d3e4f5a6b")
 
 
 class BusNotInitialized(RuntimeError):
@@ -479,11 +480,16 @@ def new_event(
     causation_id: str = "",
     **fields: Any,
 ) -> bus_pb2.Event:
-    """An Event with a fresh id and the current time; ``fields`` fill the rest
-    (``reason``, ``key``, ``step``, ``steps``, ``service``, ``retryable``)."""
+    """An Event stamped with the current time; ``fields`` fill the rest
+    (``reason``, ``key``, ``step``, ``steps``, ``service``, ``retryable``).
+
+    The id derives from the event's ``Nats-Msg-Id``: a worker that re-emits an
+    event after a crash produces the same id, so the copy the server drops as a
+    duplicate and the one it kept are the same event, and causation ids that
+    point at either stay valid.
+    """
     event_name(event_type)  # rejects UNSPECIFIED and unknown values
     event = bus_pb2.Event(
-        event_id=uuid.uuid4().hex,
         type=event_type,  # type: ignore[arg-type]
         job_id=check_job_id(job_id),
         frame=frame,
@@ -491,6 +497,7 @@ def new_event(
         causation_id=causation_id,
         **fields,
     )
+    event.event_id = uuid.uuid5(_EVENT_ID_NAMESPACE, event_msg_id(event)).hex
     event.time.GetCurrentTime()
     return event
 

@@ -20,7 +20,7 @@ def test_generated_code_matches_proto(tmp_path):
     generated = sorted(p.name for p in tmp_path.iterdir())
     checked_in = sorted(p.name for p in protogen.OUT_DIR.iterdir() if p.suffix in (".py", ".pyi"))
     assert generated == checked_in
-    match, mismatch, errors = filecmp.cmpfiles(tmp_path, protogen.OUT_DIR, generated, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path, protogen.OUT_DIR, generated, shallow=False)
     assert not mismatch and not errors, f"stale generated code, run `make proto`: {mismatch}"
 
 

@@ -1,0 +1,71 @@
+"""`ghibli-anim models tiny DIR` and `ghibli-anim models fetch PROFILE`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ghibli_anim.common import config
+
+
+def _hub_refs(profile) -> list[tuple[str, str]]:
+    """(field, hub id) of every model a profile loads from the hub."""
+    from ghibli_anim.common import profiles
+
+    refs = [
+        ("base_model", profile.base_model),
+        ("tokenizer", profile.tokenizer),
+        ("controlnet", profile.controlnet),
+        ("depth_model", profile.depth_model),
+        ("tiny_autoencoder", profile.tiny_autoencoder),
+        *((f"loras[{i}]", lora.source) for i, lora in enumerate(profile.loras)),
+    ]
+    out = []
+    for field, ref in refs:
+        if ref and profiles.check_ref(ref, None, field, allow_store=True) == "hub":
+            out.append((field, ref))
+    return out
+
+
+def fetch(profile_name: str) -> int:
+    """Download every hub model of a profile into the Hugging Face cache (HF_HOME)."""
+    from huggingface_hub import snapshot_download
+
+    from ghibli_anim.common import profiles
+
+    settings = config.load("client")
+    profile = profiles.load_profile(profile_name, settings)
+    refs = _hub_refs(profile)
+    if not refs:
+        print(f"profile {profile.name}: no hub models to fetch (local or tiny models only)")
+        return 0
+    seen: set[str] = set()
+    for field, ref in refs:
+        owner, name, *sub = ref.split("/")
+        repo = f"{owner}/{name}"
+        patterns = [f"{'/'.join(sub)}/*"] if sub else None
+        if (repo, str(patterns)) in seen:
+            continue
+        seen.add((repo, str(patterns)))
+        print(f"fetching {field}: {ref}", file=sys.stderr)
+        try:
+            path = snapshot_download(repo, allow_patterns=patterns)
+        except Exception as exc:
+            print(
+                f"error: {field}: cannot download {ref!r} ({type(exc).__name__}: {exc}); "
+                "check the network, HF_TOKEN for gated models, and HF_HOME",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"  -> {path}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.models_command == "tiny":
+        from ghibli_anim.common.tiny_models import write_tiny_models
+
+        out = write_tiny_models(args.dir)
+        print(out)
+        return 0
+    return fetch(args.profile)

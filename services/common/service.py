@@ -1,0 +1,135 @@
+"""Running a service: config, logs, NATS, store, gRPC with health, consumers, drain.
+
+Every service (planner, renderer, depth, assembler) is a ``Service`` subclass
+with its consumers, gRPC servicers and health checks; ``run_service`` runs one
+until a stop event, and ``serve`` is ``ghibli-anim serve NAME``. The embedded
+mode runs several with ``run_service`` on one event loop.
+
+Shutdown (SIGTERM, SIGINT, or the stop event): health turns NOT_SERVING, the
+consumers stop fetching, the message in hand finishes (or is nakked after
+ANIM_SHUTDOWN_GRACE_S), the gRPC server stops, NATS drains, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from ghibli_anim.common import config, logs
+from ghibli_anim.common.bus import Bus, WorkConsumer, connect
+from ghibli_anim.common.config import Settings
+from ghibli_anim.common.grpcserver import GrpcServer, ServiceBinding
+from ghibli_anim.common.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+# A key no job ever has: stat() on it answers "missing" when the store is up.
+_PROBE_KEY = "jobs/00000000000000000000000000000000/plan.json"
+
+
+class Service:
+    """Base class: subclasses fill ``consumers`` in ``start`` and may add servicers."""
+
+    name = "service"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.consumers: list[WorkConsumer] = []
+        self.bus: Bus | None = None
+        self.store: Store | None = None
+
+    async def start(self, bus: Bus, store: Store) -> None:
+        self.bus = bus
+        self.store = store
+
+    def bindings(self) -> list[ServiceBinding]:
+        return []
+
+    def checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {}
+
+    async def close(self) -> None:
+        """Release what ``start`` acquired (after the consumers stopped)."""
+
+
+async def _nats_check(bus: Bus) -> None:
+    if not bus.nc.is_connected:
+        raise ConnectionError("not connected to NATS")
+
+
+async def run_service(
+    service: Service,
+    stop: asyncio.Event,
+    *,
+    ready: Callable[[GrpcServer], None] | None = None,
+) -> None:
+    """Run ``service`` until ``stop`` is set, then shut it down gracefully."""
+    settings = service.settings
+    bus = await connect(settings, f"{service.name}")
+    store = open_store(settings)
+    grace = settings["ANIM_SHUTDOWN_GRACE_S"]
+    server: GrpcServer | None = None
+    try:
+        await service.start(bus, store)
+
+        async def store_check() -> None:
+            await asyncio.to_thread(store.stat, _PROBE_KEY)
+
+        server = GrpcServer(
+            host=settings["ANIM_GRPC_HOST"],
+            port=settings.grpc_port(),
+            bindings=service.bindings(),
+            checks={"nats": lambda: _nats_check(bus), "store": store_check, **service.checks()},
+        )
+        await server.start()
+        for consumer in service.consumers:
+            await consumer.start()
+        log.info("service started", extra={"grpc_port": server.bound_port})
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        if server is not None:
+            await server.mark_not_serving()
+        await asyncio.gather(*(c.stop(grace) for c in service.consumers), return_exceptions=True)
+        try:
+            await service.close()
+        finally:
+            if server is not None:
+                await server.stop(grace_s=2.0)
+            await bus.close()
+    log.info("service stopped")
+
+
+def build(name: str, settings: Settings) -> Service:
+    """The service class of ``name``, imported only now (planner has no torch)."""
+    module = importlib.import_module(f"ghibli_anim.{name}.service")
+    return module.SERVICE(settings)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def serve(name: str) -> int:
+    """``ghibli-anim serve NAME``: exit 0 after a graceful stop."""
+    try:
+        settings = config.load(name)
+    except config.ConfigError as exc:
+        print(f"error: {exc}")
+        return 2
+    logs.setup_from_settings(name, settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_service(build(name, settings), stop)
+
+    asyncio.run(main())
+    return 0

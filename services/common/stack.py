@@ -1,0 +1,200 @@
+"""The distributed topology as local processes: nats-server, SeaweedFS and services.
+
+``LocalStack`` is what ``ghibli-anim up-local`` runs and what the end-to-end,
+chaos and benchmark code drive: the same ``ghibli-anim serve NAME`` processes a
+deployment runs, with the same environment variables, on loopback ports. Each
+service can be killed (SIGKILL, as a crash) and started again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ghibli_anim.common.config import SERVICES
+from ghibli_anim.common.launcher import (
+    LOOPBACK,
+    LauncherError,
+    NatsServer,
+    SeaweedS3,
+    _ChildServer,
+    free_ports,
+)
+
+ACCESS_KEY = "ghibli-local"
+SECRET_KEY = "ghibli-local-secret-change-me"
+BUCKET = "animations"
+
+
+def health_status(target: str, timeout: float = 1.0) -> int | None:
+    """The overall grpc.health.v1 status of ``target``, None when it does not answer."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+    return reply.status
+
+
+class ServiceProcess(_ChildServer):
+    """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING."""
+
+    stop_grace_s = 30.0
+
+    def __init__(self, name: str, folder: Path, env: Mapping[str, str], port: int) -> None:
+        if name not in SERVICES:
+            raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
+        super().__init__(folder, f"{name}.log")
+        self.name = name
+        self.port = port
+        self.env = {**env, "ANIM_GRPC_PORT": str(port), "ANIM_GRPC_HOST": LOOPBACK}
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "ghibli_anim.cli", "serve", self.name]
+
+    def _env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def _ready(self) -> bool:
+        return health_status(self.target, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
+
+    def signal_stop(self, grace: float | None = None) -> None:
+        """SIGTERM and wait (graceful drain), SIGKILL after ``grace``."""
+        self.stop(grace)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+
+class LocalStack:
+    """NATS + S3 + the services, each its own process, on loopback."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        services: Iterable[str] = SERVICES,
+        env: Mapping[str, str] | None = None,
+        replicas: Mapping[str, int] | None = None,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.nats = NatsServer(self.work_dir / "nats")
+        self.s3 = SeaweedS3(self.work_dir / "s3", ACCESS_KEY, SECRET_KEY)
+        self.extra_env = dict(env or {})
+        self.processes: dict[str, list[ServiceProcess]] = {}
+        self._wanted = {name: (replicas or {}).get(name, 1) for name in services}
+
+    def env(self) -> dict[str, str]:
+        """The environment of every service (as compose sets it)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
+        base.update(
+            {
+                "ANIM_NATS_URL": self.nats.url,
+                "ANIM_STORE": "s3",
+                "ANIM_S3_ENDPOINT": self.s3.endpoint,
+                "ANIM_S3_ACCESS_KEY": ACCESS_KEY,
+                "ANIM_S3_SECRET_KEY": SECRET_KEY,
+                "ANIM_S3_BUCKET": BUCKET,
+                "ANIM_S3_REGION": self.s3.region,
+                "ANIM_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        base.update(self.extra_env)
+        return base
+
+    def start(self, timeout: float = 120.0) -> Self:
+        self.nats.start()
+        self.s3.start()
+        self._init()
+        for name, count in self._wanted.items():
+            for _ in range(count):
+                self.add(name, start=False)
+        deadline = time.monotonic() + timeout
+        for procs in self.processes.values():
+            for proc in procs:
+                proc.start(timeout=max(5.0, deadline - time.monotonic()))
+        return self
+
+    def _init(self) -> None:
+        import asyncio
+
+        from ghibli_anim.common import bus, config
+        from ghibli_anim.common.store import S3Store
+
+        settings = config.load("client", self.env())
+        S3Store.from_settings(settings).ensure_bucket()
+
+        async def init() -> None:
+            conn = await bus.connect(settings, "bus-init", first_connect_timeout_s=10)
+            try:
+                await bus.init_bus_from_settings(conn.js, settings)
+            finally:
+                await conn.close()
+
+        asyncio.run(init())
+
+    def add(self, name: str, *, start: bool = True) -> ServiceProcess:
+        """One more replica of ``name`` (its own gRPC port and log file)."""
+        index = len(self.processes.get(name, []))
+        (port,) = free_ports(1)
+        proc = ServiceProcess(
+            name, self.work_dir / "services" / f"{name}-{index}", self.env(), port
+        )
+        self.processes.setdefault(name, []).append(proc)
+        if start:
+            proc.start(timeout=120)
+        return proc
+
+    def service(self, name: str, index: int = 0) -> ServiceProcess:
+        return self.processes[name][index]
+
+    @property
+    def planner_target(self) -> str:
+        return self.service("planner").target
+
+    def logs(self) -> str:
+        """Every service log, for a failing test's report."""
+        parts = []
+        for procs in self.processes.values():
+            for proc in procs:
+                if proc.log_path.exists():
+                    parts.append(f"==> {proc.log_path} <==\n{proc.log_path.read_text()[-4000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        errors = []
+        for procs in self.processes.values():
+            for proc in procs:
+                try:
+                    proc.stop()
+                except LauncherError as exc:  # keep stopping the rest
+                    errors.append(exc)
+        self.s3.stop()
+        self.nats.stop()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

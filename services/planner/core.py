@@ -1,0 +1,232 @@
+"""The planner's job API as plain async Python: create, get, list, cancel, watch.
+
+gRPC (api.py) and the bus request subject both call ``create``; they differ
+only in how they carry errors. Validation happens before anything is written,
+so a bad request leaves no trace in KV or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ghibli_anim.common import bus, keys, limits, seeds
+from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.store import Store
+from ghibli_anim.common.validate import validate_create
+
+log = logging.getLogger(__name__)
+
+_CANCELLABLE = {
+    types_pb2.JOB_STATUS_PENDING,
+    types_pb2.JOB_STATUS_PLANNING,
+    types_pb2.JOB_STATUS_RENDERING,
+    types_pb2.JOB_STATUS_ASSEMBLING,
+}
+_TERMINAL_EVENTS = {
+    bus_pb2.EVENT_TYPE_JOB_COMPLETED,
+    bus_pb2.EVENT_TYPE_JOB_FAILED,
+    bus_pb2.EVENT_TYPE_JOB_CANCELLED,
+}
+_OUTPUT_NAMES = set(keys.OUTPUT_NAMES.values()) | {"manifest.json"}
+
+
+class FailedPrecondition(ValueError):
+    """The job is not in a state that allows the call (FAILED_PRECONDITION)."""
+
+
+@dataclass
+class PlannerCore:
+    bus: bus.Bus
+    jobs: JobStore
+    store: Store
+    profile_names: Collection[str]
+    default_profile: str
+    presign_ttl_s: int = 900
+
+    # -- create -------------------------------------------------------------
+
+    async def create(
+        self, request: animation_pb2.CreateAnimationRequest
+    ) -> animation_pb2.CreateAnimationResponse:
+        req = validate_create(
+            request, profile_names=self.profile_names, default_profile=self.default_profile
+        )
+        if req.storyboard_json:
+            # Shape errors (frame count, fields) are the caller's: refuse now.
+            from ghibli_anim.common.storyboard import parse_storyboard
+
+            try:
+                parse_storyboard(req.storyboard_json, req.frames)
+            except ValueError as exc:
+                raise ValueError(f"storyboard_json: {exc}") from None
+        job_id = keys.new_job_id()
+        if req.idempotency_key:
+            claimed = await self.jobs.claim_idempotency(req.client_id, req.idempotency_key, job_id)
+            if claimed != job_id:
+                try:
+                    state, _ = await self.jobs.get(claimed)
+                    return animation_pb2.CreateAnimationResponse(
+                        job_id=claimed, existing=True, animation=self.view(state, files=False)
+                    )
+                except JobNotFound:
+                    # The first request died between its claim and its create:
+                    # this retry finishes what it started, under the same id.
+                    job_id = claimed
+        if not req.HasField("seed"):
+            req.seed = seeds.new_job_seed()
+        now = Timestamp()
+        now.GetCurrentTime()
+        state = animation_pb2.JobState(
+            job_id=job_id,
+            status=types_pb2.JOB_STATUS_PENDING,
+            request=req,
+            seed=req.seed,
+            frames=req.frames,
+            attempt=1,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.jobs.create(state)
+        created = bus.new_event(
+            bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, 1, "", service="planner"
+        )
+        await bus.publish_event(self.bus.js, created)
+        await bus.publish_work(
+            self.bus.js,
+            "plan",
+            bus_pb2.PlanWork(job_id=job_id, attempt=1, causation_id=created.event_id),
+            job_id=job_id,
+            frame=-1,
+            attempt=1,
+        )
+        log.info("job created", extra={"job_id": job_id, "frames": req.frames})
+        return animation_pb2.CreateAnimationResponse(
+            job_id=job_id, existing=False, animation=self.view(state, files=False)
+        )
+
+    # -- read ---------------------------------------------------------------
+
+    async def get(self, job_id: str) -> animation_pb2.Animation:
+        keys.check_job_id(job_id)
+        state, _ = await self.jobs.get(job_id)
+        return await asyncio.to_thread(self.view, state, True)
+
+    def view(self, state: animation_pb2.JobState, files: bool = True) -> animation_pb2.Animation:
+        """The client's view of a job; with files, presigned URLs of every stored file."""
+        req = state.request
+        anim = animation_pb2.Animation(
+            job_id=state.job_id,
+            status=state.status,
+            frames_total=state.frames,
+            frames_done=sum(1 for f in state.frame_states if f.rendered),
+            error=state.error,
+            seed=state.seed,
+            attempt=state.attempt,
+            title=state.title,
+            planner_backend=state.planner_backend,
+            created_at=state.created_at,
+            updated_at=state.updated_at,
+            profile=req.profile,
+            idea=req.idea,
+        )
+        if files and state.status == types_pb2.JOB_STATUS_COMPLETED:
+            with contextlib.suppress(KeyError):
+                anim.storyboard_json = self.store.get(keys.plan_key(state.job_id)).decode()
+            for key in self.store.list(keys.job_prefix(state.job_id)):
+                info = self.store.stat(key)
+                if info is None:
+                    continue
+                name = key.rsplit("/", 1)[-1]
+                out = types_pb2.OutputFile(
+                    name=name,
+                    key=key,
+                    size_bytes=info.size,
+                    sha256=info.sha256 or "",
+                    content_type=info.content_type or "",
+                    url=self.store.presign_get(key, self.presign_ttl_s),
+                )
+                relative = key[len(keys.job_prefix(state.job_id)) :]
+                (anim.outputs if relative in _OUTPUT_NAMES else anim.frame_files).append(out)
+        return anim
+
+    async def list(
+        self, page_size: int, page_token: str, status: int
+    ) -> animation_pb2.ListAnimationsResponse:
+        size = page_size or limits.DEFAULT_LIST_PAGE_SIZE
+        limits.LIST_PAGE_SIZE.check("page_size", size)
+        if page_token and not keys.is_job_id(page_token):
+            raise ValueError("page_token: must be a token from a previous page")
+        ids = sorted(await self.jobs.list())
+        if page_token:
+            ids = [i for i in ids if i > page_token]
+        out = animation_pb2.ListAnimationsResponse()
+        for job_id in ids:
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue  # deleted meanwhile
+            if status and state.status != status:
+                continue
+            out.animations.append(self.view(state, files=False))
+            if len(out.animations) == size:
+                out.next_page_token = job_id
+                break
+        return out
+
+    # -- cancel -------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> animation_pb2.Animation:
+        keys.check_job_id(job_id)
+
+        def mutate(state: animation_pb2.JobState) -> None:
+            if state.status in _CANCELLABLE:
+                state.status = types_pb2.JOB_STATUS_CANCELLED
+                state.error = "cancelled by the user"
+
+        state = await self.jobs.update(job_id, mutate)
+        if state.status != types_pb2.JOB_STATUS_CANCELLED:
+            raise FailedPrecondition(
+                f"job_id: job {job_id} is {types_pb2.JobStatus.Name(state.status)}, "
+                "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled"
+            )
+        event = bus.new_event(
+            bus_pb2.EVENT_TYPE_JOB_CANCELLED,
+            job_id,
+            -1,
+            state.attempt,
+            state.last_event_id,
+            service="planner",
+            reason="cancelled by the user",
+        )
+        await bus.publish_event(self.bus.js, event)
+        return self.view(state, files=False)
+
+    # -- watch --------------------------------------------------------------
+
+    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[bus_pb2.Event]:
+        """The job's events in order, from after_sequence, until its terminal event."""
+        keys.check_job_id(job_id)
+        state, _ = await self.jobs.get(job_id)  # NOT_FOUND before streaming anything
+        if is_terminal(state.status):
+            # Everything is stored already: replay it and end, even when the
+            # caller is past the terminal event.
+            for event in await bus.read_job_events(
+                self.bus.js, job_id, after_sequence=after_sequence
+            ):
+                yield event
+            return
+        watch = await bus.watch_job_events(self.bus.js, job_id, after_sequence=after_sequence)
+        try:
+            async for event in watch:
+                yield event
+                if event.type in _TERMINAL_EVENTS:
+                    return
+        finally:
+            await watch.close()

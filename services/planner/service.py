@@ -1,0 +1,76 @@
+"""The planner service: AnimationService over gRPC, anim.request.create on the bus,
+planning (durable ``plan``) and the conductor (durable ``conductor``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ghibli_anim.common import bus
+from ghibli_anim.common.grpcserver import ServiceBinding
+from ghibli_anim.common.jobs import JobStore
+from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2
+from ghibli_anim.common.profiles import profile_names
+from ghibli_anim.common.service import Service
+from ghibli_anim.planner.api import AnimationServicer, handle_bus_create
+from ghibli_anim.planner.conductor import Conductor
+from ghibli_anim.planner.core import PlannerCore
+from ghibli_anim.planner.planning import Planner
+
+log = logging.getLogger(__name__)
+
+
+class PlannerService(Service):
+    name = "planner"
+
+    async def start(self, bus_: bus.Bus, store) -> None:
+        await super().start(bus_, store)
+        jobs = await JobStore.open(bus_.js)
+        self.core = PlannerCore(
+            bus=bus_,
+            jobs=jobs,
+            store=store,
+            profile_names=profile_names(self.settings),
+            default_profile=self.settings["ANIM_PROFILE"],
+            presign_ttl_s=self.settings["ANIM_PRESIGN_TTL_S"],
+        )
+        self.planner = Planner(bus=bus_, jobs=jobs, store=store, settings=self.settings)
+        self.conductor = Conductor(bus=bus_, jobs=jobs, store=store)
+
+        async def on_plan(work: bus_pb2.PlanWork, delivery: bus.Delivery) -> None:
+            await self.planner.handle(work)
+
+        async def plan_give_up(work: bus_pb2.PlanWork, failure: bus.Failure) -> None:
+            await self.planner.fail(work.job_id, failure.reason, work.causation_id)
+
+        async def on_event(event: bus_pb2.Event, delivery: bus.Delivery) -> None:
+            await self.conductor.handle(event)
+
+        self.consumers = [
+            bus.work_consumer(bus_.js, "plan", bus_pb2.PlanWork, on_plan, on_give_up=plan_give_up),
+            bus.conductor_consumer(bus_.js, on_event),
+        ]
+
+        async def on_request(msg) -> None:
+            await msg.respond(await handle_bus_create(self.core, msg.data))
+
+        self._request_sub = await bus_.nc.subscribe(
+            bus.REQUEST_CREATE, queue=bus.PLANNER_QUEUE, cb=on_request
+        )
+
+    def bindings(self) -> list[ServiceBinding]:
+        return [
+            ServiceBinding(
+                name=animation_pb2.DESCRIPTOR.services_by_name["AnimationService"].full_name,
+                add=animation_pb2_grpc.add_AnimationServiceServicer_to_server,
+                servicer=AnimationServicer(self.core),
+            )
+        ]
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
+
+
+SERVICE = PlannerService

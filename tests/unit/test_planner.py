@@ -1,0 +1,159 @@
+"""Offline planner, FrameSpec resolution and the conductor's decisions (no transport)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ghibli_anim.common import config, keys, seeds
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.profiles import load_profile, locate_tokenizer
+from ghibli_anim.common.storyboard import Storyboard, parse_storyboard, prompts_with_style
+from ghibli_anim.planner.conductor import assemble_work, next_work
+from ghibli_anim.planner.offline import plan_offline
+from ghibli_anim.planner.resolve import needs_depth, resolve_frames
+from ghibli_anim.planner.tokens import PromptTooLong, TokenCounter
+
+JOB = "ab" * 16
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return config.load("client", {"ANIM_CACHE_DIR": str(cache), "ANIM_STORE": "local"})
+
+
+@pytest.fixture(scope="module")
+def counter(settings):
+    return TokenCounter(locate_tokenizer(load_profile("tiny", settings), settings))
+
+
+IDEAS = [
+    "a dragon glides over a medieval town at dusk",
+    "a girl and her cat ride a bicycle along a seaside road on a summer morning",
+    "a small robot tends a garden on a floating island above the clouds",
+]
+
+
+@pytest.mark.parametrize("idea", IDEAS)
+@pytest.mark.parametrize("frames", [1, 2, 5, 24, 120])
+def test_offline_plan_is_deterministic_distinct_and_fits(idea, frames, counter):
+    board = plan_offline(idea, frames, fits=counter.fits)
+    again = plan_offline(idea, frames, fits=counter.fits)
+    assert board.to_json() == again.to_json()
+    assert len(board.frames) == frames
+    prompts = prompts_with_style(board)
+    assert len({p.casefold() for p in prompts}) == frames
+    assert all(p.endswith(", ghibli style") and idea in p for p in prompts)
+    counter.check(prompts)
+    assert board.planner.offline and board.planner.backend == "offline"
+    # It is a valid storyboard for exactly that many frames.
+    parse_storyboard(board.to_json(), frames)
+
+
+def test_token_counter_names_the_frame(counter):
+    long_prompt = " ".join(["supercalifragilistic"] * 40)
+    with pytest.raises(PromptTooLong, match=r"^frames\[1\]\.prompt: \d+ CLIP tokens"):
+        counter.check(["a cat, ghibli style", long_prompt])
+
+
+def test_offline_plan_sheds_detail_to_fit(counter):
+    idea = " ".join(["a very small dragon with golden wings"] * 6)
+    board = plan_offline(idea, 3, fits=counter.fits)
+    for prompt in prompts_with_style(board):
+        assert counter.fits(prompt) or prompt.startswith(idea)
+
+
+def _board(continuity=("continue",) * 4, palette=("keep",) * 4, strength=(None,) * 4):
+    return Storyboard.model_validate(
+        {
+            "title": "t",
+            "frames": [
+                {"prompt": f"shot {i}", "continuity": c, "palette": p, "strength": s}
+                for i, (c, p, s) in enumerate(zip(continuity, palette, strength, strict=True))
+            ],
+        }
+    )
+
+
+def test_resolve_follows_precedence_and_chains_keys(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(idea="x", frames=4, depth=True, steps=20)
+    board = _board(strength=(None, 0.3, None, None), palette=("keep", "keep", "shift", "keep"))
+    specs = resolve_frames(JOB, req, 100, board, profile)
+    assert [s.seed for s in specs] == [100, 101, 102, 103]
+    assert [s.steps for s in specs] == [20] * 4  # request beats profile
+    assert specs[1].strength == pytest.approx(0.3)  # storyboard hint beats profile
+    assert specs[2].strength == pytest.approx(profile.strength)
+    req.strength = 0.5
+    assert resolve_frames(JOB, req, 100, board, profile)[1].strength == pytest.approx(0.5)
+    assert specs[0].source_key == "" and specs[0].depth_key == ""
+    assert specs[0].continuity == types_pb2.CONTINUITY_CUT
+    for i in (1, 2, 3):
+        assert specs[i].source_key == keys.frame_key(JOB, i - 1)
+        assert specs[i].depth_key == keys.depth_key(JOB, i - 1)
+    assert [s.color_reference_key for s in specs] == [
+        keys.frame_key(JOB, 0),
+        keys.frame_key(JOB, 0),
+        keys.frame_key(JOB, 2),  # palette shift moves the reference
+        keys.frame_key(JOB, 2),
+    ]
+    assert all(s.prompt.endswith(", ghibli style") and s.profile.name == "tiny" for s in specs)
+
+
+def test_a_cut_renders_txt2img_and_resets_the_reference(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(
+        idea="x", frames=4, depth=True, seed_mode=types_pb2.SEED_MODE_FIXED
+    )
+    specs = resolve_frames(
+        JOB, req, 9, _board(continuity=("continue", "continue", "cut", "continue")), profile
+    )
+    assert specs[2].source_key == "" and specs[2].depth_key == ""
+    assert specs[3].color_reference_key == keys.frame_key(JOB, 2)
+    assert {s.seed for s in specs} == {seeds.frame_seed(9, 0, types_pb2.SEED_MODE_FIXED)}
+    assert [needs_depth(specs, i) for i in range(4)] == [True, False, True, False]
+
+
+def _state(n: int, depth: bool, settings) -> animation_pb2.JobState:
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(idea="x", frames=n, depth=depth)
+    board = plan_offline("x", n)
+    state = animation_pb2.JobState(
+        job_id=JOB, status=types_pb2.JOB_STATUS_RENDERING, request=req, attempt=2, profile=profile
+    )
+    state.frame_specs.extend(resolve_frames(JOB, req, 1, board, profile))
+    state.frame_states.extend(types_pb2.FrameState(index=i) for i in range(n))
+    return state
+
+
+def test_conductor_decisions_without_depth(settings):
+    state = _state(3, False, settings)
+    state.frame_states[0].rendered = True
+    state.frame_states[0].rendered_event_id = "e0"
+    step, work = next_work(state, 0)
+    assert step == "render" and work.frame == 1 and work.causation_id == "e0"
+    assert work.attempt == 2 and work.spec == state.frame_specs[1]
+    assert next_work(state, 2) is None
+    for fs in state.frame_states:
+        fs.rendered = True
+        fs.rendered_event_id = f"e{fs.index}"
+    assemble = assemble_work(state)
+    assert isinstance(assemble, bus_pb2.AssembleWork)
+    assert list(assemble.frame_keys) == [keys.frame_key(JOB, i) for i in range(3)]
+    assert list(assemble.depth_keys) == [] and assemble.causation_id == "e2"
+    assert assemble.fps == 8  # profile default
+
+
+def test_conductor_decisions_with_depth(settings):
+    state = _state(3, True, settings)
+    state.frame_states[0].rendered = True
+    state.frame_states[0].rendered_event_id = "r0"
+    step, work = next_work(state, 0)
+    assert step == "depth" and work.frame == 0 and work.causation_id == "r0"
+    assert work.image_key == keys.frame_key(JOB, 0)
+    assert work.output_key == keys.depth_key(JOB, 0)
+    state.frame_states[0].depth_ready = True
+    state.frame_states[0].depth_event_id = "d0"
+    step, work = next_work(state, 0)
+    assert step == "render" and work.frame == 1 and work.causation_id == "d0"
+    assert work.spec.depth_key == keys.depth_key(JOB, 0)
