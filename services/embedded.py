@@ -90,9 +90,7 @@ class EmbeddedStack:
             )
             self.tasks.append(task)
         waits = [asyncio.create_task(e.wait()) for e in started.values()]
-        await asyncio.wait(
-            [*waits, *self.tasks], return_when=asyncio.FIRST_EXCEPTION, timeout=120
-        )
+        await asyncio.wait([*waits, *self.tasks], return_when=asyncio.FIRST_EXCEPTION, timeout=120)
         for task in self.tasks:
             if task.done() and task.exception() is not None:
                 await self.__aexit__(None, None, None)

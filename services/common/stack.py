@@ -24,7 +24,7 @@ from ghibli_anim.common.launcher import (
     LauncherError,
     NatsServer,
     SeaweedS3,
-    _ChildServer,
+    ChildServer,
     free_ports,
 )
 
@@ -45,7 +45,7 @@ def health_status(target: str, timeout: float = 1.0) -> int | None:
     return reply.status
 
 
-class ServiceProcess(_ChildServer):
+class ServiceProcess(ChildServer):
     """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING."""
 
     stop_grace_s = 30.0
