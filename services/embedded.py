@@ -89,17 +89,29 @@ class EmbeddedStack:
                 run_service(service, self.stop, ready=ready(name)), name=f"service-{name}"
             )
             self.tasks.append(task)
-        waits = [asyncio.create_task(e.wait()) for e in started.values()]
-        await asyncio.wait([*waits, *self.tasks], return_when=asyncio.FIRST_EXCEPTION, timeout=120)
-        for task in self.tasks:
-            if task.done() and task.exception() is not None:
-                await self.__aexit__(None, None, None)
-                raise task.exception()
-        for w in waits:
-            w.cancel()
-        if len(self.servers) != len(SERVICES):
+        waits = {asyncio.create_task(e.wait()) for e in started.values()}
+        deadline = asyncio.get_running_loop().time() + 120
+        try:
+            # Until every service is serving, or one of them dies trying.
+            while waits:
+                left = deadline - asyncio.get_running_loop().time()
+                done, _ = await asyncio.wait(
+                    [*waits, *self.tasks],
+                    timeout=max(0.0, left),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    raise TimeoutError("embedded services did not start within 120 s")
+                for task in self.tasks:
+                    if task.done():
+                        exc = task.exception() or RuntimeError(f"{task.get_name()} stopped")
+                        raise exc
+                waits -= done
+        except BaseException:
+            for w in waits:
+                w.cancel()
             await self.__aexit__(None, None, None)
-            raise TimeoutError("embedded services did not start within 120 s")
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -139,6 +151,7 @@ async def _generate(args: argparse.Namespace) -> int:
 
     request = build_request(args)
     settings = config.load("embedded")
+    runs_dir = Path(settings["ANIM_RUNS_DIR"])
     _warn_if_slow(request.profile or settings["ANIM_PROFILE"])
     async with EmbeddedStack() as stack:
         install_stop_signals(stack.stop)
@@ -146,7 +159,7 @@ async def _generate(args: argparse.Namespace) -> int:
             resp = await client.create(request)
             job_id = resp.job_id
             follow_task = asyncio.create_task(
-                follow(client, job_id, out_dir=None, quiet=args.quiet, download=False)
+                follow(client, job_id, out_dir=runs_dir / job_id, quiet=args.quiet, download=False)
             )
             stopped = asyncio.create_task(stack.stop.wait())
             done, _ = await asyncio.wait(
@@ -157,12 +170,9 @@ async def _generate(args: argparse.Namespace) -> int:
                 print(f"interrupted; job {job_id} stopped", file=sys.stderr)
                 return 130
             rc = follow_task.result()
-    job_dir = Path(settings["ANIM_RUNS_DIR"]) / job_id
-    if rc == 0:
-        if args.out is not None:
-            shutil.copytree(job_dir, args.out, dirs_exist_ok=True)
-            job_dir = args.out
-        print(f"output: {job_dir}", file=sys.stderr)
+    if rc == 0 and args.out is not None:
+        shutil.copytree(runs_dir / job_id, args.out, dirs_exist_ok=True)
+        print(f"copied the job's files to {args.out}", file=sys.stderr)
     return rc
 
 

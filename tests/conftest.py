@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from ghibli_anim.common import config, tiny_models
+from ghibli_anim.common.config import Settings
 from ghibli_anim.common.launcher import NatsServer, SeaweedS3
+from ghibli_anim.common.profiles import tiny_dir
 from ghibli_anim.common.store import LocalStore, S3Store
 
 # Credentials of the test SeaweedFS: an Admin identity and a read-only one.
@@ -149,3 +152,32 @@ def local_store(tmp_path: Path) -> LocalStore:
     store = LocalStore(tmp_path / "runs")
     store.ensure_bucket()
     return store
+
+
+# -- tiny models (random weights: frames are noise; tests check plumbing, never looks) --
+
+
+def tiny_env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a CPU process whose tiny models live in ``cache_dir``."""
+    return {
+        "ANIM_CACHE_DIR": str(cache_dir),
+        "ANIM_STORE": "local",
+        "ANIM_DEVICE": "cpu",
+        "ANIM_DTYPE": "float32",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ANIM_CACHE_DIR holding every tiny component (``tiny-v<N>/<component>``)."""
+    cache_dir = tmp_path_factory.mktemp("anim-cache")
+    settings = config.load("client", tiny_env(cache_dir))
+    tiny_models.write_tiny_models(tiny_dir(settings))
+    return cache_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_cache_dir: Path) -> Settings:
+    """Settings of a CPU, float32 process using the session's tiny models."""
+    return config.load("client", tiny_env(tiny_cache_dir))

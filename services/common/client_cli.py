@@ -92,14 +92,9 @@ async def follow(
         return 1
     if download and out_dir is not None:
         download_files([*anim.outputs, *anim.frame_files], job_id, out_dir)
-    where = out_dir if out_dir is not None else "the store"
-    print(
-        f"job {job_id} completed: {len(anim.frame_files)} files and {len(anim.outputs)} "
-        f"outputs in {where}",
-        file=sys.stderr,
-    )
+    print(f"job {job_id} completed ({anim.frames_done} frames)", file=sys.stderr)
     for f in anim.outputs:
-        print(str(out_dir / f.key.split("/", 2)[2]) if out_dir else f.url)
+        print(str(out_dir / f.key.split("/", 2)[2]) if out_dir is not None else f.url)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -93,8 +94,36 @@ def setup(
     root.addHandler(handler)
     root.setLevel(level)
     # Libraries that are chatty at INFO.
-    for noisy in ("httpx", "urllib3", "filelock", "diffusers", "transformers", "nats"):
+    for noisy in ("httpx", "urllib3", "filelock", "nats"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # diffusers and transformers warn about harmless things on every model load
+    # ("modules kept in float32", LoRA key notes); keep their errors only, and
+    # their own progress bars off, unless debugging.
+    quiet = logging.getLevelName(level) > logging.DEBUG
+    for noisy in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if quiet else logging.DEBUG)
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def quiet_ml_libraries() -> None:
+    """Errors only from diffusers and transformers, and no progress bars of theirs.
+
+    They configure their own loggers when first imported (after ``setup``), so
+    the model-loading code calls this once the libraries are in. DEBUG keeps all.
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    import importlib
+
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            lib = importlib.import_module(name)
+        except ImportError:
+            continue
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
 
 
 def setup_from_settings(service: str, settings) -> None:

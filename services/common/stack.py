@@ -21,10 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ghibli_anim.common.config import SERVICES
 from ghibli_anim.common.launcher import (
     LOOPBACK,
+    ChildServer,
     LauncherError,
     NatsServer,
     SeaweedS3,
-    ChildServer,
     free_ports,
 )
 

@@ -56,7 +56,7 @@ _CAMERA = {
     "a quiet look back": {"pan_x": -0.01},
     "closing wide shot": {"zoom": 0.98},
 }
-NOTICE = "offline planner: no LLM configured (set HF_TOKEN or ANIM_PLANNER_BACKEND)"
+NOTICE = "offline planner: the storyboard is derived from the idea without an LLM"
 
 
 def _beat(index: int, frames: int) -> str:

@@ -1,0 +1,320 @@
+"""The chain end to end: four services as OS processes against real NATS and SeaweedFS.
+
+Profile ``tiny`` (random weights): frames are noise, so these tests check
+plumbing, ordering, causation, files and bytes, never looks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import nats
+import pytest
+from PIL import Image
+
+from ghibli_anim.assembler.assemble import count_frames_gif, count_frames_mp4
+from ghibli_anim.common import bus, keys
+from ghibli_anim.common.client import AnimationClient
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.common.store import S3Store
+
+pytestmark = pytest.mark.timeout(600)
+
+E = bus_pb2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_cache_dir):
+    work = tmp_path_factory.mktemp("stack")
+    env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
+    s = LocalStack(work, env=env)
+    try:
+        s.start()
+    except BaseException:
+        print(s.logs())
+        s.stop()
+        raise
+    yield s
+    s.stop()
+
+
+def s3_store(stack: LocalStack) -> S3Store:
+    from ghibli_anim.common import config
+
+    return S3Store.from_settings(config.load("client", stack.env()))
+
+
+def request(**fields) -> animation_pb2.CreateAnimationRequest:
+    base = {"idea": "a dragon glides over a medieval town at dusk", "frames": 5, "seed": 7}
+    base.update(fields)
+    return animation_pb2.CreateAnimationRequest(**base)
+
+
+async def run_job(target: str, req) -> tuple[str, list[bus_pb2.Event], animation_pb2.Animation]:
+    async with AnimationClient(target, timeout_s=30) as client:
+        resp = await client.create(req)
+        events = [ev async for ev in client.watch(resp.job_id)]
+        return resp.job_id, events, await client.get(resp.job_id)
+
+
+def _index(events, kind, frame):
+    return next(n for n, e in enumerate(events) if e.type == kind and e.frame == frame)
+
+
+def test_five_frames_with_depth_over_grpc(stack):
+    job_id, events, anim = asyncio.run(run_job(stack.planner_target, request(depth=True)))
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, stack.logs()
+    assert anim.frames_done == 5 and anim.planner_backend == "offline"
+    seqs = [e.sequence for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert events[0].type == E.EVENT_TYPE_JOB_CREATED
+    assert events[-1].type == E.EVENT_TYPE_JOB_COMPLETED
+    by_id = {e.event_id: e for e in events}
+    for i in range(4):
+        rendered = _index(events, E.EVENT_TYPE_FRAME_RENDERED, i)
+        depth = _index(events, E.EVENT_TYPE_DEPTH_READY, i)
+        started_next = _index(events, E.EVENT_TYPE_FRAME_STARTED, i + 1)
+        assert rendered < depth < started_next
+        # Render work i+1 was caused by depth.ready{i}; depth work i by frame.rendered{i}.
+        assert events[started_next].causation_id == events[depth].event_id
+        assert events[depth].causation_id == events[rendered].event_id
+    first = events[_index(events, E.EVENT_TYPE_FRAME_STARTED, 0)]
+    assert by_id[first.causation_id].type == E.EVENT_TYPE_JOB_PLANNED
+    for e in events:
+        assert e.job_id == job_id and e.HasField("time")
+
+    store = s3_store(stack)
+    prefix = keys.job_prefix(job_id)
+    stored = set(store.list(prefix))
+    frames = {k for k in stored if k.startswith(prefix + "frames/") and k.endswith(".png")}
+    depth_maps = {k for k in stored if k.startswith(prefix + "depth/")}
+    assert frames == {keys.frame_key(job_id, i) for i in range(5)}
+    assert depth_maps == {keys.depth_key(job_id, i) for i in range(4)}
+    for fmt in ("gif", "mp4", "webp"):
+        assert keys.output_key(job_id, fmt) in stored
+    assert {keys.manifest_key(job_id), keys.plan_key(job_id)} <= stored
+    assert count_frames_gif(store.get(keys.output_key(job_id, "gif")))[0] == 5
+    assert count_frames_mp4(store.get(keys.output_key(job_id, "mp4")))[0] == 5
+    names = {o.name for o in anim.outputs}
+    assert {"animation.gif", "animation.mp4", "animation.webp", "manifest.json"} <= names
+    for out in anim.outputs:
+        assert out.url.startswith("http://") and len(out.sha256) == 64
+
+
+def test_job_created_over_the_bus_request_subject(stack):
+    async def main():
+        nc = await nats.connect(stack.nats.url)
+        try:
+            reply = await nc.request(
+                bus.REQUEST_CREATE, request(frames=3).SerializeToString(), timeout=10
+            )
+            out = animation_pb2.CreateReply.FromString(reply.data)
+            assert out.WhichOneof("result") == "response", out
+            bad = await nc.request(
+                bus.REQUEST_CREATE, request(frames=0).SerializeToString(), timeout=10
+            )
+            err = animation_pb2.CreateReply.FromString(bad.data)
+            assert err.error.code == "INVALID_ARGUMENT"
+            assert err.error.message == "frames: must be an integer in 1..120, got 0"
+        finally:
+            await nc.close()
+        async with AnimationClient(stack.planner_target) as client:
+            events = [e async for e in client.watch(out.response.job_id)]
+            return events, await client.get(out.response.job_id)
+
+    events, anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, stack.logs()
+    assert sum(e.type == E.EVENT_TYPE_FRAME_RENDERED for e in events) == 3
+
+
+def _job_count(stack) -> tuple[int, int]:
+    async def kv_keys():
+        nc = await nats.connect(stack.nats.url)
+        try:
+            kv = await nc.jetstream().key_value(bus.JOBS_BUCKET)
+            try:
+                return len(await kv.keys())
+            except nats.js.errors.NoKeysError:
+                return 0
+        finally:
+            await nc.close()
+
+    client = stack.s3.client()
+    objects = len(list(client.list_objects("animations", prefix="jobs/", recursive=True)))
+    return asyncio.run(kv_keys()), objects
+
+
+BAD = [
+    ({"idea": ""}, "idea: must not be empty"),
+    ({"idea": "   "}, "idea: must not be empty"),
+    ({"frames": 0}, "frames: must be an integer in 1..120, got 0"),
+    ({"frames": 121}, "frames: must be an integer in 1..120, got 121"),
+    ({"width": 513}, "width: must be an integer in 64..1024, a multiple of 8, got 513"),
+    ({"profile": "nope"}, "profile: must be one of sd15-ghibli, tiny, got 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD)
+def test_bad_requests_are_refused_and_leave_nothing(stack, fields, message):
+    before = _job_count(stack)
+
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.create(request(**fields))
+            return info.value
+
+    err = asyncio.run(main())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == message
+    assert _job_count(stack) == before
+
+
+@pytest.mark.parametrize("job_id", ["0" * 32, "not-a-job"])
+def test_unknown_or_malformed_job_ids(stack, job_id):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            for call in (client.get, client.cancel):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(job_id)
+                yield info.value
+
+    async def collect():
+        return [e async for e in main()]
+
+    for err in asyncio.run(collect()):
+        expected = (
+            grpc.StatusCode.NOT_FOUND if job_id == "0" * 32 else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert err.code() == expected
+        assert err.details().startswith("job_id:")
+
+
+def test_repeated_idempotency_key_returns_the_same_job(stack):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            req = request(frames=1, idempotency_key="retry-me")
+            first = await client.create(req)
+            second = await client.create(req)
+            [e async for e in client.watch(first.job_id)]
+            return first, second
+
+    before_kv, _ = _job_count(stack)
+    first, second = asyncio.run(main())
+    assert not first.existing and second.existing and first.job_id == second.job_id
+    assert _job_count(stack)[0] == before_kv + 1
+
+
+def test_same_bytes_embedded_and_distributed(stack, tiny_cache_dir, tmp_path, monkeypatch):
+    from ghibli_anim.embedded import EmbeddedStack
+
+    req = request(frames=3, seed=1234, depth=True)
+    job_id, _, anim = asyncio.run(run_job(stack.planner_target, req))
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED
+    store = s3_store(stack)
+    distributed = [store.get(keys.frame_key(job_id, i)) for i in range(3)]
+
+    env = {
+        **os.environ,
+        "ANIM_CACHE_DIR": str(tiny_cache_dir),
+        "ANIM_PROFILE": "tiny",
+        "ANIM_RUNS_DIR": str(tmp_path / "runs"),
+    }
+
+    async def embedded():
+        async with EmbeddedStack(env=env) as emb:
+            return await run_job(emb.planner_target, req)
+
+    local_id, _, local = asyncio.run(embedded())
+    assert local.status == types_pb2.JOB_STATUS_COMPLETED
+    local_frames = [
+        (tmp_path / "runs" / local_id / "frames" / f"{i:04d}.png").read_bytes() for i in range(3)
+    ]
+    assert local_frames == distributed
+    assert Image.open(io.BytesIO(local_frames[0])).size == (64, 64)
+
+
+def test_generate_from_a_subprocess(tiny_cache_dir, tmp_path):
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ANIM_")},
+        "ANIM_CACHE_DIR": str(tiny_cache_dir),
+        "ANIM_RUNS_DIR": str(tmp_path / "runs"),
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ghibli_anim.cli",
+            "generate",
+            "a cat on a roof",
+            "--frames",
+            "3",
+            "--profile",
+            "tiny",
+            "--seed",
+            "3",
+            "--depth",
+            "--format",
+            "gif,mp4,webp,zip",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (job_dir,) = (tmp_path / "runs").iterdir()
+    assert keys.is_job_id(job_dir.name)
+    files = {str(p.relative_to(job_dir)) for p in job_dir.rglob("*") if p.is_file()}
+    assert files == {
+        "plan.json",
+        "plan_attempts.json",
+        "manifest.json",
+        "frames/0000.png",
+        "frames/0001.png",
+        "frames/0002.png",
+        "frames/0000.json",
+        "frames/0001.json",
+        "frames/0002.json",
+        "depth/0000.png",
+        "depth/0001.png",
+        "animation.gif",
+        "animation.mp4",
+        "animation.webp",
+        "frames.zip",
+    }
+    assert "notice: offline planner" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["planner", "assembler"])
+def test_serve_starts_where_torch_cannot_be_imported(stack, tmp_path, name):
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        sys.modules["diffusers"] = None
+    """)
+    )
+    env = {**stack.env(), "PYTHONPATH": str(blocker)}
+    from ghibli_anim.common.launcher import free_port
+
+    proc = ServiceProcess(name, tmp_path / name, env, free_port())
+    try:
+        proc.start(timeout=60)
+        assert health_status(proc.target) == 1  # SERVING
+    finally:
+        proc.stop()
+    check = subprocess.run(
+        [sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True
+    )
+    assert check.returncode != 0  # the blocker really blocks

@@ -1,0 +1,249 @@
+"""Profiles: the built-in file, overrides, and where model references may point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ghibli_anim.common import config, profiles, tiny_models
+from ghibli_anim.common.config import Settings
+
+PROFILE = """
+[profiles.mine]
+base_model = "{base}"
+scheduler = "ddim"
+width = 96
+height = 64
+steps = 12
+guidance = 7
+strength = 0.3
+"""
+
+
+def _settings(tmp_path: Path, **extra: str) -> Settings:
+    env = {"ANIM_CACHE_DIR": str(tmp_path / "cache"), "ANIM_STORE": "local", **extra}
+    return config.load("client", env)
+
+
+def _file_settings(tmp_path: Path, text: str, **extra: str) -> Settings:
+    path = tmp_path / "profiles.toml"
+    path.write_text(text)
+    return _settings(tmp_path, ANIM_PROFILES_FILE=str(path), **extra)
+
+
+def test_built_in_names(tmp_path: Path) -> None:
+    assert profiles.profile_names(_settings(tmp_path)) == ["sd15-ghibli", "tiny"]
+
+
+def test_default_profile_is_the_papers(tmp_path: Path) -> None:
+    p = profiles.load_profile(None, _settings(tmp_path))
+    assert p.name == "sd15-ghibli"
+    assert p.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert p.tokenizer == "stable-diffusion-v1-5/stable-diffusion-v1-5/tokenizer"
+    assert [(lo.source, round(lo.scale, 6)) for lo in p.loras] == [
+        ("ibrahim7004/ghibli-stableDiff-finetuned", 0.8)
+    ]
+    assert p.controlnet == "lllyasviel/sd-controlnet-depth"
+    assert p.depth_model == "depth-anything/Depth-Anything-V2-Small-hf"
+    assert (p.width, p.height, p.steps, p.fps) == (512, 512, 50, 8)
+    assert (p.guidance, round(p.strength, 6), p.controlnet_scale) == (8.5, 0.15, 1.0)
+    assert p.style == "ghibli style" and "watermark" in p.negative_prompt
+
+
+def test_tiny_profile_names_only_tiny_models(tmp_path: Path) -> None:
+    p = profiles.load_profile("tiny", _settings(tmp_path))
+    refs = [p.base_model, p.tokenizer, p.controlnet, p.depth_model]
+    assert all(ref.startswith("tiny:") for ref in refs)
+    assert (p.width, p.height, p.steps, p.fps, p.guidance) == (64, 64, 10, 8, 8.5)
+    assert list(p.loras) == []
+
+
+def test_unknown_profile(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        profiles.load_profile("x", _settings(tmp_path))
+    assert str(info.value) == "profile: must be one of sd15-ghibli, tiny, got 'x'"
+
+
+def test_anim_profile_picks_the_default(tmp_path: Path) -> None:
+    assert profiles.load_profile("", _settings(tmp_path, ANIM_PROFILE="tiny")).name == "tiny"
+
+
+def test_file_override_replaces_the_built_in_file(tmp_path: Path) -> None:
+    settings = _file_settings(tmp_path, PROFILE.format(base="owner/model"))
+    assert profiles.profile_names(settings) == ["mine"]
+    p = profiles.load_profile("mine", settings)
+    assert (p.scheduler, p.width, p.guidance, p.fps, p.controlnet_scale) == ("DDIM", 96, 7.0, 8, 1)
+    assert p.tokenizer == "owner/model/tokenizer"  # the base model's, when left out
+    with pytest.raises(ValueError, match=r"^profile: must be one of mine, got 'tiny'$"):
+        profiles.load_profile("tiny", settings)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("widht = 64", r"^profiles\.mine\.widht: unknown field"),
+        ("fps = 0", r"^profiles\.mine\.fps: must be an integer in 1\.\.60, got 0"),
+        ('controlnet = "a/../b"', r"^profiles\.mine\.controlnet: must be a hub id"),
+        ('depth_model = "tiny:unet"', r"^profiles\.mine\.depth_model: tiny component must be"),
+        ("[[profiles.mine.loras]]\nscale = 1.0", r"^profiles\.mine\.loras\[0\]\.source: required"),
+        (
+            '[[profiles.mine.loras]]\nsource = "store://loras/Bad Name"',
+            r"^profiles\.mine\.loras\[0\]\.source \(LoRA name\): must be",
+        ),
+        (
+            '[[profiles.mine.loras]]\nsource = "a/b"\nscale = 3',
+            r"^profiles\.mine\.loras\[0\]\.scale: must be a number in \[-2, 2\]",
+        ),
+    ],
+)
+def test_bad_entries_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
+    settings = _file_settings(tmp_path, PROFILE.format(base="owner/model") + extra + "\n")
+    with pytest.raises(ValueError, match=message):
+        profiles.load_profile("mine", settings)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("width = 96", 'width = "96"', r"^profiles\.mine\.width: must be an integer"),
+        ("width = 96", "width = 100", r"^profiles\.mine\.width: .* a multiple of 8, got 100"),
+        ('scheduler = "ddim"', 'scheduler = "k_lms"', r"^profiles\.mine\.scheduler: must be one"),
+        ("strength = 0.3", "", r"^profiles\.mine\.strength: required$"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
+    text = PROFILE.format(base="owner/model").replace(old, new)
+    with pytest.raises(ValueError, match=message):
+        profiles.load_profile("mine", _file_settings(tmp_path, text))
+
+
+def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, ANIM_PROFILES_FILE=str(tmp_path / "nope.toml"))
+    with pytest.raises(ValueError, match=r"^ANIM_PROFILES_FILE: cannot read"):
+        profiles.profile_names(settings)
+    with pytest.raises(ValueError, match=r"^ANIM_PROFILES_FILE: invalid TOML"):
+        profiles.profile_names(_file_settings(tmp_path, "[profiles.x\n"))
+
+
+def test_local_path_inside_a_model_root(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "sd").mkdir(parents=True)
+    settings = _file_settings(
+        tmp_path, PROFILE.format(base=f"{root}/sd"), ANIM_MODEL_ROOTS=str(root)
+    )
+    p = profiles.load_profile("mine", settings)
+    assert profiles.locate(p.base_model, settings) == str((root / "sd").resolve())
+    with pytest.raises(ValueError, match=r"^model: path .* does not exist"):
+        profiles.locate(f"{root}/missing", settings)
+
+
+def test_path_outside_the_model_roots_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    text = PROFILE.format(base=str(tmp_path / "elsewhere"))
+    settings = _file_settings(tmp_path, text, ANIM_MODEL_ROOTS=str(root))
+    with pytest.raises(ValueError, match=r"^profiles\.mine\.base_model: path .* is outside"):
+        profiles.load_profile("mine", settings)
+
+
+def test_dot_dot_escape_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
+    with pytest.raises(ValueError) as info:
+        profiles.locate(f"{root}/../../etc", settings, field="profile.controlnet")
+    message = str(info.value)
+    assert message.startswith("profile.controlnet: path ") and "'..' leads to" in message
+
+
+def test_symlink_escape_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "link").symlink_to(tmp_path)
+    settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
+    with pytest.raises(ValueError, match=r"^depth_model: path .* is outside ANIM_MODEL_ROOTS"):
+        profiles.locate(f"{root}/link", settings, field="depth_model")
+
+
+def test_local_paths_need_model_roots(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^base_model: local path .* ANIM_MODEL_ROOTS names no"):
+        profiles.locate(str(tmp_path), _settings(tmp_path), field="base_model")
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind"),
+    [
+        ("owner/name", "hub"),
+        ("owner/name/sub/folder", "hub"),
+        ("tiny:pipeline", "tiny"),
+        ("store://loras/my-style", "store"),
+    ],
+)
+def test_reference_kinds(tmp_path: Path, ref: str, kind: str) -> None:
+    assert profiles.check_ref(ref, _settings(tmp_path), "ref", allow_store=True) == kind
+
+
+@pytest.mark.parametrize(
+    "ref", ["name-only", "owner/../name", "http://example.com/m", "owner/na me", "", " a/b"]
+)
+def test_bad_references(tmp_path: Path, ref: str) -> None:
+    with pytest.raises(ValueError, match=r"^ref: "):
+        profiles.check_ref(ref, _settings(tmp_path), "ref")
+
+
+def test_hub_ids_pass_through_and_store_refs_are_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert profiles.locate("owner/name", settings) == "owner/name"
+    with pytest.raises(ValueError, match=r"^lora: store:// references are allowed for LoRAs"):
+        profiles.locate("store://loras/x", settings, field="lora")
+    with pytest.raises(ValueError, match=r"^lora: store://loras/x is in the object store"):
+        profiles.locate("store://loras/x", settings, field="lora", allow_store=True)
+
+
+def test_tiny_references_build_on_first_use(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    path = Path(profiles.locate("tiny:tokenizer", settings))
+    assert path == tmp_path / "cache" / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
+    assert sorted(p.name for p in path.iterdir()) == sorted(tiny_models.tokenizer_files())
+    assert profiles.locate("tiny:tokenizer", settings) == str(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [("ddim", "DDIM"), ("euler_a", "EulerA"), ("dpm++ karras", "DPM++ Karras"), ("LCM", "LCM")],
+)
+def test_scheduler_names(name: str, canonical: str) -> None:
+    assert profiles.check_scheduler(name) == canonical
+
+
+def test_hub_subfolder_comes_from_the_hub_cache(tmp_path: Path) -> None:
+    """``owner/name/tokenizer`` resolves offline from HF_HOME, without torch."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--owner--name"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    tiny_models.write_tokenizer(repo / "snapshots" / commit / "tokenizer")
+    code = (
+        "import sys\n"
+        "from ghibli_anim.common import config, profiles\n"
+        "s = config.load('client')\n"
+        "print(profiles.locate('owner/name/tokenizer', s, field='profile.tokenizer'))\n"
+        "try:\n"
+        "    profiles.locate('owner/name/nothing', s, field='profile.tokenizer')\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found, missing = done.stdout.strip().splitlines()
+    assert Path(found) == repo / "snapshots" / commit / "tokenizer"
+    assert missing == "profile.tokenizer: hub repository owner/name has no folder 'nothing'"
