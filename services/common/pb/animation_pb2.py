@@ -27,7 +27,7 @@ from ghibli_anim.common.pb import bus_pb2 as animation_dot_v1_dot_bus__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61nimation/v1/animation.proto\x12\x0c\x61nimation.v1\x1a\x18\x61nimation/v1/types.proto\x1a\x16\x61nimation/v1/bus.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x03\n\x16\x43reateAnimationRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0c\n\x04idea\x18\x02 \x01(\t\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x11\n\x04seed\x18\x05 \x01(\rH\x00\x88\x01\x01\x12)\n\tseed_mode\x18\x06 \x01(\x0e\x32\x16.animation.v1.SeedMode\x12\x12\n\x05width\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06height\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05steps\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x15\n\x08guidance\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x15\n\x08strength\x18\x0b \x01(\x02H\x05\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0c \x01(\t\x12\x10\n\x03\x66ps\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x0f\n\x07\x66ormats\x18\x0e \x03(\t\x12\r\n\x05\x64\x65pth\x18\x0f \x01(\x08\x12\x17\n\x0fstoryboard_json\x18\x10 \x01(\t\x12\x11\n\tclient_id\x18\x11 \x01(\tB\x07\n\x05_seedB\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x0b\n\t_guidanceB\x0b\n\t_strengthB\x06\n\x04_fps\"g\n\x17\x43reateAnimationResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\x12*\n\tanimation\x18\x03 \x01(\x0b\x32\x17.animation.v1.Animation\"\xb7\x03\n\tAnimation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.animation.v1.JobStatus\x12\x14\n\x0c\x66rames_total\x18\x03 \x01(\x05\x12\x13\n\x0b\x66rames_done\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\r\n\x05title\x18\x08 \x01(\t\x12\x17\n\x0fstoryboard_json\x18\t \x01(\t\x12\x17\n\x0fplanner_backend\x18\n \x01(\t\x12)\n\x07outputs\x18\x0b \x03(\x0b\x32\x18.animation.v1.OutputFile\x12-\n\x0b\x66rame_files\x18\x0c \x03(\x0b\x32\x18.animation.v1.OutputFile\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07profile\x18\x0f \x01(\t\x12\x0c\n\x04idea\x18\x10 \x01(\t\"%\n\x13GetAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15WatchAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"(\n\x16\x43\x61ncelAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"(\n\x16ResumeAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x15ListAnimationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.animation.v1.JobStatus\"^\n\x16ListAnimationsResponse\x12+\n\nanimations\x18\x01 \x03(\x0b\x32\x17.animation.v1.Animation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x16\x44\x65leteAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x17\x44\x65leteAnimationResponse\x12\x17\n\x0fobjects_deleted\x18\x01 \x01(\x05\"?\n\x13\x43reateUploadRequest\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"w\n\x14\x43reateUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07put_url\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0b\x43reateReply\x12\x39\n\x08response\x18\x01 \x01(\x0b\x32%.animation.v1.CreateAnimationResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.animation.v1.BusErrorH\x00\x42\x08\n\x06result\")\n\x08\x42usError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x04\n\x08JobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.animation.v1.JobStatus\x12\x35\n\x07request\x18\x03 \x01(\x0b\x32$.animation.v1.CreateAnimationRequest\x12\x0c\n\x04seed\x18\x04 \x01(\r\x12\x0e\n\x06\x66rames\x18\x05 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12,\n\x0b\x66rame_specs\x18\x07 \x03(\x0b\x32\x17.animation.v1.FrameSpec\x12.\n\x0c\x66rame_states\x18\x08 \x03(\x0b\x32\x18.animation.v1.FrameState\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\r\n\x05title\x18\n \x01(\t\x12\x17\n\x0fplanner_backend\x18\x0b \x01(\t\x12&\n\x07profile\x18\x0c \x01(\x0b\x32\x15.animation.v1.Profile\x12)\n\x07outputs\x18\r \x03(\x0b\x32\x18.animation.v1.OutputFile\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_event_id\x18\x10 \x01(\t2\xc4\x05\n\x10\x41nimationService\x12^\n\x0f\x43reateAnimation\x12$.animation.v1.CreateAnimationRequest\x1a%.animation.v1.CreateAnimationResponse\x12J\n\x0cGetAnimation\x12!.animation.v1.GetAnimationRequest\x1a\x17.animation.v1.Animation\x12L\n\x0eWatchAnimation\x12#.animation.v1.WatchAnimationRequest\x1a\x13.animation.v1.Event0\x01\x12P\n\x0f\x43\x61ncelAnimation\x12$.animation.v1.CancelAnimationRequest\x1a\x17.animation.v1.Animation\x12P\n\x0fResumeAnimation\x12$.animation.v1.ResumeAnimationRequest\x1a\x17.animation.v1.Animation\x12[\n\x0eListAnimations\x12#.animation.v1.ListAnimationsRequest\x1a$.animation.v1.ListAnimationsResponse\x12^\n\x0f\x44\x65leteAnimation\x12$.animation.v1.DeleteAnimationRequest\x1a%.animation.v1.DeleteAnimationResponse\x12U\n\x0c\x43reateUpload\x12!.animation.v1.CreateUploadRequest\x1a\".animation.v1.CreateUploadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61nimation/v1/animation.proto\x12\x0c\x61nimation.v1\x1a\x18\x61nimation/v1/types.proto\x1a\x16\x61nimation/v1/bus.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x05\n\x16\x43reateAnimationRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0c\n\x04idea\x18\x02 \x01(\t\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x05\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\x11\n\x04seed\x18\x05 \x01(\rH\x00\x88\x01\x01\x12)\n\tseed_mode\x18\x06 \x01(\x0e\x32\x16.animation.v1.SeedMode\x12\x12\n\x05width\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06height\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05steps\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x15\n\x08guidance\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x15\n\x08strength\x18\x0b \x01(\x02H\x05\x88\x01\x01\x12\x17\n\x0fnegative_prompt\x18\x0c \x01(\t\x12\x10\n\x03\x66ps\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x0f\n\x07\x66ormats\x18\x0e \x03(\t\x12\r\n\x05\x64\x65pth\x18\x0f \x01(\x08\x12\x17\n\x0fstoryboard_json\x18\x10 \x01(\t\x12\x11\n\tclient_id\x18\x11 \x01(\t\x12\r\n\x05loras\x18\x12 \x03(\t\x12\x12\n\nbase_model\x18\x13 \x01(\t\x12\x12\n\ncontrolnet\x18\x14 \x01(\t\x12\x16\n\x0einit_upload_id\x18\x15 \x01(\t\x12\x0e\n\x06preset\x18\x16 \x01(\t\x12\x18\n\x10truncate_prompts\x18\x17 \x01(\x08\x12\x17\n\x0f\x63olor_coherence\x18\x18 \x01(\t\x12\x13\n\x0binterpolate\x18\x19 \x01(\x05\x12\x0e\n\x06\x63\x61mera\x18\x1a \x01(\t\x12\x19\n\x11strength_schedule\x18\x1b \x01(\t\x12\x19\n\x11guidance_schedule\x18\x1c \x01(\t\x12\x0f\n\x07sharpen\x18\x1d \x01(\t\x12\x15\n\rblend_prompts\x18\x1e \x01(\x08\x42\x07\n\x05_seedB\x08\n\x06_widthB\t\n\x07_heightB\x08\n\x06_stepsB\x0b\n\t_guidanceB\x0b\n\t_strengthB\x06\n\x04_fps\"g\n\x17\x43reateAnimationResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\x12*\n\tanimation\x18\x03 \x01(\x0b\x32\x17.animation.v1.Animation\"\xb7\x03\n\tAnimation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.animation.v1.JobStatus\x12\x14\n\x0c\x66rames_total\x18\x03 \x01(\x05\x12\x13\n\x0b\x66rames_done\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\r\n\x05title\x18\x08 \x01(\t\x12\x17\n\x0fstoryboard_json\x18\t \x01(\t\x12\x17\n\x0fplanner_backend\x18\n \x01(\t\x12)\n\x07outputs\x18\x0b \x03(\x0b\x32\x18.animation.v1.OutputFile\x12-\n\x0b\x66rame_files\x18\x0c \x03(\x0b\x32\x18.animation.v1.OutputFile\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07profile\x18\x0f \x01(\t\x12\x0c\n\x04idea\x18\x10 \x01(\t\"%\n\x13GetAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15WatchAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"(\n\x16\x43\x61ncelAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"(\n\x16ResumeAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x15ListAnimationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.animation.v1.JobStatus\"^\n\x16ListAnimationsResponse\x12+\n\nanimations\x18\x01 \x03(\x0b\x32\x17.animation.v1.Animation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x16\x44\x65leteAnimationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x17\x44\x65leteAnimationResponse\x12\x17\n\x0fobjects_deleted\x18\x01 \x01(\x05\"?\n\x13\x43reateUploadRequest\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"w\n\x14\x43reateUploadResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07put_url\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x0b\x43reateReply\x12\x39\n\x08response\x18\x01 \x01(\x0b\x32%.animation.v1.CreateAnimationResponseH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.animation.v1.BusErrorH\x00\x42\x08\n\x06result\")\n\x08\x42usError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x04\n\x08JobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.animation.v1.JobStatus\x12\x35\n\x07request\x18\x03 \x01(\x0b\x32$.animation.v1.CreateAnimationRequest\x12\x0c\n\x04seed\x18\x04 \x01(\r\x12\x0e\n\x06\x66rames\x18\x05 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12,\n\x0b\x66rame_specs\x18\x07 \x03(\x0b\x32\x17.animation.v1.FrameSpec\x12.\n\x0c\x66rame_states\x18\x08 \x03(\x0b\x32\x18.animation.v1.FrameState\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\r\n\x05title\x18\n \x01(\t\x12\x17\n\x0fplanner_backend\x18\x0b \x01(\t\x12&\n\x07profile\x18\x0c \x01(\x0b\x32\x15.animation.v1.Profile\x12)\n\x07outputs\x18\r \x03(\x0b\x32\x18.animation.v1.OutputFile\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_event_id\x18\x10 \x01(\t2\xc4\x05\n\x10\x41nimationService\x12^\n\x0f\x43reateAnimation\x12$.animation.v1.CreateAnimationRequest\x1a%.animation.v1.CreateAnimationResponse\x12J\n\x0cGetAnimation\x12!.animation.v1.GetAnimationRequest\x1a\x17.animation.v1.Animation\x12L\n\x0eWatchAnimation\x12#.animation.v1.WatchAnimationRequest\x1a\x13.animation.v1.Event0\x01\x12P\n\x0f\x43\x61ncelAnimation\x12$.animation.v1.CancelAnimationRequest\x1a\x17.animation.v1.Animation\x12P\n\x0fResumeAnimation\x12$.animation.v1.ResumeAnimationRequest\x1a\x17.animation.v1.Animation\x12[\n\x0eListAnimations\x12#.animation.v1.ListAnimationsRequest\x1a$.animation.v1.ListAnimationsResponse\x12^\n\x0f\x44\x65leteAnimation\x12$.animation.v1.DeleteAnimationRequest\x1a%.animation.v1.DeleteAnimationResponse\x12U\n\x0c\x43reateUpload\x12!.animation.v1.CreateUploadRequest\x1a\".animation.v1.CreateUploadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,37 +35,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'animation.v1.animation_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEANIMATIONREQUEST']._serialized_start=130
-  _globals['_CREATEANIMATIONREQUEST']._serialized_end=588
-  _globals['_CREATEANIMATIONRESPONSE']._serialized_start=590
-  _globals['_CREATEANIMATIONRESPONSE']._serialized_end=693
-  _globals['_ANIMATION']._serialized_start=696
-  _globals['_ANIMATION']._serialized_end=1135
-  _globals['_GETANIMATIONREQUEST']._serialized_start=1137
-  _globals['_GETANIMATIONREQUEST']._serialized_end=1174
-  _globals['_WATCHANIMATIONREQUEST']._serialized_start=1176
-  _globals['_WATCHANIMATIONREQUEST']._serialized_end=1239
-  _globals['_CANCELANIMATIONREQUEST']._serialized_start=1241
-  _globals['_CANCELANIMATIONREQUEST']._serialized_end=1281
-  _globals['_RESUMEANIMATIONREQUEST']._serialized_start=1283
-  _globals['_RESUMEANIMATIONREQUEST']._serialized_end=1323
-  _globals['_LISTANIMATIONSREQUEST']._serialized_start=1325
-  _globals['_LISTANIMATIONSREQUEST']._serialized_end=1428
-  _globals['_LISTANIMATIONSRESPONSE']._serialized_start=1430
-  _globals['_LISTANIMATIONSRESPONSE']._serialized_end=1524
-  _globals['_DELETEANIMATIONREQUEST']._serialized_start=1526
-  _globals['_DELETEANIMATIONREQUEST']._serialized_end=1566
-  _globals['_DELETEANIMATIONRESPONSE']._serialized_start=1568
-  _globals['_DELETEANIMATIONRESPONSE']._serialized_end=1618
-  _globals['_CREATEUPLOADREQUEST']._serialized_start=1620
-  _globals['_CREATEUPLOADREQUEST']._serialized_end=1683
-  _globals['_CREATEUPLOADRESPONSE']._serialized_start=1685
-  _globals['_CREATEUPLOADRESPONSE']._serialized_end=1804
-  _globals['_CREATEREPLY']._serialized_start=1806
-  _globals['_CREATEREPLY']._serialized_end=1929
-  _globals['_BUSERROR']._serialized_start=1931
-  _globals['_BUSERROR']._serialized_end=1972
-  _globals['_JOBSTATE']._serialized_start=1975
-  _globals['_JOBSTATE']._serialized_end=2495
-  _globals['_ANIMATIONSERVICE']._serialized_start=2498
-  _globals['_ANIMATIONSERVICE']._serialized_end=3206
+  _globals['_CREATEANIMATIONREQUEST']._serialized_end=865
+  _globals['_CREATEANIMATIONRESPONSE']._serialized_start=867
+  _globals['_CREATEANIMATIONRESPONSE']._serialized_end=970
+  _globals['_ANIMATION']._serialized_start=973
+  _globals['_ANIMATION']._serialized_end=1412
+  _globals['_GETANIMATIONREQUEST']._serialized_start=1414
+  _globals['_GETANIMATIONREQUEST']._serialized_end=1451
+  _globals['_WATCHANIMATIONREQUEST']._serialized_start=1453
+  _globals['_WATCHANIMATIONREQUEST']._serialized_end=1516
+  _globals['_CANCELANIMATIONREQUEST']._serialized_start=1518
+  _globals['_CANCELANIMATIONREQUEST']._serialized_end=1558
+  _globals['_RESUMEANIMATIONREQUEST']._serialized_start=1560
+  _globals['_RESUMEANIMATIONREQUEST']._serialized_end=1600
+  _globals['_LISTANIMATIONSREQUEST']._serialized_start=1602
+  _globals['_LISTANIMATIONSREQUEST']._serialized_end=1705
+  _globals['_LISTANIMATIONSRESPONSE']._serialized_start=1707
+  _globals['_LISTANIMATIONSRESPONSE']._serialized_end=1801
+  _globals['_DELETEANIMATIONREQUEST']._serialized_start=1803
+  _globals['_DELETEANIMATIONREQUEST']._serialized_end=1843
+  _globals['_DELETEANIMATIONRESPONSE']._serialized_start=1845
+  _globals['_DELETEANIMATIONRESPONSE']._serialized_end=1895
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=1897
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=1960
+  _globals['_CREATEUPLOADRESPONSE']._serialized_start=1962
+  _globals['_CREATEUPLOADRESPONSE']._serialized_end=2081
+  _globals['_CREATEREPLY']._serialized_start=2083
+  _globals['_CREATEREPLY']._serialized_end=2206
+  _globals['_BUSERROR']._serialized_start=2208
+  _globals['_BUSERROR']._serialized_end=2249
+  _globals['_JOBSTATE']._serialized_start=2252
+  _globals['_JOBSTATE']._serialized_end=2772
+  _globals['_ANIMATIONSERVICE']._serialized_start=2775
+  _globals['_ANIMATIONSERVICE']._serialized_end=3483
 # @@protoc_insertion_point(module_scope)

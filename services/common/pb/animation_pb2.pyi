@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateAnimationRequest(_message.Message):
-    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id")
+    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id", "loras", "base_model", "controlnet", "init_upload_id", "preset", "truncate_prompts", "color_coherence", "interpolate", "camera", "strength_schedule", "guidance_schedule", "sharpen", "blend_prompts")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IDEA_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,19 @@ class CreateAnimationRequest(_message.Message):
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     STORYBOARD_JSON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNET_FIELD_NUMBER: _ClassVar[int]
+    INIT_UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    COLOR_COHERENCE_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SHARPEN_FIELD_NUMBER: _ClassVar[int]
+    BLEND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     idea: str
     frames: int
@@ -47,7 +60,20 @@ class CreateAnimationRequest(_message.Message):
     depth: bool
     storyboard_json: str
     client_id: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+    loras: _containers.RepeatedScalarFieldContainer[str]
+    base_model: str
+    controlnet: str
+    init_upload_id: str
+    preset: str
+    truncate_prompts: bool
+    color_coherence: str
+    interpolate: int
+    camera: str
+    strength_schedule: str
+    guidance_schedule: str
+    sharpen: str
+    blend_prompts: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., controlnet: _Optional[str] = ..., init_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., truncate_prompts: _Optional[bool] = ..., color_coherence: _Optional[str] = ..., interpolate: _Optional[int] = ..., camera: _Optional[str] = ..., strength_schedule: _Optional[str] = ..., guidance_schedule: _Optional[str] = ..., sharpen: _Optional[str] = ..., blend_prompts: _Optional[bool] = ...) -> None: ...
 
 class CreateAnimationResponse(_message.Message):
     __slots__ = ("job_id", "existing", "animation")

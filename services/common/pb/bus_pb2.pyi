@@ -83,7 +83,7 @@ class DepthWork(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., image_key: _Optional[str] = ..., output_key: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.Profile, _Mapping]] = ...) -> None: ...
 
 class AssembleWork(_message.Message):
-    __slots__ = ("job_id", "attempt", "causation_id", "frame_keys", "depth_keys", "fps", "formats", "prompts")
+    __slots__ = ("job_id", "attempt", "causation_id", "frame_keys", "depth_keys", "fps", "formats", "prompts", "interpolate")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class AssembleWork(_message.Message):
     FPS_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     causation_id: str
@@ -100,7 +101,8 @@ class AssembleWork(_message.Message):
     fps: int
     formats: _containers.RepeatedScalarFieldContainer[str]
     prompts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., frame_keys: _Optional[_Iterable[str]] = ..., depth_keys: _Optional[_Iterable[str]] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ...) -> None: ...
+    interpolate: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., frame_keys: _Optional[_Iterable[str]] = ..., depth_keys: _Optional[_Iterable[str]] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., interpolate: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("event_id", "type", "job_id", "frame", "attempt", "causation_id", "time", "sequence", "reason", "key", "step", "steps", "service", "retryable")

@@ -107,7 +107,7 @@ class Profile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ..., controlnet: _Optional[str] = ..., depth_model: _Optional[str] = ..., scheduler: _Optional[str] = ..., tokenizer: _Optional[str] = ..., tiny_autoencoder: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., controlnet_scale: _Optional[float] = ..., style: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ...) -> None: ...
 
 class FrameSpec(_message.Message):
-    __slots__ = ("index", "prompt", "negative_prompt", "seed", "strength", "guidance", "steps", "scheduler", "width", "height", "continuity", "source_key", "depth_key", "controlnet_scale", "camera", "color_reference_key", "profile")
+    __slots__ = ("index", "prompt", "negative_prompt", "seed", "strength", "guidance", "steps", "scheduler", "width", "height", "continuity", "source_key", "depth_key", "controlnet_scale", "camera", "color_reference_key", "profile", "color_coherence", "sharpen", "preset", "truncate_prompt", "blend_prompt", "blend_weight", "init_key")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,13 @@ class FrameSpec(_message.Message):
     CAMERA_FIELD_NUMBER: _ClassVar[int]
     COLOR_REFERENCE_KEY_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    COLOR_COHERENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARPEN_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    BLEND_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    BLEND_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INIT_KEY_FIELD_NUMBER: _ClassVar[int]
     index: int
     prompt: str
     negative_prompt: str
@@ -142,7 +149,14 @@ class FrameSpec(_message.Message):
     camera: CameraMove
     color_reference_key: str
     profile: Profile
-    def __init__(self, index: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance: _Optional[float] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., continuity: _Optional[_Union[Continuity, str]] = ..., source_key: _Optional[str] = ..., depth_key: _Optional[str] = ..., controlnet_scale: _Optional[float] = ..., camera: _Optional[_Union[CameraMove, _Mapping]] = ..., color_reference_key: _Optional[str] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+    color_coherence: str
+    sharpen: float
+    preset: str
+    truncate_prompt: bool
+    blend_prompt: str
+    blend_weight: float
+    init_key: str
+    def __init__(self, index: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance: _Optional[float] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., continuity: _Optional[_Union[Continuity, str]] = ..., source_key: _Optional[str] = ..., depth_key: _Optional[str] = ..., controlnet_scale: _Optional[float] = ..., camera: _Optional[_Union[CameraMove, _Mapping]] = ..., color_reference_key: _Optional[str] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ..., color_coherence: _Optional[str] = ..., sharpen: _Optional[float] = ..., preset: _Optional[str] = ..., truncate_prompt: _Optional[bool] = ..., blend_prompt: _Optional[str] = ..., blend_weight: _Optional[float] = ..., init_key: _Optional[str] = ...) -> None: ...
 
 class FrameState(_message.Message):
     __slots__ = ("index", "rendered", "depth_ready", "rendered_event_id", "depth_event_id", "attempt")
