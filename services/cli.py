@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one service (reads ANIM_* variables)")
     p.add_argument("service", choices=("planner", "renderer", "depth", "assembler"))
 
+    p = sub.add_parser(
+        "up-local", help="run NATS, SeaweedFS and every service as local processes (no Docker)"
+    )
+    p.add_argument("--dir", type=Path, default=Path(".local-stack"), help="data and logs folder")
+    p.add_argument("--replicas", default="", help="replicas per service, e.g. renderer=2,depth=1")
+
     bus = sub.add_parser("bus", help="NATS streams, KV buckets and consumers")
     bus_sub = bus.add_subparsers(dest="bus_command", required=True)
     p = bus_sub.add_parser("init", help="create or update streams, buckets and durables")
@@ -131,6 +137,41 @@ async def _bus_init(url: str) -> int:
         f"bus ready at {url}: streams {bus.WORK_STREAM}, {bus.EVENTS_STREAM}; "
         f"buckets {bus.JOBS_BUCKET}, {bus.IDEM_BUCKET}"
     )
+    return 0
+
+
+def _up_local(args: argparse.Namespace) -> int:
+    """The distributed topology as processes until Ctrl-C (what `make up-local` runs)."""
+    import signal
+    import threading
+
+    from ghibli_anim.common.stack import LocalStack
+
+    replicas: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in args.replicas.split(","))):
+        name, _, count = item.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--replicas: expected NAME=COUNT with COUNT >= 1, got {item!r}")
+        replicas[name] = int(count)
+    stack = LocalStack(args.dir.resolve(), replicas=replicas)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with stack:
+        print(f"planner  {stack.planner_target}  (gRPC AnimationService)")
+        print(f"nats     {stack.nats.url}")
+        print(f"s3       {stack.s3.url}  bucket {stack.env()['ANIM_S3_BUCKET']}")
+        print(f"logs     {args.dir / 'services'}")
+        print(
+            f"try: ghibli-anim submit 'a dragon over a town' --frames 5 "
+            f"--server {stack.planner_target} --wait"
+        )
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            while not stopped.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("stopping...", flush=True)
     return 0
 
 
@@ -168,6 +209,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return models_cli.run(args)
     if cmd == "bus":
         return asyncio.run(_bus_init(args.url))
+    if cmd == "up-local":
+        return _up_local(args)
     if cmd == "serve":
         from ghibli_anim.common.service import serve
 

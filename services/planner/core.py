@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ghibli_anim.common import bus, keys, limits, seeds
-from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal
+from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal, status_name
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.common.store import Store
 from ghibli_anim.common.validate import validate_create
@@ -193,8 +193,9 @@ class PlannerCore:
         state = await self.jobs.update(job_id, mutate)
         if state.status != types_pb2.JOB_STATUS_CANCELLED:
             raise FailedPrecondition(
-                f"job_id: job {job_id} is {types_pb2.JobStatus.Name(state.status)}, "
-                "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled"
+                f"job_id: job {job_id} is {status_name(state.status)}, "
+                "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled "
+                "(cancelling a CANCELLED job again is harmless)"
             )
         event = bus.new_event(
             bus_pb2.EVENT_TYPE_JOB_CANCELLED,

@@ -30,21 +30,6 @@ pytestmark = pytest.mark.timeout(600)
 E = bus_pb2
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_cache_dir):
-    work = tmp_path_factory.mktemp("stack")
-    env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
-    s = LocalStack(work, env=env)
-    try:
-        s.start()
-    except BaseException:
-        print(s.logs())
-        s.stop()
-        raise
-    yield s
-    s.stop()
-
-
 def s3_store(stack: LocalStack) -> S3Store:
     from ghibli_anim.common import config
 

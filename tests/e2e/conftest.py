@@ -1,0 +1,28 @@
+"""End-to-end fixtures: one distributed stack (NATS, SeaweedFS, four service processes).
+
+Tests share it and keep apart by job id; tests that kill or reconfigure
+services start their own ``LocalStack``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ghibli_anim.common.stack import LocalStack
+
+
+def tiny_stack_env(cache_dir) -> dict[str, str]:
+    return {"ANIM_CACHE_DIR": str(cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_cache_dir):
+    s = LocalStack(tmp_path_factory.mktemp("stack"), env=tiny_stack_env(tiny_cache_dir))
+    try:
+        s.start()
+    except BaseException:
+        print(s.logs())
+        s.stop()
+        raise
+    yield s
+    s.stop()

@@ -1,0 +1,175 @@
+"""Operating the chain: watch and resume a stream, cancel, list, submit --wait,
+SIGTERM drain and honest health."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from ghibli_anim.common import keys
+from ghibli_anim.common.client import AnimationClient, DownloadError, download_files
+from ghibli_anim.common.launcher import free_port
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.stack import LocalStack, ServiceProcess, health_status
+
+pytestmark = pytest.mark.timeout(300)
+
+SERVING = 1
+NOT_SERVING = 2
+
+
+def request(**fields) -> animation_pb2.CreateAnimationRequest:
+    base = {"idea": "a paper boat drifts down a rainy street", "frames": 3, "seed": 11}
+    base.update(fields)
+    return animation_pb2.CreateAnimationRequest(**base)
+
+
+def test_watch_resumes_after_a_sequence(stack):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            job = await client.create(request())
+            everything = [e async for e in client.watch(job.job_id)]
+            middle = everything[3].sequence
+            rest = [e async for e in client.watch(job.job_id, after_sequence=middle)]
+            past_end = [e async for e in client.watch(job.job_id, after_sequence=10**9)]
+            return everything, rest, past_end
+
+    everything, rest, past_end = asyncio.run(main())
+    assert everything[-1].type == bus_pb2.EVENT_TYPE_JOB_COMPLETED
+    assert [e.event_id for e in rest] == [e.event_id for e in everything[4:]]
+    assert past_end == []  # a finished job past its last event ends at once
+
+
+def test_cancel_and_list(stack):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            job = await client.create(request(frames=60, idea="a long walk through a forest"))
+            async for event in client.watch(job.job_id):
+                if event.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
+                    break
+            cancelled = await client.cancel(job.job_id)
+            tail = [e async for e in client.watch(job.job_id)]
+            final = await client.get(job.job_id)
+            again = await client.cancel(job.job_id)  # cancelling twice is harmless
+            done = await client.create(request(frames=1))
+            [e async for e in client.watch(done.job_id)]
+            with pytest.raises(grpc.aio.AioRpcError) as too_late:
+                await client.cancel(done.job_id)
+            listed = await client.list(page_size=2)
+            return cancelled, tail, final, again, too_late.value, listed, job.job_id
+
+    cancelled, tail, final, again, too_late, listed, job_id = asyncio.run(main())
+    assert cancelled.status == types_pb2.JOB_STATUS_CANCELLED
+    assert tail[-1].type == bus_pb2.EVENT_TYPE_JOB_CANCELLED
+    assert final.status == types_pb2.JOB_STATUS_CANCELLED and final.frames_done < 60
+    assert again.status == types_pb2.JOB_STATUS_CANCELLED
+    assert too_late.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "COMPLETED" in too_late.details()
+    assert job_id in {a.job_id for a in listed}  # pages of 2 walked to the end
+
+
+def test_submit_wait_downloads_the_job_tree_and_checks_sha256(stack, tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ghibli_anim.cli",
+            "submit",
+            "a fox in the snow",
+            "--frames",
+            "2",
+            "--seed",
+            "5",
+            "--server",
+            stack.planner_target,
+            "--wait",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert files == {
+        "plan.json",
+        "plan_attempts.json",
+        "manifest.json",
+        "frames/0000.png",
+        "frames/0001.png",
+        "frames/0000.json",
+        "frames/0001.json",
+        "animation.gif",
+        "animation.mp4",
+        "animation.webp",
+    }
+    job_id = result.stderr.split("job ", 1)[1].split()[0]
+    from ghibli_anim.common import config
+    from ghibli_anim.common.store import S3Store
+
+    store = S3Store.from_settings(config.load("client", stack.env()))
+    for name in files:
+        assert (out / name).read_bytes() == store.get(keys.job_prefix(job_id) + name)
+    assert str(out / "animation.gif") in result.stdout
+
+
+def test_a_download_with_a_wrong_sha256_leaves_nothing(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"frame bytes")
+    job = "c" * 32
+    good = hashlib.sha256(b"frame bytes").hexdigest()
+    file = animation_pb2.Animation().outputs.add(
+        name="animation.gif", key=f"jobs/{job}/animation.gif", url=src.as_uri(), sha256="0" * 64
+    )
+    with pytest.raises(DownloadError, match="sha256"):
+        download_files([file], job, tmp_path / "out")
+    assert not any((tmp_path / "out").rglob("*.gif*"))
+    file.sha256 = good
+    (written,) = download_files([file], job, tmp_path / "out")
+    assert written.read_bytes() == b"frame bytes"
+
+
+def test_sigterm_stops_a_service_gracefully(stack, tmp_path):
+    proc = ServiceProcess("renderer", tmp_path / "renderer", stack.env(), free_port())
+    proc.start(timeout=60)
+    assert health_status(proc.target) == SERVING
+    os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while proc.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.returncode == 0, proc.log_path.read_text()[-3000:]
+    log = proc.log_path.read_text()
+    assert "shutting down" in log and "service stopped" in log
+
+
+def test_health_follows_the_dependencies(tiny_cache_dir, tmp_path):
+    """Planner health is SERVING only while NATS answers."""
+    env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny"}
+    with LocalStack(tmp_path, services=("planner",), env=env) as s:
+        target = s.planner_target
+        assert health_status(target) == SERVING
+        s.nats.kill()
+
+        def wait_for(status, timeout=20.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if health_status(target) == status:
+                    return True
+                time.sleep(0.2)
+            return False
+
+        assert wait_for(NOT_SERVING), s.logs()
+        s.nats.start()
+        assert wait_for(SERVING), s.logs()
