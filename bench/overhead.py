@@ -1,0 +1,127 @@
+"""Orchestration overhead of the distributed chain, measured side by side.
+
+(a) a plain in-process loop over the frame function (the same diffusers calls,
+    same FrameSpecs, steps and seeds, each frame seeding the next), and
+(b) the distributed chain: planner, renderer, depth and assembler as processes
+    over NATS and SeaweedFS, one job of the same frames.
+
+Both use the ``tiny`` profile after a warm-up, so model loading is not counted.
+Per frame, (b)'s time is the gap between consecutive ``frame.rendered`` events
+(for frame 0: from ``frame.started``); overhead = (b) - (a) for that frame.
+Prints a table, then a last line ``overhead_ms=<median ms per frame> ratio=<b/a>``.
+
+    python bench/overhead.py [--frames 12] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from ghibli_anim.common import config, tiny_models
+from ghibli_anim.common.client import AnimationClient
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.profiles import tiny_dir
+from ghibli_anim.common.stack import LocalStack
+
+
+def _request(frames: int, steps: int, seed: int) -> animation_pb2.CreateAnimationRequest:
+    return animation_pb2.CreateAnimationRequest(
+        idea="a dragon glides over a medieval town at dusk",
+        frames=frames,
+        profile="tiny",
+        seed=seed,
+        steps=steps,
+        formats=["gif"],
+    )
+
+
+async def _distributed(target: str, req) -> tuple[list[float], animation_pb2.JobState | None, str]:
+    async with AnimationClient(target, timeout_s=60) as client:
+        job = await client.create(req)
+        started: dict[int, float] = {}
+        rendered: dict[int, float] = {}
+        async for ev in client.watch(job.job_id):
+            t = ev.time.ToNanoseconds() / 1e9
+            if ev.type == bus_pb2.EVENT_TYPE_FRAME_STARTED:
+                started.setdefault(ev.frame, t)
+            elif ev.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
+                rendered.setdefault(ev.frame, t)
+        anim = await client.get(job.job_id)
+        if anim.status != types_pb2.JOB_STATUS_COMPLETED:
+            raise RuntimeError(f"benchmark job ended {anim.status}: {anim.error}")
+    n = req.frames
+    times = [rendered[0] - started[0]] + [rendered[i] - rendered[i - 1] for i in range(1, n)]
+    return times, None, job.job_id
+
+
+def _plain_loop(stack: LocalStack, job_id: str, settings) -> list[float]:
+    """The same FrameSpecs as the distributed job, rendered in this process."""
+    from ghibli_anim.common.jobs import JobStore
+    from ghibli_anim.renderer.frames import PipelineCache, render_frame
+
+    async def specs():
+        from ghibli_anim.common import bus
+
+        conn = await bus.connect(config.load("client", stack.env()), "bench")
+        try:
+            state, _ = await (await JobStore.open(conn.js)).get(job_id)
+            return list(state.frame_specs)
+        finally:
+            await conn.close()
+
+    frame_specs = asyncio.run(specs())
+    cache = PipelineCache(settings)
+    render_frame(frame_specs[0], cache=cache, settings=settings)  # warm-up
+    times = []
+    previous = None
+    for spec in frame_specs:
+        start = time.perf_counter()
+        result = render_frame(
+            spec, source=previous if spec.source_key else None, cache=cache, settings=settings
+        )
+        times.append(time.perf_counter() - start)
+        previous = Image.open(io.BytesIO(result.png)).convert("RGB")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = Path(tmp)
+        env = {
+            "ANIM_CACHE_DIR": str(work / "cache"),
+            "ANIM_PROFILE": "tiny",
+            "ANIM_DEVICE": "cpu",
+            "ANIM_DTYPE": "float32",
+        }
+        settings = config.load("client", {**env, "ANIM_STORE": "local"})
+        tiny_models.write_tiny_models(tiny_dir(settings))
+        with LocalStack(work / "stack", env=env) as stack:
+            print("warming up the distributed chain...", flush=True)
+            asyncio.run(_distributed(stack.planner_target, _request(2, args.steps, 1)))
+            b, _, job_id = asyncio.run(
+                _distributed(stack.planner_target, _request(args.frames, args.steps, 42))
+            )
+            a = _plain_loop(stack, job_id, settings)
+    print(f"{'frame':>5} {'plain ms':>10} {'chain ms':>10} {'overhead ms':>12}")
+    overheads = []
+    for i, (ta, tb) in enumerate(zip(a, b, strict=True)):
+        overheads.append((tb - ta) * 1000)
+        print(f"{i:>5} {ta * 1000:>10.1f} {tb * 1000:>10.1f} {overheads[-1]:>12.1f}")
+    print(f"plain total {sum(a):.3f} s, chain total {sum(b):.3f} s, frames {args.frames}")
+    print(f"overhead_ms={statistics.median(overheads):.1f} ratio={sum(b) / sum(a):.3f}")
+
+
+if __name__ == "__main__":
+    main()
