@@ -29,11 +29,11 @@ def render(text: str) -> str:
     """``text`` with every generated block replaced by its current content."""
     for name, make in BLOCKS.items():
         pattern = re.compile(
-            rf"(<!-- generated:{name}:start -->\n).*?(\n<!-- generated:{name}:end -->)", re.S
+            rf"(<!-- generated:{name}:start -->\n)(?:.*?\n)?(<!-- generated:{name}:end -->)", re.S
         )
         if not pattern.search(text):
             raise ValueError(f"README: marker block {name!r} is missing")
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), text)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 
