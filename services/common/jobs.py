@@ -42,9 +42,10 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     PLANNING: frozenset({RENDERING, FAILED, CANCELLED}),
     RENDERING: frozenset({ASSEMBLING, FAILED, CANCELLED}),
     ASSEMBLING: frozenset({COMPLETED, FAILED, CANCELLED}),
-    # Resume: rendering continues from the first frame not yet done.
-    FAILED: frozenset({RENDERING}),
-    CANCELLED: frozenset({RENDERING}),
+    # Resume: rendering continues from the first frame not yet done (ASSEMBLING when
+    # every frame is done; PENDING when the job stopped before it was planned).
+    FAILED: frozenset({RENDERING, ASSEMBLING, PENDING}),
+    CANCELLED: frozenset({RENDERING, ASSEMBLING, PENDING}),
     COMPLETED: frozenset(),
 }
 """Allowed status changes: from -> the statuses it may become. Staying in the same

@@ -60,7 +60,7 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
         return await self._call(context, self.core.cancel(request.job_id))
 
     async def ResumeAnimation(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ResumeAnimation: not available yet")
+        return await self._call(context, self.core.resume(request.job_id))
 
     async def ListAnimations(self, request, context):
         return await self._call(

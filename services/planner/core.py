@@ -49,6 +49,9 @@ class PlannerCore:
     profile_names: Collection[str]
     default_profile: str
     presign_ttl_s: int = 900
+    settings: object = None
+    """The service's settings: with them, a user storyboard's prompts are token-checked at
+    creation with the profile's tokenizer."""
 
     # -- create -------------------------------------------------------------
 
@@ -63,15 +66,20 @@ class PlannerCore:
             from ghibli_anim.common.storyboard import parse_storyboard
 
             try:
-                parse_storyboard(req.storyboard_json, req.frames)
+                board = parse_storyboard(req.storyboard_json, req.frames)
             except ValueError as exc:
                 raise ValueError(f"storyboard_json: {exc}") from None
+            await self._check_tokens(req.profile, board)
         job_id = keys.new_job_id()
         if req.idempotency_key:
             claimed = await self.jobs.claim_idempotency(req.client_id, req.idempotency_key, job_id)
             if claimed != job_id:
                 try:
                     state, _ = await self.jobs.get(claimed)
+                    if state.status == types_pb2.JOB_STATUS_PENDING:
+                        # The first request may have died before publishing its
+                        # plan work; publishing again is deduplicated if not.
+                        await self._start(state)
                     return animation_pb2.CreateAnimationResponse(
                         job_id=claimed, existing=True, animation=self.view(state, files=False)
                     )
@@ -94,22 +102,56 @@ class PlannerCore:
             updated_at=now,
         )
         await self.jobs.create(state)
+        await self._start(state)
+        log.info("job created", extra={"job_id": job_id, "frames": req.frames})
+        return animation_pb2.CreateAnimationResponse(
+            job_id=job_id, existing=False, animation=self.view(state, files=False)
+        )
+
+    async def _start(self, state: animation_pb2.JobState) -> None:
+        """job.created, then the plan work it causes (both idempotent by message id)."""
+        job_id, attempt = state.job_id, state.attempt
         created = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, 1, "", service="planner"
+            bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, attempt, "", service="planner"
         )
         await bus.publish_event(self.bus.js, created)
         await bus.publish_work(
             self.bus.js,
             "plan",
-            bus_pb2.PlanWork(job_id=job_id, attempt=1, causation_id=created.event_id),
+            bus_pb2.PlanWork(job_id=job_id, attempt=attempt, causation_id=created.event_id),
             job_id=job_id,
             frame=-1,
-            attempt=1,
+            attempt=attempt,
         )
-        log.info("job created", extra={"job_id": job_id, "frames": req.frames})
-        return animation_pb2.CreateAnimationResponse(
-            job_id=job_id, existing=False, animation=self.view(state, files=False)
-        )
+
+    async def _check_tokens(self, profile_name: str, board) -> None:
+        """Refuse a storyboard whose prompt, style included, is over CLIP's 77 tokens.
+
+        Uses the profile's tokenizer only (no torch). When the tokenizer cannot be loaded
+        here, planning makes the same check before anything renders.
+        """
+        if self.settings is None:
+            return
+        from ghibli_anim.common.profiles import load_profile, locate_tokenizer
+        from ghibli_anim.common.storyboard import prompts_with_style
+        from ghibli_anim.planner.tokens import TokenCounter
+
+        def counter() -> TokenCounter:
+            profile = load_profile(profile_name, self.settings)
+            return TokenCounter(locate_tokenizer(profile, self.settings))
+
+        try:
+            tokens = await asyncio.to_thread(counter)
+        except Exception as exc:  # a missing tokenizer is not the caller's fault
+            log.warning(
+                "tokenizer unavailable at creation; planning checks the prompts",
+                extra={"profile": profile_name, "error": str(exc)},
+            )
+            return
+        try:
+            tokens.check(prompts_with_style(board))
+        except ValueError as exc:
+            raise ValueError(f"storyboard_json: {exc}") from None
 
     # -- read ---------------------------------------------------------------
 
@@ -209,6 +251,92 @@ class PlannerCore:
         await bus.publish_event(self.bus.js, event)
         return self.view(state, files=False)
 
+    # -- resume -------------------------------------------------------------
+
+    async def resume(self, job_id: str) -> animation_pb2.Animation:
+        """FAILED or CANCELLED -> on again from the first frame without a record.
+
+        Same seed, specs, profile and colour references; ``attempt`` + 1 so the
+        re-published work is not dropped as a duplicate. A frame counts as done
+        when its PNG and its record are in the store (the store, not the events,
+        since a cancelled job's last frame.rendered may have been ignored).
+        """
+        keys.check_job_id(job_id)
+        state, _ = await self.jobs.get(job_id)
+        if state.status not in (types_pb2.JOB_STATUS_FAILED, types_pb2.JOB_STATUS_CANCELLED):
+            raise FailedPrecondition(
+                f"job_id: job {job_id} is {status_name(state.status)}, "
+                "only FAILED or CANCELLED jobs can be resumed"
+            )
+        stored = set(await asyncio.to_thread(self.store.list, keys.job_prefix(job_id)))
+
+        def mutate(s: animation_pb2.JobState) -> None:
+            if s.status not in (types_pb2.JOB_STATUS_FAILED, types_pb2.JOB_STATUS_CANCELLED):
+                return
+            s.attempt += 1
+            s.error = ""
+            if not s.frame_specs:
+                s.status = types_pb2.JOB_STATUS_PENDING  # stopped before planning ended
+                return
+            for fs in s.frame_states:
+                fs.rendered = {
+                    keys.frame_key(job_id, fs.index),
+                    keys.frame_record_key(job_id, fs.index),
+                } <= stored
+                fs.depth_ready = keys.depth_key(job_id, fs.index) in stored
+            done = all(fs.rendered for fs in s.frame_states)
+            s.status = types_pb2.JOB_STATUS_ASSEMBLING if done else types_pb2.JOB_STATUS_RENDERING
+
+        state = await self.jobs.update(job_id, mutate)
+        if state.status == types_pb2.JOB_STATUS_PENDING:
+            await self._start(state)
+            return self.view(state, files=False)
+        first = next((fs.index for fs in state.frame_states if not fs.rendered), None)
+        resumed = bus.new_event(
+            bus_pb2.EVENT_TYPE_JOB_PLANNED,
+            job_id,
+            -1,
+            state.attempt,
+            state.last_event_id,
+            service="planner",
+            reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
+        )
+        await bus.publish_event(self.bus.js, resumed)
+        await self._publish_resumed(state, first, resumed.event_id)
+        log.info("job resumed", extra={"job_id": job_id, "frame": first})
+        return self.view(state, files=False)
+
+    async def _publish_resumed(
+        self, state: animation_pb2.JobState, first: int | None, cause: str
+    ) -> None:
+        from ghibli_anim.planner.conductor import assemble_work, next_work
+
+        for fs in state.frame_states:
+            # Frames found in the store carry no event id: the resume stands in.
+            fs.rendered_event_id = fs.rendered_event_id or cause
+            fs.depth_event_id = fs.depth_event_id or cause
+        if first is None:
+            step, work = "assemble", assemble_work(state)
+        elif first == 0:
+            step = "render"
+            work = bus_pb2.RenderWork(
+                job_id=state.job_id,
+                frame=0,
+                attempt=state.attempt,
+                causation_id=cause,
+                spec=state.frame_specs[0],
+            )
+        else:
+            step, work = next_work(state, first - 1)
+        await bus.publish_work(
+            self.bus.js,
+            step,
+            work,
+            job_id=state.job_id,
+            frame=getattr(work, "frame", -1),
+            attempt=state.attempt,
+        )
+
     # -- watch --------------------------------------------------------------
 
     async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[bus_pb2.Event]:
@@ -227,7 +355,8 @@ class PlannerCore:
         try:
             async for event in watch:
                 yield event
-                if event.type in _TERMINAL_EVENTS:
+                # A resumed job has terminal events of earlier attempts behind it.
+                if event.type in _TERMINAL_EVENTS and event.attempt >= state.attempt:
                     return
         finally:
             await watch.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -74,6 +75,37 @@ def test_cancel_and_list(stack):
     assert too_late.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "COMPLETED" in too_late.details()
     assert job_id in {a.job_id for a in listed}  # pages of 2 walked to the end
+
+
+def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            job = await client.create(request(frames=8, depth=True, idea="a kite over hills"))
+            async for event in client.watch(job.job_id):
+                if event.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED and event.frame == 1:
+                    break
+            await client.cancel(job.job_id)
+            [e async for e in client.watch(job.job_id)]
+            resumed = await client.resume(job.job_id)
+            events = [e async for e in client.watch(job.job_id)]
+            with pytest.raises(grpc.aio.AioRpcError) as done_already:
+                await client.resume(job.job_id)
+            return job.job_id, resumed, events, await client.get(job.job_id), done_already.value
+
+    job_id, resumed, events, final, done_already = asyncio.run(main())
+    assert resumed.attempt == 2
+    assert final.status == types_pb2.JOB_STATUS_COMPLETED, final.error
+    assert final.frames_done == 8
+    assert events[-1].type == bus_pb2.EVENT_TYPE_JOB_COMPLETED and events[-1].attempt == 2
+    assert done_already.code() == grpc.StatusCode.FAILED_PRECONDITION
+    from ghibli_anim.common import config
+    from ghibli_anim.common.store import S3Store
+
+    store = S3Store.from_settings(config.load("client", stack.env()))
+    records = [json.loads(store.get(keys.frame_record_key(job_id, i))) for i in range(8)]
+    # Frames 0 and 1 were done before the cancel and were not rendered again.
+    assert records[0]["attempt"] == records[1]["attempt"] == 1
+    assert records[-1]["attempt"] == 2
 
 
 def test_submit_wait_downloads_the_job_tree_and_checks_sha256(stack, tmp_path):
