@@ -95,6 +95,13 @@ class AnimationClient:
             metadata=self._metadata(),
         )
 
+    async def delete(self, job_id: str) -> animation_pb2.DeleteAnimationResponse:
+        return await self.stub.DeleteAnimation(
+            animation_pb2.DeleteAnimationRequest(job_id=job_id),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
     async def list(self, page_size: int = 50, status: int = 0) -> list[animation_pb2.Animation]:
         out: list[animation_pb2.Animation] = []
         token = ""

@@ -147,6 +147,10 @@ async def _run(args: argparse.Namespace) -> int:
             anim = await client.resume(args.job_id)
             print(f"job {anim.job_id} {status_name(anim.status)}")
             return 0
+        if cmd == "delete":
+            out = await client.delete(args.job_id)
+            print(f"job {args.job_id} deleted ({out.objects_deleted} files)")
+            return 0
         if cmd == "list":
             rows = [
                 (a.job_id, status_name(a.status), f"{a.frames_done}/{a.frames_total}", a.title)

@@ -35,6 +35,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -47,6 +54,28 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError("must be an integer >= 1")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
+def _repairs(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 10:
+        raise ValueError("must be an integer in 0..10")
+    return value
+
+
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    if text and (urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).hostname):
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
 
 
 def _bool(text: str) -> bool:
@@ -173,10 +202,103 @@ VARS: tuple[Var, ...] = (
         _choice("auto", "float16", "bfloat16", "float32"),
     ),
     _v(
+        "ANIM_LOW_VRAM",
+        "false",
+        "Renderer: model CPU offload (with an accelerator) and VAE slicing, for small GPUs.",
+        _bool,
+    ),
+    _v(
+        "ANIM_COMPILE",
+        "false",
+        "Renderer: channels_last + torch.compile of the UNet and ControlNet "
+        "(slow first frame, faster after).",
+        _bool,
+    ),
+    _v(
+        "ANIM_FUSE_LORA",
+        "true",
+        "Renderer: fuse LoRAs into the weights for inference (unfused again when a job "
+        "needs other LoRAs or scales).",
+        _bool,
+    ),
+    _v(
+        "ANIM_FRAME_CACHE",
+        "4",
+        "Renderer: frames kept in memory so the next frame on this replica skips the "
+        "store read (0 = off).",
+        _non_negative_int,
+    ),
+    _v(
+        "ANIM_TINY_VAE",
+        "false",
+        "Planner: decode frames with the profile's tiny autoencoder (TAESD): faster, "
+        "slightly softer.",
+        _bool,
+    ),
+    _v(
         "ANIM_PLANNER_BACKEND",
         "auto",
         "Storyboard LLM: auto, hf, openai, local or offline.",
         _choice("auto", "hf", "openai", "local", "offline"),
+    ),
+    _v(
+        "ANIM_PLANNER_MODEL",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        "Model the hf and openai planner backends ask for (a hub id, or the server's name).",
+    ),
+    _v(
+        "ANIM_PLANNER_PROVIDER",
+        "auto",
+        "Inference provider of the hf backend (auto = Hugging Face's routing).",
+    ),
+    _v(
+        "ANIM_PLANNER_BASE_URL",
+        "",
+        "Chat server URL ending before /chat/completions, e.g. http://localhost:8000/v1: "
+        "required by the openai backend; for hf, an endpoint replacing the provider.",
+        _http_url,
+    ),
+    _v(
+        "ANIM_PLANNER_API_KEY",
+        "",
+        "Bearer key of the planner's chat server (hf: overrides HF_TOKEN).",
+        secret=True,
+    ),
+    _v(
+        "ANIM_PLANNER_TIMEOUT_S",
+        "60",
+        "Limit of one planner LLM call, seconds (a local model stops generating at it).",
+        _positive_float,
+    ),
+    _v(
+        "ANIM_PLANNER_RETRIES",
+        "3",
+        "Retries of a planner LLM call answered 429 or 5xx (or unreachable), with backoff.",
+        _non_negative_int,
+    ),
+    _v(
+        "ANIM_PLANNER_REPAIRS",
+        "2",
+        "Times an invalid storyboard goes back to the LLM with its errors (0..10).",
+        _repairs,
+    ),
+    _v(
+        "ANIM_PLANNER_FALLBACK",
+        "offline",
+        "When the LLM gives no valid storyboard: offline (plan offline, with a warning) or fail.",
+        _choice("offline", "fail"),
+    ),
+    _v(
+        "ANIM_PLANNER_LOCAL_MODEL",
+        "",
+        "Text-generation model of the local backend: a hub id or a folder under ANIM_MODEL_ROOTS.",
+    ),
+    _v(
+        "ANIM_RETENTION_DAYS",
+        "0",
+        "Finished jobs older than this many days are deleted by "
+        "the planner's hourly sweep (0 = keep forever).",
+        lambda t: _non_negative(t),
     ),
     _v("ANIM_LOG_LEVEL", "INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     _v("ANIM_LOG_FORMAT", "json", "Log format: json (services) or text.", _choice("json", "text")),

@@ -68,7 +68,7 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
         )
 
     async def DeleteAnimation(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "DeleteAnimation: not available yet")
+        return await self._call(context, self.core.delete(request.job_id))
 
     async def CreateUpload(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CreateUpload: not available yet")

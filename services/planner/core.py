@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
@@ -336,6 +337,46 @@ class PlannerCore:
             frame=getattr(work, "frame", -1),
             attempt=state.attempt,
         )
+
+    # -- delete and retention -----------------------------------------------
+
+    async def delete(self, job_id: str) -> animation_pb2.DeleteAnimationResponse:
+        """Remove a finished job: its store objects, its events, its KV state.
+
+        Only COMPLETED, FAILED or CANCELLED jobs: a running job's workers would
+        write again behind the delete (cancel it first). The KV key goes last, so
+        an interrupted delete can simply be called again.
+        """
+        keys.check_job_id(job_id)
+        state, _ = await self.jobs.get(job_id)
+        if not is_terminal(state.status):
+            raise FailedPrecondition(
+                f"job_id: job {job_id} is {status_name(state.status)}; cancel it before deleting"
+            )
+        removed = await asyncio.to_thread(self.store.delete_prefix, keys.job_prefix(job_id))
+        await self.bus.js.purge_stream(bus.EVENTS_STREAM, subject=bus.job_events_filter(job_id))
+        if state.request.idempotency_key:
+            await self.jobs.release_idempotency(
+                state.request.client_id, state.request.idempotency_key, job_id
+            )
+        await self.jobs.delete(job_id)
+        log.info("job deleted", extra={"job_id": job_id, "objects": removed})
+        return animation_pb2.DeleteAnimationResponse(objects_deleted=removed)
+
+    async def expire(self, older_than_s: float, now: float | None = None) -> list[str]:
+        """Delete finished jobs last updated more than ``older_than_s`` seconds ago."""
+        now = time.time() if now is None else now
+        expired = []
+        for job_id in await self.jobs.list():
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue
+            updated = state.updated_at.ToSeconds() if state.HasField("updated_at") else now
+            if is_terminal(state.status) and now - updated > older_than_s:
+                await self.delete(job_id)
+                expired.append(job_id)
+        return expired
 
     # -- watch --------------------------------------------------------------
 

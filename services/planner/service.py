@@ -20,6 +20,8 @@ from ghibli_anim.planner.planning import Planner
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL_S = 3600.0
+
 
 class PlannerService(Service):
     name = "planner"
@@ -34,6 +36,7 @@ class PlannerService(Service):
             profile_names=profile_names(self.settings),
             default_profile=self.settings["ANIM_PROFILE"],
             presign_ttl_s=self.settings["ANIM_PRESIGN_TTL_S"],
+            settings=self.settings,
         )
         self.planner = Planner(bus=bus_, jobs=jobs, store=store, settings=self.settings)
         self.conductor = Conductor(bus=bus_, jobs=jobs, store=store)
@@ -58,6 +61,21 @@ class PlannerService(Service):
         self._request_sub = await bus_.nc.subscribe(
             bus.REQUEST_CREATE, queue=bus.PLANNER_QUEUE, cb=on_request
         )
+        self._sweeper: asyncio.Task | None = None
+        days = self.settings["ANIM_RETENTION_DAYS"]
+        if days > 0:
+            self._sweeper = asyncio.create_task(self._sweep(days * 86400.0), name="retention")
+
+    async def _sweep(self, older_than_s: float) -> None:
+        """Delete expired finished jobs every hour (replicas racing is harmless)."""
+        while True:
+            try:
+                expired = await self.core.expire(older_than_s)
+                if expired:
+                    log.info("retention sweep", extra={"deleted": len(expired)})
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
 
     def bindings(self) -> list[ServiceBinding]:
         return [
@@ -69,6 +87,8 @@ class PlannerService(Service):
         ]
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
 

@@ -108,6 +108,43 @@ def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
     assert records[-1]["attempt"] == 2
 
 
+def test_delete_removes_everything_of_a_job_and_nothing_else(stack):
+    from ghibli_anim.common import bus, config
+    from ghibli_anim.common.store import S3Store
+
+    store = S3Store.from_settings(config.load("client", stack.env()))
+
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            keep = await client.create(request(frames=1, idea="a snail on a leaf"))
+            gone = await client.create(request(frames=2, idea="a heron in the reeds"))
+            for job in (keep, gone):
+                [e async for e in client.watch(job.job_id)]
+            before = len(store.list(keys.job_prefix(keep.job_id)))
+            deleted = await client.delete(gone.job_id)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await client.get(gone.job_id)
+            running = await client.create(request(frames=40, idea="a slow sunrise"))
+            with pytest.raises(grpc.aio.AioRpcError) as busy:
+                await client.delete(running.job_id)
+            await client.cancel(running.job_id)
+            conn = await bus.connect(config.load("client", stack.env()), "test")
+            try:
+                gone_events = await bus.read_job_events(conn.js, gone.job_id)
+                kept_events = await bus.read_job_events(conn.js, keep.job_id)
+            finally:
+                await conn.close()
+            return keep, gone, before, deleted, missing.value, busy.value, gone_events, kept_events
+
+    keep, gone, before, deleted, missing, busy, gone_events, kept_events = asyncio.run(main())
+    assert deleted.objects_deleted >= 8
+    assert store.list(keys.job_prefix(gone.job_id)) == []
+    assert len(store.list(keys.job_prefix(keep.job_id))) == before
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert gone_events == [] and kept_events
+
+
 def test_submit_wait_downloads_the_job_tree_and_checks_sha256(stack, tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
