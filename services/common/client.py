@@ -47,10 +47,37 @@ class AnimationClient:
     target: str
     timeout_s: float = DEFAULT_TIMEOUT_S
     token: str = ""  # bearer token when the server requires one
+    tls_ca: str = ""  # PEM path: use TLS and trust this CA
+    tls_cert: str = ""  # PEM paths of a client certificate (mutual TLS)
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target)
+        if self.tls_ca or self.tls_cert:
+            def read(path: str) -> bytes | None:
+                return Path(path).read_bytes() if path else None
+
+            creds = grpc.ssl_channel_credentials(
+                read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
+            )
+            self.channel = grpc.aio.secure_channel(self.target, creds)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target)
         self.stub = animation_pb2_grpc.AnimationServiceStub(self.channel)
+
+    @classmethod
+    def from_env(cls, target: str, **kwargs) -> AnimationClient:
+        """A client with the token and TLS files of the ANIM_CLIENT_* variables."""
+        from ghibli_anim.common import config
+
+        settings = config.load("client")
+        return cls(
+            target,
+            token=settings["ANIM_CLIENT_TOKEN"],
+            tls_ca=settings["ANIM_CLIENT_TLS_CA"],
+            tls_cert=settings["ANIM_CLIENT_TLS_CERT"],
+            tls_key=settings["ANIM_CLIENT_TLS_KEY"],
+            **kwargs,
+        )
 
     def _metadata(self):
         return (("authorization", f"Bearer {self.token}"),) if self.token else None

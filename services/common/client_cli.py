@@ -114,7 +114,7 @@ def _print_animation(anim: animation_pb2.Animation) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with AnimationClient(args.server) as client:
+    async with AnimationClient.from_env(args.server) as client:
         cmd = args.command
         if cmd == "submit":
             from ghibli_anim.cli import build_request

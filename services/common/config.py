@@ -160,6 +160,19 @@ VARS: tuple[Var, ...] = (
         lambda t: _port(t) if t else None,
     ),
     _v("ANIM_GRPC_HOST", "0.0.0.0", "Address the gRPC server binds."),
+    _v("ANIM_AUTH_TOKENS_FILE", "", "File of CLIENT_ID:TOKEN lines; when set, gRPC calls "
+       "(but health and reflection) need `authorization: Bearer TOKEN`."),
+    _v("ANIM_TLS_CERT", "", "Server certificate (PEM) for gRPC TLS."),
+    _v("ANIM_TLS_KEY", "", "Server private key (PEM) for gRPC TLS."),
+    _v("ANIM_TLS_CLIENT_CA", "", "CA (PEM) of client certificates: set it for mutual TLS."),
+    _v("ANIM_CLIENT_TOKEN", "", "Bearer token the CLI sends (submit, status, ...).", secret=True),
+    _v("ANIM_CLIENT_TLS_CA", "", "CA (PEM) the CLI trusts for a TLS planner; empty = plaintext."),
+    _v("ANIM_CLIENT_TLS_CERT", "", "Client certificate (PEM) the CLI presents for mutual TLS."),
+    _v("ANIM_CLIENT_TLS_KEY", "", "Client private key (PEM) for mutual TLS."),
+    _v("ANIM_MAX_CONCURRENT_RPCS", "256", "Concurrent gRPC calls a server accepts.",
+       _positive_int),
+    _v("ANIM_MAX_JOBS_PER_CLIENT", "16", "Unfinished jobs one client may have; more get "
+       "RESOURCE_EXHAUSTED.", _positive_int),
     _v(
         "ANIM_ACK_WAIT_S",
         "30",

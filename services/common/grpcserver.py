@@ -44,6 +44,7 @@ class GrpcServer:
     check_interval_s: float = 2.0
     max_concurrent_rpcs: int | None = None
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    credentials: grpc.ServerCredentials | None = None  # TLS / mTLS; None = plaintext
 
     def __post_init__(self) -> None:
         self.health = HealthServicer()
@@ -72,7 +73,11 @@ class GrpcServer:
             ],
             self.server,
         )
-        self.bound_port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.bound_port = self.server.add_secure_port(address, self.credentials)
+        else:
+            self.bound_port = self.server.add_insecure_port(address)
         if self.bound_port == 0:
             raise OSError(f"ANIM_GRPC_PORT: cannot bind {self.host}:{self.port}")
         await self.server.start()

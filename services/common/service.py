@@ -19,6 +19,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from ghibli_anim.common import config, logs
+from ghibli_anim.common.auth import BearerAuth, Tokens, server_credentials
 from ghibli_anim.common.bus import Bus, WorkConsumer, connect
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.grpcserver import GrpcServer, ServiceBinding
@@ -78,11 +79,17 @@ async def run_service(
         async def store_check() -> None:
             await asyncio.to_thread(store.stat, _PROBE_KEY)
 
+        tokens_file = settings["ANIM_AUTH_TOKENS_FILE"]
         server = GrpcServer(
             host=settings["ANIM_GRPC_HOST"],
             port=settings.grpc_port(),
             bindings=service.bindings(),
             checks={"nats": lambda: _nats_check(bus), "store": store_check, **service.checks()},
+            max_concurrent_rpcs=settings["ANIM_MAX_CONCURRENT_RPCS"],
+            interceptors=[BearerAuth(Tokens.load(tokens_file) if tokens_file else None)],
+            credentials=server_credentials(
+                settings["ANIM_TLS_CERT"], settings["ANIM_TLS_KEY"], settings["ANIM_TLS_CLIENT_CA"]
+            ),
         )
         await server.start()
         for consumer in service.consumers:

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from ghibli_anim.common import limits
 from ghibli_anim.common.jobs import InvalidTransition, JobNotFound
 from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.planner.core import FailedPrecondition, PlannerCore
+from ghibli_anim.planner.core import FailedPrecondition, PlannerCore, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message an exception becomes at the edges."""
     if isinstance(exc, JobNotFound):
         return grpc.StatusCode.NOT_FOUND, f"job_id: {exc}"
+    if isinstance(exc, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, FailedPrecondition | InvalidTransition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, ValueError):

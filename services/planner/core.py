@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ghibli_anim.common import bus, keys, limits, seeds
+from ghibli_anim.common.auth import ANONYMOUS, current_client
 from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal, status_name
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.common.store import Store
@@ -42,6 +43,10 @@ class FailedPrecondition(ValueError):
     """The job is not in a state that allows the call (FAILED_PRECONDITION)."""
 
 
+class QuotaExceeded(RuntimeError):
+    """The client has too many unfinished jobs (RESOURCE_EXHAUSTED)."""
+
+
 @dataclass
 class PlannerCore:
     bus: bus.Bus
@@ -50,6 +55,7 @@ class PlannerCore:
     profile_names: Collection[str]
     default_profile: str
     presign_ttl_s: int = 900
+    max_jobs_per_client: int = 0  # 0 = no cap
     settings: object = None
     """The service's settings: with them, a user storyboard's prompts are token-checked at
     creation with the profile's tokenizer."""
@@ -71,6 +77,9 @@ class PlannerCore:
             except ValueError as exc:
                 raise ValueError(f"storyboard_json: {exc}") from None
             await self._check_tokens(req.profile, board)
+        caller = current_client.get()
+        if caller != ANONYMOUS or not req.client_id:
+            req.client_id = caller  # with tokens, the authenticated id, whatever was sent
         job_id = keys.new_job_id()
         if req.idempotency_key:
             claimed = await self.jobs.claim_idempotency(req.client_id, req.idempotency_key, job_id)
@@ -88,6 +97,7 @@ class PlannerCore:
                     # The first request died between its claim and its create:
                     # this retry finishes what it started, under the same id.
                     job_id = claimed
+        await self._check_quota(req.client_id)
         if not req.HasField("seed"):
             req.seed = seeds.new_job_seed()
         now = Timestamp()
@@ -108,6 +118,23 @@ class PlannerCore:
         return animation_pb2.CreateAnimationResponse(
             job_id=job_id, existing=False, animation=self.view(state, files=False)
         )
+
+    async def _check_quota(self, client_id: str) -> None:
+        if self.max_jobs_per_client <= 0:
+            return
+        unfinished = 0
+        for job_id in await self.jobs.list():
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue
+            if state.request.client_id == client_id and not is_terminal(state.status):
+                unfinished += 1
+        if unfinished >= self.max_jobs_per_client:
+            raise QuotaExceeded(
+                f"client {client_id}: {unfinished} unfinished jobs, the limit is "
+                f"{self.max_jobs_per_client}; retry when one finishes"
+            )
 
     async def _start(self, state: animation_pb2.JobState) -> None:
         """job.created, then the plan work it causes (both idempotent by message id)."""

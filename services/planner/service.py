@@ -36,6 +36,7 @@ class PlannerService(Service):
             profile_names=profile_names(self.settings),
             default_profile=self.settings["ANIM_PROFILE"],
             presign_ttl_s=self.settings["ANIM_PRESIGN_TTL_S"],
+            max_jobs_per_client=self.settings["ANIM_MAX_JOBS_PER_CLIENT"],
             settings=self.settings,
         )
         self.planner = Planner(bus=bus_, jobs=jobs, store=store, settings=self.settings)
