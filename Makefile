@@ -49,6 +49,20 @@ bench: setup ## benchmarks: print figures and ratios
 demo: setup ## render an animation in embedded mode (PROFILE=tiny for the offline smoke run)
 	$(VENV)/bin/ghibli-anim generate "$(IDEA)" --frames $(FRAMES) --profile $(PROFILE)
 
+COMPOSE ?= docker compose
+
+.env: ## write .env from .env.example with random secrets (never overwrites)
+	$(PYTHON) deploy/make_env.py .env.example .env
+
+up: .env ## docker compose: build and start everything, wait until healthy (profiles: .env)
+	$(COMPOSE) up --build --detach --wait --wait-timeout 1800
+
+down: ## docker compose: stop and remove the containers (volumes stay; ARGS=-v drops them)
+	$(COMPOSE) down $(ARGS)
+
+logs: ## docker compose: follow every service's log (SERVICE=planner for one)
+	$(COMPOSE) logs --follow --tail=200 $(SERVICE)
+
 up-local: setup ## the distributed topology as local processes (no Docker)
 	$(VENV)/bin/ghibli-anim up-local
 

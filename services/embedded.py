@@ -145,7 +145,7 @@ def _warn_if_slow(profile: str) -> None:
 
 
 async def _generate(args: argparse.Namespace) -> int:
-    from ghibli_anim.cli import build_request
+    from ghibli_anim.cli import attach_init_image, build_request
     from ghibli_anim.common.client import AnimationClient
     from ghibli_anim.common.client_cli import follow
 
@@ -156,6 +156,7 @@ async def _generate(args: argparse.Namespace) -> int:
     async with EmbeddedStack() as stack:
         install_stop_signals(stack.stop)
         async with AnimationClient(stack.planner_target) as client:
+            await attach_init_image(request, args, client)  # --init-image via CreateUpload
             resp = await client.create(request)
             job_id = resp.job_id
             follow_task = asyncio.create_task(

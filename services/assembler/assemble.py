@@ -2,14 +2,16 @@
 
 Plain functions, no transport: the assembler service reads the frames from the store, calls
 :func:`assemble` and writes the bytes back. Every encoder takes a list of same-sized PIL images
-(any mode; converted to RGB, alpha dropped) and a frame rate in ``limits.FPS``.
+(any mode; converted to RGB, alpha dropped) and a frame rate in ``limits.OUTPUT_FPS`` (the
+request's ``limits.FPS`` times ``interpolate + 1``).
 
 Timing per format:
 
 * **GIF** stores delays in 10 ms units, and browsers turn delays under 20 ms into 100 ms. Each
   frame lasts ``1000 / fps`` rounded to the nearest 10 ms, at least 20 ms, so the effective rate
-  is ``1000 / delay``: 12 fps plays at 12.5, 24 at 25, 30 at 33.3, 60 at 50
-  (:func:`gif_delay_ms`, :func:`gif_effective_fps`).
+  is ``1000 / delay``: 12 fps plays at 12.5, 24 at 25, 30 at 33.3, 50 at 50
+  (:func:`gif_delay_ms`, :func:`gif_effective_fps`). :func:`assemble` never asks a GIF for
+  more than 50 fps (see below: a 60 fps clip becomes a 30 fps GIF of every 2nd frame).
 * **WebP** stores milliseconds; frame durations alternate (33, 34, 33 ms at 30 fps) so the
   average rate is exact.
 * **MP4** is constant frame rate at exactly ``fps``.
@@ -17,6 +19,13 @@ Timing per format:
 GIF and WebP encoders merge a frame identical to the one before it into a longer frame (Pillow
 and libwebp both do), so a still stretch decodes to fewer frames with the same total duration.
 MP4 keeps every frame.
+
+In-between frames (``interpolate`` K = 1 or 3, :mod:`ghibli_anim.assembler.interpolate`) go
+into the GIF, MP4 and WebP, which then play at ``fps x (K + 1)`` so the clip keeps its duration;
+the ZIP and the contact sheet hold the rendered frames only. A GIF cannot play faster than
+:data:`~ghibli_anim.common.limits.GIF_MAX_FPS` (50) fps: above that it keeps every ``s``-th frame,
+``s = ceil(rate / 50)``, at ``rate / s`` fps (same duration, fewer frames) and :func:`assemble`
+adds a note saying so.
 
 MP4 is H.264 (libx264, yuv420p, ``+faststart``) from the ffmpeg binary that imageio-ffmpeg ships.
 Its size is padded up to multiples of 16 (never scaled): the frame keeps its top-left corner and
@@ -37,12 +46,13 @@ import re
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ghibli_anim.assembler.interpolate import Interpolator, insert_inbetweens
 from ghibli_anim.common import limits
 
 CONTENT_TYPES: dict[str, str] = {
@@ -92,20 +102,40 @@ def check_frames(frames: Sequence[Image.Image], field: str = "frames") -> list[I
     return out
 
 
-def gif_delay_ms(fps: int) -> int:
+_RATE = limits.FloatRange(0.0, float(limits.OUTPUT_FPS.hi), lo_open=True)
+
+
+def gif_delay_ms(fps: float) -> int:
     """Per-frame GIF delay: 1000/fps rounded half-up to 10 ms, at least 20 ms."""
-    limits.FPS.check("fps", fps)
+    _RATE.check("fps", fps)
     return max(GIF_MIN_DELAY_MS, int(100.0 / fps + 0.5) * 10)
 
 
-def gif_effective_fps(fps: int) -> float:
+def gif_effective_fps(fps: float) -> float:
     """The rate a GIF written at ``fps`` really plays at."""
     return 1000.0 / gif_delay_ms(fps)
 
 
+def output_fps(fps: int, interpolate: int = 0) -> int:
+    """The rate a clip plays at with ``interpolate`` in-betweens per pair: fps x (K + 1)."""
+    limits.FPS.check("fps", fps)
+    if interpolate not in limits.INTERPOLATE:
+        allowed = ", ".join(map(str, limits.INTERPOLATE))
+        raise ValueError(f"interpolate: must be one of {allowed}, got {interpolate!r:.20}")
+    return fps * (interpolate + 1)
+
+
+def gif_timeline(fps: int) -> tuple[int, float]:
+    """``(step, gif_fps)``: a GIF of a ``fps`` clip keeps every ``step``-th frame at
+    ``gif_fps`` <= GIF_MAX_FPS, so it lasts as long as the clip (see the module docs)."""
+    limits.OUTPUT_FPS.check("fps", fps)
+    step = math.ceil(fps / limits.GIF_MAX_FPS)
+    return step, fps / step
+
+
 def webp_durations(n_frames: int, fps: int) -> list[int]:
     """Millisecond durations whose running sum stays within 0.5 ms of ``i * 1000 / fps``."""
-    limits.FPS.check("fps", fps)
+    limits.OUTPUT_FPS.check("fps", fps)
     ends = [round((i + 1) * 1000 / fps) for i in range(n_frames)]
     return [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
@@ -118,7 +148,7 @@ def padded_size(width: int, height: int, block: int = MP4_BLOCK) -> tuple[int, i
 # --- encoders -------------------------------------------------------------------------------
 
 
-def encode_gif(frames: Sequence[Image.Image], fps: int) -> bytes:
+def encode_gif(frames: Sequence[Image.Image], fps: float) -> bytes:
     """Animated GIF, looping forever, one adaptive 256-colour palette per frame.
 
     Frames are quantised without dithering: dither noise differs from frame to frame and
@@ -176,7 +206,7 @@ def encode_mp4(
 ) -> bytes:
     """H.264 MP4 (yuv420p, faststart), padded to multiples of 16; see the module docs."""
     rgb = check_frames(frames)
-    limits.FPS.check("fps", fps)
+    limits.OUTPUT_FPS.check("fps", fps)
     width, height = padded_size(*rgb[0].size)
     ffmpeg = _ffmpeg()
     with tempfile.TemporaryDirectory(prefix="ghibli-mp4-") as tmp:
@@ -373,34 +403,60 @@ def assemble(
     prompts: Sequence[str | None] | None = None,
     depth: Sequence[Image.Image | None] | None = None,
     frames_png: Sequence[bytes] | None = None,
+    interpolate: int = 0,
+    cuts: Collection[int] = (),
+    interpolator: Interpolator | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, tuple[bytes, str]]:
     """Encode ``frames`` into each of ``formats``: ``{format: (bytes, content_type)}``.
 
     ``formats`` are names from ``limits.FORMATS`` (an empty list means the defaults). The ZIP
     holds ``frames_png`` when given (the stored PNGs, byte for byte), else PNGs of ``frames``.
-    ``prompts`` and ``depth`` go to the contact sheet.
+    ``prompts`` and ``depth`` go to the contact sheet. ``interpolate`` K inserts K in-betweens
+    per pair into the GIF, MP4 and WebP (``interpolator``, default optical flow; no motion is
+    made up across the ``cuts``, indices of frames that start a new shot), which then play at
+    :func:`output_fps`. Warnings for the user (a GIF capped at 50 fps) are appended to ``notes``.
     """
     wanted = limits.check_formats("formats", list(formats))
-    limits.FPS.check("fps", fps)
+    rate = output_fps(fps, interpolate)
     rgb = check_frames(frames)
     if frames_png is not None and len(frames_png) != len(rgb):
         raise ValueError(
             f"frames_png: expected {len(rgb)} entries (one per frame), got {len(frames_png)}"
         )
+    clip = rgb
+    if interpolate and any(fmt in wanted for fmt in ("gif", "mp4", "webp")):
+        arrays = [np.asarray(f, dtype=np.uint8) for f in rgb]
+        clip = [
+            Image.fromarray(a)
+            for a in insert_inbetweens(arrays, interpolate, interpolator, cuts=cuts)
+        ]
     out: dict[str, tuple[bytes, str]] = {}
     for fmt in wanted:
         if fmt == "gif":
-            data = encode_gif(rgb, fps)
+            step, gif_fps = gif_timeline(rate)
+            if step > 1 and notes is not None:
+                notes.append(
+                    f"gif: {rate} fps is above GIF's {limits.GIF_MAX_FPS} fps; it keeps every "
+                    f"{_ordinal(step)} frame at {gif_fps:g} fps (same duration); "
+                    "the MP4 and WebP have them all"
+                )
+            data = encode_gif(clip[::step], gif_fps)
         elif fmt == "webp":
-            data = encode_webp(rgb, fps)
+            data = encode_webp(clip, rate)
         elif fmt == "mp4":
-            data = encode_mp4(rgb, fps)
+            data = encode_mp4(clip, rate)
         elif fmt == "zip":
             data = encode_zip(frames_png if frames_png is not None else [png_bytes(f) for f in rgb])
         else:  # "contact"
             data = contact_sheet(rgb, prompts=prompts, depth=depth)
         out[fmt] = (data, CONTENT_TYPES[fmt])
     return out
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 # --- decoding, for tests and verification ---------------------------------------------------
@@ -507,6 +563,8 @@ __all__ = [
     "encode_zip",
     "gif_delay_ms",
     "gif_effective_fps",
+    "gif_timeline",
+    "output_fps",
     "padded_size",
     "png_bytes",
     "probe_mp4",

@@ -9,7 +9,7 @@ import logging
 
 from PIL import Image
 
-from ghibli_anim.common import bus, keys, manifests
+from ghibli_anim.common import bus, faults, keys, manifests
 from ghibli_anim.common.bus import NonRetryable
 from ghibli_anim.common.jobs import JobNotFound, JobStore
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
@@ -49,6 +49,7 @@ class AssemblerService(Service):
         if state.status != types_pb2.JOB_STATUS_ASSEMBLING:
             log.info("assemble skipped", extra={"job_id": job_id, "status": state.status})
             return
+        await faults.hit("assemble", -1)
         await asyncio.to_thread(self.assemble, state, work)
         await bus.publish_event(
             self.bus.js,
@@ -81,6 +82,13 @@ class AssemblerService(Service):
         depth = [depth_by_key.get(keys.depth_key(job_id, i)) for i in range(len(frames))]
         from ghibli_anim.assembler.assemble import assemble
 
+        # No motion is made up across a storyboard cut (in-betweens hold instead).
+        cuts = {
+            i
+            for i, spec in enumerate(state.frame_specs)
+            if i > 0 and spec.continuity == types_pb2.CONTINUITY_CUT
+        }
+        notes: list[str] = []
         try:
             encoded = assemble(
                 frames,
@@ -89,9 +97,14 @@ class AssemblerService(Service):
                 prompts=list(work.prompts) or None,
                 depth=depth if work.depth_keys else None,
                 frames_png=pngs,
+                interpolate=work.interpolate,
+                cuts=cuts,
+                notes=notes,
             )
         except ValueError as exc:
             raise NonRetryable(str(exc)) from exc
+        for note in notes:
+            log.warning(note, extra={"job_id": job_id})
         manifest = manifests.base(state)
         for i in range(len(frames)):
             record = json.loads(self._get(keys.frame_record_key(job_id, i)))

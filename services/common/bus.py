@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,12 @@ STEPS: tuple[str, ...] = ("plan", "render", "depth", "assemble")
 """Work steps; each is a subject ``anim.work.<step>`` and a durable of that name."""
 
 CONDUCTOR = "conductor"
+# The server's advisory when a work message ran out of deliveries (a worker that
+# died on each of them never got to say so), captured into a stream of its own so
+# a planner that was down still sees it.
+ADVISORIES_STREAM = "ANIM_ADVISORIES"
+ADVISORIES_CONSUMER = "advisories"
+MAX_DELIVERIES_SUBJECT = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ANIM_WORK.*"
 """Durable consumer of every event (the planner's conductor)."""
 
 JOBS_BUCKET = "anim-jobs"
@@ -298,6 +305,19 @@ def events_stream_config(replicas: int = 1) -> api.StreamConfig:
     )
 
 
+def advisories_stream_config(replicas: int = 1) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=ADVISORIES_STREAM,
+        description="Max-deliveries advisories of ANIM_WORK's consumers.",
+        subjects=[MAX_DELIVERIES_SUBJECT],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        discard=api.DiscardPolicy.OLD,
+        num_replicas=replicas,
+    )
+
+
 def _durable_config(
     name: str, filter_subject: str, ack_wait_s: float, max_deliver: int, description: str
 ) -> api.ConsumerConfig:
@@ -416,6 +436,17 @@ async def init_bus(
     for step in STEPS:
         await js.add_consumer(WORK_STREAM, work_consumer_config(step, ack_wait_s, max_deliver))
     await js.add_consumer(EVENTS_STREAM, conductor_consumer_config(ack_wait_s, max_deliver))
+    await _ensure_stream(js, advisories_stream_config(replicas))
+    await js.add_consumer(
+        ADVISORIES_STREAM,
+        _durable_config(
+            ADVISORIES_CONSUMER,
+            MAX_DELIVERIES_SUBJECT,
+            ack_wait_s,
+            max_deliver,
+            "The planner: fails jobs whose work ran out of deliveries.",
+        ),
+    )
 
 
 async def init_bus_from_settings(
@@ -603,11 +634,14 @@ class WorkConsumer(Generic[M]):
         stream: str = WORK_STREAM,
         fetch_timeout_s: float = 5.0,
         ack_timeout_s: float = 5.0,
+        parse: Callable[[bytes], M] | None = None,
     ) -> None:
         self.js = js
         self.durable = durable
         self.stream = stream
         self.message_type = message_type
+        # Messages that are not protobuf (server advisories are JSON) bring a parser.
+        self._parse_fn = parse or message_type.FromString
         self.stats = ConsumerStats()
         self._handler = handler
         self._on_give_up = on_give_up
@@ -615,7 +649,8 @@ class WorkConsumer(Generic[M]):
         self._ack_timeout_s = ack_timeout_s
         self._ack_wait_s = 30.0
         self._max_deliver = -1
-        self._has_job_id = "job_id" in message_type.DESCRIPTOR.fields_by_name
+        descriptor = getattr(message_type, "DESCRIPTOR", None)
+        self._has_job_id = descriptor is not None and "job_id" in descriptor.fields_by_name
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._fetch_task: asyncio.Task[list[Msg]] | None = None
@@ -736,9 +771,9 @@ class WorkConsumer(Generic[M]):
 
     def _parse(self, msg: Msg) -> M | None:
         try:
-            work = self.message_type.FromString(msg.data)
-        except (DecodeError, ValueError) as exc:
-            reason = f"not a {self.message_type.DESCRIPTOR.full_name}: {exc}"
+            work = self._parse_fn(msg.data)
+        except (DecodeError, ValueError, KeyError, TypeError) as exc:
+            reason = f"not a {self.message_type.__name__}: {exc}"
         else:
             if not self._has_job_id or is_job_id(work.job_id):  # type: ignore[attr-defined]
                 return work
@@ -892,6 +927,43 @@ def conductor_consumer(
         handler,
         on_give_up=on_give_up,
         stream=EVENTS_STREAM,
+        **kwargs,
+    )
+
+
+@dataclass(frozen=True)
+class MaxDeliveries:
+    """The server's advisory that a work message ran out of deliveries."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> MaxDeliveries:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or not str(doc.get("type", "")).endswith("max_deliver"):
+            raise ValueError("not a max-deliveries advisory")
+        return cls(
+            stream=str(doc["stream"]),
+            consumer=str(doc["consumer"]),
+            stream_seq=int(doc["stream_seq"]),
+            deliveries=int(doc.get("deliveries", 0)),
+        )
+
+
+def advisories_consumer(
+    js: JetStreamContext, handler: Handler[MaxDeliveries], **kwargs: Any
+) -> WorkConsumer[MaxDeliveries]:
+    """A ``WorkConsumer`` on the planner's ``advisories`` durable."""
+    return WorkConsumer(
+        js,
+        ADVISORIES_CONSUMER,
+        MaxDeliveries,
+        handler,
+        stream=ADVISORIES_STREAM,
+        parse=MaxDeliveries.parse,
         **kwargs,
     )
 

@@ -117,9 +117,11 @@ async def _run(args: argparse.Namespace) -> int:
     async with AnimationClient.from_env(args.server) as client:
         cmd = args.command
         if cmd == "submit":
-            from ghibli_anim.cli import build_request
+            from ghibli_anim.cli import attach_init_image, build_request
 
-            resp = await client.create(build_request(args))
+            request = build_request(args)
+            await attach_init_image(request, args, client)  # --init-image via CreateUpload
+            resp = await client.create(request)
             note = " (existing job for this idempotency key)" if resp.existing else ""
             print(f"job {resp.job_id} created{note}", file=sys.stderr)
             if not args.wait:

@@ -19,6 +19,8 @@ from typing import Any
 ROLES = ("planner", "renderer", "depth", "assembler", "trainer", "web", "client", "embedded")
 SERVICES = ("planner", "renderer", "depth", "assembler")
 SERVICE_ROLES = frozenset(SERVICES) | {"web"}
+# Roles on the bus and the store; the web page reaches jobs only through the planner.
+BUS_ROLES = frozenset(SERVICES)
 
 GRPC_PORTS = {"planner": 50051, "depth": 50052, "renderer": 50053, "assembler": 50054}
 WEB_PORT = 8080
@@ -78,6 +80,14 @@ def _http_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _target(text: str) -> str:
+    """``host:port`` of a gRPC server (an IPv6 host in brackets)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT with a port in 1..65535")
+    return text.strip()
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -120,10 +130,10 @@ def _v(name, default, doc, parse=str, required_for=(), secret=False) -> Var:
     return Var(name, default, doc, parse, frozenset(required_for), secret)
 
 
-_S3_ROLES = ("planner", "renderer", "depth", "assembler", "web")
+_S3_ROLES = ("planner", "renderer", "depth", "assembler")
 
 VARS: tuple[Var, ...] = (
-    _v("ANIM_NATS_URL", None, "NATS server URL(s), comma separated.", str, SERVICE_ROLES),
+    _v("ANIM_NATS_URL", None, "NATS server URL(s), comma separated.", str, BUS_ROLES),
     _v("ANIM_NATS_USER", "", "NATS user name of this service (empty = anonymous)."),
     _v("ANIM_NATS_PASSWORD", "", "NATS password of this service.", secret=True),
     _v("ANIM_NATS_CREDS", "", "Path of a NATS .creds file (alternative to user/password)."),
@@ -165,10 +175,20 @@ VARS: tuple[Var, ...] = (
     _v("ANIM_TLS_CERT", "", "Server certificate (PEM) for gRPC TLS."),
     _v("ANIM_TLS_KEY", "", "Server private key (PEM) for gRPC TLS."),
     _v("ANIM_TLS_CLIENT_CA", "", "CA (PEM) of client certificates: set it for mutual TLS."),
-    _v("ANIM_CLIENT_TOKEN", "", "Bearer token the CLI sends (submit, status, ...).", secret=True),
+    _v("ANIM_CLIENT_TOKEN", "", "Bearer token the CLI and the web page send to the planner.", secret=True),
     _v("ANIM_CLIENT_TLS_CA", "", "CA (PEM) the CLI trusts for a TLS planner; empty = plaintext."),
     _v("ANIM_CLIENT_TLS_CERT", "", "Client certificate (PEM) the CLI presents for mutual TLS."),
     _v("ANIM_CLIENT_TLS_KEY", "", "Client private key (PEM) for mutual TLS."),
+    _v(
+        "ANIM_PLANNER_TARGET",
+        None,
+        "Web: HOST:PORT of the planner's gRPC API, reached with the ANIM_CLIENT_* token "
+        "and TLS settings.",
+        _target,
+        ("web",),
+    ),
+    _v("ANIM_WEB_HOST", "0.0.0.0", "Web: address the HTTP server binds."),
+    _v("ANIM_WEB_PORT", str(WEB_PORT), "Web: HTTP port of the page.", _port),
     _v("ANIM_MAX_CONCURRENT_RPCS", "256", "Concurrent gRPC calls a server accepts.",
        _positive_int),
     _v("ANIM_MAX_JOBS_PER_CLIENT", "16", "Unfinished jobs one client may have; more get "
@@ -280,7 +300,7 @@ VARS: tuple[Var, ...] = (
     _v(
         "ANIM_PLANNER_TIMEOUT_S",
         "60",
-        "Limit of one planner LLM call, seconds (a local model stops generating at it).",
+        "Limit of one planner LLM request, seconds (not retried; a local model stops at it).",
         _positive_float,
     ),
     _v(
@@ -313,6 +333,8 @@ VARS: tuple[Var, ...] = (
         "the planner's hourly sweep (0 = keep forever).",
         lambda t: _non_negative(t),
     ),
+    _v("ANIM_FAULT", "", "Test-only fault hooks, e.g. render:3:pause (see "
+       "services/common/faults.py); inert unless set. Never set it in production."),
     _v("ANIM_LOG_LEVEL", "INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     _v("ANIM_LOG_FORMAT", "json", "Log format: json (services) or text.", _choice("json", "text")),
     _v("HF_TOKEN", "", "Hugging Face token (hf planner backend, gated models).", secret=True),

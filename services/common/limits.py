@@ -71,6 +71,15 @@ ZOOM = FloatRange(0.8, 1.25)
 PAN = FloatRange(-0.25, 0.25)
 ROTATE = FloatRange(-15.0, 15.0)
 
+# Motion and coherence.
+SHARPEN = FloatRange(0.0, 3.0)  # unsharp-mask amount; 0 = off
+COLOR_COHERENCE = ("lab", "hsv", "rgb", "off")
+DEFAULT_COLOR_COHERENCE = "lab"
+INTERPOLATE = (0, 1, 3)  # in-between frames per pair
+OUTPUT_FPS = IntRange(1, FPS.hi * (max(INTERPOLATE) + 1))  # fps x (interpolate + 1)
+GIF_MAX_FPS = 50  # GIF delays are 10 ms units and players floor them at 20 ms
+SCHEDULE_CHARS = 4000  # keyframe schedule text (strength, guidance, sharpen, camera)
+
 # Text lengths, in characters (tokens are checked separately against CLIP's 77).
 IDEA_CHARS = 1000
 PROMPT_CHARS = 1000
@@ -89,7 +98,7 @@ UPLOAD_BYTES = 20 * 1024 * 1024
 UPLOAD_PIXELS = 4096 * 4096  # decompression-bomb cap for init images
 
 FORMATS = ("gif", "mp4", "webp", "zip", "contact")
-DEFAULT_FORMATS = ("gif", "mp4", "webp")
+DEFAULT_FORMATS = ("gif", "mp4", "webp", "contact")
 
 LIST_PAGE_SIZE = IntRange(1, 500)
 DEFAULT_LIST_PAGE_SIZE = 50
@@ -137,6 +146,10 @@ def table() -> list[tuple[str, str]]:
         ("camera.zoom", ZOOM.describe()),
         ("camera.pan_x / pan_y", PAN.describe()),
         ("camera.rotate", ROTATE.describe()),
+        ("sharpen", SHARPEN.describe()),
+        ("color_coherence", ", ".join(COLOR_COHERENCE)),
+        ("interpolate", ", ".join(map(str, INTERPOLATE))),
+        ("schedules", f"FRAME:VALUE keyframes, at most {SCHEDULE_CHARS} characters"),
         ("idea", f"1..{IDEA_CHARS} characters"),
         ("prompt", f"1..{PROMPT_CHARS} characters and {CLIP_MAX_TOKENS} CLIP tokens with style"),
         ("negative_prompt", f"0..{NEGATIVE_PROMPT_CHARS} characters"),

@@ -19,7 +19,12 @@ def _hub_refs(profile) -> list[tuple[str, str]]:
         ("depth_model", profile.depth_model),
         ("tiny_autoencoder", profile.tiny_autoencoder),
         *((f"loras[{i}]", lora.source) for i, lora in enumerate(profile.loras)),
+        # What --preset fast and --tiny-vae add, so they work offline afterwards too.
+        ("lcm_lora", profiles.profile_option(profile.name, "lcm_lora")),
+        ("taesd", profiles.profile_option(profile.name, "taesd")),
     ]
+    if profiles.is_single_file(profile.base_model):
+        refs.append(("config", profiles.single_file_config(profile)))
     out = []
     for field, ref in refs:
         if ref and profiles.check_ref(ref, None, field, allow_store=True) == "hub":
@@ -44,6 +49,9 @@ def fetch(profile_name: str) -> int:
         owner, name, *sub = ref.split("/")
         repo = f"{owner}/{name}"
         patterns = [f"{'/'.join(sub)}/*"] if sub else None
+        if field == "config":
+            # from_single_file reads configs, scheduler and tokenizer only, no weights.
+            patterns = ["*.json", "*/*.json", "tokenizer/*"]
         if (repo, str(patterns)) in seen:
             continue
         seen.add((repo, str(patterns)))
@@ -67,5 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
         out = write_tiny_models(args.dir)
         print(out)
+        if getattr(args, "single_file", False):
+            from ghibli_anim.common.tiny_models import SINGLE_FILE_NAME, write_single_file
+
+            # The same pipeline as one checkpoint in the original (LDM) key layout; a
+            # profile loads it with base_model = this file, config = the pipeline folder.
+            print(write_single_file(out / "pipeline", out / SINGLE_FILE_NAME))
         return 0
     return fetch(args.profile)

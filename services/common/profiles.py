@@ -73,7 +73,21 @@ _FLOAT_FIELDS = {
     "controlnet_scale": limits.CONTROLNET_SCALE,
 }
 _REQUIRED = ("base_model", "scheduler", "width", "height", "steps", "guidance", "strength")
-_KNOWN = {*_STR_FIELDS, *_INT_FIELDS, *_FLOAT_FIELDS, "fps", "loras"}
+# "captioner" (a BLIP model for `dataset build`) stays in the file: work messages never need it.
+# "config", "lcm_lora" and "taesd" are resolved at plan time into the Profile message
+# (see resolve_profile): they stay in the file too.
+_KNOWN = {
+    *_STR_FIELDS,
+    *_INT_FIELDS,
+    *_FLOAT_FIELDS,
+    "fps",
+    "loras",
+    "captioner",
+    "config",
+    "lcm_lora",
+    "taesd",
+}
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 _LORA_KEYS = {"source", "scale", "weight_name"}
 
 
@@ -338,11 +352,17 @@ def _build(name: str, table: Any, settings: Settings) -> types_pb2.Profile:
         required=False,
     )
     check_ref(profile.base_model, settings, f"{where}.base_model")
+    _check_base_config(profile, table, settings, where)
     if not profile.tokenizer:
         profile.tokenizer = default_tokenizer(profile.base_model)
     for key in ("tokenizer", "controlnet", "depth_model", "tiny_autoencoder"):
         if getattr(profile, key):
             check_ref(getattr(profile, key), settings, f"{where}.{key}")
+    if "captioner" in table:
+        check_ref(_text(table, "captioner", where), settings, f"{where}.captioner")
+    for key in ("lcm_lora", "taesd"):
+        if key in table:
+            check_ref(_text(table, key, where), settings, f"{where}.{key}")
     loras = table.get("loras", [])
     if not isinstance(loras, list):
         raise ValueError(f"{where}.loras: must be a list of tables")
@@ -374,3 +394,205 @@ def load_profile(name: str | None, settings: Settings | None = None) -> types_pb
             f"of a-z, 0-9, '.', '_' or '-', got {name!r:.80}"
         )
     return _build(name, profiles[name], settings)
+
+
+def load_captioner(name: str | None, settings: Settings | None = None) -> str:
+    """The captioning model (a BLIP) of a profile: its ``captioner``, else ``DEFAULT_CAPTIONER``.
+
+    The whole profile is validated first, as ``load_profile`` does.
+    """
+    settings = _settings(settings)
+    profile = load_profile(name, settings)
+    _, tables = _read_file(settings)
+    return tables[profile.name].get("captioner", DEFAULT_CAPTIONER)
+
+
+# ---------------------------------------------------------------------------
+# Single-file checkpoints, request overrides and presets
+# ---------------------------------------------------------------------------
+
+SINGLE_FILE_SUFFIX = ".safetensors"
+# Pickle checkpoints run code when loaded: only safetensors files are accepted.
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
+DEFAULT_TAESD = "madebyollin/taesd"
+PRESETS = ("", "fast")
+# LCM-LoRA (DESIGN.md "fast" preset): 4 steps, low guidance (1 turns CFG off; above 2
+# burns the image). img2img raises the steps so that at least one of them runs.
+FAST_SCHEDULER = "LCM"
+FAST_STEPS = 4
+FAST_GUIDANCE = limits.FloatRange(1.0, 2.0)
+FAST_DEFAULT_GUIDANCE = 1.5
+MAX_LORAS = 8
+
+
+def is_single_file(ref: str) -> bool:
+    """Whether a model reference is a local single-file checkpoint (``.safetensors``)."""
+    return _is_path_ref(ref) and ref.lower().endswith(SINGLE_FILE_SUFFIX)
+
+
+def _refuse_pickle(ref: str, field: str) -> None:
+    if _is_path_ref(ref) and ref.lower().endswith(_PICKLE_SUFFIXES):
+        raise ValueError(
+            f"{field}: {ref!r:.200} is a pickle checkpoint, which can run code when loaded; "
+            f"convert it to {SINGLE_FILE_SUFFIX}"
+        )
+
+
+def single_file_config(profile: types_pb2.Profile, field: str = "profile.tokenizer") -> str:
+    """The diffusers config (folder, hub id or ``tiny:pipeline``) of a single-file base model.
+
+    A single-file checkpoint holds weights only; ``from_single_file(path, config=...)``
+    takes the component configs, scheduler and tokenizer from a diffusers folder of the
+    same architecture. The profile's ``config`` names it, and the profile's tokenizer is
+    that folder's ``tokenizer`` (the planner counts tokens with what the renderer uses),
+    so the Profile message carries the config as ``CONFIG/tokenizer``.
+    """
+    tokenizer = profile.tokenizer
+    if tokenizer == TINY_PREFIX + "tokenizer":
+        return TINY_PREFIX + "pipeline"
+    head, sep, tail = tokenizer.rstrip("/").rpartition("/")
+    if sep and head and tail == "tokenizer":
+        return head
+    raise ValueError(
+        f"{field}: a single-file base model takes its config from the tokenizer's folder "
+        f"(CONFIG/tokenizer or tiny:tokenizer), got {tokenizer!r:.200}"
+    )
+
+
+def _check_config_ref(ref: str, settings: Settings | None, field: str) -> None:
+    kind = check_ref(ref, settings, field)
+    if kind == "hub" and ref.count("/") != 1:
+        raise ValueError(f"{field}: a hub config must be owner/name, got {ref!r:.200}")
+    if kind == "tiny" and ref != TINY_PREFIX + "pipeline":
+        raise ValueError(f"{field}: the tiny config is {TINY_PREFIX}pipeline, got {ref!r:.60}")
+
+
+def _check_base_config(
+    profile: types_pb2.Profile, table: Mapping[str, Any], settings: Settings, where: str
+) -> None:
+    """The ``config`` of a single-file base model; sets the tokenizer to the config's."""
+    config_ref = table.get("config", "")
+    if not isinstance(config_ref, str):
+        raise ValueError(f"{where}.config: must be a string, got {config_ref!r:.60}")
+    _refuse_pickle(profile.base_model, f"{where}.base_model")
+    if not is_single_file(profile.base_model):
+        if config_ref:
+            raise ValueError(
+                f"{where}.config: only for a base_model that is a single "
+                f"{SINGLE_FILE_SUFFIX} file"
+            )
+        return
+    if not config_ref:
+        raise ValueError(
+            f"{where}.config: required for a single-file base_model: the diffusers folder or "
+            "hub id of the same architecture (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)"
+        )
+    _check_config_ref(config_ref, settings, f"{where}.config")
+    expected = default_tokenizer(config_ref)
+    if profile.tokenizer and profile.tokenizer != expected:
+        raise ValueError(
+            f"{where}.tokenizer: a single-file base_model uses its config's tokenizer "
+            f"{expected!r}, got {profile.tokenizer!r:.200}"
+        )
+    profile.tokenizer = expected
+
+
+def profile_option(name: str, key: str, settings: Settings | None = None) -> str:
+    """A model the planner adds on request: ``lcm_lora`` (fast preset) or ``taesd``.
+
+    Defaults: latent-consistency/lcm-lora-sdv1-5 and madebyollin/taesd (SD-1.5's).
+    """
+    defaults = {"lcm_lora": DEFAULT_LCM_LORA, "taesd": DEFAULT_TAESD}
+    if key not in defaults:
+        raise ValueError(f"key: must be one of {', '.join(defaults)}, got {key!r:.40}")
+    settings = _settings(settings)
+    profile = load_profile(name, settings)  # validates the whole table first
+    _, tables = _read_file(settings)
+    return tables[profile.name].get(key, defaults[key])
+
+
+def parse_lora_arg(text: str, settings: Settings | None, field: str) -> types_pb2.LoraRef:
+    """``PATH_OR_ID[:SCALE]`` (also ``store://loras/NAME[:SCALE]``, ``tiny:lcm_lora``).
+
+    The part after the last ':' is the scale when it is a number (default 1.0); a
+    file inside a folder is given by its path. Raises ValueError naming ``field``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{field}: must be PATH_OR_ID[:SCALE], got {text!r:.60}")
+    source, scale = text.strip(), 1.0
+    head, sep, tail = source.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+        except ValueError:
+            pass  # a colon of the reference itself (tiny:, store://)
+        else:
+            source = head
+    scale = LORA_SCALE.check(f"{field} scale", scale)
+    _refuse_pickle(source, field)
+    check_ref(source, settings, field, allow_store=True)
+    return types_pb2.LoraRef(source=source, scale=scale)
+
+
+def check_overrides(req: Any, settings: Settings | None = None) -> None:
+    """Syntax and place of a request's model overrides (loras, base_model, controlnet,
+    preset); errors name the request field. Nothing is downloaded or loaded."""
+    if len(req.loras) > MAX_LORAS:
+        raise ValueError(f"loras: at most {MAX_LORAS} LoRAs, got {len(req.loras)}")
+    if req.base_model:
+        _refuse_pickle(req.base_model, "base_model")
+        check_ref(req.base_model, settings, "base_model")
+    seen: dict[str, int] = {}
+    for i, text in enumerate(req.loras):
+        source = parse_lora_arg(text, settings, f"loras[{i}]").source
+        if source in seen:
+            raise ValueError(f"loras[{i}]: {source!r:.200} is loras[{seen[source]}] already")
+        seen[source] = i
+    if req.controlnet:
+        _refuse_pickle(req.controlnet, "controlnet")
+        check_ref(req.controlnet, settings, "controlnet")
+    if req.preset not in PRESETS:
+        raise ValueError(f"preset: must be empty (quality) or fast, got {req.preset!r:.40}")
+    if req.preset == "fast" and req.HasField("guidance"):
+        FAST_GUIDANCE.check("guidance (fast preset, LCM)", round(req.guidance, 6))
+
+
+def resolve_profile(req: Any, settings: Settings | None = None) -> types_pb2.Profile:
+    """The profile a CreateAnimationRequest renders with (what every FrameSpec carries).
+
+    The named profile, then the request's overrides: ``base_model`` and ``controlnet``
+    replace the profile's; ``loras`` (when given) replace the profile's LoRAs; preset
+    ``fast`` adds the profile's ``lcm_lora`` at scale 1 after them and makes LCM, 4 steps
+    and guidance 1.5 the defaults; ANIM_TINY_VAE swaps in the profile's ``taesd``.
+    Raises ValueError naming the field.
+    """
+    settings = _settings(settings)
+    check_overrides(req, settings)
+    profile = load_profile(req.profile, settings)
+    if req.base_model:
+        if is_single_file(req.base_model):
+            # Same architecture as the profile's model: its folder is the config.
+            if not is_single_file(profile.base_model):
+                profile.tokenizer = default_tokenizer(profile.base_model)
+            single_file_config(profile, field="base_model (its config comes from the profile)")
+        else:
+            profile.tokenizer = default_tokenizer(req.base_model)
+        profile.base_model = req.base_model
+    if req.controlnet:
+        profile.controlnet = req.controlnet
+    if req.loras:
+        del profile.loras[:]
+        profile.loras.extend(
+            parse_lora_arg(text, settings, f"loras[{i}]") for i, text in enumerate(req.loras)
+        )
+    if req.preset == "fast":
+        lcm = profile_option(profile.name, "lcm_lora", settings)
+        if all(lo.source != lcm for lo in profile.loras):  # listed by the caller already
+            profile.loras.append(types_pb2.LoraRef(source=lcm, scale=1.0))
+        profile.scheduler = FAST_SCHEDULER
+        profile.steps = FAST_STEPS
+        profile.guidance = FAST_DEFAULT_GUIDANCE
+    if settings["ANIM_TINY_VAE"] and not profile.tiny_autoencoder:
+        profile.tiny_autoencoder = profile_option(profile.name, "taesd", settings)
+    return profile

@@ -148,12 +148,18 @@ class LocalStack:
 
         asyncio.run(init())
 
-    def add(self, name: str, *, start: bool = True) -> ServiceProcess:
-        """One more replica of ``name`` (its own gRPC port and log file)."""
+    def add(
+        self, name: str, *, start: bool = True, env: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
+        """One more replica of ``name`` (its own gRPC port and log file); ``env``
+        adds or overrides variables of this replica only (e.g. ANIM_FAULT)."""
         index = len(self.processes.get(name, []))
         (port,) = free_ports(1)
         proc = ServiceProcess(
-            name, self.work_dir / "services" / f"{name}-{index}", self.env(), port
+            name,
+            self.work_dir / "services" / f"{name}-{index}",
+            {**self.env(), **(env or {})},
+            port,
         )
         self.processes.setdefault(name, []).append(proc)
         if start:

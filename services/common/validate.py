@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ghibli_anim.common import limits
+from ghibli_anim.common import keys, limits, schedules
+from ghibli_anim.common.config import Settings
 from ghibli_anim.common.pb import animation_pb2, types_pb2
 
 _SEED_MODES = {
@@ -34,6 +35,7 @@ def validate_create(
     *,
     profile_names: Collection[str],
     default_profile: str,
+    settings: Settings | None = None,
 ) -> animation_pb2.CreateAnimationRequest:
     size = req.ByteSize()
     if size > limits.REQUEST_BYTES:
@@ -61,6 +63,8 @@ def validate_create(
     formats = limits.check_formats("formats", list(req.formats))
     del out.formats[:]
     out.formats.extend(formats)
+    _check_motion(req, out)
+    _check_models(req, out, settings)
     storyboard_bytes = len(req.storyboard_json.encode())
     if storyboard_bytes > limits.STORYBOARD_JSON_BYTES:
         raise ValueError(
@@ -74,3 +78,61 @@ def validate_create(
         "client_id", req.client_id, limits.CLIENT_ID_CHARS, required=False
     )
     return out
+
+
+_SCHEDULES = (
+    ("strength_schedule", limits.STRENGTH),
+    ("guidance_schedule", limits.GUIDANCE),
+    ("sharpen", limits.SHARPEN),
+)
+
+
+def _check_motion(
+    req: animation_pb2.CreateAnimationRequest, out: animation_pb2.CreateAnimationRequest
+) -> None:
+    """Colour coherence, in-betweens and keyframe schedules (errors name field and position)."""
+    mode = req.color_coherence.strip().lower() or limits.DEFAULT_COLOR_COHERENCE
+    if mode not in limits.COLOR_COHERENCE:
+        raise ValueError(
+            f"color_coherence: must be one of {', '.join(limits.COLOR_COHERENCE)}, "
+            f"got {req.color_coherence!r:.40}"
+        )
+    out.color_coherence = mode
+    if req.interpolate not in limits.INTERPOLATE:
+        raise ValueError(
+            f"interpolate: must be one of {', '.join(map(str, limits.INTERPOLATE))}, "
+            f"got {req.interpolate}"
+        )
+    # Schedules are kept as written, so a position in a later message still points into them.
+    for name, bound in _SCHEDULES:
+        text = getattr(req, name)
+        if text.strip():
+            schedules.parse_schedule(text, name, bound)
+        else:
+            setattr(out, name, "")
+    if req.camera.strip():
+        schedules.parse_camera_schedule(req.camera, "camera")
+    else:
+        out.camera = ""
+    if req.blend_prompts:
+        # Refused rather than ignored: a caller asking for it would not get what it asked.
+        raise ValueError("blend_prompts: not supported by this version; leave it false")
+
+
+def _check_models(
+    req: animation_pb2.CreateAnimationRequest,
+    out: animation_pb2.CreateAnimationRequest,
+    settings: Settings | None,
+) -> None:
+    """Model overrides, preset and init image id (paths only under ANIM_MODEL_ROOTS,
+    LoRAs also as store://loras/NAME); nothing is loaded here."""
+    from ghibli_anim.common.profiles import check_overrides
+
+    del out.loras[:]
+    out.loras.extend(text.strip() for text in req.loras)
+    out.base_model = req.base_model.strip()
+    out.controlnet = req.controlnet.strip()
+    out.preset = req.preset.strip().lower()
+    check_overrides(out, settings)
+    if req.init_upload_id:
+        keys.check_upload_id(req.init_upload_id, "init_upload_id")

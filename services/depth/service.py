@@ -14,7 +14,7 @@ import threading
 import grpc
 from PIL import Image
 
-from ghibli_anim.common import bus, keys
+from ghibli_anim.common import bus, faults, keys
 from ghibli_anim.common.bus import NonRetryable
 from ghibli_anim.common.grpcserver import ServiceBinding
 from ghibli_anim.common.jobs import JobNotFound, JobStore
@@ -84,6 +84,7 @@ class DepthService(Service):
         output_key = keys.check_key(work.output_key, "output_key")
         if keys.job_id_of_key(image_key) != job_id or keys.job_id_of_key(output_key) != job_id:
             raise NonRetryable("image_key/output_key: must belong to the work's job")
+        await faults.hit("depth", work.frame)
         try:
             await asyncio.to_thread(
                 self.estimate_key, image_key, output_key, work.profile.depth_model

@@ -73,7 +73,9 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
         return await self._call(context, self.core.delete(request.job_id))
 
     async def CreateUpload(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "CreateUpload: not available yet")
+        return await self._call(
+            context, self.core.create_upload(request.content_type, request.size_bytes)
+        )
 
 
 async def handle_bus_create(core: PlannerCore, data: bytes) -> bytes:

@@ -20,6 +20,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+import nats.js.errors
+from google.protobuf.message import DecodeError
+
 from ghibli_anim.common import bus, keys, manifests
 from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
@@ -33,6 +36,13 @@ RENDERING = types_pb2.JOB_STATUS_RENDERING
 ASSEMBLING = types_pb2.JOB_STATUS_ASSEMBLING
 COMPLETED = types_pb2.JOB_STATUS_COMPLETED
 FAILED = types_pb2.JOB_STATUS_FAILED
+
+_WORK_TYPES = {
+    "plan": bus_pb2.PlanWork,
+    "render": bus_pb2.RenderWork,
+    "depth": bus_pb2.DepthWork,
+    "assemble": bus_pb2.AssembleWork,
+}
 
 _FAILURES = {
     bus_pb2.EVENT_TYPE_FRAME_FAILED: "frame",
@@ -83,6 +93,7 @@ def assemble_work(state: animation_pb2.JobState) -> bus_pb2.AssembleWork:
         fps=req.fps if req.HasField("fps") else (state.profile.fps or 8),
         formats=list(req.formats),
         prompts=[s.prompt for s in state.frame_specs],
+        interpolate=req.interpolate,
     )
 
 
@@ -213,6 +224,44 @@ class Conductor:
                     reason=state.error,
                 ),
             )
+
+    async def max_deliveries(self, advisory: bus.MaxDeliveries) -> None:
+        """A work message ran out of deliveries without a worker saying why (each one
+        died or stalled): fail its job with the reason and drop the message, so
+        nothing stays stuck in the work queue."""
+        try:
+            raw = await self.bus.js.get_msg(advisory.stream, advisory.stream_seq)
+        except nats.js.errors.NotFoundError:
+            return  # acked or terminated meanwhile
+        step = (raw.subject or "").rsplit(".", 1)[-1]
+        kind = _WORK_TYPES.get(step)
+        try:
+            work = kind.FromString(raw.data or b"") if kind else None
+        except DecodeError:
+            work = None
+        if work is not None and keys.is_job_id(work.job_id):
+            frame = getattr(work, "frame", -1)
+            where = f"{step} of frame {frame}" if frame >= 0 else step
+            reason = (
+                f"{where}: gave up after {advisory.deliveries} deliveries; the worker "
+                "stopped each time without an answer (crashed, out of memory, or AckWait "
+                "too short)"
+            )
+            event = bus.new_event(
+                bus_pb2.EVENT_TYPE_JOB_FAILED,
+                work.job_id,
+                -1,
+                work.attempt,
+                work.causation_id,
+                service="planner",
+                reason=reason,
+            )
+            try:
+                await self._failed(event)
+                await bus.publish_event(self.bus.js, event)
+            except JobNotFound:
+                pass
+        await self.bus.js.delete_msg(advisory.stream, advisory.stream_seq)
 
     async def _publish(self, state: animation_pb2.JobState, item) -> None:
         if item is None:

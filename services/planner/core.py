@@ -21,6 +21,8 @@ from ghibli_anim.common.auth import ANONYMOUS, current_client
 from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal, status_name
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.common.store import Store
+from ghibli_anim.common.uploads import check_request as check_upload_request
+from ghibli_anim.common.uploads import init_key, load_upload
 from ghibli_anim.common.validate import validate_create
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,12 @@ class PlannerCore:
         self, request: animation_pb2.CreateAnimationRequest
     ) -> animation_pb2.CreateAnimationResponse:
         req = validate_create(
-            request, profile_names=self.profile_names, default_profile=self.default_profile
+            request,
+            profile_names=self.profile_names,
+            default_profile=self.default_profile,
+            settings=self.settings,
         )
+        await self._check_models(req)
         if req.storyboard_json:
             # Shape errors (frame count, fields) are the caller's: refuse now.
             from ghibli_anim.common.storyboard import parse_storyboard
@@ -76,7 +82,9 @@ class PlannerCore:
                 board = parse_storyboard(req.storyboard_json, req.frames)
             except ValueError as exc:
                 raise ValueError(f"storyboard_json: {exc}") from None
-            await self._check_tokens(req.profile, board)
+            if not req.truncate_prompts:
+                await self._check_tokens(req.profile, board)
+        init_png = await self._check_init_image(req)
         caller = current_client.get()
         if caller != ANONYMOUS or not req.client_id:
             req.client_id = caller  # with tokens, the authenticated id, whatever was sent
@@ -112,11 +120,41 @@ class PlannerCore:
             created_at=now,
             updated_at=now,
         )
+        if init_png is not None:
+            # The job's own validated copy: later PUTs to the upload URL cannot change it.
+            await asyncio.to_thread(self.store.put, init_key(job_id), init_png, "image/png")
         await self.jobs.create(state)
         await self._start(state)
         log.info("job created", extra={"job_id": job_id, "frames": req.frames})
         return animation_pb2.CreateAnimationResponse(
             job_id=job_id, existing=False, animation=self.view(state, files=False)
+        )
+
+    async def _check_models(self, req: animation_pb2.CreateAnimationRequest) -> None:
+        """The request's model overrides and preset resolved against its profile now, so a
+        bad LoRA, base model, ControlNet or profile entry is refused naming the field."""
+        from ghibli_anim.common.profiles import resolve_profile
+
+        await asyncio.to_thread(resolve_profile, req, self.settings)
+
+    async def _check_init_image(self, req: animation_pb2.CreateAnimationRequest) -> bytes | None:
+        """The init image re-encoded as PNG, validated before the job exists (or None)."""
+        if not req.init_upload_id:
+            return None
+        return await asyncio.to_thread(load_upload, self.store, req.init_upload_id)
+
+    async def create_upload(
+        self, content_type: str, size_bytes: int
+    ) -> animation_pb2.CreateUploadResponse:
+        """A presigned PUT URL for a new ``uploads/{id}`` (an init image to come)."""
+        check_upload_request(content_type, size_bytes)
+        upload_id = keys.new_upload_id()
+        key = keys.upload_key(upload_id)
+        url = await asyncio.to_thread(self.store.presign_put, key, self.presign_ttl_s)
+        expires = Timestamp()
+        expires.FromSeconds(int(time.time()) + self.presign_ttl_s)
+        return animation_pb2.CreateUploadResponse(
+            upload_id=upload_id, key=key, put_url=url, expires_at=expires
         )
 
     async def _check_quota(self, client_id: str) -> None:
@@ -189,7 +227,14 @@ class PlannerCore:
         return await asyncio.to_thread(self.view, state, True)
 
     def view(self, state: animation_pb2.JobState, files: bool = True) -> animation_pb2.Animation:
-        """The client's view of a job; with files, presigned URLs of every stored file."""
+        """The client's view of a job; with files, presigned URLs of every stored file.
+
+        Once COMPLETED, ``outputs`` and ``frame_files`` carry size and sha256. Once
+        planned but not completed (running, failed, cancelled), the storyboard and every
+        file stored so far come in ``frame_files`` with their URL only: they may still
+        change, and listing them costs no read per file (the web page shows frames
+        as they land this way).
+        """
         req = state.request
         anim = animation_pb2.Animation(
             job_id=state.job_id,
@@ -206,10 +251,22 @@ class PlannerCore:
             profile=req.profile,
             idea=req.idea,
         )
-        if files and state.status == types_pb2.JOB_STATUS_COMPLETED:
+        if files and state.status not in (
+            types_pb2.JOB_STATUS_PENDING,
+            types_pb2.JOB_STATUS_PLANNING,
+        ):
             with contextlib.suppress(KeyError):
                 anim.storyboard_json = self.store.get(keys.plan_key(state.job_id)).decode()
             for key in self.store.list(keys.job_prefix(state.job_id)):
+                if state.status != types_pb2.JOB_STATUS_COMPLETED:
+                    anim.frame_files.append(
+                        types_pb2.OutputFile(
+                            name=key.rsplit("/", 1)[-1],
+                            key=key,
+                            url=self.store.presign_get(key, self.presign_ttl_s),
+                        )
+                    )
+                    continue
                 info = self.store.stat(key)
                 if info is None:
                     continue

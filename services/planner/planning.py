@@ -10,17 +10,17 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ghibli_anim.common import bus, keys
 from ghibli_anim.common.bus import NonRetryable
 from ghibli_anim.common.jobs import JobStore
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.profiles import load_profile, locate_tokenizer
+from ghibli_anim.common.profiles import locate_tokenizer, resolve_profile
 from ghibli_anim.common.store import Store
 from ghibli_anim.common.storyboard import Storyboard, parse_storyboard, prompts_with_style
-from ghibli_anim.planner.offline import NOTICE, plan_offline
 from ghibli_anim.planner.resolve import resolve_frames
+from ghibli_anim.planner.storyboarder import PlanningFailed, Storyboarder
 from ghibli_anim.planner.tokens import PromptTooLong, TokenCounter
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,13 @@ class Planner:
     jobs: JobStore
     store: Store
     settings: object
+    storyboarder: Storyboarder | None = field(default=None)
+    """The LLM (or offline) planner; built from the settings when not given, so a backend
+    missing its settings fails start-up with the variable's name."""
+
+    def __post_init__(self) -> None:
+        if self.storyboarder is None:
+            self.storyboarder = Storyboarder.from_settings(self.settings)
 
     async def handle(self, work: bus_pb2.PlanWork) -> None:
         job_id = keys.check_job_id(work.job_id)
@@ -50,12 +57,18 @@ class Planner:
             return
         try:
             await self._plan(state, work)
-        except PromptTooLong as exc:
+        except (PromptTooLong, PlanningFailed) as exc:
             await self.fail(job_id, str(exc), work.causation_id)
 
     async def _plan(self, state: animation_pb2.JobState, work: bus_pb2.PlanWork) -> None:
         req = state.request
-        profile = load_profile(req.profile, self.settings)
+        try:
+            # The named profile with the request's model overrides and preset applied:
+            # every FrameSpec carries this one.
+            profile = resolve_profile(req, self.settings)
+        except ValueError as exc:  # e.g. the profiles file changed since creation
+            await self.fail(state.job_id, str(exc), work.causation_id)
+            return
         counter = await asyncio.to_thread(
             lambda: TokenCounter(locate_tokenizer(profile, self.settings))
         )
@@ -67,19 +80,33 @@ class Planner:
             except ValueError as exc:
                 raise NonRetryable(f"storyboard_json: {exc}") from None
             backend = "user"
+            attempts = [
+                {
+                    "attempt": 1,
+                    "backend": backend,
+                    "latency_s": round(time.monotonic() - started, 4),
+                    "errors": [],
+                    "accepted": True,
+                }
+            ]
         else:
-            board = plan_offline(req.idea, req.frames, style=profile.style, fits=counter.fits)
-            backend = "offline"
-            notice = NOTICE
-        counter.check(prompts_with_style(board))
-        attempts = [
-            {
-                "backend": backend,
-                "latency_s": round(time.monotonic() - started, 4),
-                "errors": [],
-                "accepted": True,
-            }
-        ]
+            # LLM (with repairs and fallback) or offline, in a thread: calls block for seconds.
+            try:
+                outcome = await asyncio.to_thread(
+                    self.storyboarder.plan,
+                    req.idea,
+                    req.frames,
+                    style=profile.style,
+                    counter=counter,
+                )
+            except PlanningFailed as exc:
+                await asyncio.to_thread(self._write_attempts, state.job_id, exc.attempts)
+                raise
+            board, backend, notice = outcome.board, outcome.backend, outcome.notice
+            attempts = outcome.attempts
+        if not req.truncate_prompts:
+            # Otherwise the renderer cuts at 77 tokens and records what it dropped.
+            counter.check(prompts_with_style(board))
         await asyncio.to_thread(self._write_plan, state.job_id, board, attempts)
         specs = resolve_frames(state.job_id, req, state.seed, board, profile)
         planned = bus.new_event(
@@ -114,6 +141,10 @@ class Planner:
 
     def _write_plan(self, job_id: str, board: Storyboard, attempts: list[dict]) -> None:
         self.store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")
+        self._write_attempts(job_id, attempts)
+
+    def _write_attempts(self, job_id: str, attempts: list[dict]) -> None:
+        """Every planning try (messages, reply, errors, latency), also when planning failed."""
         self.store.put(
             keys.plan_attempts_key(job_id),
             json.dumps(attempts, indent=2).encode(),

@@ -4,13 +4,35 @@ Precedence of settings (DESIGN.md): request > storyboard hints > profile
 defaults. Everything a renderer needs is in the spec, so workers never read the
 plan: the image a frame starts from (``source_key``), the depth map that guides
 it (``depth_key``), and the frame whose colours it keeps (``color_reference_key``).
+
+Per-frame values come from keyframe schedules (:mod:`ghibli_anim.common.schedules`):
+strength: ``strength_schedule`` > ``strength`` > the shot's ``strength`` hint > profile;
+guidance: ``guidance_schedule`` > ``guidance`` > profile; sharpen: ``sharpen`` (else off);
+camera: the request's ``camera`` schedule > the shots' cameras.
+
+Camera: shot i's move is applied to frame i before it seeds frame i+1 (DESIGN.md). A renderer
+sees only frame i+1's spec, so ``FrameSpec.camera`` of frame i+1 carries the move of frame i:
+**a spec's camera is the move applied to its source image** (and to the depth map of that
+image) before img2img. Frame 0 and cuts start from no previous frame and carry a still camera;
+the last frame's own move seeds nothing and is not carried. The camera schedule's keyframes
+count the same way as the storyboard's shots: ``5:zoom=1.1`` is frame 5's move, carried by
+frame 6's spec.
+
+Models: ``profile`` is the resolved one (``profiles.resolve_profile``: the request's LoRAs,
+base model, ControlNet and preset applied), copied into every spec. With an init image, frame
+0 is img2img from ``jobs/{id}/init.png`` (``init_key`` and ``source_key``).
+
+Colour: every spec names its reference frame and mode (``color_coherence``, default lab), so a
+redelivered, resumed or re-rendered frame is matched to the same reference. Frame 0, a cut and
+a ``palette: shift`` make the frame its own reference and the reference of the frames after.
 """
 
 from __future__ import annotations
 
-from ghibli_anim.common import keys, seeds
+from ghibli_anim.common import keys, limits, schedules, seeds
 from ghibli_anim.common.pb import animation_pb2, types_pb2
 from ghibli_anim.common.storyboard import Storyboard, full_prompt
+from ghibli_anim.common.uploads import init_key
 
 
 def _pick(req: animation_pb2.CreateAnimationRequest, field: str, hint, default):
@@ -19,6 +41,31 @@ def _pick(req: animation_pb2.CreateAnimationRequest, field: str, hint, default):
     if hint is not None:
         return hint
     return default
+
+
+def _schedule(
+    req: animation_pb2.CreateAnimationRequest, field: str, bound: limits.FloatRange
+) -> schedules.Schedule | None:
+    text = getattr(req, field)
+    return schedules.parse_schedule(text, field, bound) if text.strip() else None
+
+
+def _moves(
+    req: animation_pb2.CreateAnimationRequest, board: Storyboard
+) -> list[types_pb2.CameraMove]:
+    """Each shot's own camera move (the request's camera schedule replaces the storyboard's)."""
+    if req.camera.strip():
+        track = schedules.parse_camera_schedule(req.camera, "camera")
+        return [types_pb2.CameraMove(**track.at(i)) for i in range(len(board.frames))]
+    return [
+        types_pb2.CameraMove(
+            zoom=shot.camera.zoom,
+            pan_x=shot.camera.pan_x,
+            pan_y=shot.camera.pan_y,
+            rotate=shot.camera.rotate,
+        )
+        for shot in board.frames
+    ]
 
 
 def resolve_frames(
@@ -30,6 +77,11 @@ def resolve_frames(
 ) -> list[types_pb2.FrameSpec]:
     specs: list[types_pb2.FrameSpec] = []
     reference = 0  # frame whose colours later frames keep
+    strength = _schedule(req, "strength_schedule", limits.STRENGTH)
+    guidance = _schedule(req, "guidance_schedule", limits.GUIDANCE)
+    sharpen = _schedule(req, "sharpen", limits.SHARPEN)
+    moves = _moves(req, board)
+    color_mode = req.color_coherence.strip().lower() or limits.DEFAULT_COLOR_COHERENCE
     for i, shot in enumerate(board.frames):
         cut = i == 0 or shot.continuity == "cut"
         if cut or shot.palette == "shift":
@@ -39,8 +91,12 @@ def resolve_frames(
             prompt=full_prompt(shot, board),
             negative_prompt=req.negative_prompt or shot.negative_prompt or profile.negative_prompt,
             seed=seeds.frame_seed(job_seed, i, req.seed_mode),
-            strength=_pick(req, "strength", shot.strength, profile.strength),
-            guidance=_pick(req, "guidance", None, profile.guidance),
+            strength=(
+                strength.at(i)
+                if strength
+                else _pick(req, "strength", shot.strength, profile.strength)
+            ),
+            guidance=guidance.at(i) if guidance else _pick(req, "guidance", None, profile.guidance),
             steps=_pick(req, "steps", None, profile.steps),
             scheduler=profile.scheduler,
             width=_pick(req, "width", None, profile.width),
@@ -49,15 +105,20 @@ def resolve_frames(
             source_key="" if cut else keys.frame_key(job_id, i - 1),
             depth_key=keys.depth_key(job_id, i - 1) if (req.depth and not cut) else "",
             controlnet_scale=profile.controlnet_scale,
-            camera=types_pb2.CameraMove(
-                zoom=shot.camera.zoom,
-                pan_x=shot.camera.pan_x,
-                pan_y=shot.camera.pan_y,
-                rotate=shot.camera.rotate,
-            ),
+            # The move of the previous frame, applied to the source (see the module docs).
+            camera=types_pb2.CameraMove(zoom=1.0) if cut else moves[i - 1],
             color_reference_key=keys.frame_key(job_id, reference),
+            color_coherence=color_mode,
+            sharpen=sharpen.at(i) if sharpen else 0.0,
             profile=profile,
+            preset=req.preset,
+            truncate_prompt=req.truncate_prompts,
         )
+        if i == 0 and req.init_upload_id:
+            # Frame 0 is img2img from the job's validated init image (planner/core.py).
+            spec.init_key = init_key(job_id)
+            spec.source_key = spec.init_key
+            spec.continuity = types_pb2.CONTINUITY_CONTINUE
         specs.append(spec)
     return specs
 

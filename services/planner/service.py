@@ -51,9 +51,13 @@ class PlannerService(Service):
         async def on_event(event: bus_pb2.Event, delivery: bus.Delivery) -> None:
             await self.conductor.handle(event)
 
+        async def on_advisory(advisory: bus.MaxDeliveries, delivery: bus.Delivery) -> None:
+            await self.conductor.max_deliveries(advisory)
+
         self.consumers = [
             bus.work_consumer(bus_.js, "plan", bus_pb2.PlanWork, on_plan, on_give_up=plan_give_up),
             bus.conductor_consumer(bus_.js, on_event),
+            bus.advisories_consumer(bus_.js, on_advisory),
         ]
 
         async def on_request(msg) -> None:

@@ -1,19 +1,27 @@
 """Rendering one frame with Stable Diffusion 1.5: the one module that calls diffusers.
 
 * txt2img for a frame without a source image (frame 0 and cuts);
-* img2img from the previous frame at low strength (default 0.15);
+* img2img from the previous frame (or the job's init image) at low strength;
 * ControlNet img2img when the spec names a depth map (``depth_key``).
 
-Models load once per process: ``PipelineCache`` keeps the loaded base pipeline
-of a profile (base model, LoRAs, tiny autoencoder) and derives the img2img and
-ControlNet pipelines from it with ``from_pipe``, which shares every module. The
-scheduler is the spec's (or the profile's), built from the base model's
-scheduler config.
+Models load once per process. ``PipelineCache`` keeps the base pipeline of a
+model set (base model, tiny autoencoder, device, dtype) in a small LRU and
+derives the txt2img, img2img and ControlNet pipelines from it with
+``from_pipe``, which shares every module. The base model is a hub id, a
+diffusers folder, or one ``.safetensors`` checkpoint (``from_single_file`` with
+the profile's config folder, so nothing is fetched). LoRAs (any of the formats
+of :mod:`ghibli_anim.renderer.lora`) load once as named adapters of that base;
+the spec's LoRAs and scales are activated per frame and fused into the weights
+for inference (``ANIM_FUSE_LORA``). Fusing is undone by restoring the saved
+weights, not by subtracting, so a frame's bytes never depend on which jobs ran
+before it in this process.
 
 Every frame draws its noise from a CPU ``torch.Generator`` seeded with the
-spec's seed, so the same spec gives the same PNG bytes on the same device.
-The record returned with the PNG says what actually ran, including how many
-denoising steps img2img ran (counted, not computed).
+spec's seed, so the same spec gives the same PNG bytes on the same device and
+dtype. The record returned with the PNG says what actually ran: the requested
+and effective steps (counted, not computed), the scheduler, the models with
+their revisions or hashes, each LoRA's file hash, format and attached layers,
+the library versions and the device.
 """
 
 from __future__ import annotations
@@ -21,13 +29,12 @@ from __future__ import annotations
 import gc
 import io
 import logging
-import math
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +43,15 @@ from PIL import Image
 from ghibli_anim.common import config, limits, logs
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.pb import types_pb2
-from ghibli_anim.common.profiles import STORE_PREFIX, check_scheduler, locate
+from ghibli_anim.common.profiles import (
+    PRESETS,
+    check_scheduler,
+    is_single_file,
+    locate,
+    single_file_config,
+)
+from ghibli_anim.renderer import lora as lora_files
+from ghibli_anim.renderer import provenance
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +77,12 @@ _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# LoRA adapters kept loaded per base model beyond the ones a frame uses.
+MAX_ADAPTERS = 8
+# PNG zlib level of stored frames: they are intermediates (the assembler writes the
+# outputs), so speed beats size. The bytes stay deterministic.
+PNG_COMPRESS_LEVEL = 1
 
 StepCallback = Callable[[int, int], None]
 
@@ -110,38 +131,48 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _lora_modules(pipe: Any, adapter: str) -> int:
-    """Layers that hold the adapter (diffusers reports no matched-key count)."""
-    count = 0
-    for component in (pipe.unet, pipe.text_encoder):
-        for module in component.modules():
-            lora_a = getattr(module, "lora_A", None)
-            if lora_a is not None and adapter in lora_a:
-                count += 1
-    return count
-
-
 @dataclass
 class LoadedModels:
-    """A loaded profile: the base pipeline and what derives from it."""
+    """A loaded base pipeline, what derives from it, and its LoRA state."""
 
     base: Any
     device: str
     dtype: torch.dtype
-    lora_layers: dict[str, int]
-    """Adapter name -> layers it reached, in the profile's LoRA order."""
-    lora_scales: tuple[float, ...] = ()
-    controlnet: Any = None
-    pipes: dict[tuple[str, str], Any] = field(default_factory=dict)
+    models: dict[str, Any]
+    """Provenance of what was loaded: base model (and config), tiny autoencoder."""
+    low_vram: bool = False
+    offload: bool = False
+    """Model CPU offload is on (low_vram with an accelerator)."""
+    compiled: bool = False
+    fuse: bool = True
+    loras: OrderedDict[tuple[str, str], lora_files.LoadedLora] = field(default_factory=OrderedDict)
+    """(source, weight_name) -> loaded adapter, least recently used first."""
+    active: tuple[tuple[str, float], ...] = ()
+    """(adapter, scale) of the LoRAs in use, in the spec's order."""
+    fused: bool = False
+    pristine: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    """Pre-fusion weight and bias of every layer fused into, on the CPU."""
+    adapters_made: int = 0
+    controlnets: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    pipes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    offload_owner: Any = None
+
+    @property
+    def lora_layers(self) -> dict[str, int]:
+        """Adapter name -> layers it reached, for the LoRAs in use."""
+        by_name = {lo.adapter: lo.modules for lo in self.loras.values()}
+        return {name: by_name[name] for name, _ in self.active}
 
 
 class PipelineCache:
-    """Loaded pipelines, keyed by profile (base model, LoRAs, autoencoder, ControlNet),
-    device and dtype; within a profile, by mode and scheduler.
+    """Loaded pipelines, keyed by base model, tiny autoencoder, device and dtype;
+    within one, by mode, scheduler and ControlNet.
 
-    ``max_entries`` profiles stay loaded (one by default: a GPU holds one SD
-    pipeline comfortably); the least recently used one is dropped first. The
-    ControlNet loads on the first frame that needs it. ``lora_resolver`` turns a
+    ``max_entries`` base models stay loaded (one by default: a GPU holds one SD
+    pipeline comfortably); the least recently used one is dropped first. A job
+    with other LoRAs or scales reuses the loaded base: LoRAs are adapters,
+    loaded once (up to ``MAX_ADAPTERS`` kept), switched per frame. A ControlNet
+    loads on the first frame that needs it. ``lora_resolver`` turns a
     ``store://loras/NAME`` source into a local file or folder (the renderer
     service downloads it); without one such sources are refused.
 
@@ -180,25 +211,37 @@ class PipelineCache:
         scheduler: str,
         settings: Settings | None = None,
     ) -> tuple[Any, LoadedModels]:
-        """The pipeline for ``mode`` (txt2img, img2img, controlnet_img2img)."""
+        """The pipeline for ``mode`` (txt2img, img2img, controlnet_img2img), with the
+        profile's LoRAs active at their scales."""
         settings = settings if settings is not None else self.settings
         with self.lock:
             models = self._models(profile, settings)
-            key = (mode, scheduler)
+            self._activate_loras(models, profile, settings)
+            controlnet = profile.controlnet if mode == CONTROLNET_IMG2IMG else ""
+            key = (mode, scheduler, controlnet)
             if key not in models.pipes:
                 models.pipes[key] = self._derive(models, profile, mode, scheduler, settings)
-            return models.pipes[key], models
+            pipe = models.pipes[key]
+            if models.offload and models.offload_owner is not pipe:
+                # Offload hooks belong to one pipeline; the derived ones share modules.
+                pipe.enable_model_cpu_offload(device=models.device)
+                models.offload_owner = pipe
+            return pipe, models
+
+    # -- base models ---------------------------------------------------------
 
     def _models(self, profile: types_pb2.Profile, settings: Settings | None) -> LoadedModels:
         device, dtype = choose_device(settings)
+        opts = _settings(settings)
         key = (
             profile.base_model,
-            # Scales are not part of the key: changing one needs no reload.
-            tuple((lo.source, lo.weight_name) for lo in profile.loras),
+            # A single file takes its configs (and tokenizer) from this folder.
+            profile.tokenizer if is_single_file(profile.base_model) else "",
             profile.tiny_autoencoder,
-            profile.controlnet,
             device,
             dtype,
+            opts["ANIM_LOW_VRAM"],
+            opts["ANIM_COMPILE"],
         )
         if key in self._entries:
             self._entries.move_to_end(key)
@@ -209,11 +252,7 @@ class PipelineCache:
                 _free_memory()
             models = self._load(profile, settings, device, dtype)
             self._entries[key] = models
-        scales = tuple(_f32(lo.scale) for lo in profile.loras)
-        if scales != models.lora_scales:
-            # Adapters live in the shared UNet/text encoder: every derived pipe follows.
-            models.base.set_adapters(list(models.lora_layers), adapter_weights=list(scales))
-            models.lora_scales = scales
+        models.fuse = opts["ANIM_FUSE_LORA"]
         return models
 
     def _load(
@@ -221,21 +260,43 @@ class PipelineCache:
     ) -> LoadedModels:
         from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
+        opts = _settings(settings)
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "safety_checker": None,
+            "requires_safety_checker": False,
+        }
+        described: dict[str, Any] = {}
         if profile.tiny_autoencoder:
             path = locate(profile.tiny_autoencoder, settings, field="profile.tiny_autoencoder")
             kwargs["vae"] = AutoencoderTiny.from_pretrained(path, dtype=dtype)
+            described["tiny_autoencoder"] = provenance.describe_model(
+                profile.tiny_autoencoder, path
+            )
         base_path = locate(profile.base_model, settings, field="profile.base_model")
-        base = StableDiffusionPipeline.from_pretrained(
-            base_path,
-            dtype=dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-            **kwargs,
-        )
-        lora_layers = self._load_loras(base, profile, settings)
-        base.to(device)
+        if Path(base_path).is_file():
+            if not is_single_file(base_path):
+                raise ValueError(
+                    f"profile.base_model: {profile.base_model!r} is a file but not a "
+                    ".safetensors checkpoint"
+                )
+            config_ref = single_file_config(profile)
+            config_path = locate(config_ref, settings, field="profile.tokenizer (config)")
+            base = StableDiffusionPipeline.from_single_file(base_path, config=config_path, **kwargs)
+            described["config"] = provenance.describe_model(config_ref, config_path)
+        else:
+            base = StableDiffusionPipeline.from_pretrained(base_path, **kwargs)
+        described["base_model"] = provenance.describe_model(profile.base_model, base_path)
+        low_vram = opts["ANIM_LOW_VRAM"]
+        offload = low_vram and device != "cpu"
+        if low_vram:
+            base.vae.enable_slicing()
+        if not offload:
+            base.to(device)
+        compiled = opts["ANIM_COMPILE"]
+        if compiled:
+            _compile(base.unet)
         base.set_progress_bar_config(disable=True)
         log.info(
             "pipeline loaded",
@@ -244,43 +305,89 @@ class PipelineCache:
                 "base_model": profile.base_model,
                 "device": device,
                 "dtype": _dtype_name(dtype),
+                "low_vram": low_vram,
+                "compile": compiled,
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
-        return LoadedModels(base, device, dtype, lora_layers)
+        return LoadedModels(
+            base,
+            device,
+            dtype,
+            described,
+            low_vram=low_vram,
+            offload=offload,
+            compiled=compiled,
+        )
 
-    def _load_loras(
-        self, pipe: Any, profile: types_pb2.Profile, settings: Settings | None
-    ) -> dict[str, int]:
-        """Load the profile's LoRAs as adapters lora0, lora1... (scales: see _models)."""
-        layers: dict[str, int] = {}
+    # -- LoRAs ---------------------------------------------------------------
+
+    def _activate_loras(
+        self, models: LoadedModels, profile: types_pb2.Profile, settings: Settings | None
+    ) -> None:
+        """Make exactly the profile's LoRAs active at their scales (fused if enabled)."""
+        wanted: list[tuple[str, float]] = []
         for i, lora in enumerate(profile.loras):
-            where = f"profile.loras[{i}].source"
-            if lora.source.startswith(STORE_PREFIX) and self.lora_resolver is not None:
-                source = self.lora_resolver(lora.source)
-            else:
-                source = locate(lora.source, settings, field=where, allow_store=True)
-            weight_name = lora.weight_name or None
-            if os.path.isfile(source):
-                source, weight_name = os.path.dirname(source), os.path.basename(source)
-            name = f"lora{i}"
-            try:
-                pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=name)
-                if _lora_modules(pipe, name) == 0:
-                    # Files in the old attention-processor layout (the seed paper's
-                    # load_attn_procs era) load above as a silent no-op.
-                    if name in _adapters(pipe):
-                        pipe.delete_adapters([name])
-                    name = f"lora{i}_attn_procs"
-                    state_dict = pipe.lora_state_dict(source, weight_name=weight_name)[0]
-                    pipe.unet.load_lora_adapter(state_dict, prefix=None, adapter_name=name)
-            except (ValueError, OSError, KeyError) as exc:
-                raise ValueError(f"{where}: cannot load {lora.source!r} ({exc})") from exc
-            count = _lora_modules(pipe, name)
-            if count == 0:
-                raise ValueError(f"{where}: {lora.source!r} matched no layer of the base model")
-            layers[name] = count
-        return layers
+            field_name = f"profile.loras[{i}].source"
+            key = (lora.source, lora.weight_name)
+            loaded = models.loras.get(key)
+            if loaded is None:
+                _unfuse(models)  # never inject into merged layers
+                lora_file = lora_files.find_file(
+                    lora.source, lora.weight_name, settings, field_name, self.lora_resolver
+                )
+                models.adapters_made += 1
+                adapter = f"lora{models.adapters_made}"
+                loaded = lora_files.load_lora(models.base, lora_file, adapter, field_name)
+                models.loras[key] = loaded
+            models.loras.move_to_end(key)
+            if any(name == loaded.adapter for name, _ in wanted):
+                raise ValueError(f"{field_name}: {lora.source!r:.200} is listed twice")
+            wanted.append((loaded.adapter, _f32(lora.scale)))
+        target = tuple(wanted)
+        if target == models.active and models.fused == (models.fuse and bool(target)):
+            return
+        _unfuse(models)
+        base = models.base
+        if target:
+            base.enable_lora()
+            base.set_adapters([n for n, _ in target], adapter_weights=[s for _, s in target])
+            if models.fuse:
+                _fuse(models, [n for n, _ in target])
+        elif models.loras:
+            base.disable_lora()
+        models.active = target
+        self._evict_adapters(models)
+
+    def _evict_adapters(self, models: LoadedModels) -> None:
+        in_use = {name for name, _ in models.active}
+        for key in list(models.loras):
+            if len(models.loras) <= MAX_ADAPTERS:
+                break
+            if models.loras[key].adapter not in in_use:
+                was_fused = models.fused
+                _unfuse(models)
+                models.base.delete_adapters([models.loras.pop(key).adapter])
+                if was_fused:
+                    _fuse(models, [name for name, _ in models.active])
+
+    # -- derived pipelines ---------------------------------------------------
+
+    def _controlnet(
+        self, models: LoadedModels, profile: types_pb2.Profile, settings: Settings | None
+    ) -> Any:
+        import diffusers
+
+        ref = profile.controlnet
+        if ref not in models.controlnets:
+            path = locate(ref, settings, field="profile.controlnet")
+            model = diffusers.ControlNetModel.from_pretrained(path, dtype=models.dtype)
+            if not models.offload:
+                model.to(models.device)
+            if models.compiled:
+                _compile(model)
+            models.controlnets[ref] = (model, provenance.describe_model(ref, path))
+        return models.controlnets[ref][0]
 
     def _derive(
         self,
@@ -306,26 +413,101 @@ class PipelineCache:
                 raise ValueError(
                     f"depth_key: profile {profile.name!r} names no controlnet to use the depth map"
                 )
-            if models.controlnet is None:
-                path = locate(profile.controlnet, settings, field="profile.controlnet")
-                models.controlnet = diffusers.ControlNetModel.from_pretrained(
-                    path, dtype=models.dtype
-                ).to(models.device)
             pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pipe(
-                models.base, controlnet=models.controlnet, **common
+                models.base, controlnet=self._controlnet(models, profile, settings), **common
             )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
 
-def _adapters(pipe: Any) -> set[str]:
-    return {name for names in pipe.get_list_adapters().values() for name in names}
+def _compile(model: Any) -> None:
+    """channels_last + torch.compile in place (the module keeps its class for from_pipe)."""
+    model.to(memory_format=torch.channels_last)
+    model.compile()
+
+
+def _fuse(models: LoadedModels, adapters: list[str]) -> None:
+    """Merge the active adapters into the base weights, saving the weights first."""
+    for name, layer in lora_files.lora_layers(models.base):
+        present = [a for a in adapters if a in layer.lora_A]
+        if not present:
+            continue
+        if name not in models.pristine:
+            base = layer.base_layer
+            bias = base.bias.detach().to("cpu", copy=True) if base.bias is not None else None
+            models.pristine[name] = (base.weight.detach().to("cpu", copy=True), bias)
+        layer.merge(adapter_names=present)
+    models.fused = True
+
+
+def _unfuse(models: LoadedModels) -> None:
+    """Undo ``_fuse`` exactly: restore the saved weights (subtracting would leave
+    rounding errors that make later frames depend on earlier jobs)."""
+    if not models.fused:
+        return
+    for name, layer in lora_files.lora_layers(models.base):
+        if not layer.merged:
+            continue
+        weight, bias = models.pristine[name]
+        with torch.no_grad():
+            layer.base_layer.weight.copy_(weight)
+            if bias is not None:
+                layer.base_layer.bias.copy_(bias)
+        layer.merged_adapters.clear()
+    models.fused = False
 
 
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------
+# Frames kept in memory
+# ---------------------------------------------------------------------------
+
+
+class RecentFrames:
+    """The last few stored frames' PNG bytes, by store key (thread-safe).
+
+    Frame i+1 usually renders on the replica that rendered frame i: it takes the
+    bytes from here instead of reading the store back. The bytes are the ones
+    written to the store, decoded the same way, so both paths give the same
+    frame. ``capacity`` 0 turns it off.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity: must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self._frames: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def put(self, key: str, png: bytes) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._frames[key] = bytes(png)
+            self._frames.move_to_end(key)
+            while len(self._frames) > self.capacity:
+                self._frames.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._frames
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            png = self._frames.get(key)
+            if png is None:
+                self.misses += 1
+            else:
+                self._frames.move_to_end(key)
+                self.hits += 1
+            return png
 
 
 # ---------------------------------------------------------------------------
@@ -338,11 +520,16 @@ class RenderResult:
     """A rendered frame: PNG bytes and the record of what ran.
 
     ``record`` keys: index, mode (txt2img | img2img | controlnet_img2img),
-    prompt, negative_prompt, seed, strength (None for txt2img), guidance,
-    steps_requested, steps_effective (denoising steps actually run), scheduler,
-    scheduler_class, controlnet_scale (None without ControlNet), width, height,
-    device, dtype, elapsed_s, profile, base_model, loras, controlnet,
-    tiny_autoencoder.
+    prompt, negative_prompt, prompt_tokens, prompt_dropped (text cut at 77 CLIP
+    tokens when the spec allows truncation, else None), negative_prompt_dropped,
+    seed, strength (None for txt2img), guidance, steps_requested, steps (what
+    the pipeline was called with: raised so img2img runs at least one step),
+    steps_effective (denoising steps actually run), scheduler, scheduler_class,
+    preset, controlnet_scale (None without ControlNet), width, height, source_key,
+    device, device_name, dtype, attention, low_vram, compile, elapsed_s, profile,
+    base_model, loras (source, scale, weight_name, file, sha256, revision,
+    format, pairs, modules, adapter, active), lora_fused, controlnet,
+    tiny_autoencoder, models (provenance of each model), versions.
     """
 
     png: bytes
@@ -357,7 +544,7 @@ def _f32(value: float) -> float:
 
 def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
-    image.save(out, format="PNG", optimize=False, compress_level=6)  # no timestamps
+    image.save(out, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
 
 
@@ -372,6 +559,66 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
+
+
+def img2img_steps(steps: int, strength: float, field: str = "steps") -> int:
+    """Steps to call img2img with so that at least one denoising step runs.
+
+    diffusers runs int(steps * strength) steps (LCM crashes on zero): 4 steps at
+    strength 0.15 become 7. Raises ValueError when that exceeds the steps limit.
+    """
+    needed = steps
+    while int(needed * strength) < 1:
+        needed += 1
+        if needed > limits.STEPS.hi:
+            raise ValueError(
+                f"{field}: strength {strength:g} runs no denoising step within "
+                f"{limits.STEPS.hi} steps; use a strength of at least {1 / limits.STEPS.hi:.4g}"
+            )
+    return needed
+
+
+def check_tokens(tokenizer: Any, text: str, field: str, truncate: bool) -> tuple[int, str | None]:
+    """(CLIP tokens of ``text``, the text cut off at 77 or None).
+
+    Over 77 tokens (start and end included) is an error naming the count, unless
+    ``truncate``: then the pipeline keeps the first 75 words' tokens, as diffusers
+    does silently, and the dropped text is returned for the record.
+    """
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    count = len(ids)
+    if count <= limits.CLIP_MAX_TOKENS:
+        return count, None
+    if not truncate:
+        raise ValueError(
+            f"{field}: {count} CLIP tokens, the limit is {limits.CLIP_MAX_TOKENS} "
+            "(ask for truncate_prompts to cut it)"
+        )
+    body = ids[1:-1]  # without the start and end tokens
+    keep = limits.CLIP_MAX_TOKENS - 2
+    return count, tokenizer.decode(body[keep:]).strip()
+
+
+def _lora_record(models: LoadedModels, profile: types_pb2.Profile, pipe: Any) -> list[dict]:
+    active = set(pipe.get_active_adapters()) if models.active else set()
+    out = []
+    for lo in profile.loras:
+        loaded = models.loras[(lo.source, lo.weight_name)]
+        out.append(
+            {
+                "source": lo.source,
+                "scale": _f32(lo.scale),
+                "weight_name": lo.weight_name,
+                **loaded.record(),
+                "active": loaded.adapter in active,
+            }
+        )
+    return out
+
+
+def _attention(pipe: Any) -> str:
+    names = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
+    return ",".join(names)
 
 
 def render_frame(
@@ -401,21 +648,20 @@ def render_frame(
     steps = limits.STEPS.check("steps", spec.steps)
     guidance = limits.GUIDANCE.check("guidance", _f32(spec.guidance))
     scheduler = check_scheduler(spec.scheduler or spec.profile.scheduler or "PNDM")
+    if spec.preset not in PRESETS:
+        raise ValueError(f"preset: must be empty or fast, got {spec.preset!r:.40}")
     if not spec.profile.base_model:
         raise ValueError("profile.base_model: must name a model (the spec carries no profile)")
 
     call: dict[str, Any] = {}
     strength: float | None = None
     controlnet_scale: float | None = None
+    steps_called = steps
     if mode == TXT2IMG:
         call.update(width=width, height=height)
     else:
         strength = limits.STRENGTH.check("strength", _f32(spec.strength))
-        if int(steps * strength) < 1:
-            raise ValueError(
-                f"steps: {steps} steps at strength {strength:g} run no denoising step; "
-                f"use at least {math.ceil(1 / strength)}"
-            )
+        steps_called = img2img_steps(steps, strength)
         if source is None:
             raise ValueError(f"source: frame {spec.index} starts from {spec.source_key!r}")
         call.update(image=_fit(source, width, height), strength=strength)
@@ -443,11 +689,19 @@ def render_frame(
 
     with cache.lock:
         pipe, models = cache.pipeline(spec.profile, mode, scheduler, settings)
+        prompt_tokens, prompt_dropped = check_tokens(
+            pipe.tokenizer, prompt, "prompt", spec.truncate_prompt
+        )
+        negative_dropped = None
+        if negative:
+            _, negative_dropped = check_tokens(
+                pipe.tokenizer, negative, "negative_prompt", spec.truncate_prompt
+            )
         started = time.perf_counter()
         result = pipe(
             prompt=prompt,
             negative_prompt=negative or None,
-            num_inference_steps=steps,
+            num_inference_steps=steps_called,
             guidance_scale=guidance,
             generator=torch.Generator("cpu").manual_seed(spec.seed),
             callback_on_step_end=count_step,
@@ -455,32 +709,47 @@ def render_frame(
             **call,
         )
         elapsed = time.perf_counter() - started
+        loras = _lora_record(models, spec.profile, pipe)
+        described = dict(models.models)
+        if mode == CONTROLNET_IMG2IMG:
+            described["controlnet"] = models.controlnets[spec.profile.controlnet][1]
+        attention = _attention(pipe)
     image = result.images[0]
     record = {
         "index": spec.index,
         "mode": mode,
         "prompt": prompt,
         "negative_prompt": negative,
+        "prompt_tokens": prompt_tokens,
+        "prompt_dropped": prompt_dropped,
+        "negative_prompt_dropped": negative_dropped,
         "seed": spec.seed,
         "strength": strength,
         "guidance": guidance,
         "steps_requested": steps,
+        "steps": steps_called,
         "steps_effective": steps_run,
         "scheduler": scheduler,
         "scheduler_class": type(pipe.scheduler).__name__,
+        "preset": spec.preset,
         "controlnet_scale": controlnet_scale,
         "width": image.width,
         "height": image.height,
+        "source_key": spec.source_key if mode != TXT2IMG else None,
         "device": models.device,
+        "device_name": provenance.device_name(models.device),
         "dtype": _dtype_name(models.dtype),
+        "attention": attention,
+        "low_vram": models.low_vram,
+        "compile": models.compiled,
         "elapsed_s": round(elapsed, 4),
         "profile": spec.profile.name,
         "base_model": spec.profile.base_model,
-        "loras": [
-            {"source": lo.source, "scale": _f32(lo.scale), "weight_name": lo.weight_name}
-            for lo in spec.profile.loras
-        ],
+        "loras": loras,
+        "lora_fused": models.fused,
         "controlnet": spec.profile.controlnet if mode == CONTROLNET_IMG2IMG else None,
         "tiny_autoencoder": spec.profile.tiny_autoencoder or None,
+        "models": described,
+        "versions": provenance.versions(),
     }
     return RenderResult(png=_png(image), record=record)

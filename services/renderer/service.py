@@ -3,23 +3,36 @@
 Models load once per process (``PipelineCache``) and torch runs in a worker thread,
 so heartbeats keep flowing during a long frame. Before rendering, the job's KV
 state is checked: a cancelled job or a frame already done is skipped.
+
+Coherence (:mod:`ghibli_anim.renderer.coherence`): the source image (frame i-1) and
+its depth map are moved by ``spec.camera`` (the previous frame's move, see
+planner/resolve.py) before img2img; the new frame is sharpened (``spec.sharpen``)
+and colour-matched to ``spec.color_reference_key`` before it is stored, so what
+seeds the next frame is the matched frame. The record says which reference, mode
+and camera were used and the CIEDE2000 distances left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import json
 import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 from PIL import Image
 
-from ghibli_anim.common import bus, keys
+from ghibli_anim.common import bus, faults, keys
 from ghibli_anim.common.bus import NonRetryable
 from ghibli_anim.common.jobs import JobNotFound, JobStore
 from ghibli_anim.common.pb import bus_pb2, types_pb2
 from ghibli_anim.common.service import Service
-from ghibli_anim.common.store import NotFound, sha256_hex
+from ghibli_anim.common.store import NotFound, Store, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +46,68 @@ def _image(data: bytes, field: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
+    """A ``PipelineCache`` resolver for ``store://loras/NAME`` LoRA sources.
+
+    It downloads ``loras/NAME/pytorch_lora_weights.safetensors`` into
+    ``cache_dir/NAME/<sha256>/`` and returns the file's path. A copy whose
+    sha256 matches the store's is reused; a LoRA retrained under the same name
+    has a new sha256, so it lands in a new folder (a running renderer keeps the
+    pipeline it loaded until the profile's LoRA list changes).
+    """
+
+    def resolve(source: str) -> str:
+        from ghibli_anim.common.profiles import STORE_PREFIX
+
+        parts = source.removeprefix(STORE_PREFIX).split("/")
+        if not source.startswith(STORE_PREFIX) or len(parts) != 2 or parts[0] != keys.LORA_PREFIX:
+            raise ValueError(f"lora source: must be store://loras/NAME, got {source!r:.200}")
+        name = keys.check_name(parts[1], "lora source (LoRA name)")
+        key = keys.lora_key(name)
+        info = store.stat(key)
+        if info is None:
+            raise ValueError(f"lora source: {source} is not in the store (no {key})")
+        if info.sha256:
+            cached = cache_dir / name / info.sha256 / keys.LORA_WEIGHT_NAME
+            if cached.is_file():
+                return str(cached)
+        try:
+            data = store.get(key)
+        except NotFound:
+            raise ValueError(f"lora source: {source} is not in the store (no {key})") from None
+        folder = cache_dir / name / sha256_hex(data)
+        target = folder / keys.LORA_WEIGHT_NAME
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            # Written beside, then renamed: a concurrent reader never sees half a file.
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        log.info("lora fetched", extra={"source": source, "path": str(target)})
+        return str(target)
+
+    return resolve
+
+
 class RendererService(Service):
     name = "renderer"
 
     async def start(self, bus_: bus.Bus, store) -> None:
         await super().start(bus_, store)
-        from ghibli_anim.renderer.frames import PipelineCache
+        from ghibli_anim.renderer.frames import PipelineCache, RecentFrames
 
-        self.cache = PipelineCache(self.settings)
+        # Frame i stays in memory: frame i+1 on this replica skips the store read.
+        self.recent = RecentFrames(self.settings["ANIM_FRAME_CACHE"])
+        loras_dir = Path(self.settings["ANIM_CACHE_DIR"]).expanduser() / "loras"
+        self.cache = PipelineCache(
+            self.settings, lora_resolver=store_lora_resolver(store, loras_dir)
+        )
         self.jobs = await JobStore.open(bus_.js)
         self.consumers = [
             bus.work_consumer(
@@ -73,10 +140,15 @@ class RendererService(Service):
                 service=self.name,
             ),
         )
+        await faults.hit("render", i)
         spec = work.spec
+        source_read = None
+        if spec.source_key:
+            source_read = "memory" if spec.source_key in self.recent else "store"
         source = await self._load(spec.source_key, "source_key") if spec.source_key else None
         depth = await self._load(spec.depth_key, "depth_key") if spec.depth_key else None
-        result = await asyncio.to_thread(self._render, spec, source, depth)
+        reference = await self._reference(job_id, i, spec)
+        result = await asyncio.to_thread(self._render, spec, source, depth, reference)
         record = {
             **result.record,
             "job_id": job_id,
@@ -85,6 +157,7 @@ class RendererService(Service):
             "causation_id": work.causation_id,
             "key": keys.frame_key(job_id, i),
             "sha256": sha256_hex(result.png),
+            "source_read": source_read,
         }
         await asyncio.to_thread(self._write, job_id, i, result.png, record)
         await bus.publish_event(
@@ -100,33 +173,66 @@ class RendererService(Service):
             ),
         )
 
-    def _render(self, spec, source, depth):
+    def _render(self, spec, source, depth, reference):
+        from ghibli_anim.renderer import coherence
         from ghibli_anim.renderer.frames import render_frame
 
         try:
-            return render_frame(
+            camera = coherence.Camera.of(spec.camera)
+            if source is not None:
+                source, depth = coherence.prepare_seed(source, depth, camera)
+            result = render_frame(
                 spec, source=source, depth=depth, cache=self.cache, settings=self.settings
+            )
+            png, extra = coherence.finish_frame(
+                result.png, reference=reference, mode=spec.color_coherence, sharpen=spec.sharpen
             )
         except (ValueError, OSError) as exc:
             # A bad spec or a missing model will not get better on retry.
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
+        extra["color"]["reference_key"] = spec.color_reference_key
+        extra["camera"] = camera.as_record() if source is not None else None
+        return dataclasses.replace(result, png=png, record={**result.record, **extra})
+
+    async def _reference(self, job_id: str, i: int, spec) -> Image.Image | None:
+        """Frame i's colour reference; None when it is its own (frame 0, a cut, a shift)."""
+        key = spec.color_reference_key
+        if not key or key == keys.frame_key(job_id, i):
+            return None
+        if keys.job_id_of_key(keys.check_key(key, "color_reference_key")) != job_id:
+            raise NonRetryable(f"color_reference_key: {key} is not a key of job {job_id}")
+        return await self._load(key, "color_reference_key")
 
     async def _load(self, key: str, field: str) -> Image.Image:
         keys.check_key(key, field)
-        try:
-            data = await asyncio.to_thread(self.store.get, key)
-        except NotFound:
-            # The previous frame should exist; it may be mid-write on a slow store.
-            raise bus.Retryable(f"{field}: {key} is not in the store yet") from None
+        data = self.recent.get(key)  # the bytes this replica stored, if still in memory
+        if data is None:
+            try:
+                data = await asyncio.to_thread(self.store.get, key)
+            except NotFound:
+                # The previous frame should exist; it may be mid-write on a slow store.
+                raise bus.Retryable(f"{field}: {key} is not in the store yet") from None
         return _image(data, field)
 
     def _write(self, job_id: str, i: int, png: bytes, record: dict) -> None:
-        self.store.put(keys.frame_key(job_id, i), png, "image/png")
-        self.store.put(
-            keys.frame_record_key(job_id, i),
-            json.dumps(record, indent=2, sort_keys=True).encode(),
-            "application/json",
-        )
+        from concurrent.futures import ThreadPoolExecutor
+
+        frame_key = keys.frame_key(job_id, i)
+        record_json = json.dumps(record, indent=2, sort_keys=True).encode()
+        # PNG and record side by side: one store round trip on the critical path, not two.
+        with ThreadPoolExecutor(2, thread_name_prefix="frame-write") as pool:
+            writes = [
+                pool.submit(self.store.put, frame_key, png, "image/png"),
+                pool.submit(
+                    self.store.put,
+                    keys.frame_record_key(job_id, i),
+                    record_json,
+                    "application/json",
+                ),
+            ]
+            for write in writes:
+                write.result()
+        self.recent.put(frame_key, png)
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
         await bus.publish_event(

@@ -159,9 +159,15 @@ def test_lora_changes_the_frame(cache, profile, tiny_settings) -> None:
     spec.profile.loras.add(source="tiny:lcm_lora", scale=1.0)
     with_lora = render_frame(spec, cache=cache, settings=tiny_settings)
     assert with_lora.png != without.png
-    assert with_lora.record["loras"] == [
-        {"source": "tiny:lcm_lora", "scale": 1.0, "weight_name": ""}
-    ]
+    (entry,) = with_lora.record["loras"]
+    assert {k: entry[k] for k in ("source", "scale", "weight_name", "format", "active")} == {
+        "source": "tiny:lcm_lora",
+        "scale": 1.0,
+        "weight_name": "",
+        "format": "diffusers",
+        "active": True,
+    }
+    assert entry["modules"] == entry["pairs"] == 32 and len(entry["sha256"]) == 64
     assert with_lora.record["scheduler_class"] == "LCMScheduler"
     assert len(cache) == 1  # one profile loaded at a time by default
     # A new scale applies to the loaded adapter (no reload) and can be undone.
@@ -226,7 +232,7 @@ def test_tiny_autoencoder(cache, profile, tiny_settings, frame0) -> None:
     [
         ({}, {}, r"^source: frame 1 starts from 'jobs/"),
         ({"depth_key": "jobs/x/depth/0000.png"}, {"source": 1}, r"^depth: frame 1 is guided"),
-        ({"steps": 4}, {"source": 1}, r"^steps: 4 steps at strength 0\.15 run no denoising"),
+        ({"strength": 0.005}, {"source": 1}, r"^steps: strength 0\.005 runs no denoising step"),
         ({"strength": 0.0}, {"source": 1}, r"^strength: must be a number in \(0, 1\]"),
         ({"width": 60}, {"source": 1}, r"^width: must be an integer in 64\.\.1024"),
         ({"prompt": " "}, {"source": 1}, r"^prompt: must not be empty"),

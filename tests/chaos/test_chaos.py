@@ -1,0 +1,294 @@
+"""Tests that kill things: a job must still finish with every frame exactly once.
+
+Distributed mode, profile ``tiny``, a real nats-server and SeaweedFS, services as
+processes. ``ANIM_FAULT`` hooks (services/common/faults.py) hold a frame so a
+kill lands exactly there. AckWait is 2 s, so a dead worker's message comes back
+quickly. Each test starts its own stack and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+
+from ghibli_anim.common import bus, config, keys
+from ghibli_anim.common.client import AnimationClient
+from ghibli_anim.common.launcher import LauncherError
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.common.stack import LocalStack
+from ghibli_anim.common.store import S3Store
+
+pytestmark = pytest.mark.timeout(240)
+
+E = bus_pb2
+BASE = ("planner", "depth", "assembler")
+
+
+@pytest.fixture
+def chaos_stack(tmp_path, tiny_cache_dir):
+    env = {
+        "ANIM_CACHE_DIR": str(tiny_cache_dir),
+        "ANIM_PROFILE": "tiny",
+        "ANIM_ACK_WAIT_S": "2",
+        "ANIM_MAX_DELIVER": "3",
+        "ANIM_SHUTDOWN_GRACE_S": "5",
+    }
+    stack = LocalStack(tmp_path, services=BASE, env=env)
+    try:
+        stack.start()
+        yield stack
+    except BaseException:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+
+
+def request(**fields):
+    base = {"idea": "a lantern festival by the river", "frames": 6, "seed": 77}
+    base.update(fields)
+    return animation_pb2.CreateAnimationRequest(**base)
+
+
+def store_of(stack: LocalStack) -> S3Store:
+    return S3Store.from_settings(config.load("client", stack.env()))
+
+
+async def wait_event(client, job_id, kind, frame=None, timeout=60.0):
+    async def find():
+        async for event in client.watch(job_id):
+            if event.type == kind and (frame is None or event.frame == frame):
+                return event
+        anim = await client.get(job_id)
+        raise AssertionError(
+            f"job ended ({anim.status}: {anim.error}) before {bus.event_name(kind)} {frame}"
+        )
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def finish(client, job_id, timeout=120.0):
+    async def run():
+        return [e async for e in client.watch(job_id)]
+
+    events = await asyncio.wait_for(run(), timeout)
+    return events, await client.get(job_id)
+
+
+def frames_of(stack, job_id, n):
+    store = store_of(stack)
+    return [store.get(keys.frame_key(job_id, i)) for i in range(n)]
+
+
+def assert_exactly_once(stack, job_id, events, n):
+    rendered = [e.frame for e in events if e.type == E.EVENT_TYPE_FRAME_RENDERED]
+    assert sorted(set(rendered)) == list(range(n))
+    # One frame.rendered per frame and attempt: duplicates were dropped by id.
+    assert len(rendered) == len(
+        {(e.frame, e.attempt) for e in events if e.type == E.EVENT_TYPE_FRAME_RENDERED}
+    )
+    frames = [
+        k
+        for k in store_of(stack).list(keys.job_prefix(job_id))
+        if k.endswith(".png") and "/frames/" in k
+    ]
+    assert len(frames) == n
+
+
+def test_renderer_killed_mid_frame(chaos_stack):
+    """SIGKILL the renderer holding frame 3 of 6; a new renderer finishes the job."""
+    stuck = chaos_stack.add("renderer", env={"ANIM_FAULT": "render:3:pause"})
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request())
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_STARTED, 3)
+            stuck.kill()
+            chaos_stack.add("renderer")
+            events, anim = await finish(client, job.job_id)
+            reference = await client.create(request())
+            _, ref_anim = await finish(client, reference.job_id)
+            return job.job_id, events, anim, reference.job_id, ref_anim
+
+    job_id, events, anim, ref_id, ref_anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
+    assert ref_anim.status == types_pb2.JOB_STATUS_COMPLETED
+    assert_exactly_once(chaos_stack, job_id, events, 6)
+    assert frames_of(chaos_stack, job_id, 6) == frames_of(chaos_stack, ref_id, 6)
+
+
+def test_nats_killed_and_restarted(chaos_stack):
+    chaos_stack.add("renderer", env={"ANIM_FAULT": ""})
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target, timeout_s=60) as client:
+            job = await client.create(request(frames=8))
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_RENDERED, 1)
+        chaos_stack.nats.kill()
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(chaos_stack.nats.start)
+        async with AnimationClient(chaos_stack.planner_target, timeout_s=60) as client:
+            return job.job_id, *await finish(client, job.job_id)
+
+    job_id, events, anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
+    assert_exactly_once(chaos_stack, job_id, events, 8)
+
+
+def test_s3_stopped_for_a_few_seconds(chaos_stack):
+    chaos_stack.add("renderer")
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target, timeout_s=60) as client:
+            job = await client.create(request(frames=8))
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_RENDERED, 1)
+            chaos_stack.s3.stop(grace=1)
+            await asyncio.sleep(3.0)
+            await asyncio.to_thread(chaos_stack.s3.start)
+            return job.job_id, *await finish(client, job.job_id)
+
+    job_id, events, anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, (anim.error, chaos_stack.logs())
+    assert_exactly_once(chaos_stack, job_id, events, 8)
+
+
+def test_planner_killed_mid_job(chaos_stack):
+    chaos_stack.add("renderer")
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request(frames=8))
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_RENDERED, 2)
+        chaos_stack.service("planner").kill()
+        replacement = chaos_stack.add("planner")
+        async with AnimationClient(replacement.target) as client:
+            return job.job_id, *await finish(client, job.job_id)
+
+    job_id, events, anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
+    assert_exactly_once(chaos_stack, job_id, events, 8)
+
+
+def test_cancel_mid_job_stops_within_a_frame(chaos_stack):
+    chaos_stack.add("renderer")
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request(frames=40))
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_RENDERED, 2)
+            await client.cancel(job.job_id)
+            await asyncio.sleep(3.0)  # time for anything in flight to land
+            conn = await bus.connect(config.load("client", chaos_stack.env()), "test")
+            try:
+                events = await bus.read_job_events(conn.js, job.job_id)
+                queued = await bus.pending(conn.js, "render")
+            finally:
+                await conn.close()
+            return events, await client.get(job.job_id), queued
+
+    events, anim, queued = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_CANCELLED
+    cancelled_at = next(n for n, e in enumerate(events) if e.type == E.EVENT_TYPE_JOB_CANCELLED)
+    started_after = [e.frame for e in events[cancelled_at:] if e.type == E.EVENT_TYPE_FRAME_STARTED]
+    assert len(started_after) <= 1  # at most the frame already on its way
+    assert queued == 0
+
+
+def test_retryable_failure_fails_the_job_at_max_deliver_then_resume_completes(chaos_stack):
+    failing = chaos_stack.add("renderer", env={"ANIM_FAULT": "render:2:retry"})
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request(frames=4))
+            events, anim = await finish(client, job.job_id)
+            failing.stop()
+            chaos_stack.add("renderer")
+            await client.resume(job.job_id)
+            _, resumed = await finish(client, job.job_id)
+            return events, anim, resumed
+
+    events, anim, resumed = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_FAILED
+    assert "frame 2" in anim.error and "injected retryable fault" in anim.error
+    starts = [e for e in events if e.type == E.EVENT_TYPE_FRAME_STARTED and e.frame == 2]
+    assert len(starts) == 1  # same attempt: re-emitted frame.started dropped by id
+    failed = [e for e in events if e.type == E.EVENT_TYPE_FRAME_FAILED]
+    assert len(failed) == 1 and failed[0].retryable
+    assert resumed.status == types_pb2.JOB_STATUS_COMPLETED and resumed.frames_done == 4
+
+
+def test_non_retryable_failure_fails_at_once(chaos_stack):
+    chaos_stack.add("renderer", env={"ANIM_FAULT": "render:1:fail"})
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request(frames=3))
+            return await finish(client, job.job_id)
+
+    events, anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_FAILED
+    assert "injected fault at render frame 1" in anim.error
+    failed = [e for e in events if e.type == E.EVENT_TYPE_FRAME_FAILED]
+    assert len(failed) == 1 and not failed[0].retryable
+
+
+def test_a_renderer_that_dies_on_every_delivery_fails_the_job(chaos_stack):
+    """No worker lives to publish frame.failed: the max-deliveries advisory does it."""
+    fault = {"ANIM_FAULT": "render:1:crash"}
+
+    def start_renderer() -> None:
+        proc = chaos_stack.add("renderer", env=fault, start=False)
+        with contextlib.suppress(LauncherError):  # it may die on a redelivery while starting
+            proc.start(timeout=60)
+
+    start_renderer()
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request(frames=3))
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                anim = await client.get(job.job_id)
+                if anim.status == types_pb2.JOB_STATUS_FAILED:
+                    break
+                if all(p.returncode is not None for p in chaos_stack.processes["renderer"]):
+                    await asyncio.to_thread(start_renderer)  # like a restart policy
+                await asyncio.sleep(0.5)
+            conn = await bus.connect(config.load("client", chaos_stack.env()), "test")
+            try:
+                queued = await bus.pending(conn.js, "render")
+            finally:
+                await conn.close()
+            return anim, queued
+
+    anim, queued = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_FAILED, chaos_stack.logs()
+    assert "render of frame 1: gave up after 3 deliveries" in anim.error
+    assert queued == 0  # nothing stuck in the work queue
+
+
+def test_load_twenty_jobs_two_renderers(chaos_stack):
+    chaos_stack.add("renderer")
+    chaos_stack.add("renderer")
+    jobs, frames = 20, 4
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target, timeout_s=60) as client:
+            started = time.monotonic()
+            created = await asyncio.gather(
+                *(client.create(request(frames=frames, seed=i)) for i in range(jobs))
+            )
+            results = await asyncio.gather(*(finish(client, c.job_id, 200) for c in created))
+            return created, results, time.monotonic() - started
+
+    created, results, elapsed = asyncio.run(main())
+    for job, (events, anim) in zip(created, results, strict=True):
+        assert anim.status == types_pb2.JOB_STATUS_COMPLETED, anim.error
+        assert_exactly_once(chaos_stack, job.job_id, events, frames)
+    print(
+        f"\nload: {jobs} jobs x {frames} frames with 2 renderers in {elapsed:.1f} s, "
+        f"{jobs * frames / elapsed:.2f} frames/s"
+    )

@@ -1,0 +1,189 @@
+"""yamllint over every deployment YAML file; the Helm values files against schemas
+of the chart keys they set (written from each chart's values.yaml at the pinned
+version) and against the rest of the deployment (names, secrets, versions);
+the NATS and S3 configuration shared by compose and Kubernetes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from deploy_support import (
+    COMPOSE_FILE,
+    DEPLOY,
+    HELM,
+    NATS_CONF,
+    ROOT,
+    SCHEMAS,
+    SECRET_NAME,
+    compose,
+    find,
+    nats_users,
+    objects,
+    venv_tool,
+)
+
+from ghibli_anim.common import config
+
+pytestmark = pytest.mark.timeout(120)
+
+CHARTS = {
+    "nats-values.yaml": ("nats/nats", "https://nats-io.github.io/k8s/helm/charts/"),
+    "minio-values.yaml": ("minio/minio", "https://charts.min.io/"),
+    "seaweedfs-values.yaml": ("seaweedfs/seaweedfs", "https://seaweedfs.github.io/seaweedfs/helm"),
+}
+YAMLLINT_CONFIG = ROOT / ".yamllint.yaml"
+
+
+def yaml_files() -> list[Path]:
+    files = [COMPOSE_FILE, YAMLLINT_CONFIG]
+    files += sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+    return files
+
+
+def yamllint(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [venv_tool("yamllint"), "--strict", "-c", str(YAMLLINT_CONFIG), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_yamllint_passes() -> None:
+    files = yaml_files()
+    assert len(files) > 15
+    result = yamllint(*files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yamllint_catches_a_duplicate_key(tmp_path: Path) -> None:
+    bad = tmp_path / "values.yaml"
+    bad.write_text("config:\n  cluster:\n    replicas: 3\n    replicas: 1\n")
+    result = yamllint(bad)
+    assert result.returncode != 0 and "duplication" in result.stdout
+
+
+def values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((HELM / name).read_text())
+
+
+def chart_pin(name: str) -> tuple[str, str, str]:
+    """(chart, version, repository) from the values file's header."""
+    text = (HELM / name).read_text()
+    chart = re.search(r"^#\s+chart:\s*(\S+)$", text, re.M)
+    version = re.search(r"^#\s+version:\s*(\d+\.\d+\.\d+)$", text, re.M)
+    repo = re.search(r"^#\s+repository:\s*(\S+)$", text, re.M)
+    assert chart and version and repo, f"{name}: chart, version and repository in the header"
+    return chart.group(1), version.group(1), repo.group(1)
+
+
+@pytest.mark.parametrize("name", sorted(CHARTS))
+def test_values_files_pin_their_chart(name: str) -> None:
+    chart, version, repo = chart_pin(name)
+    assert (chart, repo) == CHARTS[name]
+    # The install command in the file and in deploy/README.md use that version.
+    text = (HELM / name).read_text()
+    assert f"helm upgrade --install {chart.split('/')[0]} {chart} --version {version}" in text
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"{chart} --version {version}" in readme, f"deploy/README.md: {chart} {version}"
+
+
+@pytest.mark.parametrize("name", sorted(CHARTS))
+def test_values_files_match_their_schema(name: str) -> None:
+    schema = json.loads((SCHEMAS / name.replace(".yaml", ".schema.json")).read_text())
+    jsonschema.validate(values(name), schema)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("nats-values.yaml", lambda v: v["config"]["cluster"].update(replicas=1)),
+        ("nats-values.yaml", lambda v: v["config"]["jetstream"]["merge"].pop("sync_interval")),
+        ("nats-values.yaml", lambda v: v["config"].update(jetStream={})),  # misspelt key
+        ("minio-values.yaml", lambda v: v["users"][0].update(secretKey="in-the-file")),
+        ("minio-values.yaml", lambda v: v["image"].update(tag="latest")),
+        ("seaweedfs-values.yaml", lambda v: v["s3"].update(enableAuth=False)),
+    ],
+)
+def test_the_value_schemas_catch_mistakes(name: str, damage) -> None:
+    broken = values(name)
+    damage(broken)
+    schema = json.loads((SCHEMAS / name.replace(".yaml", ".schema.json")).read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_nats_chart_runs_the_deployments_users_and_durability() -> None:
+    v = values("nats-values.yaml")
+    assert v["config"]["cluster"]["replicas"] == 3
+    assert v["config"]["jetstream"]["merge"]["sync_interval"] == "always"
+    env = v["container"]["env"]
+    # Every password auth.conf reads, from the Secret under the same name.
+    assert set(env) == set(nats_users().values())
+    for var, ref in env.items():
+        assert ref["valueFrom"]["secretKeyRef"] == {"name": SECRET_NAME, "key": var}
+    # auth.conf comes from the ConfigMap the overlays generate from deploy/nats/.
+    (mount,) = [p["value"] for p in v["container"]["patch"] if p["path"] == "/volumeMounts/-"]
+    (volume,) = [p["value"] for p in v["podTemplate"]["patch"] if p["path"] == "/spec/volumes/-"]
+    assert mount["name"] == volume["name"]
+    cm = find(objects("overlays/gpu"), "ConfigMap", volume["configMap"]["name"])
+    assert "auth.conf" in cm["data"]
+    included = Path("/etc/nats-config") / v["config"]["merge"]["$include"]
+    assert included.resolve() == Path(mount["mountPath"]) / "auth.conf"
+    # The same NATS release everywhere.
+    tag = v["container"]["image"]["tag"]
+    assert compose()["services"]["nats"]["image"] == f"nats:{tag}"
+    dev_nats = find(objects("overlays/dev"), "StatefulSet", "nats")
+    assert dev_nats["spec"]["template"]["spec"]["containers"][0]["image"] == f"nats:{tag}"
+    assert chart_pin("nats-values.yaml")[1] == tag.removesuffix("-alpine")
+
+
+def test_minio_chart_makes_the_bucket_and_a_user_limited_to_it() -> None:
+    v = values("minio-values.yaml")
+    bucket = next(var.default for var in config.VARS if var.name == "ANIM_S3_BUCKET")
+    assert [b["name"] for b in v["buckets"]] == [bucket]
+    policy = json.loads((DEPLOY / "s3" / "minio-policy.json").read_text())
+    # The chart's policy says exactly what deploy/s3/minio-policy.json says (compose's).
+    chart_statements = [
+        (s.get("effect", "Allow"), sorted(s["resources"]), sorted(s["actions"]))
+        for s in v["policies"][0]["statements"]
+    ]
+    file_statements = [
+        (s["Effect"], sorted(s["Resource"]), sorted(s["Action"])) for s in policy["Statement"]
+    ]
+    assert chart_statements == file_statements
+    for _, resources, _ in file_statements:
+        assert all(r.split(":::")[1].split("/")[0] == bucket for r in resources)
+    (user,) = v["users"]
+    assert user["policy"] == v["policies"][0]["name"]
+    assert (
+        user["existingSecret"] == SECRET_NAME and user["existingSecretKey"] == "ANIM_S3_SECRET_KEY"
+    )
+    image = f"{v['image']['repository']}:{v['image']['tag']}"
+    assert image == compose()["services"]["minio"]["image"]
+    assert image.endswith("RELEASE.2025-10-15T17-29-55Z")  # the frozen last release
+
+
+def test_seaweedfs_chart_makes_the_bucket() -> None:
+    v = values("seaweedfs-values.yaml")
+    bucket = next(var.default for var in config.VARS if var.name == "ANIM_S3_BUCKET")
+    assert [b["name"] for b in v["s3"]["createBuckets"]] == [bucket]
+    template = json.loads((DEPLOY / "s3" / "seaweedfs-s3-config.template.json").read_text())
+    services = next(i for i in template["identities"] if i["name"] == "ghibli-anim-services")
+    assert all(a.endswith(f":{bucket}") for a in services["actions"])
+
+
+def test_nats_conf_is_durable_and_listens_where_everyone_looks() -> None:
+    text = NATS_CONF.read_text()
+    assert re.search(r"^\s*sync_interval:\s*always\s*$", text, re.M)
+    assert re.search(r"^port:\s*4222$", text, re.M)
+    assert re.search(r"^http_port:\s*8222$", text, re.M)
+    assert re.search(r"^include \./auth\.conf$", text, re.M)
+    assert "store_dir" not in text.split("jetstream {", 1)[1].split("}", 1)[0]

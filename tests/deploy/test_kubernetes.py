@@ -1,0 +1,362 @@
+"""deploy/k8s: every overlay renders with kubectl's kustomize, built-in kinds pass
+kubernetes-validate --strict, the KEDA ScaledObject passes a schema written from
+KEDA's documentation, and the manifests agree with the code (ports, names,
+required variables, secrets)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from deploy_support import (
+    KUSTOMIZATIONS,
+    OVERLAYS,
+    SCHEMAS,
+    SECRET_NAME,
+    compose,
+    config_map_data,
+    container_env,
+    env_example,
+    filled_env,
+    find,
+    kustomize,
+    nats_users,
+    objects,
+    pod_specs,
+    project_version,
+    venv_tool,
+)
+
+from ghibli_anim.common import bus, config
+
+pytestmark = pytest.mark.timeout(180)
+
+WORKERS = ("renderer", "depth", "assembler")
+NAMESPACES = {"dev": "ghibli-anim-dev", "gpu": "ghibli-anim"}
+
+
+def validate_strict(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "manifests.yaml"
+    path.write_text(text)
+    return subprocess.run(
+        [venv_tool("kubernetes-validate"), "--strict", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_kustomization_renders(path: str) -> None:
+    kinds = {doc["kind"] for doc in objects(path)}
+    assert {"Deployment", "Service", "ConfigMap", "Job", "PodDisruptionBudget"} <= kinds
+    assert "Secret" not in kinds, "secrets are referenced, never written in manifests"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_builtin_kinds_pass_strict_validation(path: str, tmp_path: Path) -> None:
+    result = validate_strict(tmp_path, kustomize(path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # The only kind without a bundled schema is KEDA's (checked below against ours).
+    unknown = re.findall(r"Couldn't find schema for kind (\w+)", output)
+    assert set(unknown) <= {"ScaledObject"}, output
+
+
+def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
+    docs = objects("overlays/gpu")
+    planner = find(docs, "Deployment", "planner")
+    planner["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    result = validate_strict(tmp_path, yaml.safe_dump(planner))
+    assert result.returncode != 0
+
+
+def scaled_object_schema() -> dict[str, Any]:
+    return json.loads((SCHEMAS / "keda-scaledobject.schema.json").read_text())
+
+
+def test_scaled_object_follows_kedas_documented_spec() -> None:
+    scaled = find(objects("overlays/gpu"), "ScaledObject", "renderer")
+    jsonschema.validate(scaled, scaled_object_schema())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t: t["metadata"].update(lagTreshold="1"),  # misspelt key
+        lambda t: t["metadata"].update(lagThreshold=1),  # KEDA wants strings
+        lambda t: t["metadata"].update(useHttps="yes"),
+        lambda t: t["metadata"].pop("consumer"),
+        lambda t: t["metadata"].update(natsServerMonitoringEndpoint="http://nats:8222"),
+    ],
+)
+def test_the_keda_schema_catches_broken_triggers(damage) -> None:
+    scaled = find(objects("overlays/gpu"), "ScaledObject", "renderer")
+    damage(scaled["spec"]["triggers"][0])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scaled, scaled_object_schema())
+
+
+def test_renderer_scales_on_the_render_consumers_backlog() -> None:
+    docs = objects("overlays/gpu")
+    scaled = find(docs, "ScaledObject", "renderer")
+    spec = scaled["spec"]
+    assert (
+        spec["scaleTargetRef"]["name"] == find(docs, "Deployment", "renderer")["metadata"]["name"]
+    )
+    assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "nats-jetstream"
+    assert meta["stream"] == bus.WORK_STREAM
+    assert meta["consumer"] == "render" and "render" in bus.STEPS
+    assert meta["account"] == "$G"  # users of auth.conf live in the global account
+    host, port = meta["natsServerMonitoringEndpoint"].split(":")
+    # Clustered: KEDA asks the consumer's leader at <server>.<host>, so the host
+    # is the chart's headless service, in this overlay's namespace.
+    assert host == f"nats-headless.{scaled['metadata']['namespace']}.svc.cluster.local"
+    assert int(port) == 8222
+    assert scaled["metadata"]["namespace"] == NAMESPACES["gpu"]
+
+
+def test_keda_is_optional() -> None:
+    for path in ("base", "overlays/dev"):
+        assert not [d for d in objects(path) if d["kind"] == "ScaledObject"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_run_locked_down(overlay: str) -> None:
+    for where, spec in pod_specs(objects(f"overlays/{overlay}")):
+        pod_ctx = spec.get("securityContext", {})
+        assert spec.get("automountServiceAccountToken") is False, where
+        assert pod_ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for container in spec["containers"] + spec.get("initContainers", []):
+            ctx = container.get("securityContext", {})
+            label = f"{where} container {container['name']}"
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, label
+            assert ctx.get("runAsUser", pod_ctx.get("runAsUser", 0)) != 0, label
+            assert ctx.get("readOnlyRootFilesystem") is True, label
+            assert ctx.get("allowPrivilegeEscalation") is False, label
+            assert ctx.get("capabilities", {}).get("drop") == ["ALL"], label
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), label
+            assert "memory" in resources.get("limits", {}), label
+            # Anything that writes gets a volume: the root filesystem is read-only.
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if container["name"] in config.SERVICES:
+                assert {"/tmp", "/cache"} <= mounts, label
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_expose_their_grpc_port_with_native_grpc_probes(overlay: str) -> None:
+    docs = objects(f"overlays/{overlay}")
+    for name in config.SERVICES:
+        port = config.GRPC_PORTS[name]
+        deployment = find(docs, "Deployment", name)
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["args"] == ["serve", name]
+        assert [p["containerPort"] for p in container["ports"]] == [port]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
+        service = find(docs, "Service", name)
+        assert [p["port"] for p in service["spec"]["ports"]] == [port]
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        pdb = find(docs, "PodDisruptionBudget", name)
+        assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+        # SIGTERM: the message in hand gets ANIM_SHUTDOWN_GRACE_S, then the drain.
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        grace = float(env.get("ANIM_SHUTDOWN_GRACE_S") or 60)
+        assert spec["terminationGracePeriodSeconds"] >= grace + 20, name
+
+
+def test_renderer_gets_a_gpu_in_production_and_none_in_dev() -> None:
+    gpu = find(objects("overlays/gpu"), "Deployment", "renderer")["spec"]["template"]["spec"]
+    (container,) = gpu["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu[
+        "tolerations"
+    ]
+    dev = find(objects("overlays/dev"), "Deployment", "renderer")["spec"]["template"]["spec"]
+    (container,) = dev["containers"]
+    assert "nvidia.com/gpu" not in json.dumps(dev)
+    assert {"name": "ANIM_DEVICE", "value": "cpu"} in container["env"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_planner_and_assembler_scale_on_cpu(overlay: str) -> None:
+    docs = objects(f"overlays/{overlay}")
+    hpas = {d["metadata"]["name"]: d for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert set(hpas) == {"planner", "assembler"}
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+        assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+def secret_values() -> dict[str, str]:
+    return {k: v or f"value-of-{k.lower()}" for k, v in filled_env().items()}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_starts_with_its_required_configuration(overlay: str) -> None:
+    docs = objects(f"overlays/{overlay}")
+    secrets = secret_values()
+    for name in config.SERVICES:
+        (container,) = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        env = container_env(docs, container, secrets)
+        required = [
+            v.name
+            for v in config.VARS
+            if name in v.required_for
+            and (not v.name.startswith("ANIM_S3_") or env.get("ANIM_STORE", "s3") == "s3")
+        ]
+        assert required, "config.py marks nothing required: this test would test nothing"
+        assert not [n for n in required if not env.get(n)], name
+        settings = config.load(name, env)  # what `ghibli-anim serve NAME` does first
+        assert settings.grpc_port() == config.GRPC_PORTS[name]
+        assert env["ANIM_NATS_USER"] == name
+        users = nats_users()
+        ref = next(v for v in container["env"] if v["name"] == "ANIM_NATS_PASSWORD")
+        assert ref["valueFrom"]["secretKeyRef"]["key"] == users[name]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_come_only_from_secret_references(overlay: str) -> None:
+    docs = objects(f"overlays/{overlay}")
+    secret_vars = {v.name for v in config.VARS if v.secret}
+    known_keys = set(env_example())
+    cm = config_map_data(docs, "ghibli-anim-config")
+    assert not secret_vars & set(cm), "a secret in the ConfigMap"
+    for where, spec in pod_specs(docs):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if var["name"] in secret_vars or "PASSWORD" in var["name"]:
+                    assert ref is not None, f"{where}: {var['name']} is not a secret reference"
+                if ref is not None:
+                    assert ref["name"] == SECRET_NAME, where
+                    # The Secret is made from the same names as the compose .env.
+                    assert ref["key"] in known_keys, f"{where}: {ref['key']} not in .env.example"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shared_settings_agree_with_the_code(overlay: str) -> None:
+    data = config_map_data(objects(f"overlays/{overlay}"), "ghibli-anim-config")
+    defaults = {v.name: v.default for v in config.VARS}
+    assert data["ANIM_S3_BUCKET"] == defaults["ANIM_S3_BUCKET"] == "animations"
+    assert data["ANIM_NATS_URL"] == "nats://nats:4222"
+    assert data["ANIM_PROFILE"] == {"dev": "tiny", "gpu": "sd15-ghibli"}[overlay]
+    unknown = set(data) - set(defaults)
+    assert not unknown, f"not declared in config.py: {unknown}"
+    # Every value parses as config.py expects.
+    config.load("client", {**data, "ANIM_GRPC_PORT": ""})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_are_the_projects_at_its_version(overlay: str) -> None:
+    version = project_version()
+    suffix = {"dev": {"renderer": "-cpu", "depth": "-cpu"}, "gpu": {}}[overlay]
+    for where, spec in pod_specs(objects(f"overlays/{overlay}")):
+        for container in spec["containers"]:
+            image = container["image"]
+            if not image.startswith("ghibli-anim/"):
+                continue
+            repo, tag = image.split(":")
+            target = repo.removeprefix("ghibli-anim/")
+            assert target in (*config.SERVICES, "trainer"), where
+            assert tag == version + suffix.get(target, ""), where
+
+
+def test_bus_init_job_binds_nothing_and_replicates_in_clusters() -> None:
+    for overlay, replicas in (("dev", "1"), ("gpu", "3")):
+        job = find(objects(f"overlays/{overlay}"), "Job", "bus-init")
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["bus", "init", "--replicas", replicas]
+        names = {v["name"]: v for v in container["env"]}
+        assert names["ANIM_NATS_USER"]["value"] == "bus-init"
+        key = names["ANIM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+        assert key == nats_users()["bus-init"]
+
+
+def test_trainer_job_waits_to_be_started() -> None:
+    docs = objects("overlays/gpu")
+    job = find(docs, "Job", "trainer")
+    assert job["spec"]["suspend"] is True
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"ghibli-anim/trainer:{project_version()}"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert not [d for d in objects("overlays/dev") if d["metadata"]["name"] == "trainer"]
+
+
+def test_gpu_overlay_shares_prefetched_models() -> None:
+    docs = objects("overlays/gpu")
+    pvc = find(docs, "PersistentVolumeClaim", "ghibli-anim-models")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    fetch = find(docs, "Job", "models-fetch")
+    (container,) = fetch["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["models", "fetch", "$(ANIM_PROFILE)"]
+    for name in ("planner", "renderer", "depth"):
+        volumes = find(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        models = next(v for v in volumes if v["name"] == "models")
+        assert models == {
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
+        }
+
+
+def test_dev_overlay_runs_nats_and_s3_inside_the_namespace() -> None:
+    docs = objects("overlays/dev")
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        NAMESPACES["dev"]
+    }
+    nats = find(docs, "StatefulSet", "nats")
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["nats-server"]
+    assert container["args"] == [
+        "--config",
+        "/etc/nats/nats.conf",
+        "--store_dir",
+        "/data/jetstream",
+    ]
+    password_vars = {v["name"] for v in container["env"]}
+    assert password_vars == set(nats_users().values())
+    volumes = nats["spec"]["template"]["spec"]["volumes"]
+    cm_name = next(v for v in volumes if v["name"] == "config")["configMap"]["name"]
+    conf = find(docs, "ConfigMap", cm_name)
+    assert set(conf["data"]) == {"nats.conf", "auth.conf"}
+    s3 = find(docs, "Deployment", "s3")
+    (server,) = s3["spec"]["template"]["spec"]["containers"]
+    assert "-bucket=$(ANIM_S3_BUCKET)" in server["args"]
+    endpoint = config_map_data(docs, "ghibli-anim-config")["ANIM_S3_ENDPOINT"]
+    service = find(docs, "Service", "s3")
+    assert endpoint == f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+
+
+def test_dev_s3_identities_are_the_compose_ones(tmp_path: Path) -> None:
+    """The dev overlay's init container writes the identities compose gives SeaweedFS."""
+    docs = objects("overlays/dev")
+    s3 = find(docs, "Deployment", "s3")["spec"]["template"]["spec"]
+    (init,) = s3["initContainers"]
+    assert init["command"] == ["/bin/sh", "-euc"]
+    (script,) = init["args"]
+    secrets = secret_values()
+    env = container_env(docs, init, secrets)
+    # Run it for real, writing into a temporary folder instead of the pod's volume.
+    result = subprocess.run(
+        ["sh", "-euc", script.replace("/config/", f"{tmp_path}/")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "s3.json").read_text())
+    assert written == json.loads(compose(secrets)["configs"]["seaweedfs-s3"]["content"])
