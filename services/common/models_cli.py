@@ -32,6 +32,19 @@ def _hub_refs(profile) -> list[tuple[str, str]]:
     return out
 
 
+_OTHER_FORMATS = [
+    "*.ckpt",
+    "*.bin",
+    "*.msgpack",
+    "*.h5",
+    "*.onnx",
+    "*.onnx_data",
+    "*.pb",
+    "*non_ema*",
+    "*.fp16.*",
+]
+
+
 def fetch(profile_name: str) -> int:
     """Download every hub model of a profile into the Hugging Face cache (HF_HOME)."""
     from huggingface_hub import snapshot_download
@@ -56,8 +69,11 @@ def fetch(profile_name: str) -> int:
             continue
         seen.add((repo, str(patterns)))
         print(f"fetching {field}: {ref}", file=sys.stderr)
+        # Model repos also hold checkpoints in other formats (SD-1.5 has several GB of
+        # .ckpt and non-EMA weights): fetch only what from_pretrained loads.
+        ignore = _OTHER_FORMATS if not field.startswith("loras") else ["*.ckpt"]
         try:
-            path = snapshot_download(repo, allow_patterns=patterns)
+            path = snapshot_download(repo, allow_patterns=patterns, ignore_patterns=ignore)
         except Exception as exc:
             print(
                 f"error: {field}: cannot download {ref!r} ({type(exc).__name__}: {exc}); "

@@ -370,7 +370,7 @@ class S3Store(Store):
                 if exc.code == "NoSuchBucket":
                     raise StoreError(
                         f"{what}: bucket {self.bucket!r} does not exist on {self.endpoint} "
-                        "(ANIM_S3_BUCKET; `ghibli-anim bus init` creates it)"
+                        "(ANIM_S3_BUCKET; `ghibli-anim store init` creates it)"
                     ) from None
                 if not _is_transient(exc):
                     raise StoreError(
