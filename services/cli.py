@@ -62,7 +62,11 @@ def _add_render_flags(p: argparse.ArgumentParser) -> None:
         "with --out, compare the frames' bytes",
     )
     p.add_argument("--seed", type=int, help="job seed (default: random, recorded)")
-    p.add_argument("--seed-mode", default="increment", help="increment, fixed or random")
+    p.add_argument(
+        "--seed-mode",
+        default="increment",
+        help="increment, fixed or random, or keyframes such as '0:increment, 10:fixed'",
+    )
     p.add_argument("--depth", action="store_true", help="guide frames i>0 with ControlNet depth")
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--width", type=int, help=f"width ({limits.WIDTH.describe()})")
@@ -110,6 +114,11 @@ def _add_render_flags(p: argparse.ArgumentParser) -> None:
         help=f"comma list of {','.join(limits.FORMATS)} "
         f"(default {','.join(limits.DEFAULT_FORMATS)})",
     )
+    p.add_argument(
+        "--blend-prompts",
+        action="store_true",
+        help="ease prompt changes: each frame's text embedding leans towards the previous prompt",
+    )
     p.add_argument("--plan", type=Path, help="a storyboard JSON file to use instead of planning")
     p.add_argument("--idempotency-key", default="", help="same key, same job (safe retries)")
     p.add_argument("--out", type=Path, help="copy the job's output tree into this folder")
@@ -130,7 +139,8 @@ def build_request(args: argparse.Namespace):
         idea=args.idea,
         frames=args.frames,
         profile=args.profile,
-        seed_mode=seeds.parse_seed_mode(args.seed_mode),
+        seed_mode=seeds.parse_seed_mode(args.seed_mode) if ":" not in args.seed_mode else 0,
+        seed_mode_schedule=args.seed_mode if ":" in args.seed_mode else "",
         negative_prompt=args.negative,
         depth=args.depth,
         idempotency_key=args.idempotency_key,
@@ -139,6 +149,7 @@ def build_request(args: argparse.Namespace):
         sharpen=args.sharpen,
         color_coherence=args.color_coherence,
         interpolate=args.interpolate,
+        blend_prompts=args.blend_prompts,
         loras=args.lora,
         base_model=args.base,
         controlnet=args.controlnet,
@@ -220,9 +231,9 @@ def _renderer_env(args: argparse.Namespace) -> None:
     if getattr(args, "from_manifest", None) is not None:
         from ghibli_anim.common import replay
 
-        manifest = replay.load_manifest(args.from_manifest)
-        if manifest.profile.get("tiny_autoencoder"):
-            os.environ["ANIM_TINY_VAE"] = "true"  # recorded: the run decoded with TAESD
+        # What the recorded run rendered with, unless this environment says otherwise.
+        for var, value in replay.recorded_env(replay.load_manifest(args.from_manifest)).items():
+            os.environ.setdefault(var, value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -275,13 +286,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=os.environ.get("ANIM_SERVER", "localhost:50051"))
 
     p = sub.add_parser("serve", help="run one service (reads ANIM_* variables)")
-    p.add_argument("service", choices=("planner", "renderer", "depth", "assembler"))
+    p.add_argument("service", choices=("planner", "renderer", "depth", "assembler", "web"))
 
     p = sub.add_parser(
         "up-local", help="run NATS, SeaweedFS and every service as local processes (no Docker)"
     )
     p.add_argument("--dir", type=Path, default=Path(".local-stack"), help="data and logs folder")
     p.add_argument("--replicas", default="", help="replicas per service, e.g. renderer=2,depth=1")
+
+    store = sub.add_parser("store", help="the object store")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    store_sub.add_parser("init", help="create the bucket ANIM_S3_BUCKET if it does not exist")
 
     bus = sub.add_parser("bus", help="NATS streams, KV buckets and consumers")
     bus_sub = bus.add_subparsers(dest="bus_command", required=True)
@@ -351,6 +366,7 @@ def _up_local(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from ghibli_anim.common.config import SERVICES
     from ghibli_anim.common.stack import LocalStack
 
     replicas: dict[str, int] = {}
@@ -359,11 +375,12 @@ def _up_local(args: argparse.Namespace) -> int:
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--replicas: expected NAME=COUNT with COUNT >= 1, got {item!r}")
         replicas[name] = int(count)
-    stack = LocalStack(args.dir.resolve(), replicas=replicas)
+    stack = LocalStack(args.dir.resolve(), services=(*SERVICES, "web"), replicas=replicas)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with stack:
         print(f"planner  {stack.planner_target}  (gRPC AnimationService)")
+        print(f"web      {stack.web_url}  (submit an idea, watch the frames land)")
         print(f"nats     {stack.nats.url}")
         print(f"s3       {stack.s3.url}  bucket {stack.env()['ANIM_S3_BUCKET']}")
         print(f"logs     {args.dir / 'services'}")
@@ -442,8 +459,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_bus_init(args.url, args.replicas))
     if cmd == "probe":
         return _probe(args.target, args.service, args.timeout)
+    if cmd == "store":
+        from ghibli_anim.common import config
+        from ghibli_anim.common.store import open_store
+
+        settings = config.load("client", {**os.environ, "ANIM_STORE": "s3"})
+        open_store(settings).ensure_bucket()
+        print(f"bucket {settings['ANIM_S3_BUCKET']} ready at {settings['ANIM_S3_ENDPOINT']}")
+        return 0
     if cmd == "up-local":
         return _up_local(args)
+    if cmd == "serve" and args.service == "web":
+        from ghibli_anim.web.service import serve as serve_web  # HTTP, not a bus worker
+
+        return serve_web()
     if cmd == "serve":
         from ghibli_anim.common.service import serve
 

@@ -12,12 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from ghibli_anim.common import config, tiny_models
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.launcher import NatsServer, SeaweedS3
 from ghibli_anim.common.profiles import tiny_dir
 from ghibli_anim.common.store import LocalStore, S3Store
+
+# Tiny models gain nothing from intra-op threads, and on a 2-core machine shared with
+# the service processes of the end-to-end tests, extra threads only contend (5-10x
+# slower here). Service processes get OMP_NUM_THREADS=1 from the stacks' env.
+torch.set_num_threads(1)
 
 # Credentials of the test SeaweedFS: an Admin identity and a read-only one.
 S3_ACCESS_KEY = "anim-test-access"

@@ -10,10 +10,12 @@ Everything a service does on NATS goes through here (DESIGN.md "Bus"):
   ``ghibli-anim bus init``, fixtures and the embedded mode run it; services bind);
 - ``publish_work()`` / ``publish_event()``: every publish carries a
   ``Nats-Msg-Id`` built from (job, step, frame, attempt), so a re-publish within
-  the dedup window is dropped while a retry (a new attempt) is not;
+  the dedup window is dropped while a retry (a new attempt) is not, and the
+  trace context of the current span (``traceparent``, see tracing.py);
 - ``WorkConsumer``: one message at a time from a durable pull consumer, with
   ``in_progress()`` heartbeats, nak with exponential delay, give-up on the last
-  delivery, and a graceful stop;
+  delivery, and a graceful stop; each message is handled in a span that
+  continues the publisher's trace, and counted in metrics.py's consumer metrics;
 - ``watch_job_events()`` / ``read_job_events()``: one job's events in stream
   order from a given sequence (WatchAnimation);
 - ``pending()``: a consumer's backlog, for metrics and autoscaling.
@@ -25,9 +27,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -39,6 +43,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from ghibli_anim.common import metrics, tracing
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.keys import check_job_id, is_job_id
 from ghibli_anim.common.pb import bus_pb2
@@ -486,7 +491,7 @@ async def publish_work(
         msg.SerializeToString(),
         timeout=timeout,
         stream=WORK_STREAM,
-        headers={MSG_ID_HEADER: work_msg_id(job_id, step, frame, attempt)},
+        headers=tracing.inject({MSG_ID_HEADER: work_msg_id(job_id, step, frame, attempt)}),
     )
 
 
@@ -499,7 +504,7 @@ async def publish_event(
         event.SerializeToString(),
         timeout=timeout,
         stream=EVENTS_STREAM,
-        headers={MSG_ID_HEADER: event_msg_id(event)},
+        headers=tracing.inject({MSG_ID_HEADER: event_msg_id(event)}),
     )
 
 
@@ -568,6 +573,8 @@ class Delivery:
     max_deliver: int
     """The consumer's MaxDeliver (-1: unbounded)."""
     stream_sequence: int
+    queue_wait_s: float = 0.0
+    """Seconds from the message's publication to this delivery's handling."""
 
     @property
     def last(self) -> bool:
@@ -597,6 +604,13 @@ class ConsumerStats:
     heartbeats: int = 0
 
 
+def _queue_wait_s(published: datetime | None) -> float:
+    """Seconds since ``published`` (the message's stream timestamp), 0 if unknown."""
+    if published is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - published).total_seconds())
+
+
 Handler = Callable[[M, Delivery], Awaitable[None]]
 GiveUpHook = Callable[[M, Failure], Awaitable[None]]
 
@@ -621,6 +635,11 @@ class WorkConsumer(Generic[M]):
     (``asyncio.to_thread``) or the heartbeats stop with the event loop.
     If ``on_give_up`` itself fails, the message is nakked so a later delivery
     tries again (on the last delivery it is termed and logged).
+
+    Each message is handled in a span named by ``span_name(message)`` (default:
+    the durable's name; None: no span), child of the context in its headers, and
+    counted in the consumer metrics (queue wait, redeliveries, outcome, handler
+    time). ``service`` names the service in spans: ``run_service`` sets it.
     """
 
     def __init__(
@@ -635,9 +654,13 @@ class WorkConsumer(Generic[M]):
         fetch_timeout_s: float = 5.0,
         ack_timeout_s: float = 5.0,
         parse: Callable[[bytes], M] | None = None,
+        span_name: Callable[[M], str | None] | None = None,
     ) -> None:
         self.js = js
         self.durable = durable
+        self.service = ""
+        self.metrics = metrics.ConsumerMetrics(durable)
+        self._span_name = span_name or (lambda _message: durable)
         self.stream = stream
         self.message_type = message_type
         # Messages that are not protobuf (server advisories are JSON) bring a parser.
@@ -656,6 +679,7 @@ class WorkConsumer(Generic[M]):
         self._fetch_task: asyncio.Task[list[Msg]] | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._last_reason = ""  # why the last message failed, for its span
 
     @property
     def ack_wait_s(self) -> float:
@@ -794,12 +818,47 @@ class WorkConsumer(Generic[M]):
             num_delivered=meta.num_delivered,
             max_deliver=self._max_deliver,
             stream_sequence=meta.sequence.stream,
+            queue_wait_s=_queue_wait_s(meta.timestamp),
         )
+        self.metrics.received(delivery.num_delivered, delivery.queue_wait_s)
         work = self._parse(msg)
         if work is None:
             await self._term(msg)
+            self.metrics.handled("invalid")
             return
+        name = self._span_name(work)
+        started = time.perf_counter()
+        if name is None:
+            outcome = await self._handle(work, delivery)
+        else:
+            attributes = {
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.durable,
+                "messaging.message.id": (msg.headers or {}).get(MSG_ID_HEADER),
+                "anim.job_id": getattr(work, "job_id", None),
+                "anim.frame": getattr(work, "frame", None),
+                "anim.attempt": getattr(work, "attempt", None),
+                "anim.delivery": delivery.num_delivered,
+            }
+            with tracing.span(
+                self.service or self.durable,
+                name,
+                attributes,
+                kind=tracing.SpanKind.CONSUMER,
+                context=tracing.extract(msg.headers),
+            ) as span:
+                # The handler task starts inside the span: its publishes carry it on.
+                outcome = await self._handle(work, delivery)
+                span.set_attribute("anim.outcome", outcome)
+                if outcome in ("retry", "failed"):
+                    tracing.fail(span, self._last_reason)
+        self.metrics.handled(outcome, time.perf_counter() - started)
 
+    async def _handle(self, work: M, delivery: Delivery) -> str:
+        """Run the handler on one delivery and settle the message; the outcome."""
+        msg = delivery.msg
+        self._last_reason = ""
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         handler_task = asyncio.create_task(self._handler(work, delivery))
         self._handler_task = handler_task
@@ -817,20 +876,23 @@ class WorkConsumer(Generic[M]):
         if handler_task.cancelled():
             # stop()'s grace ran out: hand the message back at once.
             await self._nak(msg, None)
-            return
+            return "interrupted"
         if msg.is_acked:
-            return  # the handler acknowledged it itself
+            return "ok"  # the handler acknowledged it itself
         exc = handler_task.exception()
         if exc is None:
             await self._ack(msg)
-        elif isinstance(exc, NonRetryable):
+            return "ok"
+        if isinstance(exc, NonRetryable):
             log.warning(
                 "non-retryable failure: %s",
                 exc.reason,
                 extra={"consumer": self.durable, "delivery": delivery.num_delivered},
             )
+            self._last_reason = exc.reason
             await self._give_up(work, delivery, Failure(exc.reason, False, delivery.num_delivered))
-        elif isinstance(exc, Exception):
+            return "failed"
+        if isinstance(exc, Exception):
             if isinstance(exc, Retryable):
                 reason, delay = exc.reason, exc.delay
             else:
@@ -840,14 +902,16 @@ class WorkConsumer(Generic[M]):
                     extra={"consumer": self.durable},
                 )
                 reason, delay = f"{type(exc).__name__}: {exc}", DEFAULT_RETRY_DELAY_S
+            self._last_reason = reason
             if delivery.last:
                 reason = f"{reason} (gave up after {delivery.num_delivered} deliveries)"
                 await self._give_up(work, delivery, Failure(reason, True, delivery.num_delivered))
-            else:
-                await self._nak(msg, self._retry_delay(delay, delivery.num_delivered))
-        else:  # KeyboardInterrupt, SystemExit: hand the message back and let it propagate
-            await self._nak(msg, None)
-            raise exc
+                return "failed"
+            await self._nak(msg, self._retry_delay(delay, delivery.num_delivered))
+            return "retry"
+        # KeyboardInterrupt, SystemExit: hand the message back and let it propagate
+        await self._nak(msg, None)
+        raise exc
 
     @staticmethod
     def _retry_delay(base: float, num_delivered: int) -> float:
@@ -920,6 +984,7 @@ def conductor_consumer(
     **kwargs: Any,
 ) -> WorkConsumer[bus_pb2.Event]:
     """A ``WorkConsumer`` on the ``conductor`` durable of ``ANIM_EVENTS``."""
+    kwargs.setdefault("span_name", _conductor_span_name)
     return WorkConsumer(
         js,
         CONDUCTOR,
@@ -929,6 +994,13 @@ def conductor_consumer(
         stream=EVENTS_STREAM,
         **kwargs,
     )
+
+
+def _conductor_span_name(event: bus_pb2.Event) -> str | None:
+    # Progress events change nothing for the conductor: a span each would only be noise.
+    if event.type == bus_pb2.EVENT_TYPE_FRAME_PROGRESS:
+        return None
+    return f"{CONDUCTOR} {EVENT_NAMES.get(event.type, 'unknown')}"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from ghibli_anim.common import tracing
 from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2, types_pb2
 
 TERMINAL_EVENTS = {
@@ -80,7 +81,9 @@ class AnimationClient:
         )
 
     def _metadata(self):
-        return (("authorization", f"Bearer {self.token}"),) if self.token else None
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
+        # The caller's span, if any, continues into the planner (and the job's trace).
+        return tracing.grpc_metadata(metadata)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -145,10 +148,19 @@ class AnimationClient:
             if not token:
                 return out
 
-    async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[bus_pb2.Event]:
-        """Events of a job in order; ends after the job's terminal event."""
+    async def watch(
+        self, job_id: str, after_sequence: int = 0, timeout_s: float | None = None
+    ) -> AsyncIterator[bus_pb2.Event]:
+        """Events of a job in order; ends after the job's terminal event.
+
+        Every other call has the client's deadline; a watch lasts as long as its job,
+        so it has none unless ``timeout_s`` is given. It is still bounded: the planner
+        fails every job that runs past ANIM_JOB_TIMEOUT_S, and that terminal event
+        ends the stream; keepalive pings end it (UNAVAILABLE) when the connection dies.
+        """
         call = self.stub.WatchAnimation(
             animation_pb2.WatchAnimationRequest(job_id=job_id, after_sequence=after_sequence),
+            timeout=timeout_s,
             metadata=self._metadata(),
         )
         async for event in call:

@@ -54,7 +54,9 @@ class Progress:
             if self.bar is not None:
                 self.bar.update(1)
         elif kind == bus_pb2.EVENT_TYPE_FRAME_PROGRESS and self.bar is not None:
-            self.bar.set_postfix_str(f"frame {ev.frame} step {ev.step}/{ev.steps}")
+            # reason carries the seconds since the frame started ("elapsed 1.234 s").
+            elapsed = f" {ev.reason.removeprefix('elapsed ')}" if ev.reason else ""
+            self.bar.set_postfix_str(f"frame {ev.frame} step {ev.step}/{ev.steps}{elapsed}")
         elif kind == bus_pb2.EVENT_TYPE_JOB_ASSEMBLED:
             self._say("assembled the animation")
         elif kind in (bus_pb2.EVENT_TYPE_FRAME_FAILED, bus_pb2.EVENT_TYPE_DEPTH_FAILED):
@@ -136,6 +138,8 @@ async def _run(args: argparse.Namespace) -> int:
             anim = await client.get(args.job_id)
             async for ev in client.watch(args.job_id):
                 extra = f" {ev.reason}" if ev.reason else ""
+                if ev.type == bus_pb2.EVENT_TYPE_FRAME_PROGRESS:
+                    extra = f" step={ev.step}/{ev.steps}{extra}"
                 frame = f" frame={ev.frame}" if ev.frame >= 0 else ""
                 print(f"{ev.sequence:>6} {event_name(ev.type)}{frame}{extra}")
             anim = await client.get(args.job_id)

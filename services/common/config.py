@@ -175,7 +175,12 @@ VARS: tuple[Var, ...] = (
     _v("ANIM_TLS_CERT", "", "Server certificate (PEM) for gRPC TLS."),
     _v("ANIM_TLS_KEY", "", "Server private key (PEM) for gRPC TLS."),
     _v("ANIM_TLS_CLIENT_CA", "", "CA (PEM) of client certificates: set it for mutual TLS."),
-    _v("ANIM_CLIENT_TOKEN", "", "Bearer token the CLI and the web page send to the planner.", secret=True),
+    _v(
+        "ANIM_CLIENT_TOKEN",
+        "",
+        "Bearer token the CLI and the web page send to the planner.",
+        secret=True,
+    ),
     _v("ANIM_CLIENT_TLS_CA", "", "CA (PEM) the CLI trusts for a TLS planner; empty = plaintext."),
     _v("ANIM_CLIENT_TLS_CERT", "", "Client certificate (PEM) the CLI presents for mutual TLS."),
     _v("ANIM_CLIENT_TLS_KEY", "", "Client private key (PEM) for mutual TLS."),
@@ -332,6 +337,29 @@ VARS: tuple[Var, ...] = (
         "Finished jobs older than this many days are deleted by "
         "the planner's hourly sweep (0 = keep forever).",
         lambda t: _non_negative(t),
+    ),
+    _v(
+        "ANIM_JOB_TIMEOUT_S",
+        "86400",
+        "A job not finished this many seconds after it was created (or last resumed) fails "
+        "with the state and frame it was in; the planner checks every min(60, limit/4) s "
+        "(0 = no limit).",
+        _non_negative,
+    ),
+    _v(
+        "ANIM_METRICS_PORT",
+        "",
+        "Prometheus metrics at http://ANIM_GRPC_HOST:PORT/metrics (empty = off, 0 = a free "
+        "port, logged; the deploy files use 9090).",
+        lambda t: _port(t) if t else None,
+    ),
+    _v(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OpenTelemetry collector base URL, e.g. http://otel-collector:4318: spans go to "
+        "ENDPOINT/v1/traces by OTLP over HTTP (empty = no traces exported; other OTEL_* "
+        "variables are read by the SDK).",
+        _http_url,
     ),
     _v("ANIM_FAULT", "", "Test-only fault hooks, e.g. render:3:pause (see "
        "services/common/faults.py); inert unless set. Never set it in production."),

@@ -97,6 +97,9 @@ STORYBOARD_JSON_BYTES = 64 * 1024
 UPLOAD_BYTES = 20 * 1024 * 1024
 UPLOAD_PIXELS = 4096 * 4096  # decompression-bomb cap for init images
 
+# With blend_prompts, the weight of the previous frame's prompt in a frame's text embedding.
+BLEND_WEIGHT = 0.35
+
 FORMATS = ("gif", "mp4", "webp", "zip", "contact")
 DEFAULT_FORMATS = ("gif", "mp4", "webp", "contact")
 

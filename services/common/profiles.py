@@ -479,8 +479,7 @@ def _check_base_config(
     if not is_single_file(profile.base_model):
         if config_ref:
             raise ValueError(
-                f"{where}.config: only for a base_model that is a single "
-                f"{SINGLE_FILE_SUFFIX} file"
+                f"{where}.config: only for a base_model that is a single {SINGLE_FILE_SUFFIX} file"
             )
         return
     if not config_ref:

@@ -99,6 +99,22 @@ def request_from_manifest(manifest: Manifest) -> animation_pb2.CreateAnimationRe
     return req
 
 
+def recorded_env(manifest: Manifest) -> dict[str, str]:
+    """Renderer variables the recorded run used that change the bytes of a frame:
+    the dtype, the tiny autoencoder, torch.compile and LoRA fusion."""
+    env: dict[str, str] = {}
+    records = [f.record for f in manifest.frames]
+    if records and records[0].get("dtype") in ("float16", "bfloat16", "float32"):
+        env["ANIM_DTYPE"] = records[0]["dtype"]
+    if manifest.profile.get("tiny_autoencoder"):
+        env["ANIM_TINY_VAE"] = "true"
+    if any(r.get("compile") for r in records):
+        env["ANIM_COMPILE"] = "true"
+    if any(r.get("loras") and r.get("lora_fused") is False for r in records):
+        env["ANIM_FUSE_LORA"] = "false"
+    return env
+
+
 def needs_init_image(manifest: Manifest) -> bool:
     """Whether the run started from an uploaded init image (which must be given again)."""
     return bool(manifest.request.get("init_upload_id"))

@@ -293,11 +293,44 @@ def parse_camera_schedule(text: str, field: str = "camera") -> CameraSchedule:
     return CameraSchedule({name: Schedule(tuple(k)) for name, k in tracks.items()})
 
 
+@dataclass(frozen=True)
+class ChoiceSchedule:
+    """Named values by keyframe (``0:increment, 10:fixed``): a step, not a ramp; the value of
+    the last keyframe at or before a frame holds (the first one before it)."""
+
+    keyframes: tuple[tuple[int, str], ...]
+
+    def at(self, frame: int) -> str:
+        value = self.keyframes[0][1]
+        for f, v in self.keyframes:
+            if f <= frame:
+                value = v
+        return value
+
+
+def parse_choice_schedule(text: str, field: str, choices: tuple[str, ...]) -> ChoiceSchedule:
+    """Parse ``"0:increment, 10:fixed"`` (or a plain name); names must be in ``choices``."""
+    scanner = _Scanner(_check_text(text, field), field)
+
+    def name(s: _Scanner) -> str:
+        start = s.pos
+        raw = s.match(_NAME)
+        if raw is None or raw.lower() not in choices:
+            got = repr(raw) if raw is not None else s.near()
+            raise s.error(f"expected one of {', '.join(choices)}, got {got}", start)
+        return raw.lower()
+
+    pairs = _keyframes(scanner, name, allow_plain=True)
+    return ChoiceSchedule(tuple((frame, str(v)) for frame, v in pairs))
+
+
 __all__ = [
     "CAMERA_MOVES",
     "CameraSchedule",
+    "ChoiceSchedule",
     "Schedule",
     "ScheduleError",
     "parse_camera_schedule",
+    "parse_choice_schedule",
     "parse_schedule",
 ]

@@ -37,6 +37,13 @@ def parse_seed_mode(name: str) -> int:
         ) from None
 
 
+def mode_schedule(text: str):
+    """Seed modes by keyframe, ``"0:increment, 10:fixed"`` (a step per keyframe)."""
+    from ghibli_anim.common.schedules import parse_choice_schedule
+
+    return parse_choice_schedule(text, "seed_mode_schedule", tuple(SEED_MODES))
+
+
 def seed_mode_name(mode: int) -> str:
     for name, value in SEED_MODES.items():
         if value == mode:

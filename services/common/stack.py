@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Self
@@ -80,8 +81,66 @@ class ServiceProcess(ChildServer):
         return None if self._proc is None else self._proc.poll()
 
 
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    """True when ``GET url`` answers 200 (the web page's /readyz)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):  # refused, 503 (HTTPError), timeout
+        return False
+
+
+class WebProcess(ChildServer):
+    """``ghibli-anim serve web`` as a child process; ready when /readyz answers 200,
+    that is when it listens and the planner it talks to is SERVING."""
+
+    stop_grace_s = 15.0
+
+    def __init__(
+        self, folder: Path, env: Mapping[str, str], port: int, planner_target: str
+    ) -> None:
+        super().__init__(folder, "web.log")
+        self.name = "web"
+        self.port = port
+        self.env = {
+            **env,
+            "ANIM_WEB_PORT": str(port),
+            "ANIM_WEB_HOST": LOOPBACK,
+            "ANIM_PLANNER_TARGET": planner_target,
+        }
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The page's base URL, e.g. http://127.0.0.1:PORT."""
+        return f"http://{self.target}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "ghibli_anim.cli", "serve", "web"]
+
+    def _env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def _ready(self) -> bool:
+        return http_ready(f"{self.url}/readyz", timeout=0.5)
+
+    def signal_stop(self, grace: float | None = None) -> None:
+        self.stop(grace)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+
 class LocalStack:
-    """NATS + S3 + the services, each its own process, on loopback."""
+    """NATS + S3 + the services, each its own process, on loopback.
+
+    ``services`` may also name ``web`` (not started unless asked): the page,
+    talking to the first planner over gRPC.
+    """
 
     def __init__(
         self,
@@ -95,8 +154,10 @@ class LocalStack:
         self.nats = NatsServer(self.work_dir / "nats")
         self.s3 = SeaweedS3(self.work_dir / "s3", ACCESS_KEY, SECRET_KEY)
         self.extra_env = dict(env or {})
-        self.processes: dict[str, list[ServiceProcess]] = {}
-        self._wanted = {name: (replicas or {}).get(name, 1) for name in services}
+        self.processes: dict[str, list[ServiceProcess | WebProcess]] = {}
+        # The web page needs the planner's address: it is added after the planner.
+        ordered = sorted(services, key=lambda name: name == "web")
+        self._wanted = {name: (replicas or {}).get(name, 1) for name in ordered}
 
     def env(self) -> dict[str, str]:
         """The environment of every service (as compose sets it)."""
@@ -150,24 +211,39 @@ class LocalStack:
 
     def add(
         self, name: str, *, start: bool = True, env: Mapping[str, str] | None = None
-    ) -> ServiceProcess:
-        """One more replica of ``name`` (its own gRPC port and log file); ``env``
+    ) -> ServiceProcess | WebProcess:
+        """One more replica of ``name`` (its own port and log file); ``env``
         adds or overrides variables of this replica only (e.g. ANIM_FAULT)."""
         index = len(self.processes.get(name, []))
         (port,) = free_ports(1)
-        proc = ServiceProcess(
-            name,
-            self.work_dir / "services" / f"{name}-{index}",
-            {**self.env(), **(env or {})},
-            port,
-        )
+        folder = self.work_dir / "services" / f"{name}-{index}"
+        proc: ServiceProcess | WebProcess
+        if name == "web":
+            if not self.processes.get("planner"):
+                raise ValueError("web: needs a planner in the stack (add it first)")
+            # The page holds no NATS or store credentials: only the planner client's.
+            web_env = {
+                k: v
+                for k, v in {**self.env(), **(env or {})}.items()
+                if not k.startswith(("ANIM_NATS_", "ANIM_S3_"))
+            }
+            proc = WebProcess(folder, web_env, port, self.planner_target)
+        else:
+            proc = ServiceProcess(name, folder, {**self.env(), **(env or {})}, port)
         self.processes.setdefault(name, []).append(proc)
         if start:
             proc.start(timeout=120)
         return proc
 
-    def service(self, name: str, index: int = 0) -> ServiceProcess:
+    def service(self, name: str, index: int = 0) -> ServiceProcess | WebProcess:
         return self.processes[name][index]
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the first web process."""
+        web = self.service("web")
+        assert isinstance(web, WebProcess)
+        return web.url
 
     @property
     def planner_target(self) -> str:

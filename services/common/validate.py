@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ghibli_anim.common import keys, limits, schedules
+from ghibli_anim.common import keys, limits, schedules, seeds
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.pb import animation_pb2, types_pb2
 
@@ -52,6 +52,8 @@ def validate_create(
     out.profile = profile
     if req.seed_mode not in _SEED_MODES:
         raise ValueError(f"seed_mode: must be one of increment, fixed, random, got {req.seed_mode}")
+    if req.seed_mode_schedule:
+        seeds.mode_schedule(req.seed_mode_schedule)  # ScheduleError names the position
     for name, bound in _OPTIONAL_RANGES:
         if req.HasField(name):
             value = getattr(req, name)
@@ -114,9 +116,6 @@ def _check_motion(
         schedules.parse_camera_schedule(req.camera, "camera")
     else:
         out.camera = ""
-    if req.blend_prompts:
-        # Refused rather than ignored: a caller asking for it would not get what it asked.
-        raise ValueError("blend_prompts: not supported by this version; leave it false")
 
 
 def _check_models(

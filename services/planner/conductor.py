@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import nats.js.errors
 from google.protobuf.message import DecodeError
 
-from ghibli_anim.common import bus, keys, manifests
+from ghibli_anim.common import bus, keys, manifests, metrics
 from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.common.store import Store
@@ -162,9 +163,14 @@ class Conductor:
     async def _assembled(self, event: bus_pb2.Event) -> None:
         outputs = await asyncio.to_thread(self._read_outputs, event.job_id)
 
+        completed_now = False  # whether the stored update is this call's (job duration)
+
         def complete(state: animation_pb2.JobState) -> None:
+            nonlocal completed_now
+            completed_now = False
             if state.status != ASSEMBLING:
                 return
+            completed_now = True
             state.status = COMPLETED
             del state.outputs[:]
             state.outputs.extend(outputs)
@@ -172,6 +178,10 @@ class Conductor:
 
         state = await self.jobs.update(event.job_id, complete)
         if state.status == COMPLETED:
+            if completed_now and state.HasField("created_at"):
+                metrics.planner().job_seconds.observe(
+                    max(0.0, time.time() - state.created_at.ToNanoseconds() / 1e9)
+                )
             await bus.publish_event(
                 self.bus.js,
                 bus.new_event(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ghibli_anim.common import bus, keys, limits, seeds
+from ghibli_anim.common import bus, keys, limits, seeds, tracing
 from ghibli_anim.common.auth import ANONYMOUS, current_client
 from ghibli_anim.common.jobs import JobNotFound, JobStore, is_terminal, status_name
 from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
@@ -175,20 +175,28 @@ class PlannerCore:
             )
 
     async def _start(self, state: animation_pb2.JobState) -> None:
-        """job.created, then the plan work it causes (both idempotent by message id)."""
+        """job.created, then the plan work it causes (both idempotent by message id).
+
+        Both go out in the job's span: every later span of the job descends from it.
+        """
         job_id, attempt = state.job_id, state.attempt
-        created = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, attempt, "", service="planner"
-        )
-        await bus.publish_event(self.bus.js, created)
-        await bus.publish_work(
-            self.bus.js,
-            "plan",
-            bus_pb2.PlanWork(job_id=job_id, attempt=attempt, causation_id=created.event_id),
-            job_id=job_id,
-            frame=-1,
-            attempt=attempt,
-        )
+        with tracing.span(
+            "planner",
+            "job",
+            {"anim.job_id": job_id, "anim.attempt": attempt, "anim.frames": state.frames},
+        ):
+            created = bus.new_event(
+                bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, attempt, "", service="planner"
+            )
+            await bus.publish_event(self.bus.js, created)
+            await bus.publish_work(
+                self.bus.js,
+                "plan",
+                bus_pb2.PlanWork(job_id=job_id, attempt=attempt, causation_id=created.event_id),
+                job_id=job_id,
+                frame=-1,
+                attempt=attempt,
+            )
 
     async def _check_tokens(self, profile_name: str, board) -> None:
         """Refuse a storyboard whose prompt, style included, is over CLIP's 77 tokens.
@@ -461,6 +469,88 @@ class PlannerCore:
                 await self.delete(job_id)
                 expired.append(job_id)
         return expired
+
+    # -- overall time limit ---------------------------------------------------
+
+    async def time_out(self, limit_s: float, now: float | None = None) -> list[str]:
+        """Fail every unfinished job that started more than ``limit_s`` seconds ago.
+
+        A job starts when it is created, and again when it is resumed: a resumed job
+        gets the whole limit anew. The reason names the limit, the state and, while
+        rendering, the first frame not yet done. Work still in flight for the job is
+        ignored when it reports back (the conductor only advances running jobs).
+        Returns the ids of the jobs this call failed (replicas racing fail each once).
+        """
+        now = time.time() if now is None else now
+        failed = []
+        for job_id in await self.jobs.list():
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue
+            if is_terminal(state.status):
+                continue
+            started = await self._started_at(state, now, limit_s)
+            if now - started <= limit_s:
+                continue
+            try:
+                if await self._fail_timed_out(state.job_id, limit_s, now - started):
+                    failed.append(job_id)
+            except JobNotFound:
+                continue
+        return failed
+
+    async def _started_at(
+        self, state: animation_pb2.JobState, now: float, limit_s: float
+    ) -> float:
+        """When the job's current attempt began (seconds since the epoch)."""
+        created = state.created_at.ToSeconds() if state.HasField("created_at") else now
+        if state.attempt <= 1 or now - created <= limit_s:
+            return created  # the cheap answer settles it
+        # Resumed: the first event of the current attempt marks its start (JobState keeps
+        # no time per attempt). Read only for resumed jobs older than the limit.
+        for event in await bus.read_job_events(self.bus.js, state.job_id):
+            if event.attempt == state.attempt and event.HasField("time"):
+                return event.time.ToSeconds()
+        # Its events are gone (stream age limit): the last change is the best lower bound.
+        return state.updated_at.ToSeconds() if state.HasField("updated_at") else created
+
+    async def _fail_timed_out(self, job_id: str, limit_s: float, elapsed_s: float) -> bool:
+        """FAILED with the reason, then job.failed; False when the job finished meanwhile."""
+        reasons: list[str] = []
+
+        def fail(state: animation_pb2.JobState) -> None:
+            reasons.clear()
+            if is_terminal(state.status):
+                return
+            where = status_name(state.status)
+            if state.status == types_pb2.JOB_STATUS_RENDERING:
+                frame = next((f.index for f in state.frame_states if not f.rendered), None)
+                if frame is not None:
+                    where += f" at frame {frame}"
+            reason = (
+                f"job exceeded ANIM_JOB_TIMEOUT_S={limit_s:g} while {where} "
+                f"(started {elapsed_s:.0f} s ago)"
+            )
+            reasons.append(reason)
+            state.status = types_pb2.JOB_STATUS_FAILED
+            state.error = reason
+
+        state = await self.jobs.update(job_id, fail)
+        if not reasons or state.status != types_pb2.JOB_STATUS_FAILED:
+            return False
+        event = bus.new_event(
+            bus_pb2.EVENT_TYPE_JOB_FAILED,
+            job_id,
+            -1,
+            state.attempt,
+            state.last_event_id,
+            service="planner",
+            reason=reasons[0],
+        )
+        await bus.publish_event(self.bus.js, event)
+        log.warning("job timed out", extra={"job_id": job_id, "reason": reasons[0]})
+        return True
 
     # -- watch --------------------------------------------------------------
 

@@ -77,6 +77,11 @@ def resolve_frames(
 ) -> list[types_pb2.FrameSpec]:
     specs: list[types_pb2.FrameSpec] = []
     reference = 0  # frame whose colours later frames keep
+    modes = seeds.mode_schedule(req.seed_mode_schedule) if req.seed_mode_schedule else None
+
+    def seed_mode(i: int) -> int:
+        return seeds.SEED_MODES[modes.at(i)] if modes else req.seed_mode
+
     strength = _schedule(req, "strength_schedule", limits.STRENGTH)
     guidance = _schedule(req, "guidance_schedule", limits.GUIDANCE)
     sharpen = _schedule(req, "sharpen", limits.SHARPEN)
@@ -90,7 +95,7 @@ def resolve_frames(
             index=i,
             prompt=full_prompt(shot, board),
             negative_prompt=req.negative_prompt or shot.negative_prompt or profile.negative_prompt,
-            seed=seeds.frame_seed(job_seed, i, req.seed_mode),
+            seed=seeds.frame_seed(job_seed, i, seed_mode(i)),
             strength=(
                 strength.at(i)
                 if strength
@@ -114,6 +119,11 @@ def resolve_frames(
             preset=req.preset,
             truncate_prompt=req.truncate_prompts,
         )
+        if req.blend_prompts and not cut:
+            # Prompt keyframes: this frame's text embedding leans towards the previous
+            # prompt, so a change of prompt eases in instead of jumping.
+            spec.blend_prompt = specs[-1].prompt
+            spec.blend_weight = limits.BLEND_WEIGHT
         if i == 0 and req.init_upload_id:
             # Frame 0 is img2img from the job's validated init image (planner/core.py).
             spec.init_key = init_key(job_id)

@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import logging
 
-from ghibli_anim.common import bus
+from ghibli_anim.common import bus, metrics
 from ghibli_anim.common.grpcserver import ServiceBinding
-from ghibli_anim.common.jobs import JobStore
-from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2
+from ghibli_anim.common.jobs import JobNotFound, JobStore, status_name
+from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2, types_pb2
 from ghibli_anim.common.profiles import profile_names
 from ghibli_anim.common.service import Service
 from ghibli_anim.planner.api import AnimationServicer, handle_bus_create
@@ -21,6 +21,13 @@ from ghibli_anim.planner.planning import Planner
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 3600.0
+TIMEOUT_CHECK_MAX_INTERVAL_S = 60.0
+STATES = tuple(
+    status_name(value)
+    for value in types_pb2.JobStatus.values()
+    if value != types_pb2.JOB_STATUS_UNSPECIFIED
+)
+"""Job states as ``anim_jobs`` labels them (PENDING ... CANCELLED)."""
 
 
 class PlannerService(Service):
@@ -28,7 +35,7 @@ class PlannerService(Service):
 
     async def start(self, bus_: bus.Bus, store) -> None:
         await super().start(bus_, store)
-        jobs = await JobStore.open(bus_.js)
+        jobs = self.jobs = await JobStore.open(bus_.js)
         self.core = PlannerCore(
             bus=bus_,
             jobs=jobs,
@@ -70,6 +77,10 @@ class PlannerService(Service):
         days = self.settings["ANIM_RETENTION_DAYS"]
         if days > 0:
             self._sweeper = asyncio.create_task(self._sweep(days * 86400.0), name="retention")
+        self._timer: asyncio.Task | None = None
+        limit = self.settings["ANIM_JOB_TIMEOUT_S"]
+        if limit > 0:
+            self._timer = asyncio.create_task(self._time_out(limit), name="job-timeout")
 
     async def _sweep(self, older_than_s: float) -> None:
         """Delete expired finished jobs every hour (replicas racing is harmless)."""
@@ -82,6 +93,32 @@ class PlannerService(Service):
                 log.exception("retention sweep failed")
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
+    async def collect_metrics(self) -> list[metrics.Sample]:
+        """``anim_jobs{state}``: every job in KV by state, at each scrape (a scan of
+        the bucket; replicas report the same numbers: dashboards take the max)."""
+        counts: dict[str, int] = {}
+        for job_id in await self.jobs.list():
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue  # deleted meanwhile
+            name = status_name(state.status)
+            counts[name] = counts.get(name, 0) + 1
+        return metrics.jobs_samples(counts, STATES)
+
+    async def _time_out(self, limit_s: float) -> None:
+        """Fail jobs running longer than ANIM_JOB_TIMEOUT_S, checked every min(60, limit/4) s,
+        so a job fails at most a quarter of its limit late."""
+        interval = min(TIMEOUT_CHECK_MAX_INTERVAL_S, limit_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                failed = await self.core.time_out(limit_s)
+                if failed:
+                    log.info("job time limit", extra={"failed": len(failed)})
+            except Exception:
+                log.exception("job time limit check failed")
+
     def bindings(self) -> list[ServiceBinding]:
         return [
             ServiceBinding(
@@ -92,8 +129,9 @@ class PlannerService(Service):
         ]
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._timer):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
 

@@ -399,10 +399,17 @@ def prepare_seed(
     return warp_image(source, camera), (warp_image(depth, camera) if depth is not None else None)
 
 
+# Frames are written once and read a few times: fast compression keeps the encode off
+# the frame's critical path (level 1 is ~5x faster than 6 for ~10% more bytes).
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB array, encoded as the renderer encodes frames (no timestamps)."""
     out = io.BytesIO()
-    Image.fromarray(as_rgb(rgb)).save(out, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(as_rgb(rgb)).save(
+        out, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL
+    )
     return out.getvalue()
 
 

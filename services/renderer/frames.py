@@ -52,6 +52,7 @@ from ghibli_anim.common.profiles import (
 )
 from ghibli_anim.renderer import lora as lora_files
 from ghibli_anim.renderer import provenance
+from ghibli_anim.renderer.coherence import PNG_COMPRESS_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,6 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 # LoRA adapters kept loaded per base model beyond the ones a frame uses.
 MAX_ADAPTERS = 8
-# PNG zlib level of stored frames: they are intermediates (the assembler writes the
-# outputs), so speed beats size. The bytes stay deterministic.
-PNG_COMPRESS_LEVEL = 1
 
 StepCallback = Callable[[int, int], None]
 
@@ -156,12 +154,6 @@ class LoadedModels:
     controlnets: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
     pipes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     offload_owner: Any = None
-
-    @property
-    def lora_layers(self) -> dict[str, int]:
-        """Adapter name -> layers it reached, for the LoRAs in use."""
-        by_name = {lo.adapter: lo.modules for lo in self.loras.values()}
-        return {name: by_name[name] for name, _ in self.active}
 
 
 class PipelineCache:
@@ -526,7 +518,8 @@ class RenderResult:
     the pipeline was called with: raised so img2img runs at least one step),
     steps_effective (denoising steps actually run), scheduler, scheduler_class,
     preset, controlnet_scale (None without ControlNet), width, height, source_key,
-    device, device_name, dtype, attention, low_vram, compile, elapsed_s, profile,
+    device, device_name, dtype, attention, low_vram, compile, elapsed_s (the
+    pipeline call), load_s (getting the pipeline: loading models the first time), profile,
     base_model, loras (source, scale, weight_name, file, sha256, revision,
     format, pairs, modules, adapter, active), lora_fused, controlnet,
     tiny_autoencoder, models (provenance of each model), versions.
@@ -621,6 +614,21 @@ def _attention(pipe: Any) -> str:
     return ",".join(names)
 
 
+def _blended_embeds(
+    pipe: Any, prompt: str, blend: str, negative: str, weight: float, guidance: float
+) -> dict[str, Any]:
+    """Text embeddings of ``prompt`` mixed with ``blend``'s at ``weight`` (prompt keyframes)."""
+    cfg = guidance > 1.0  # as the pipeline decides for SD-1.5 UNets
+    device = pipe._execution_device
+    ours, negative_embeds = pipe.encode_prompt(prompt, device, 1, cfg, negative or None)
+    theirs, _ = pipe.encode_prompt(blend, device, 1, False)
+    mixed = torch.lerp(ours, theirs, float(weight))
+    out: dict[str, Any] = {"prompt_embeds": mixed}
+    if cfg:
+        out["negative_prompt_embeds"] = negative_embeds
+    return out
+
+
 def render_frame(
     spec: types_pb2.FrameSpec,
     *,
@@ -687,8 +695,10 @@ def render_frame(
             on_step(steps_run, int(pipe.num_timesteps))
         return tensors
 
+    loading = time.perf_counter()
     with cache.lock:
         pipe, models = cache.pipeline(spec.profile, mode, scheduler, settings)
+        load_s = time.perf_counter() - loading  # waiting for the lock and loading models
         prompt_tokens, prompt_dropped = check_tokens(
             pipe.tokenizer, prompt, "prompt", spec.truncate_prompt
         )
@@ -697,10 +707,17 @@ def render_frame(
             _, negative_dropped = check_tokens(
                 pipe.tokenizer, negative, "negative_prompt", spec.truncate_prompt
             )
+        blend = None
+        if spec.blend_prompt and spec.blend_weight > 0:
+            blend = limits.check_text(
+                "blend_prompt", spec.blend_prompt, limits.PROMPT_CHARS, required=True
+            )
+            check_tokens(pipe.tokenizer, blend, "blend_prompt", spec.truncate_prompt)
+            call.update(_blended_embeds(pipe, prompt, blend, negative, spec.blend_weight, guidance))
+        else:
+            call.update(prompt=prompt, negative_prompt=negative or None)
         started = time.perf_counter()
         result = pipe(
-            prompt=prompt,
-            negative_prompt=negative or None,
             num_inference_steps=steps_called,
             guidance_scale=guidance,
             generator=torch.Generator("cpu").manual_seed(spec.seed),
@@ -720,6 +737,8 @@ def render_frame(
         "mode": mode,
         "prompt": prompt,
         "negative_prompt": negative,
+        "blend_prompt": blend,
+        "blend_weight": round(float(spec.blend_weight), 6) if blend else None,
         "prompt_tokens": prompt_tokens,
         "prompt_dropped": prompt_dropped,
         "negative_prompt_dropped": negative_dropped,
@@ -743,6 +762,7 @@ def render_frame(
         "low_vram": models.low_vram,
         "compile": models.compiled,
         "elapsed_s": round(elapsed, 4),
+        "load_s": round(load_s, 4),
         "profile": spec.profile.name,
         "base_model": spec.profile.base_model,
         "loras": loras,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ghibli_anim.common.config import Settings
-from ghibli_anim.common.profiles import STORE_PREFIX, check_ref, locate
+from ghibli_anim.common.profiles import check_ref, locate
 from ghibli_anim.renderer.provenance import file_sha256, hub_revision
 
 log = logging.getLogger(__name__)
@@ -140,18 +140,17 @@ def find_file(
     ``resolver`` turns ``store://loras/NAME`` into a local file or folder (the
     renderer service downloads it); without one such sources are refused.
     """
-    if source.startswith(STORE_PREFIX):
-        check_ref(source, settings, field, allow_store=True)
+    kind = check_ref(source, settings, field, allow_store=True)
+    if kind == "store":
         if resolver is None:
             raise ValueError(f"{field}: {source} is in the object store and no store is at hand")
-        located = resolver(source)
-    else:
-        located = locate(source, settings, field=field)
-    path = Path(located)
+        path = Path(resolver(source))
+    elif kind == "hub" and source.count("/") == 1:
+        path = _from_hub(source, weight_name or None, field)
+    else:  # a local file or folder, tiny:, or a folder inside a hub repository
+        path = Path(locate(source, settings, field=field))
     if path.is_dir():
         path = _in_folder(path, weight_name or None, field)
-    elif not path.exists():
-        path = _from_hub(located, weight_name or None, field)
     if path.suffix not in _SUFFIXES:
         raise ValueError(f"{field}: {path.name} is not a .safetensors (or .bin) LoRA file")
     return LoraFile(source, path, file_sha256(path), hub_revision(path))

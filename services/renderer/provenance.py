@@ -61,12 +61,22 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def folder_sha256(folder: str | os.PathLike[str]) -> str:
-    """sha256 over ``relative/path <sha256>`` lines of a folder's model files, sorted."""
+    """sha256 over ``relative/path <sha256>`` lines of a folder's model files, sorted.
+
+    Weight variants that ``from_pretrained`` does not load by default
+    (``*.fp16.safetensors``, ``*.non_ema.bin``) and hidden files are left out.
+    """
     root = Path(folder).resolve()
     lines = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
-        if path.is_file() and path.suffix in _FOLDER_SUFFIXES and not relative.startswith("."):
+        variant = "." in path.stem and path.suffix in (".safetensors", ".bin")
+        if (
+            path.is_file()
+            and path.suffix in _FOLDER_SUFFIXES
+            and not variant
+            and not any(part.startswith(".") for part in Path(relative).parts)
+        ):
             lines.append(f"{relative} {file_sha256(path)}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 

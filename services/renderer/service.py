@@ -22,17 +22,19 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from ghibli_anim.common import bus, faults, keys
+from ghibli_anim.common import bus, faults, keys, metrics
 from ghibli_anim.common.bus import NonRetryable
 from ghibli_anim.common.jobs import JobNotFound, JobStore
 from ghibli_anim.common.pb import bus_pb2, types_pb2
 from ghibli_anim.common.service import Service
 from ghibli_anim.common.store import NotFound, Store, sha256_hex
+from ghibli_anim.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +142,26 @@ class RendererService(Service):
                 service=self.name,
             ),
         )
+        started = time.monotonic()
+        timer = metrics.FrameTimer(self.name)
+        timer.add("queue_wait", delivery.queue_wait_s)
         await faults.hit("render", i)
         spec = work.spec
         source_read = None
         if spec.source_key:
             source_read = "memory" if spec.source_key in self.recent else "store"
-        source = await self._load(spec.source_key, "source_key") if spec.source_key else None
-        depth = await self._load(spec.depth_key, "depth_key") if spec.depth_key else None
-        reference = await self._reference(job_id, i, spec)
-        result = await asyncio.to_thread(self._render, spec, source, depth, reference)
+        with timer.time("load"):
+            source = await self._load(spec.source_key, "source_key") if spec.source_key else None
+            depth = await self._load(spec.depth_key, "depth_key") if spec.depth_key else None
+            reference = await self._reference(job_id, i, spec)
+        # frame.progress events from the torch thread, all out before frame.rendered.
+        progress = ProgressReporter(self.bus.js, work, self.name, started=started)
+        try:
+            result = await asyncio.to_thread(
+                self._render, spec, source, depth, reference, progress.on_step, timer
+            )
+        finally:
+            await progress.close()
         record = {
             **result.record,
             "job_id": job_id,
@@ -159,7 +172,9 @@ class RendererService(Service):
             "sha256": sha256_hex(result.png),
             "source_read": source_read,
         }
-        await asyncio.to_thread(self._write, job_id, i, result.png, record)
+        with timer.time("store"):
+            await asyncio.to_thread(self._write, job_id, i, result.png, record)
+        timer.observe(record["mode"])
         await bus.publish_event(
             self.bus.js,
             bus.new_event(
@@ -173,20 +188,36 @@ class RendererService(Service):
             ),
         )
 
-    def _render(self, spec, source, depth, reference):
+    def _render(self, spec, source, depth, reference, on_step=None, timer=None):
         from ghibli_anim.renderer import coherence
         from ghibli_anim.renderer.frames import render_frame
 
+        timer = timer or metrics.FrameTimer(self.name)
         try:
             camera = coherence.Camera.of(spec.camera)
             if source is not None:
                 source, depth = coherence.prepare_seed(source, depth, camera)
+            rendering = time.perf_counter()
             result = render_frame(
-                spec, source=source, depth=depth, cache=self.cache, settings=self.settings
+                spec,
+                source=source,
+                depth=depth,
+                cache=self.cache,
+                settings=self.settings,
+                on_step=on_step,
             )
-            png, extra = coherence.finish_frame(
-                result.png, reference=reference, mode=spec.color_coherence, sharpen=spec.sharpen
-            )
+            # Models count as load, the pipeline call as denoise, the rest (PNG) as encode.
+            load_s, denoise_s = result.record["load_s"], result.record["elapsed_s"]
+            timer.add("load", load_s)
+            timer.add("denoise", denoise_s)
+            timer.add("encode", time.perf_counter() - rendering - load_s - denoise_s)
+            with timer.time("encode"):
+                png, extra = coherence.finish_frame(
+                    result.png,
+                    reference=reference,
+                    mode=spec.color_coherence,
+                    sharpen=spec.sharpen,
+                )
         except (ValueError, OSError) as exc:
             # A bad spec or a missing model will not get better on retry.
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
@@ -235,6 +266,7 @@ class RendererService(Service):
         self.recent.put(frame_key, png)
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
+        metrics.renderer().failed(failure.retryable)
         await bus.publish_event(
             self.bus.js,
             bus.new_event(

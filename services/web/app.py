@@ -89,11 +89,26 @@ _SECURITY_HEADERS = [
         b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # Not no-referrer: with it, browsers send `Origin: null` on same-origin form posts.
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
 
 _END = object()
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # every {{ value }} is HTML-escaped
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(name: str, **context: Any) -> str:
+    """The HTML of template ``name`` (autoescaped; ``limits`` is always there)."""
+    return _TEMPLATES.get_template(name).render(limits=limits, **context)
 
 
 class SecurityHeaders:
@@ -133,15 +148,19 @@ def _wants_json(request: Request) -> bool:
 def _same_origin(request: Request) -> bool:
     """False for a POST another site's page made (cross-site request forgery).
 
-    Browsers send ``Origin`` with every POST; its host must be the one this
-    page was served from. Without it, ``Sec-Fetch-Site`` must not say
-    cross-site. Clients that send neither (curl, tests) are not browsers.
+    Browsers say where a request comes from in ``Sec-Fetch-Site`` (which a page
+    cannot forge); older ones send ``Origin``, whose host must be the one this
+    page was served from. Clients that send neither (curl, scripts) are not
+    browsers, and no browser session rides along with them.
     """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is not None:
         host = request.headers.get("host", "")
         return origin != "null" and urllib.parse.urlsplit(origin).netloc == host
-    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    return True
 
 
 class WebApp:
@@ -159,19 +178,11 @@ class WebApp:
         self.profiles = list(profiles)
         self.stopping = stopping or asyncio.Event()
         self.keepalive_s = keepalive_s
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,  # every {{ value }} is HTML-escaped
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
 
     # -- helpers ------------------------------------------------------------------
 
-    def _page(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        html = self.templates.get_template(name).render(limits=limits, **context)
-        return HTMLResponse(html, status_code=status_code)
+    def _page(self, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(render(name, **context), status_code=http_status)
 
     def _error(self, request: Request, status_code: int, message: str) -> Response:
         if _wants_json(request) or request.url.path.startswith("/api/"):
@@ -373,7 +384,9 @@ class WebApp:
                         "relay.error", {"status": status_code, "message": message}
                     )
                     return
-                yield views.sse_message(event_name(item.type), views.event_view(item), item.sequence)
+                yield views.sse_message(
+                    event_name(item.type), views.event_view(item), item.sequence
+                )
         finally:
             for task in (pumping, stopping, getting):
                 if task is not None:
@@ -425,4 +438,3 @@ def create_app(
     )
     app.state.web = web
     return SecurityHeaders(app)
-

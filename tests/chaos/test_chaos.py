@@ -35,6 +35,7 @@ def chaos_stack(tmp_path, tiny_cache_dir):
         "ANIM_ACK_WAIT_S": "2",
         "ANIM_MAX_DELIVER": "3",
         "ANIM_SHUTDOWN_GRACE_S": "5",
+        "OMP_NUM_THREADS": "1",
     }
     stack = LocalStack(tmp_path, services=BASE, env=env)
     try:

@@ -12,7 +12,12 @@ from ghibli_anim.common.stack import LocalStack
 
 
 def tiny_stack_env(cache_dir) -> dict[str, str]:
-    return {"ANIM_CACHE_DIR": str(cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
+    return {
+        "ANIM_CACHE_DIR": str(cache_dir),
+        "ANIM_PROFILE": "tiny",
+        "ANIM_ACK_WAIT_S": "10",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ghibli_anim import cli
-from ghibli_anim.common import config
+from ghibli_anim.common import config, profiles
 from ghibli_anim.common.config import Settings
 from ghibli_anim.trainer import captions
 from ghibli_anim.trainer.dataset import (
@@ -290,6 +290,29 @@ def test_bad_arguments_name_the_flag(images: Path, tmp_path: Path, tiny_settings
         build_dataset(
             bad_csv, tmp_path / "a", settings=tiny_settings, profile="tiny", caption="keep"
         )
+
+
+def test_profiles_name_their_captioner(tmp_path: Path) -> None:
+    settings = config.load("client", {"ANIM_CACHE_DIR": str(tmp_path), "ANIM_STORE": "local"})
+    assert profiles.load_captioner("tiny", settings) == "tiny:blip"
+    assert profiles.load_captioner("sd15-ghibli", settings) == profiles.DEFAULT_CAPTIONER
+    table = (
+        '[profiles.mine]\nbase_model = "tiny:pipeline"\nscheduler = "DDIM"\nwidth = 64\n'
+        "height = 64\nsteps = 4\nguidance = 7.5\nstrength = 0.2\n"
+    )
+    (tmp_path / "p.toml").write_text(table)
+    own = config.load(
+        "client",
+        {
+            "ANIM_CACHE_DIR": str(tmp_path),
+            "ANIM_STORE": "local",
+            "ANIM_PROFILES_FILE": str(tmp_path / "p.toml"),
+        },
+    )
+    assert profiles.load_captioner("mine", own) == profiles.DEFAULT_CAPTIONER
+    (tmp_path / "p.toml").write_text(table + 'captioner = "tiny:nothing"\n')
+    with pytest.raises(ValueError, match=r"^profiles\.mine\.captioner: tiny component must be"):
+        profiles.load_captioner("mine", own)
 
 
 def test_signatures() -> None:

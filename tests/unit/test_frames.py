@@ -254,3 +254,21 @@ def test_device_choice_follows_settings(tiny_settings: Settings) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^ANIM_DEVICE: cuda requested"):
             choose_device(config.load("client", {"ANIM_DEVICE": "cuda"}))
+
+
+def test_blended_prompt_embeddings(cache, profile, tiny_settings, frame0) -> None:
+    """Prompt keyframes: a blend with another prompt changes the frame; a blend with the
+    frame's own prompt is the plain frame, byte for byte (same embeddings)."""
+    source = _image(frame0)
+    plain = render_frame(_next(profile), source=source, cache=cache, settings=tiny_settings)
+    own = _next(profile)
+    own.blend_prompt, own.blend_weight = own.prompt, 0.35
+    same = render_frame(own, source=source, cache=cache, settings=tiny_settings)
+    other = _next(profile)
+    other.blend_prompt, other.blend_weight = "a storm at sea with towering waves", 0.35
+    blended = render_frame(other, source=source, cache=cache, settings=tiny_settings)
+    assert same.png == plain.png
+    assert blended.png != plain.png
+    assert blended.record["blend_prompt"] == other.blend_prompt
+    assert blended.record["blend_weight"] == pytest.approx(0.35)
+    assert plain.record["blend_prompt"] is None

@@ -50,6 +50,15 @@ def to_attn_procs(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared 2-core machine: one torch thread is faster than two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def lora_root(tmp_path_factory, tiny_settings: Settings) -> Path:
     """ANIM_MODEL_ROOTS with the same LoRA in three layouts, and two that fit nothing."""

@@ -157,3 +157,33 @@ def test_conductor_decisions_with_depth(settings):
     step, work = next_work(state, 0)
     assert step == "render" and work.frame == 1 and work.causation_id == "d0"
     assert work.spec.depth_key == keys.depth_key(JOB, 0)
+
+
+def test_seed_mode_keyframes_switch_per_frame(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(
+        idea="x", frames=4, seed_mode_schedule="0:increment, 2:fixed"
+    )
+    specs = resolve_frames(JOB, req, 50, _board(), profile)
+    assert [s.seed for s in specs] == [50, 51, 50, 50]
+
+
+def test_seed_mode_schedule_errors_name_the_position():
+    from ghibli_anim.common.validate import validate_create
+
+    req = animation_pb2.CreateAnimationRequest(
+        idea="x", frames=4, seed_mode_schedule="0:increment, 2:chaos"
+    )
+    with pytest.raises(ValueError, match=r"seed_mode_schedule: at character 16: expected one of"):
+        validate_create(req, profile_names=["tiny"], default_profile="tiny")
+
+
+def test_blend_prompts_lean_each_frame_towards_the_previous_prompt(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(idea="x", frames=4, blend_prompts=True)
+    board = _board(continuity=("continue", "continue", "cut", "continue"))
+    specs = resolve_frames(JOB, req, 1, board, profile)
+    assert [s.blend_prompt for s in specs] == ["", specs[0].prompt, "", specs[2].prompt]
+    assert [s.blend_weight for s in specs if s.blend_prompt] == pytest.approx([0.35, 0.35])
+    req.blend_prompts = False
+    assert not any(s.blend_prompt for s in resolve_frames(JOB, req, 1, board, profile))

@@ -156,7 +156,6 @@ def test_validate_fills_defaults_and_keeps_schedules() -> None:
         ),
         ({"sharpen": "0:4"}, "sharpen: at character 3: must be a number in [0, 3], got 4"),
         ({"camera": "0:zoom=0.5"}, "camera: at character 8: must be a number in [0.8, 1.25]"),
-        ({"blend_prompts": True}, "blend_prompts: not supported by this version"),
     ],
 )
 def test_validate_refuses_bad_motion_fields(fields, message) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def s3(seaweed: SeaweedS3) -> Iterator[S3Store]:
         seaweed.endpoint,
         seaweed.access_key,
         seaweed.secret_key,
-        f"t-lora-{np.random.default_rng().integers(1 << 40):x}",
+        f"t-lora-{uuid.uuid4().hex[:12]}",
         region=seaweed.region,
         retry_budget_s=10.0,
     )
@@ -247,7 +248,7 @@ def test_output_in_the_store_with_a_model_card(runs, s3: S3Store) -> None:
         "| base model | tiny:pipeline |",
         "| trigger phrase | ghibli style |",
         "(8 images)",
-        f"source = \"store://loras/{LORA_NAME}\"",
+        f'source = "store://loras/{LORA_NAME}"',
         "| steps | 30 (batch size 1) |",
         "| rank | 4 (alpha 4) on to_q, to_k, to_v, to_out.0 |",
         'instance_prompt: "ghibli style"',

@@ -166,6 +166,7 @@
     li.dataset.type = ev.type;
     list.append(li);
     while (list.children.length > MAX_EVENTS) list.firstElementChild.remove();
+    list.scrollTop = list.scrollHeight; // the newest in view
   }
 
   function frameProgress(ev) {

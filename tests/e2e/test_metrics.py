@@ -1,0 +1,182 @@
+"""Every service's Prometheus endpoint after one job, with the services as processes.
+
+Four ``ghibli-anim serve`` processes (each with ANIM_METRICS_PORT) against real
+NATS and SeaweedFS; the endpoints are read with prometheus_client's parser of
+the text format. Fresh processes, so counts are exact for the one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ghibli_anim.common import config, keys, metrics
+from ghibli_anim.common.client import AnimationClient
+from ghibli_anim.common.config import SERVICES
+from ghibli_anim.common.launcher import free_ports
+from ghibli_anim.common.pb import animation_pb2, types_pb2
+from ghibli_anim.common.stack import LocalStack
+from ghibli_anim.common.store import S3Store
+
+pytestmark = pytest.mark.timeout(300)
+
+FRAMES = 3
+
+
+class Scrape:
+    """One read of a /metrics endpoint."""
+
+    def __init__(self, text: str) -> None:
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(self, sample: str, **labels: str) -> float:
+        """The sum of the samples named ``sample`` whose labels include ``labels``."""
+        return sum(
+            s.value
+            for f in self.families.values()
+            for s in f.samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def labels(self, sample: str, label: str) -> set[str]:
+        return {
+            s.labels[label]
+            for f in self.families.values()
+            for s in f.samples
+            if s.name == sample and label in s.labels
+        }
+
+
+def scrape(port: int) -> Scrape:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return Scrape(response.read().decode())
+
+
+def eventually(port: int, check: Callable[[Scrape], bool], timeout: float = 30.0) -> Scrape:
+    """The first scrape of ``port`` that passes ``check`` (the last ack of a job may
+    land just after the client saw the job complete)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = scrape(port)
+        if check(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory, tiny_cache_dir):
+    """A stack whose four services serve metrics; yields (stack, {service: port})."""
+    env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
+    stack = LocalStack(tmp_path_factory.mktemp("metered"), services=(), env=env)
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+    try:
+        stack.start()
+        procs = [
+            stack.add(name, start=False, env={"ANIM_METRICS_PORT": str(port)})
+            for name, port in ports.items()
+        ]
+        with ThreadPoolExecutor(len(procs)) as pool:  # start them side by side
+            for started in [pool.submit(p.start, timeout=120) for p in procs]:
+                started.result()
+    except BaseException:
+        print(stack.logs())
+        stack.stop()
+        raise
+    yield stack, ports
+    stack.stop()
+
+
+def test_each_service_shows_the_jobs_frames_and_latencies(metered):
+    stack, ports = metered
+    before = {name: scrape(port) for name, port in ports.items()}
+    assert before["renderer"].value("anim_frames_rendered_total") == 0
+
+    async def run_job():
+        async with AnimationClient(stack.planner_target, timeout_s=60) as client:
+            job = await client.create(
+                animation_pb2.CreateAnimationRequest(
+                    idea="a kite rises over a green hill", frames=FRAMES, seed=5, depth=True
+                )
+            )
+            events = [e async for e in client.watch(job.job_id)]
+            return job.job_id, events, await client.get(job.job_id)
+
+    job_id, events, anim = asyncio.run(run_job())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, stack.logs()
+    store = S3Store.from_settings(config.load("client", stack.env()))
+    records = [json.loads(store.get(keys.frame_record_key(job_id, i))) for i in range(FRAMES)]
+
+    renderer = eventually(
+        ports["renderer"],
+        lambda s: s.value("anim_messages_handled_total", consumer="render", outcome="ok") == FRAMES,
+    )
+    assert renderer.value("anim_frames_rendered_total") == FRAMES
+    modes = {r["mode"] for r in records}
+    assert renderer.labels("anim_frames_rendered_total", "mode") >= modes
+    assert renderer.value("anim_frames_failed_total") == 0
+    assert renderer.value("anim_message_redeliveries_total") == 0
+    for stage in metrics.STAGES:
+        assert renderer.value("anim_frame_stage_seconds_count", stage=stage) == FRAMES, stage
+    for stage in ("queue_wait", "load", "denoise", "store"):
+        assert renderer.value("anim_frame_stage_seconds_sum", stage=stage) > 0, stage
+    # The denoise stage is the pipeline call each record times.
+    denoise = renderer.value("anim_frame_stage_seconds_sum", stage="denoise")
+    assert denoise == pytest.approx(sum(r["elapsed_s"] for r in records), abs=1e-3)
+    assert renderer.value("anim_denoise_steps_total") == sum(r["steps_effective"] for r in records)
+    assert renderer.value("anim_message_handle_seconds_count", consumer="render") == FRAMES
+    assert renderer.value("anim_message_queue_wait_seconds_count", consumer="render") == FRAMES
+    assert renderer.labels("anim_consumer_pending", "consumer") == {"render"}
+    assert renderer.value("anim_consumer_pending", consumer="render") == 0
+    # Planner-only series stay in the planner.
+    assert "anim_jobs" not in renderer.families
+
+    depth = eventually(
+        ports["depth"],
+        lambda s: (
+            s.value("anim_messages_handled_total", consumer="depth", outcome="ok") == FRAMES - 1
+        ),
+    )
+    assert depth.value("anim_message_handle_seconds_count", consumer="depth") == FRAMES - 1
+    assert depth.value("anim_message_handle_seconds_sum", consumer="depth") > 0
+    assert depth.labels("anim_consumer_pending", "consumer") == {"depth"}
+    assert "anim_frames_rendered" not in depth.families
+
+    assembler = eventually(
+        ports["assembler"],
+        lambda s: s.value("anim_messages_handled_total", consumer="assemble", outcome="ok") == 1,
+    )
+    assert assembler.value("anim_message_handle_seconds_count", consumer="assemble") == 1
+    assert assembler.value("anim_message_queue_wait_seconds_count", consumer="assemble") == 1
+
+    # The conductor sees every event of the job, job.completed (its own) last.
+    planner = eventually(
+        ports["planner"],
+        lambda s: (
+            s.value("anim_messages_handled_total", consumer="conductor", outcome="ok")
+            == len(events)
+        ),
+    )
+    assert planner.value("anim_messages_handled_total", consumer="conductor") == len(events)
+    assert planner.value("anim_messages_handled_total", consumer="plan", outcome="ok") == 1
+    assert planner.value("anim_jobs", state="COMPLETED") == 1
+    assert planner.value("anim_jobs") == 1  # one job in all, every other state at 0
+    assert planner.labels("anim_jobs", "state") == {
+        "PENDING", "PLANNING", "RENDERING", "ASSEMBLING", "COMPLETED", "FAILED", "CANCELLED",
+    }  # fmt: skip
+    assert planner.value("anim_job_seconds_count") == 1
+    assert planner.labels("anim_consumer_pending", "consumer") == {
+        "plan",
+        "conductor",
+        "advisories",
+    }
+    assert planner.value("anim_consumer_pending") == 0
+    # Every process exports the client library's own metrics too.
+    for scrape_ in (renderer, depth, assembler, planner):
+        assert scrape_.value("process_cpu_seconds_total") > 0
