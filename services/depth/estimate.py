@@ -19,29 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ghibli_anim.common import config, logs
+from ghibli_anim.common import config, devices, logs
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.pb import types_pb2
 from ghibli_anim.common.profiles import locate
 
 # Model types whose output grows with distance (metric depth), not with nearness.
 _METRIC_MODEL_TYPES = frozenset({"zoedepth", "glpn", "depth_pro"})
-
-
-def _device(settings: Settings) -> str:
-    """ANIM_DEVICE resolved like the renderer's (auto: CUDA, then MPS, then CPU)."""
-    device = settings["ANIM_DEVICE"]
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("ANIM_DEVICE: cuda requested, but torch sees no CUDA device")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("ANIM_DEVICE: mps requested, but torch sees no MPS device")
-    return device
 
 
 class DepthEstimator:
@@ -61,7 +45,7 @@ class DepthEstimator:
             raise ValueError("depth_model: the profile names no depth model")
         self.model_ref = ref
         path = locate(ref, settings, field="depth_model")
-        self.device = _device(settings)
+        self.device = devices.pick_device(settings)
         self.processor = AutoImageProcessor.from_pretrained(path)
         # float32 on every device: depth models are small and fp16 bands the map.
         self.model = AutoModelForDepthEstimation.from_pretrained(path).to(self.device).eval()

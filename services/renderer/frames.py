@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ghibli_anim.common import config, limits, logs
+from ghibli_anim.common import config, devices, limits, logs
 from ghibli_anim.common.config import Settings
 from ghibli_anim.common.pb import types_pb2
 from ghibli_anim.common.profiles import (
@@ -77,7 +77,6 @@ _SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "LCM": ("LCMScheduler", {}),
 }
 
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 # LoRA adapters kept loaded per base model beyond the ones a frame uses.
 MAX_ADAPTERS = 8
@@ -95,29 +94,10 @@ def _settings(settings: Settings | None) -> Settings:
 
 
 def choose_device(settings: Settings | None = None) -> tuple[str, torch.dtype]:
-    """(device, dtype) from ANIM_DEVICE and ANIM_DTYPE.
-
-    ``auto`` picks CUDA, then Apple's MPS, then the CPU; the dtype follows:
-    float16 on CUDA, float32 elsewhere (float16 on MPS has given black frames on
-    some macOS versions, and CPU kernels are slow or missing in float16).
-    """
+    """(device, dtype) from ANIM_DEVICE and ANIM_DTYPE (rules in common/devices.py)."""
     settings = _settings(settings)
-    device = settings["ANIM_DEVICE"]
-    if device == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("ANIM_DEVICE: cuda requested, but torch sees no CUDA device")
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("ANIM_DEVICE: mps requested, but torch sees no MPS device")
-    dtype_name = settings["ANIM_DTYPE"]
-    if dtype_name == "auto":
-        dtype_name = "float16" if device == "cuda" else "float32"
-    return device, _DTYPES[dtype_name]
+    device = devices.pick_device(settings)
+    return device, devices.pick_dtype(settings, device)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ghibli_anim.common import profiles
+from ghibli_anim.common import devices, profiles
 from ghibli_anim.common.config import Settings
 
 METADATA_CSV = "metadata.csv"
@@ -167,24 +167,6 @@ def sidecar_names(folder: Path, image_names: Sequence[str]) -> set[str]:
 # ---------------------------------------------------------------------------
 
 
-def pick_device(settings: Settings) -> str:
-    """The torch device ANIM_DEVICE names (auto: CUDA, then MPS, then the CPU)."""
-    import torch
-
-    device = settings["ANIM_DEVICE"]
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("ANIM_DEVICE: cuda requested, but torch sees no CUDA device")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("ANIM_DEVICE: mps requested, but torch sees no MPS device")
-    return device
-
-
 class BlipCaptioner:
     """Captions images with a BLIP captioning model (a hub id, a folder or ``tiny:blip``).
 
@@ -210,7 +192,7 @@ class BlipCaptioner:
         logs.quiet_ml_libraries()
         path = profiles.locate(ref, settings, field="captioner")
         self.ref = ref
-        self.device = pick_device(settings)
+        self.device = devices.pick_device(settings)
         # Half precision on CUDA only: CPU kernels are slow or missing for it.
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
         try:
