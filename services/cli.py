@@ -129,10 +129,11 @@ def build_request(args: argparse.Namespace):
     from ghibli_anim.common import seeds
     from ghibli_anim.common.pb import animation_pb2
 
+    _check_utf8(args)
     if getattr(args, "from_manifest", None) is not None:
         return _replay_request(args)
     if not args.idea.strip():
-        raise ValueError("idea: required (or --from-manifest FILE)")
+        raise ValueError("idea: must not be empty (or give --from-manifest FILE)")
     if args.frames is None:
         raise ValueError(f"--frames: required ({limits.FRAMES.describe()})")
     req = animation_pb2.CreateAnimationRequest(
@@ -176,6 +177,19 @@ def build_request(args: argparse.Namespace):
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--plan: cannot read {args.plan}: {exc}") from None
     return req
+
+
+def _check_utf8(args: argparse.Namespace) -> None:
+    """Arguments that are not UTF-8 (undecodable bytes in argv) refused naming the flag."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                flag = name if name == "idea" else "--" + name.replace("_", "-")
+                raise ValueError(f"{flag}: must be UTF-8 text") from None
 
 
 def _replay_request(args: argparse.Namespace):

@@ -151,6 +151,16 @@ async def _generate(args: argparse.Namespace) -> int:
 
     request = build_request(args)
     settings = config.load("embedded")
+    # A bad request is refused before any service starts (the planner checks it again).
+    from ghibli_anim.common.profiles import profile_names
+    from ghibli_anim.common.validate import validate_create
+
+    validate_create(
+        request,
+        profile_names=profile_names(settings),
+        default_profile=settings["ANIM_PROFILE"],
+        settings=settings,
+    )
     runs_dir = Path(settings["ANIM_RUNS_DIR"])
     _warn_if_slow(request.profile or settings["ANIM_PROFILE"])
     async with EmbeddedStack() as stack:

@@ -54,6 +54,7 @@ class AnimationClient:
 
     def __post_init__(self) -> None:
         if self.tls_ca or self.tls_cert:
+
             def read(path: str) -> bytes | None:
                 return Path(path).read_bytes() if path else None
 
@@ -156,7 +157,7 @@ class AnimationClient:
         Every other call has the client's deadline; a watch lasts as long as its job,
         so it has none unless ``timeout_s`` is given. It is still bounded: the planner
         fails every job that runs past ANIM_JOB_TIMEOUT_S, and that terminal event
-        ends the stream; keepalive pings end it (UNAVAILABLE) when the connection dies.
+        ends the stream.
         """
         call = self.stub.WatchAnimation(
             animation_pb2.WatchAnimationRequest(job_id=job_id, after_sequence=after_sequence),

@@ -170,8 +170,12 @@ VARS: tuple[Var, ...] = (
         lambda t: _port(t) if t else None,
     ),
     _v("ANIM_GRPC_HOST", "0.0.0.0", "Address the gRPC server binds."),
-    _v("ANIM_AUTH_TOKENS_FILE", "", "File of CLIENT_ID:TOKEN lines; when set, gRPC calls "
-       "(but health and reflection) need `authorization: Bearer TOKEN`."),
+    _v(
+        "ANIM_AUTH_TOKENS_FILE",
+        "",
+        "File of CLIENT_ID:TOKEN lines; when set, gRPC calls "
+        "(but health and reflection) need `authorization: Bearer TOKEN`.",
+    ),
     _v("ANIM_TLS_CERT", "", "Server certificate (PEM) for gRPC TLS."),
     _v("ANIM_TLS_KEY", "", "Server private key (PEM) for gRPC TLS."),
     _v("ANIM_TLS_CLIENT_CA", "", "CA (PEM) of client certificates: set it for mutual TLS."),
@@ -194,10 +198,13 @@ VARS: tuple[Var, ...] = (
     ),
     _v("ANIM_WEB_HOST", "0.0.0.0", "Web: address the HTTP server binds."),
     _v("ANIM_WEB_PORT", str(WEB_PORT), "Web: HTTP port of the page.", _port),
-    _v("ANIM_MAX_CONCURRENT_RPCS", "256", "Concurrent gRPC calls a server accepts.",
-       _positive_int),
-    _v("ANIM_MAX_JOBS_PER_CLIENT", "16", "Unfinished jobs one client may have; more get "
-       "RESOURCE_EXHAUSTED.", _positive_int),
+    _v("ANIM_MAX_CONCURRENT_RPCS", "256", "Concurrent gRPC calls a server accepts.", _positive_int),
+    _v(
+        "ANIM_MAX_JOBS_PER_CLIENT",
+        "16",
+        "Unfinished jobs one client may have; more get RESOURCE_EXHAUSTED.",
+        _positive_int,
+    ),
     _v(
         "ANIM_ACK_WAIT_S",
         "30",
@@ -361,8 +368,12 @@ VARS: tuple[Var, ...] = (
         "variables are read by the SDK).",
         _http_url,
     ),
-    _v("ANIM_FAULT", "", "Test-only fault hooks, e.g. render:3:pause (see "
-       "services/common/faults.py); inert unless set. Never set it in production."),
+    _v(
+        "ANIM_FAULT",
+        "",
+        "Test-only fault hooks, e.g. render:3:pause (see "
+        "services/common/faults.py); inert unless set. Never set it in production.",
+    ),
     _v("ANIM_LOG_LEVEL", "INFO", "Log level.", _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     _v("ANIM_LOG_FORMAT", "json", "Log format: json (services) or text.", _choice("json", "text")),
     _v("HF_TOKEN", "", "Hugging Face token (hf planner backend, gated models).", secret=True),

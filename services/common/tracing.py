@@ -24,6 +24,7 @@ with the ``otel`` extra (``pip install 'ghibli-anim[otel]'``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -31,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -185,27 +187,63 @@ class GrpcTracing(grpc.aio.ServerInterceptor):
         attributes = {"rpc.system": "grpc", "rpc.service": rpc_service, "rpc.method": rpc_method}
         service = self.service
 
-        def opened():
-            return span(service, name, attributes, kind=SpanKind.SERVER, context=parent)
-
         def unary(fn):
             async def call(request, context):
-                with opened() as current:
+                with tracer(service).start_as_current_span(
+                    name,
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes={SERVICE_ATTRIBUTE: service, **attributes},
+                    set_status_on_exception=False,  # the call's status code says more
+                ) as current:
                     try:
-                        return await fn(request, context)
-                    finally:
-                        _status(current, context)
+                        result = await fn(request, context)
+                    except Exception as exc:
+                        if not isinstance(exc, grpc.aio.AbortError):  # a bug: UNKNOWN
+                            current.record_exception(exc)
+                            fail(current, f"{type(exc).__name__}: {exc}")
+                        _status(current, context, raised=True)
+                        raise
+                    _status(current, context)
+                    return result
 
             return call
 
         def streaming(fn):
             async def call(request, context):
-                with opened() as current:
-                    try:
-                        async for item in fn(request, context):
-                            yield item
-                    finally:
-                        _status(current, context)
+                # The span is current only while the stream's body runs, never across a
+                # yield: a stream the client drops is closed from another context.
+                current = tracer(service).start_span(
+                    name,
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes={SERVICE_ATTRIBUTE: service, **attributes},
+                )
+                inside = trace.set_span_in_context(current, parent)
+                stream = fn(request, context)
+                try:
+                    while True:
+                        token = otel_context.attach(inside)
+                        try:
+                            item = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            otel_context.detach(token)
+                        yield item
+                except BaseException as exc:
+                    if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                        if not isinstance(exc, grpc.aio.AbortError):
+                            current.record_exception(exc)
+                            fail(current, f"{type(exc).__name__}: {exc}")
+                        _status(current, context, raised=True)
+                    raise
+                else:
+                    _status(current, context)
+                finally:
+                    current.end()
+                    with contextlib.suppress(Exception):
+                        await stream.aclose()
 
             return call
 
@@ -224,13 +262,15 @@ class GrpcTracing(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _status(current: trace.Span, context: grpc.aio.ServicerContext) -> None:
+def _status(current: trace.Span, context: grpc.aio.ServicerContext, raised: bool = False) -> None:
     """The call's status code on its span (an abort shows as an error)."""
     try:
         code = context.code()
     except Exception:  # not every context implementation answers before the end
         return
-    if code is None:
+    if code is None:  # nothing set: OK, unless the handler raised (UNKNOWN)
+        if not raised:
+            current.set_attribute("rpc.grpc.status_code", 0)
         return
     name = getattr(code, "name", str(code))
     current.set_attribute("rpc.grpc.status_code", getattr(code, "value", (0,))[0])

@@ -7,9 +7,12 @@ names the field and the allowed range.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from ghibli_anim.common import limits
 from ghibli_anim.common.jobs import InvalidTransition, JobNotFound
@@ -31,6 +34,123 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     log.error("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]  # IndexError at the end: truncated
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+def _bad_utf8_field(descriptor: Descriptor, data: bytes) -> str | None:
+    """The name of the first top-level string field whose bytes are not UTF-8, if any."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                chunk, pos = data[pos : pos + length], pos + length
+                field = descriptor.fields_by_number.get(number)
+                if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                    try:
+                        chunk.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return field.name
+            else:
+                return None
+    except IndexError:
+        return None
+    return None
+
+
+def decode_request(message_type: type[Message], data: bytes) -> Message:
+    """Parse a request; a ValueError naming the field (or the request) when it does not
+    parse, e.g. ``idea: must be UTF-8 text`` for a string field holding other bytes."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        name = message_type.DESCRIPTOR.name
+        field = _bad_utf8_field(message_type.DESCRIPTOR, data)
+        if field is not None:
+            raise ValueError(f"{field}: must be UTF-8 text ({name} not decoded)") from None
+        raise ValueError(f"request: not a valid {name} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request that did not parse, carried to the handler so it can answer
+    INVALID_ARGUMENT naming the field (gRPC's own answer would be a bare INTERNAL)."""
+
+    message: str
+
+
+def _lenient(message_type: type[Message]):
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return decode_request(message_type, data)
+        except ValueError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize
+
+
+def _guarded(method, streaming: bool):
+    if streaming:
+
+        async def stream(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for item in method(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+
+    return unary
+
+
+def add_animation_service(servicer: AnimationServicer, server: grpc.aio.Server) -> None:
+    """Like the generated ``add_AnimationServiceServicer_to_server``, but a request that
+    does not parse reaches the servicer's edge and becomes INVALID_ARGUMENT with the
+    same text as on the bus."""
+    service = animation_pb2.DESCRIPTOR.services_by_name["AnimationService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            _guarded(getattr(servicer, method.name), method.server_streaming),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
@@ -88,10 +208,10 @@ async def handle_bus_create(core: PlannerCore, data: bytes) -> bytes:
         )
         return reply.SerializeToString()
     try:
-        request = animation_pb2.CreateAnimationRequest.FromString(data)
-    except DecodeError as exc:
+        request = decode_request(animation_pb2.CreateAnimationRequest, data)
+    except ValueError as exc:
         reply.error.code = grpc.StatusCode.INVALID_ARGUMENT.name
-        reply.error.message = f"request: not a valid CreateAnimationRequest ({exc})"
+        reply.error.message = str(exc)
         return reply.SerializeToString()
     try:
         reply.response.CopyFrom(await core.create(request))

@@ -500,9 +500,7 @@ class PlannerCore:
                 continue
         return failed
 
-    async def _started_at(
-        self, state: animation_pb2.JobState, now: float, limit_s: float
-    ) -> float:
+    async def _started_at(self, state: animation_pb2.JobState, now: float, limit_s: float) -> float:
         """When the job's current attempt began (seconds since the epoch)."""
         created = state.created_at.ToSeconds() if state.HasField("created_at") else now
         if state.attempt <= 1 or now - created <= limit_s:

@@ -10,10 +10,14 @@ import logging
 from ghibli_anim.common import bus, metrics
 from ghibli_anim.common.grpcserver import ServiceBinding
 from ghibli_anim.common.jobs import JobNotFound, JobStore, status_name
-from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2, types_pb2
+from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.common.profiles import profile_names
 from ghibli_anim.common.service import Service
-from ghibli_anim.planner.api import AnimationServicer, handle_bus_create
+from ghibli_anim.planner.api import (
+    AnimationServicer,
+    add_animation_service,
+    handle_bus_create,
+)
 from ghibli_anim.planner.conductor import Conductor
 from ghibli_anim.planner.core import PlannerCore
 from ghibli_anim.planner.planning import Planner
@@ -123,7 +127,7 @@ class PlannerService(Service):
         return [
             ServiceBinding(
                 name=animation_pb2.DESCRIPTOR.services_by_name["AnimationService"].full_name,
-                add=animation_pb2_grpc.add_AnimationServiceServicer_to_server,
+                add=add_animation_service,
                 servicer=AnimationServicer(self.core),
             )
         ]

@@ -11,6 +11,7 @@ error callback (nats-py raises nothing), so the tests wait for that report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -169,8 +170,14 @@ def allowed_publish(user: str) -> list[str]:
 
 
 def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
-    streams = {bus.WORK_STREAM, bus.EVENTS_STREAM, f"KV_{bus.JOBS_BUCKET}", f"KV_{bus.IDEM_BUCKET}"}
-    durables = {*bus.STEPS, bus.CONDUCTOR}
+    streams = {
+        bus.WORK_STREAM,
+        bus.EVENTS_STREAM,
+        bus.ADVISORIES_STREAM,
+        f"KV_{bus.JOBS_BUCKET}",
+        f"KV_{bus.IDEM_BUCKET}",
+    }
+    durables = {*bus.STEPS, bus.CONDUCTOR, bus.ADVISORIES_CONSUMER}
     for user in USERS:
         for subject in allowed_publish(user):
             if subject.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")):
@@ -291,6 +298,21 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
         assert reply.data == b"created:req"
         await sub.unsubscribe()
 
+        # Work that ran out of deliveries: the planner pulls the max-deliveries
+        # advisories, reads the work message they point at and removes it.
+        advisories = await planner.js.pull_subscribe_bind(
+            durable=bus.ADVISORIES_CONSUMER, stream=bus.ADVISORIES_STREAM
+        )
+        with contextlib.suppress(nats.errors.TimeoutError):
+            await advisories.fetch(1, timeout=1.0)
+        await advisories.unsubscribe()
+        stuck = await planner.js.publish(bus.work_subject("render"), b"stuck work")
+        assert (await planner.js.get_msg(bus.WORK_STREAM, stuck.seq)).data == b"stuck work"
+        await planner.js.delete_msg(bus.WORK_STREAM, stuck.seq)
+
+        # DeleteAnimation: the job's events, its state.
+        await planner.js.purge_stream(bus.EVENTS_STREAM, subject=bus.job_events_filter(job_id))
+        assert await bus.read_job_events(planner.js, job_id) == []
         await jobs_delete(planner, job_id)
         await no_violations(planner, planner_errors)
         await no_violations(submitter, submitter_errors)
@@ -317,7 +339,7 @@ REFUSED_PUBLISH = (
     ("assembler", "$JS.API.STREAM.CREATE.ANIM_WORK"),
     ("planner", "$JS.API.STREAM.DELETE.ANIM_WORK"),
     ("planner", "$JS.API.CONSUMER.DELETE.ANIM_WORK.render"),
-    ("planner", "$JS.API.STREAM.PURGE.ANIM_EVENTS"),
+    ("planner", "$JS.API.STREAM.PURGE.ANIM_WORK"),
     ("submitter", "anim.work.plan"),
     ("submitter", "anim.event.job.created.0123"),
 )

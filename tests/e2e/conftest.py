@@ -22,7 +22,10 @@ def tiny_stack_env(cache_dir) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, tiny_cache_dir):
-    s = LocalStack(tmp_path_factory.mktemp("stack"), env=tiny_stack_env(tiny_cache_dir))
+    work_dir = tmp_path_factory.mktemp("stack")
+    # Model paths are allowed under this folder only (tests refuse paths outside it).
+    env = {**tiny_stack_env(tiny_cache_dir), "ANIM_MODEL_ROOTS": str(work_dir / "models")}
+    s = LocalStack(work_dir, env=env)
     try:
         s.start()
     except BaseException:

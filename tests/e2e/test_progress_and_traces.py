@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client.parser import text_string_to_metric_families
+from span_capture import capture_spans
 
 from ghibli_anim.common import metrics
 from ghibli_anim.common.client import AnimationClient
@@ -50,14 +49,8 @@ class Run:
 
 @pytest.fixture(scope="module")
 def exporter():
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)  # once per process; later tests keep it
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # stops collecting: later tests' spans are not kept in memory
+    with capture_spans() as exporter:
+        yield exporter
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ frames are noise, so this checks what the page shows and when, never looks.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 import shutil
@@ -95,11 +96,15 @@ def count(page, selector: str) -> int:
 
 
 def planner_status(stack: LocalStack, job_id: str) -> int:
+    """The job's status from the planner itself (not from the page)."""
+
     async def get() -> int:
         async with AnimationClient(stack.planner_target) as client:
             return (await client.get(job_id)).status
 
-    return asyncio.run(get())
+    # Playwright's sync API runs its own event loop in this thread: use another.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, get()).result(timeout=60)
 
 
 def test_submit_and_watch_the_frames_land(stack, web, page, tmp_path):
@@ -109,15 +114,21 @@ def test_submit_and_watch_the_frames_land(stack, web, page, tmp_path):
     )
 
     # The storyboard, every frame and depth map as they land, then the animation.
-    page.wait_for_function(f"document.querySelectorAll('#storyboard tbody tr').length === {frames}")
-    assert "a paper boat drifts down a rainy street" in page.inner_text("#storyboard")
-    page.wait_for_function(f"document.querySelectorAll('#frames figure').length === {frames}")
-    page.wait_for_function(f"document.querySelectorAll('#depth figure').length === {frames - 1}")
     page.wait_for_function(
-        "(() => { const g = document.getElementById('final-gif');"
-        " return g !== null && g.complete && g.naturalWidth > 0; })()"
+        f"() => document.querySelectorAll('#storyboard tbody tr').length === {frames}"
     )
-    page.wait_for_function("document.getElementById('job-status').textContent === 'COMPLETED'")
+    assert "a paper boat drifts down a rainy street" in page.inner_text("#storyboard")
+    page.wait_for_function(f"() => document.querySelectorAll('#frames figure').length === {frames}")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#depth figure').length === {frames - 1}"
+    )
+    page.wait_for_function(
+        "() => { const g = document.getElementById('final-gif');"
+        " return g !== null && g.complete && g.naturalWidth > 0; }"
+    )
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'COMPLETED'"
+    )
     assert page.inner_text("#frames-done") == str(frames)
     # Every frame and depth map was loaded from the store (presigned http URLs).
     widths = page.eval_on_selector_all(
@@ -151,12 +162,14 @@ def test_cancel_and_resume_from_the_page(stack, web, page):
     page.wait_for_selector("#frames figure[data-index='0'] img")
     assert page.locator("#resume").is_hidden()
     page.click("#cancel")
-    page.wait_for_function("document.getElementById('job-status').textContent === 'CANCELLED'")
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'CANCELLED'"
+    )
     page.wait_for_selector("#resume", state="visible")
     assert page.locator("#cancel").is_hidden()
     assert planner_status(stack, job_id) == types_pb2.JOB_STATUS_CANCELLED
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('#events li'))"
+        "() => Array.from(document.querySelectorAll('#events li'))"
         ".some(li => li.dataset.type === 'job.cancelled')"
     )
 
@@ -166,6 +179,8 @@ def test_cancel_and_resume_from_the_page(stack, web, page):
     assert planner_status(stack, job_id) != types_pb2.JOB_STATUS_CANCELLED
     assert page.inner_text("#job-attempt") == "2"
     page.click("#cancel")
-    page.wait_for_function("document.getElementById('job-status').textContent === 'CANCELLED'")
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'CANCELLED'"
+    )
     assert planner_status(stack, job_id) == types_pb2.JOB_STATUS_CANCELLED
     assert page.errors == []

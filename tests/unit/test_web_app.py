@@ -13,14 +13,19 @@ import asyncio
 import contextlib
 import html
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from ghibli_anim.common import bus, config
+from ghibli_anim.common.client import AnimationClient
 from ghibli_anim.common.service import build, run_service
+from ghibli_anim.web.app import WebApp
 from ghibli_anim.web.service import run_web
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,8 +65,11 @@ async def planner(nats_server, tmp_path, tiny_cache_dir, **extra) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def web(target: str, tiny_cache_dir, **extra) -> AsyncIterator[httpx.AsyncClient]:
-    """The web service on a free loopback port, and an HTTP client of it."""
+async def web(
+    target: str, tiny_cache_dir, stop: asyncio.Event | None = None, **extra
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The web service on a free loopback port, and an HTTP client of it; setting
+    ``stop`` stops the service as SIGTERM does."""
     settings = config.load(
         "web",
         {
@@ -73,7 +81,7 @@ async def web(target: str, tiny_cache_dir, **extra) -> AsyncIterator[httpx.Async
             **extra,
         },
     )
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     bound: asyncio.Future = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_web(settings, stop, ready=bound.set_result))
     port = await asyncio.wait_for(bound, 30)
@@ -262,3 +270,45 @@ async def test_the_planner_token_is_sent(nats_server, tmp_path, tiny_cache_dir):
             api = (await http.get(f"/api/jobs/{job_id}")).json()
             assert api["idea"] == EVIL
             assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
+
+
+async def test_stopping_ends_open_event_streams(nats_server, tmp_path, tiny_cache_dir):
+    stop = asyncio.Event()
+    async with (
+        planner(nats_server, tmp_path, tiny_cache_dir) as target,
+        web(target, tiny_cache_dir, stop) as http,
+    ):
+        job_id = job_of(await submit(http))
+        body = ""
+        # No renderer: the job waits in RENDERING, so only stopping can end this stream.
+        async with http.stream("GET", f"/jobs/{job_id}/events") as stream:
+            async for chunk in stream.aiter_text():
+                body += chunk
+                if "event: job.planned" in body and not stop.is_set():
+                    stop.set()
+        # It ended without `end`: a browser reconnects (to another replica) and resumes.
+        assert "event: end" not in body and "event: job.planned" in body
+
+        # An idle stream sends a comment now and then, so proxies keep it open.
+        last = max(int(m["id"]) for m in parse_sse(body) if "id" in m)
+        async with AnimationClient(target) as client:
+            relay = WebApp(client, keepalive_s=0.2)._relay(job_id, after=last)
+            try:
+                assert await anext(relay) == "retry: 2000\n\n"
+                assert await asyncio.wait_for(anext(relay), 10) == ": keepalive\n\n"
+            finally:
+                await relay.aclose()
+
+
+def test_serve_web_names_a_missing_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ghibli_anim.cli", "serve", "web"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stdout.startswith("error: ANIM_PLANNER_TARGET: required for web but not set")
