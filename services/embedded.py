@@ -162,7 +162,15 @@ async def _generate(args: argparse.Namespace) -> int:
         settings=settings,
     )
     runs_dir = Path(settings["ANIM_RUNS_DIR"])
-    _warn_if_slow(request.profile or settings["ANIM_PROFILE"])
+    profile = request.profile or settings["ANIM_PROFILE"]
+    _warn_if_slow(profile)
+    if profile != "tiny":
+        # Download the profile's models once (cached in HF_HOME), before any service
+        # starts: an offline machine hears so at once, with what to do.
+        from ghibli_anim.common.models_cli import fetch
+
+        if fetch(profile) != 0:
+            return 1
     async with EmbeddedStack() as stack:
         install_stop_signals(stack.stop)
         async with AnimationClient(stack.planner_target) as client:

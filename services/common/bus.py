@@ -896,9 +896,17 @@ class WorkConsumer(Generic[M]):
             if isinstance(exc, Retryable):
                 reason, delay = exc.reason, exc.delay
             else:
-                log.error(
-                    "handler raised; treating as retryable",
-                    exc_info=exc,
+                # I/O failures (network, store, missing files) are expected weather: one
+                # line. Anything else is a bug worth its traceback.
+                expected = isinstance(exc, OSError | TimeoutError)
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "handler raised %s: %s; retrying (delivery %d of %d)",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                    delivery.num_delivered,
+                    delivery.max_deliver,
+                    exc_info=None if expected else exc,
                     extra={"consumer": self.durable},
                 )
                 reason, delay = f"{type(exc).__name__}: {exc}", DEFAULT_RETRY_DELAY_S

@@ -210,7 +210,12 @@ def _hub_subfolder(ref: str, field: str) -> str:
     try:
         root = snapshot_download(f"{owner}/{name}", allow_patterns=[f"{subfolder}/*"])
     except Exception as exc:  # offline, missing repo, gated model: all say why
-        raise OSError(f"{field}: cannot fetch {ref!r} from the hub ({exc})") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OSError(
+            f"{field}: cannot fetch {ref!r} from the hub ({first}); with no network, "
+            "`ghibli-anim models fetch PROFILE` on a connected machine fills HF_HOME, "
+            "and `--profile tiny` needs no download"
+        ) from exc
     folder = Path(root) / subfolder
     if not folder.is_dir():
         raise ValueError(f"{field}: hub repository {owner}/{name} has no folder {subfolder!r}")
