@@ -32,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -41,6 +43,7 @@ from typing import Any
 import grpc
 import jinja2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -128,6 +131,53 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+_REQUESTS = Counter(
+    "anim_web_requests",
+    "HTTP requests the web page answered, by route and status code.",
+    ["route", "status"],
+)
+_REQUEST_SECONDS = Histogram(
+    "anim_web_request_seconds",
+    "Time to the first byte of a web page response, by route (event streams: until they open).",
+    ["route"],
+)
+_JOB_ID_IN_PATH = re.compile(r"/[0-9a-f]{32}(?=/|$)")
+
+
+def _route(path: str) -> str:
+    """A bounded label for a path: job ids folded, static files together."""
+    if path.startswith("/static/"):
+        return "/static"
+    return _JOB_ID_IN_PATH.sub("/{job_id}", path)[:64]
+
+
+class RequestMetrics:
+    """Counts requests and times them to the response start (pure ASGI, like above)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = _route(scope.get("path", ""))
+        started = time.perf_counter()
+
+        async def observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _REQUESTS.labels(route, str(message["status"])).inc()
+                _REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, observe)
+
+
+async def prometheus(request: Request) -> Response:
+    """Prometheus metrics of this process (the page's own; the services serve theirs)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _grpc_error(exc: grpc.aio.AioRpcError) -> tuple[int, str]:
@@ -433,8 +483,9 @@ def create_app(
             Route("/api/jobs/{job_id}", web.api_job, methods=["GET"]),
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/readyz", web.readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
     )
     app.state.web = web
-    return SecurityHeaders(app)
+    return RequestMetrics(SecurityHeaders(app))

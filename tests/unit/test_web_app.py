@@ -312,3 +312,31 @@ def test_serve_web_names_a_missing_variable(tmp_path):
     )
     assert done.returncode == 2
     assert done.stdout.startswith("error: ANIM_PLANNER_TARGET: required for web but not set")
+
+
+async def test_metrics_count_requests_by_route(nats_server, tmp_path, tiny_cache_dir):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def requests(text: str) -> dict[tuple[str, str], float]:
+        out = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "anim_web_requests":
+                for sample in family.samples:
+                    if sample.name == "anim_web_requests_total":
+                        out[sample.labels["route"], sample.labels["status"]] = sample.value
+        return out
+
+    async with (
+        planner(nats_server, tmp_path, tiny_cache_dir) as target,
+        web(target, tiny_cache_dir) as http,
+    ):
+        before = requests((await http.get("/metrics")).text)
+        await http.get("/healthz")
+        missing = "0" * 32
+        assert (await http.get(f"/api/jobs/{missing}")).status_code == 404
+        response = await http.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        after = requests(response.text)
+    grew = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert grew[("/healthz", "200")] == 1
+    assert grew[("/api/jobs/{job_id}", "404")] == 1  # ids folded into one label
