@@ -314,6 +314,11 @@ def _exported_samples() -> set[str]:
     metrics.renderer()
     metrics.planner()
     metrics.ConsumerMetrics("plan")
+    from ghibli_anim.web import app as web_app  # the web page's own metrics
+
+    web_app._REQUESTS.labels("/", "200")
+    web_app._REQUEST_SECONDS.labels("/")
+
     names = set(metrics.SCRAPE_GAUGES) | {metrics.GPU_ALLOCATED, metrics.GPU_RESERVED}
     for family in REGISTRY.collect():
         names |= {s.name for s in family.samples}
