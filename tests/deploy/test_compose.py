@@ -182,6 +182,36 @@ def test_every_service_starts_with_its_required_configuration() -> None:
         assert stop.endswith("s") and float(stop[:-1]) >= grace + 20, name
 
 
+def test_web_page_starts_with_its_configuration_after_the_planner() -> None:
+    doc = compose()
+    raw_env = service_environment(compose_raw()["services"]["web"])
+    svc = doc["services"]["web"]
+    env = service_environment(svc)
+    settings = config.load("web", env)  # what `ghibli-anim serve web` does first
+    required = [v.name for v in config.VARS if "web" in v.required_for]
+    assert required and not [n for n in required if not env.get(n)]
+    assert svc["command"] == ["serve", "web"]
+    # The planner image carries the web extra (test_images.py); no build of its own.
+    assert svc["image"] == doc["services"]["planner"]["image"]
+    assert svc["build"] == doc["services"]["planner"]["build"]
+    # The planner's compose name and gRPC port, once the planner is healthy.
+    host, port = settings["ANIM_PLANNER_TARGET"].rsplit(":", 1)
+    assert host == "planner" and int(port) == config.GRPC_PORTS["planner"]
+    assert svc["depends_on"] == {"planner": {"condition": "service_healthy"}}
+    assert settings["ANIM_WEB_PORT"] == config.WEB_PORT
+    assert svc["ports"] == [f"127.0.0.1:{config.WEB_PORT}:{config.WEB_PORT}"]
+    # Only the planner's API: no bus or store credentials.
+    assert not [n for n in env if n.startswith(("ANIM_NATS_", "ANIM_S3_"))], env
+    for var in secret_vars() & set(raw_env):
+        assert raw_env[var].startswith("${"), f"web: {var} is written in the file"
+    health = svc["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{config.WEB_PORT}/readyz" in health[3]
+    grace = float(env["ANIM_SHUTDOWN_GRACE_S"])
+    stop = svc["stop_grace_period"]
+    assert stop.endswith("s") and float(stop[:-1]) >= grace + 20
+
+
 def test_nats_server_gets_every_users_password_and_the_config() -> None:
     nats = compose()["services"]["nats"]
     assert set(service_environment(nats)) == set(nats_users().values())
@@ -263,7 +293,11 @@ def test_env_example_lists_every_variable_compose_reads() -> None:
     assert used <= documented, used - documented
     # Secrets are blank in the example: `make .env` fills them in.
     for key, value in env_example().items():
-        if key.endswith(("PASSWORD", "SECRET_KEY")) or key in ("HF_TOKEN", "ANIM_PLANNER_API_KEY"):
+        if key.endswith(("PASSWORD", "SECRET_KEY")) or key in (
+            "HF_TOKEN",
+            "ANIM_PLANNER_API_KEY",
+            "ANIM_CLIENT_TOKEN",
+        ):
             assert value == "", key
 
 

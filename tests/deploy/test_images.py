@@ -1,20 +1,28 @@
 """deploy/docker/Dockerfile, read without Docker: one target per service (and the
 trainer), pinned bases, multi-stage with only the venv in the final image, a
 non-root user, the service's entry point, port and health probe, and no torch
-in the planner and assembler images."""
+in the planner and assembler images (the planner's also runs the web page)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
+from importlib import metadata
 
 import pytest
 from deploy_support import DOCKERFILE, ROOT, dockerfile_stages, stage_lineage
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from ghibli_anim.common import config
 
 TARGETS = (*config.SERVICES, "trainer")
 TORCHLESS = ("planner", "assembler")
+# The extras each target installs: its own, and the web page in the planner's image.
+EXTRAS = {"planner": ["planner", "web"]}
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +113,76 @@ def test_each_image_installs_its_own_extra(stages: dict, target: str) -> None:
         for line in stages[stage]["lines"]
         if line.startswith("RUN") and "pip install" in line
     ]
-    project = [re.search(r'"/src\[(\w+)\]"', line) for line in installs]
-    assert [m.group(1) for m in project if m] == [target]
+    project = [re.search(r'"/src\[([\w,]+)\]"', line) for line in installs]
+    wanted = EXTRAS.get(target, [target])
+    assert [m.group(1).split(",") for m in project if m] == [wanted]
     torch = [line for line in installs if "torch==" in line]
     if target in TORCHLESS:
         assert not torch, f"{target} must not install torch"
-        pulled = expand_extras([target])
+        pulled = expand_extras(wanted)
         assert not pulled & {"torch", "diffusers", "torchvision", "accelerate", "peft"}, pulled
     else:
         assert torch and "--index-url" in torch[0], f"{target}: torch pinned, from the chosen index"
         assert "torch" in expand_extras([target])
+
+
+def installed_closure(extras: list[str]) -> set[str]:
+    """Distributions ``pip install "ghibli-anim[extras]"`` brings, as canonical names,
+    read from the metadata of this environment (which has every extra installed)."""
+    seen: set[tuple[str, str]] = set()
+    out: set[str] = set()
+    todo = [("ghibli-anim", "")] + [("ghibli-anim", e) for e in extras]
+    while todo:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        out.add(name)
+        for line in metadata.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                dep = canonicalize_name(req.name)
+                todo.extend([(dep, ""), *((dep, e) for e in req.extras)])
+    return out
+
+
+# Imported only when installed (grpc tries grpc_tools, for .proto files at run time).
+OPTIONAL_IMPORTS = frozenset({"grpc_tools"})
+
+
+def missing_for_web(extras: list[str]) -> dict[str, list[str]]:
+    """Top-level modules `ghibli-anim serve web` imports that no distribution of
+    ``ghibli-anim[extras]`` provides (module -> the distributions that do)."""
+    # Modules loaded at interpreter start (site's .pth hooks) are not the page's.
+    code = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "from ghibli_anim import cli\n"
+        "from ghibli_anim.web import app, service\n"
+        "from ghibli_anim.common import profiles\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    providers = metadata.packages_distributions()
+    image = installed_closure(extras)
+    missing = {}
+    for module in json.loads(result.stdout):
+        dists = providers.get(module)
+        # Standard library and first-party modules have no distribution of their own.
+        if module in OPTIONAL_IMPORTS:
+            continue
+        if dists and not {canonicalize_name(d) for d in dists} & image:
+            missing[module] = dists
+    return missing
+
+
+def test_the_planner_image_has_everything_the_web_page_imports() -> None:
+    assert missing_for_web(EXTRAS["planner"]) == {}
+    # Without the web extra the page could not start: the check sees it.
+    assert "starlette" in missing_for_web(["planner"])
 
 
 def test_cuda_by_default_cpu_on_request() -> None:

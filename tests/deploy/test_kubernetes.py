@@ -176,6 +176,48 @@ def test_services_expose_their_grpc_port_with_native_grpc_probes(overlay: str) -
         assert spec["terminationGracePeriodSeconds"] >= grace + 20, name
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_page_serves_http_with_http_probes_in_front_of_the_planner(overlay: str) -> None:
+    docs = objects(f"overlays/{overlay}")
+    deployment = find(docs, "Deployment", "web")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["serve", "web"]
+    # The planner's image carries the web extra (test_images.py).
+    (planner,) = find(docs, "Deployment", "planner")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == planner["image"]
+    env = container_env(docs, container, secret_values())
+    required = [v.name for v in config.VARS if "web" in v.required_for]
+    assert required and not [n for n in required if not env.get(n)]
+    settings = config.load("web", env)  # what `ghibli-anim serve web` does first
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings["ANIM_WEB_PORT"] == config.WEB_PORT
+    # HTTP probes on the named port: ready while the planner serves, alive while the
+    # process answers (both paths answer for real in test_web_health.py).
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
+    # ANIM_PLANNER_TARGET is the planner Service's gRPC port.
+    host, target_port = settings["ANIM_PLANNER_TARGET"].rsplit(":", 1)
+    planner_ports = find(docs, "Service", host)["spec"]["ports"]
+    assert [p["port"] for p in planner_ports] == [int(target_port)]
+    assert int(target_port) == config.GRPC_PORTS["planner"]
+    # Only the planner's API: no bus or store credentials.
+    refs = {v["name"] for v in container["env"] if "valueFrom" in v}
+    assert refs == {"ANIM_CLIENT_TOKEN"}, refs
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+    grace = float(env["ANIM_SHUTDOWN_GRACE_S"])
+    assert spec["terminationGracePeriodSeconds"] >= grace + 20
+    account = find(docs, "ServiceAccount", spec["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    service = find(docs, "Service", "web")
+    assert [p["port"] for p in service["spec"]["ports"]] == [config.WEB_PORT]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    pdb = find(docs, "PodDisruptionBudget", "web")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    assert deployment["spec"]["replicas"] == {"dev": 1, "gpu": 2}[overlay]
+
+
 def test_renderer_gets_a_gpu_in_production_and_none_in_dev() -> None:
     gpu = find(objects("overlays/gpu"), "Deployment", "renderer")["spec"]["template"]["spec"]
     (container,) = gpu["containers"]
