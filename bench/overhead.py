@@ -5,7 +5,10 @@
 (b) the distributed chain: planner, renderer, depth and assembler as processes
     over NATS and SeaweedFS, one job of the same frames.
 
-Both use the ``tiny`` profile after a warm-up, so model loading is not counted.
+Both use the ``tiny`` profile after a warm-up, so model loading is not counted, the
+same torch thread count (``--threads``, default 1: on a small CPU box several busy
+processes oversubscribe the cores and slow a multi-threaded torch 1.5-2x, which is
+not orchestration), and colour coherence off (a feature's cost, not the chain's).
 Per frame, (b)'s time is the gap between consecutive ``frame.rendered`` events
 (for frame 0: from ``frame.started``); overhead = (b) - (a) for that frame.
 Prints a table, then a last line ``overhead_ms=<median ms per frame> ratio=<b/a>``.
@@ -40,6 +43,7 @@ def _request(frames: int, steps: int, seed: int) -> animation_pb2.CreateAnimatio
         seed=seed,
         steps=steps,
         formats=["gif"],
+        color_coherence="off",
     )
 
 
@@ -96,7 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in both arms")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         work = Path(tmp)
         env = {
@@ -104,6 +112,7 @@ def main() -> None:
             "ANIM_PROFILE": "tiny",
             "ANIM_DEVICE": "cpu",
             "ANIM_DTYPE": "float32",
+            "OMP_NUM_THREADS": str(args.threads),
         }
         settings = config.load("client", {**env, "ANIM_STORE": "local"})
         tiny_models.write_tiny_models(tiny_dir(settings))

@@ -7,6 +7,7 @@ KV state (request, profile, specs) and each frame's ``frames/{i:04d}.json``.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +70,25 @@ def frame_entry(state: animation_pb2.JobState, index: int, record: dict[str, Any
 def with_frame(manifest: Manifest, entry: ManifestFrame) -> Manifest:
     frames = [f for f in manifest.frames if f.index != entry.index] + [entry]
     return manifest.model_copy(update={"frames": sorted(frames, key=lambda f: f.index)})
+
+
+def with_frame_json(
+    current: bytes | None, state: animation_pb2.JobState, index: int, record: dict[str, Any]
+) -> bytes:
+    """The running manifest with frame ``index`` added, as JSON bytes.
+
+    Called after every frame, so it stays linear in the manifest's size: only the
+    new entry goes through the model; the rest, which this code wrote itself, is
+    carried as plain JSON (re-validating a 120-frame manifest per frame cost more
+    than the frame's orchestration). The assembler validates the final one whole.
+    """
+    entry = frame_entry(state, index, record).model_dump(mode="json")
+    doc = json.loads(current) if current is not None else base(state).model_dump(mode="json")
+    doc["status"] = _status_name(state.status)
+    doc["title"] = state.title
+    frames = [f for f in doc.get("frames", []) if f.get("index") != index]
+    doc["frames"] = sorted([*frames, entry], key=lambda f: f["index"])
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
 
 
 def output_entry(job_id: str, fmt: str, size: int, sha256: str, content_type: str) -> OutputFile:

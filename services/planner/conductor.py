@@ -293,11 +293,9 @@ class Conductor:
         record = json.loads(self.store.get(keys.frame_record_key(state.job_id, index)))
         key = keys.manifest_key(state.job_id)
         try:
-            manifest = Manifest.model_validate_json(self.store.get(key))
-            manifest = manifest.model_copy(
-                update={"status": manifests.base(state).status, "title": state.title}
-            )
+            current = self.store.get(key)
         except KeyError:
-            manifest = manifests.base(state)
-        manifest = manifests.with_frame(manifest, manifests.frame_entry(state, index, record))
-        self.store.put(key, manifest.to_json().encode(), "application/json")
+            current = None
+        self.store.put(
+            key, manifests.with_frame_json(current, state, index, record), "application/json"
+        )
