@@ -18,6 +18,8 @@ from pathlib import Path
 
 import grpc
 
+from ghibli_anim.common.grpcserver import rewrap_handler
+
 ANONYMOUS = "anonymous"
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Probes and tooling stay reachable without a token.
@@ -106,19 +108,7 @@ def _wrap(handler: grpc.RpcMethodHandler, client: str) -> grpc.RpcMethodHandler:
 
         return call
 
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            streaming(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+    return rewrap_handler(handler, unary, streaming)
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -26,6 +26,29 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Callable], Callable],
+    streaming: Callable[[Callable], Callable],
+) -> grpc.RpcMethodHandler:
+    """``handler`` with its behaviour wrapped by ``unary`` (unary-unary methods) or
+    ``streaming`` (unary-stream methods); what interceptors use to run code around
+    a call. Other shapes come back unchanged (the API has none)."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
 @dataclass
 class ServiceBinding:
     """A servicer and how to add it to a server."""

@@ -38,6 +38,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ghibli_anim import __version__
+from ghibli_anim.common.grpcserver import rewrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -247,19 +248,7 @@ class GrpcTracing(grpc.aio.ServerInterceptor):
 
             return call
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap_handler(handler, unary, streaming)
 
 
 def _status(current: trace.Span, context: grpc.aio.ServicerContext, raised: bool = False) -> None:
