@@ -51,17 +51,10 @@ class AssemblerService(Service):
             return
         await faults.hit("assemble", -1)
         await asyncio.to_thread(self.assemble, state, work)
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_JOB_ASSEMBLED,
-                job_id,
-                -1,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                key=keys.manifest_key(job_id),
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_JOB_ASSEMBLED,
+            work,
+            key=keys.manifest_key(job_id),
         )
 
     def _get(self, key: str) -> bytes:
@@ -119,18 +112,11 @@ class AssemblerService(Service):
         self.store.put(keys.manifest_key(job_id), manifest.to_json().encode(), "application/json")
 
     async def give_up(self, work: bus_pb2.AssembleWork, failure: bus.Failure) -> None:
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_JOB_FAILED,
-                work.job_id,
-                -1,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                reason=f"assembling: {failure.reason}",
-                retryable=failure.retryable,
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_JOB_FAILED,
+            work,
+            reason=f"assembling: {failure.reason}",
+            retryable=failure.retryable,
         )
 
 

@@ -57,6 +57,23 @@ class Service:
     def bindings(self) -> list[ServiceBinding]:
         return []
 
+    async def emit(self, event_type: int, work, **fields):
+        """Publish an event about ``work``: its job, frame (-1 for job-level work) and
+        attempt, caused by what caused the work, from this service."""
+        from ghibli_anim.common.bus import new_event, publish_event
+
+        event = new_event(
+            event_type,
+            work.job_id,
+            getattr(work, "frame", -1),
+            work.attempt,
+            work.causation_id,
+            service=self.name,
+            **fields,
+        )
+        await publish_event(self.bus.js, event)
+        return event
+
     def checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {}
 

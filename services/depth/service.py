@@ -91,32 +91,18 @@ class DepthService(Service):
             )
         except ValueError as exc:
             raise NonRetryable(str(exc)) from exc
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_DEPTH_READY,
-                job_id,
-                work.frame,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                key=output_key,
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_DEPTH_READY,
+            work,
+            key=output_key,
         )
 
     async def give_up(self, work: bus_pb2.DepthWork, failure: bus.Failure) -> None:
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_DEPTH_FAILED,
-                work.job_id,
-                work.frame,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                reason=failure.reason,
-                retryable=failure.retryable,
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_DEPTH_FAILED,
+            work,
+            reason=failure.reason,
+            retryable=failure.retryable,
         )
 
     def bindings(self) -> list[ServiceBinding]:

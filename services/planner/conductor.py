@@ -98,6 +98,18 @@ def assemble_work(state: animation_pb2.JobState) -> bus_pb2.AssembleWork:
     )
 
 
+async def publish_step(bus_: bus.Bus, state: animation_pb2.JobState, step: str, work) -> None:
+    """Publish one step's work for the job's current attempt (frame -1: job-level steps)."""
+    await bus.publish_work(
+        bus_.js,
+        step,
+        work,
+        job_id=state.job_id,
+        frame=getattr(work, "frame", -1),
+        attempt=state.attempt,
+    )
+
+
 @dataclass
 class Conductor:
     bus: bus.Bus
@@ -274,17 +286,8 @@ class Conductor:
         await self.bus.js.delete_msg(advisory.stream, advisory.stream_seq)
 
     async def _publish(self, state: animation_pb2.JobState, item) -> None:
-        if item is None:
-            return
-        step, work = item
-        await bus.publish_work(
-            self.bus.js,
-            step,
-            work,
-            job_id=state.job_id,
-            frame=getattr(work, "frame", -1),
-            attempt=state.attempt,
-        )
+        if item is not None:
+            await publish_step(self.bus, state, *item)
 
     async def _update_manifest(self, state: animation_pb2.JobState, index: int) -> None:
         await asyncio.to_thread(self._write_manifest, state, index)

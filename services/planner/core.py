@@ -402,7 +402,7 @@ class PlannerCore:
     async def _publish_resumed(
         self, state: animation_pb2.JobState, first: int | None, cause: str
     ) -> None:
-        from ghibli_anim.planner.conductor import assemble_work, next_work
+        from ghibli_anim.planner.conductor import assemble_work, next_work, publish_step
 
         for fs in state.frame_states:
             # Frames found in the store carry no event id: the resume stands in.
@@ -421,14 +421,7 @@ class PlannerCore:
             )
         else:
             step, work = next_work(state, first - 1)
-        await bus.publish_work(
-            self.bus.js,
-            step,
-            work,
-            job_id=state.job_id,
-            frame=getattr(work, "frame", -1),
-            attempt=state.attempt,
-        )
+        await publish_step(self.bus, state, step, work)
 
     # -- delete and retention -----------------------------------------------
 

@@ -131,17 +131,7 @@ class RendererService(Service):
         if i < len(state.frame_states) and state.frame_states[i].rendered:
             log.info("frame already rendered", extra={"job_id": job_id, "frame": i})
             return
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_FRAME_STARTED,
-                job_id,
-                i,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-            ),
-        )
+        await self.emit(bus_pb2.EVENT_TYPE_FRAME_STARTED, work)
         started = time.monotonic()
         timer = metrics.FrameTimer(self.name)
         timer.add("queue_wait", delivery.queue_wait_s)
@@ -175,17 +165,10 @@ class RendererService(Service):
         with timer.time("store"):
             await asyncio.to_thread(self._write, job_id, i, result.png, record)
         timer.observe(record["mode"])
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_FRAME_RENDERED,
-                job_id,
-                i,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                key=keys.frame_key(job_id, i),
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_FRAME_RENDERED,
+            work,
+            key=keys.frame_key(job_id, i),
         )
 
     def _render(self, spec, source, depth, reference, on_step=None, timer=None):
@@ -267,18 +250,11 @@ class RendererService(Service):
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
         metrics.renderer().failed(failure.retryable)
-        await bus.publish_event(
-            self.bus.js,
-            bus.new_event(
-                bus_pb2.EVENT_TYPE_FRAME_FAILED,
-                work.job_id,
-                work.frame,
-                work.attempt,
-                work.causation_id,
-                service=self.name,
-                reason=failure.reason,
-                retryable=failure.retryable,
-            ),
+        await self.emit(
+            bus_pb2.EVENT_TYPE_FRAME_FAILED,
+            work,
+            reason=failure.reason,
+            retryable=failure.retryable,
         )
 
 
