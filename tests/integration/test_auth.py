@@ -6,53 +6,23 @@ and the local store; calls go through real gRPC channels.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from planner_support import in_process_planner
 
-from ghibli_anim.common import bus, config
 from ghibli_anim.common.auth import AuthConfigError, Tokens
 from ghibli_anim.common.client import AnimationClient
 from ghibli_anim.common.pb import animation_pb2
-from ghibli_anim.common.service import build, run_service
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef00"
 
 
-@contextlib.asynccontextmanager
-async def planner(nats_server, tmp_path, tiny_cache_dir, **extra):
-    env = {
-        "ANIM_NATS_URL": nats_server.url,
-        "ANIM_STORE": "local",
-        "ANIM_RUNS_DIR": str(tmp_path / "runs"),
-        "ANIM_GRPC_HOST": "127.0.0.1",
-        "ANIM_GRPC_PORT": "0",
-        "ANIM_CACHE_DIR": str(tiny_cache_dir),
-        "ANIM_PROFILE": "tiny",
-        "ANIM_LOG_FORMAT": "text",
-        **extra,
-    }
-    settings = config.load("planner", env)
-    conn = await bus.connect(settings, "init", first_connect_timeout_s=10)
-    await bus.init_bus_from_settings(conn.js, settings)
-    await conn.close()
-    stop = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        run_service(build("planner", settings), stop, ready=lambda s: ready.set_result(s))
-    )
-    server = await asyncio.wait_for(ready, 30)
-    try:
-        yield f"127.0.0.1:{server.bound_port}"
-    finally:
-        stop.set()
-        await task
+planner = in_process_planner
 
 
 def tokens_file(tmp_path: Path) -> Path:

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from planner_support import in_process_planner
 
-from ghibli_anim.common import bus, config
+from ghibli_anim.common import config
 from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.service import build, run_service
 from ghibli_anim.web.app import WebApp
 from ghibli_anim.web.service import run_web
 
@@ -34,34 +34,7 @@ EVIL = '<script>alert("x")</script> & <b onmouseover=alert(1)>dusk</b>'
 TOKEN = "web-token-0123456789abcdef"
 
 
-@contextlib.asynccontextmanager
-async def planner(nats_server, tmp_path, tiny_cache_dir, **extra) -> AsyncIterator[str]:
-    env = {
-        "ANIM_NATS_URL": nats_server.url,
-        "ANIM_STORE": "local",
-        "ANIM_RUNS_DIR": str(tmp_path / "runs"),
-        "ANIM_GRPC_HOST": "127.0.0.1",
-        "ANIM_GRPC_PORT": "0",
-        "ANIM_CACHE_DIR": str(tiny_cache_dir),
-        "ANIM_PROFILE": "tiny",
-        "ANIM_LOG_FORMAT": "text",
-        **extra,
-    }
-    settings = config.load("planner", env)
-    conn = await bus.connect(settings, "init", first_connect_timeout_s=10)
-    await bus.init_bus_from_settings(conn.js, settings)
-    await conn.close()
-    stop = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        run_service(build("planner", settings), stop, ready=lambda s: ready.set_result(s))
-    )
-    server = await asyncio.wait_for(ready, 30)
-    try:
-        yield f"127.0.0.1:{server.bound_port}"
-    finally:
-        stop.set()
-        await task
+planner = in_process_planner
 
 
 @contextlib.asynccontextmanager
