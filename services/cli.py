@@ -389,7 +389,17 @@ def _up_local(args: argparse.Namespace) -> int:
         if not count.isdigit() or int(count) < 1:
             raise ValueError(f"--replicas: expected NAME=COUNT with COUNT >= 1, got {item!r}")
         replicas[name] = int(count)
-    stack = LocalStack(args.dir.resolve(), services=(*SERVICES, "web"), replicas=replicas)
+    # The deployment's nats.conf with its per-service users, as compose runs it.
+    # Your ANIM_* settings reach the services, except those the stack itself decides.
+    own = ("ANIM_NATS_", "ANIM_S3_", "ANIM_STORE", "ANIM_GRPC_", "ANIM_WEB_", "ANIM_PLANNER_TARGET")
+    env = {k: v for k, v in os.environ.items() if k.startswith("ANIM_") and not k.startswith(own)}
+    stack = LocalStack(
+        args.dir.resolve(),
+        services=(*SERVICES, "web"),
+        env=env,
+        replicas=replicas,
+        nats_auth=True,
+    )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with stack:

@@ -9,6 +9,7 @@ service can be killed (SIGKILL, as a crash) and started again.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 import urllib.request
@@ -135,11 +136,37 @@ class WebProcess(ChildServer):
         return None if self._proc is None else self._proc.poll()
 
 
+# The deployment's NATS configuration (compose, the Kubernetes dev overlay): with
+# ``nats_auth``, up-local runs the very same file, users and permissions included.
+NATS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats.conf"
+NATS_USERS = ("bus-init", "planner", "renderer", "depth", "assembler", "submitter")
+
+
+def nats_password_var(user: str) -> str:
+    """Where nats.conf reads a user's password from: NATS_<USER>_PASSWORD."""
+    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+class SecuredNats(NatsServer):
+    """nats-server with the deployment's nats.conf; passwords only in its environment."""
+
+    def __init__(self, store_dir: Path, passwords: Mapping[str, str]) -> None:
+        if not NATS_CONF.is_file():
+            raise LauncherError(f"nats_auth: {NATS_CONF} is missing (run from a checkout)")
+        super().__init__(store_dir, config_file=NATS_CONF)
+        self.passwords = dict(passwords)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **{nats_password_var(u): p for u, p in self.passwords.items()}}
+
+
 class LocalStack:
     """NATS + S3 + the services, each its own process, on loopback.
 
     ``services`` may also name ``web`` (not started unless asked): the page,
-    talking to the first planner over gRPC.
+    talking to the first planner over gRPC. With ``nats_auth``, NATS runs the
+    deployment's nats.conf and each service logs in as its own user with a fresh
+    random password, so a permission missing from auth.conf shows up here too.
     """
 
     def __init__(
@@ -149,15 +176,30 @@ class LocalStack:
         services: Iterable[str] = SERVICES,
         env: Mapping[str, str] | None = None,
         replicas: Mapping[str, int] | None = None,
+        nats_auth: bool = False,
     ) -> None:
         self.work_dir = Path(work_dir)
-        self.nats = NatsServer(self.work_dir / "nats")
+        self.nats_passwords = (
+            # Letters first, hex after: nats-server reads env values like config values.
+            {user: "pw" + secrets.token_hex(16) for user in NATS_USERS} if nats_auth else {}
+        )
+        self.nats: NatsServer = (
+            SecuredNats(self.work_dir / "nats", self.nats_passwords)
+            if nats_auth
+            else NatsServer(self.work_dir / "nats")
+        )
         self.s3 = SeaweedS3(self.work_dir / "s3", ACCESS_KEY, SECRET_KEY)
         self.extra_env = dict(env or {})
         self.processes: dict[str, list[ServiceProcess | WebProcess]] = {}
         # The web page needs the planner's address: it is added after the planner.
         ordered = sorted(services, key=lambda name: name == "web")
         self._wanted = {name: (replicas or {}).get(name, 1) for name in ordered}
+
+    def login(self, user: str) -> dict[str, str]:
+        """ANIM_NATS_USER/PASSWORD of ``user`` with nats_auth, else nothing."""
+        if not self.nats_passwords:
+            return {}
+        return {"ANIM_NATS_USER": user, "ANIM_NATS_PASSWORD": self.nats_passwords[user]}
 
     def env(self) -> dict[str, str]:
         """The environment of every service (as compose sets it)."""
@@ -197,7 +239,7 @@ class LocalStack:
         from ghibli_anim.common import bus, config
         from ghibli_anim.common.store import S3Store
 
-        settings = config.load("client", self.env())
+        settings = config.load("client", {**self.env(), **self.login("bus-init")})
         S3Store.from_settings(settings).ensure_bucket()
 
         async def init() -> None:
@@ -229,7 +271,9 @@ class LocalStack:
             }
             proc = WebProcess(folder, web_env, port, self.planner_target)
         else:
-            proc = ServiceProcess(name, folder, {**self.env(), **(env or {})}, port)
+            proc = ServiceProcess(
+                name, folder, {**self.env(), **self.login(name), **(env or {})}, port
+            )
         self.processes.setdefault(name, []).append(proc)
         if start:
             proc.start(timeout=120)

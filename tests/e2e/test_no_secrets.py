@@ -15,7 +15,6 @@ signs the URL and is never in it).
 from __future__ import annotations
 
 import asyncio
-import os
 import urllib.request
 from pathlib import Path
 
@@ -26,15 +25,13 @@ from ghibli_anim.common import bus, config, keys
 from ghibli_anim.common.client import AnimationClient
 from ghibli_anim.common.config import SERVICES
 from ghibli_anim.common.jobs import JobStore
-from ghibli_anim.common.launcher import NatsServer, SeaweedS3
+from ghibli_anim.common.launcher import SeaweedS3
 from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack
+from ghibli_anim.common.stack import LocalStack, SecuredNats
 from ghibli_anim.common.store import S3Store
 
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[2]
-NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
 NATS_USERS = ("bus-init", "planner", "renderer", "depth", "assembler", "submitter")
 
 S3_ACCESS = "AKGHIBLI7F3A9C1E5B2D"
@@ -53,18 +50,6 @@ SECRETS = {
     "ANIM_PLANNER_API_KEY": PLANNER_KEY,
     **{f"NATS password of {user}": pw for user, pw in NATS_PASSWORDS.items()},
 }
-
-
-def password_var(user: str) -> str:
-    """The nats-server environment variable auth.conf reads ``user``'s password from."""
-    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
-
-
-class SecuredNats(NatsServer):
-    """nats-server with the deployment's nats.conf; the passwords only in its environment."""
-
-    def _env(self) -> dict[str, str]:
-        return {**os.environ, **{password_var(u): p for u, p in NATS_PASSWORDS.items()}}
 
 
 def nats_login(user: str) -> dict[str, str]:
@@ -90,7 +75,7 @@ def secret_stack(tmp_path: Path, tiny_cache_dir: Path):
         **nats_login("bus-init"),  # `bus init` in start(); each service logs in as itself
     }
     stack = LocalStack(tmp_path / "stack", services=(), env=env)
-    stack.nats = SecuredNats(tmp_path / "stack" / "nats", config_file=NATS_CONF)
+    stack.nats = SecuredNats(tmp_path / "stack" / "nats", NATS_PASSWORDS)
     stack.s3 = SeaweedS3(tmp_path / "stack" / "s3", S3_ACCESS, S3_SECRET)
     try:
         stack.start()
