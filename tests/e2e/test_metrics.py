@@ -156,11 +156,14 @@ def test_each_service_shows_the_jobs_frames_and_latencies(metered):
     assert assembler.value("anim_message_queue_wait_seconds_count", consumer="assemble") == 1
 
     # The conductor sees every event of the job, job.completed (its own) last.
+    # anim_jobs is read from KV at scrape time; a scrape on a busy machine may leave
+    # it out (its source is capped at SCRAPE_TIMEOUT_S), so wait for one that has it.
     planner = eventually(
         ports["planner"],
         lambda s: (
             s.value("anim_messages_handled_total", consumer="conductor", outcome="ok")
             == len(events)
+            and s.value("anim_jobs", state="COMPLETED") == 1
         ),
     )
     assert planner.value("anim_messages_handled_total", consumer="conductor") == len(events)
