@@ -106,6 +106,7 @@ class RendererService(Service):
 
         # Frame i stays in memory: frame i+1 on this replica skips the store read.
         self.recent = RecentFrames(self.settings["ANIM_FRAME_CACHE"])
+        self.references = RecentFrames(8 if self.settings["ANIM_FRAME_CACHE"] else 0)
         loras_dir = Path(self.settings["ANIM_CACHE_DIR"]).expanduser() / "loras"
         self.cache = PipelineCache(
             self.settings, lora_resolver=store_lora_resolver(store, loras_dir)
@@ -163,7 +164,7 @@ class RendererService(Service):
             "source_read": source_read,
         }
         with timer.time("store"):
-            await asyncio.to_thread(self._write, job_id, i, result.png, record)
+            await self._write(job_id, i, result.png, record)
         timer.observe(record["mode"])
         await self.emit(
             bus_pb2.EVENT_TYPE_FRAME_RENDERED,
@@ -215,9 +216,15 @@ class RendererService(Service):
             return None
         if keys.job_id_of_key(keys.check_key(key, "color_reference_key")) != job_id:
             raise NonRetryable(f"color_reference_key: {key} is not a key of job {job_id}")
-        return await self._load(key, "color_reference_key")
+        # A reference serves many frames: kept apart from the recent frames, whose
+        # window it soon leaves, so each frame does not read it back from the store.
+        data = self.references.get(key)
+        if data is None:
+            data = await self._load_bytes(key, "color_reference_key")
+            self.references.put(key, data)
+        return _image(data, "color_reference_key")
 
-    async def _load(self, key: str, field: str) -> Image.Image:
+    async def _load_bytes(self, key: str, field: str) -> bytes:
         keys.check_key(key, field)
         data = self.recent.get(key)  # the bytes this replica stored, if still in memory
         if data is None:
@@ -226,26 +233,21 @@ class RendererService(Service):
             except NotFound:
                 # The previous frame should exist; it may be mid-write on a slow store.
                 raise bus.Retryable(f"{field}: {key} is not in the store yet") from None
-        return _image(data, field)
+        return data
 
-    def _write(self, job_id: str, i: int, png: bytes, record: dict) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+    async def _load(self, key: str, field: str) -> Image.Image:
+        return _image(await self._load_bytes(key, field), field)
 
+    async def _write(self, job_id: str, i: int, png: bytes, record: dict) -> None:
         frame_key = keys.frame_key(job_id, i)
         record_json = json.dumps(record, indent=2, sort_keys=True).encode()
         # PNG and record side by side: one store round trip on the critical path, not two.
-        with ThreadPoolExecutor(2, thread_name_prefix="frame-write") as pool:
-            writes = [
-                pool.submit(self.store.put, frame_key, png, "image/png"),
-                pool.submit(
-                    self.store.put,
-                    keys.frame_record_key(job_id, i),
-                    record_json,
-                    "application/json",
-                ),
-            ]
-            for write in writes:
-                write.result()
+        await asyncio.gather(
+            asyncio.to_thread(self.store.put, frame_key, png, "image/png"),
+            asyncio.to_thread(
+                self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
+            ),
+        )
         self.recent.put(frame_key, png)
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
