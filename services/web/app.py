@@ -114,25 +114,6 @@ def render(name: str, **context: Any) -> str:
     return _TEMPLATES.get_template(name).render(limits=limits, **context)
 
 
-class SecurityHeaders:
-    """Adds the headers above to every HTTP response (pure ASGI: streams stay streams)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 _REQUESTS = Counter(
     "anim_web_requests",
     "HTTP requests the web page answered, by route and status code.",
@@ -153,8 +134,9 @@ def _route(path: str) -> str:
     return _JOB_ID_IN_PATH.sub("/{job_id}", path)[:64]
 
 
-class RequestMetrics:
-    """Counts requests and times them to the response start (pure ASGI, like above)."""
+class ResponseStart:
+    """At each HTTP response's start: adds the security headers above, counts the
+    request and times it (pure ASGI, so event streams stay streams)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -166,13 +148,14 @@ class RequestMetrics:
         route = _route(scope.get("path", ""))
         started = time.perf_counter()
 
-        async def observe(message: Message) -> None:
+        async def start(message: Message) -> None:
             if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
                 _REQUESTS.labels(route, str(message["status"])).inc()
                 _REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
             await send(message)
 
-        await self.app(scope, receive, observe)
+        await self.app(scope, receive, start)
 
 
 async def prometheus(request: Request) -> Response:
@@ -488,4 +471,4 @@ def create_app(
         ]
     )
     app.state.web = web
-    return RequestMetrics(SecurityHeaders(app))
+    return ResponseStart(app)
