@@ -12,13 +12,11 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 from deploy_support import compose, find, objects
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from ghibli_anim.common import config
 from ghibli_anim.web.service import run_web
@@ -30,22 +28,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
-def planner_health() -> Iterator[tuple[str, health.HealthServicer]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        server.stop(grace=None)
-
-
-@pytest.fixture
-def web_port(planner_health) -> Iterator[int]:
+def web_port(health_server) -> Iterator[int]:
     """The web service on a free loopback port, in a thread with its own event loop."""
-    target, _ = planner_health
+    target, _ = health_server
     settings = config.load(
         "web",
         {
@@ -105,9 +90,9 @@ def http_status(port: int, path: str) -> int:
 
 
 def test_compose_healthcheck_passes_only_while_the_planner_serves(
-    planner_health, web_port: int
+    health_server, web_port: int
 ) -> None:
-    _, servicer = planner_health
+    _, servicer = health_server
     servicer.set("", SERVING)
     result = compose_check(web_port)
     assert result.returncode == 0, result.stderr
@@ -116,13 +101,13 @@ def test_compose_healthcheck_passes_only_while_the_planner_serves(
 
 
 @pytest.mark.parametrize("overlay", ["dev", "gpu"])
-def test_kubernetes_probes_ask_the_right_paths(planner_health, web_port: int, overlay) -> None:
+def test_kubernetes_probes_ask_the_right_paths(health_server, web_port: int, overlay) -> None:
     (container,) = find(objects(f"overlays/{overlay}"), "Deployment", "web")["spec"]["template"][
         "spec"
     ]["containers"]
     ready = container["readinessProbe"]["httpGet"]["path"]
     alive = container["livenessProbe"]["httpGet"]["path"]
-    _, servicer = planner_health
+    _, servicer = health_server
     servicer.set("", SERVING)
     assert http_status(web_port, ready) == 200
     assert http_status(web_port, alive) == 200
