@@ -29,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install everything (torch pinned first)
 
-proto: setup ## regenerate services/common/pb from proto/
-	$(PY) services/common/protogen.py
+proto: setup ## regenerate ghibli_anim/contracts/pb from proto/
+	$(PY) -m ghibli_anim.devtools.protogen
 
 lint: setup ## ruff format check + lint
 	$(VENV)/bin/ruff format --check .

@@ -28,11 +28,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ghibli_anim.common import config, tiny_models
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.profiles import tiny_dir
-from ghibli_anim.common.stack import LocalStack
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.profiles import tiny_dir
+from ghibli_anim.devtools import tiny_models
+from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime.client import AnimationClient
 
 
 def _request(frames: int, steps: int, seed: int) -> animation_pb2.CreateAnimationRequest:
@@ -68,11 +69,11 @@ async def _distributed(target: str, req) -> tuple[list[float], animation_pb2.Job
 
 def _plain_loop(stack: LocalStack, job_id: str, settings) -> list[float]:
     """The same FrameSpecs as the distributed job, rendered in this process."""
-    from ghibli_anim.common.jobs import JobStore
-    from ghibli_anim.renderer.frames import PipelineCache, render_frame
+    from ghibli_anim.runtime.jobstore import JobStore
+    from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
 
     async def specs():
-        from ghibli_anim.common import bus
+        from ghibli_anim.runtime import bus
 
         conn = await bus.connect(config.load("client", stack.env()), "bench")
         try:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from ghibli_anim.common import config, tiny_models
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.launcher import NatsServer, SeaweedS3
-from ghibli_anim.common.profiles import tiny_dir
-from ghibli_anim.common.store import LocalStore, S3Store
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.profiles import tiny_dir
+from ghibli_anim.devtools import tiny_models
+from ghibli_anim.runtime.processes import NatsServer, SeaweedS3
+from ghibli_anim.runtime.store import LocalStore, S3Store
 
 # Tiny models gain nothing from intra-op threads, and on a 2-core machine shared with
 # the service processes of the end-to-end tests, extra threads only contend (5-10x

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from ghibli_anim.common import bus, config
-from ghibli_anim.common.service import build, run_service
+from ghibli_anim.contracts import config
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.service import build, run_service
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,7 @@
 """Tests that kill things: a job must still finish with every frame exactly once.
 
 Distributed mode, profile ``tiny``, a real nats-server and SeaweedFS, services as
-processes. ``ANIM_FAULT`` hooks (services/common/faults.py) hold a frame so a
+processes. ``ANIM_FAULT`` hooks (ghibli_anim/runtime/faults.py) hold a frame so a
 kill lands exactly there. AckWait is 2 s, so a dead worker's message comes back
 quickly. Each test starts its own stack and stops every process it started.
 """
@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from ghibli_anim.common import bus, config, keys
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.launcher import LauncherError
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack
-from ghibli_anim.common.store import S3Store
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.processes import LauncherError
+from ghibli_anim.runtime.store import S3Store
 
 pytestmark = pytest.mark.timeout(240)
 

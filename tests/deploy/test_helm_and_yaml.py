@@ -29,7 +29,7 @@ from deploy_support import (
     venv_tool,
 )
 
-from ghibli_anim.common import config
+from ghibli_anim.contracts import config
 
 pytestmark = pytest.mark.timeout(120)
 

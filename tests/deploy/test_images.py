@@ -17,7 +17,7 @@ from deploy_support import DOCKERFILE, ROOT, dockerfile_stages, stage_lineage
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ghibli_anim.common import config
+from ghibli_anim.contracts import config
 
 TARGETS = (*config.SERVICES, "trainer")
 TORCHLESS = ("planner", "assembler")
@@ -158,8 +158,8 @@ def missing_for_web(extras: list[str]) -> dict[str, list[str]]:
         "import json, sys\n"
         "before = set(sys.modules)\n"
         "from ghibli_anim import cli\n"
-        "from ghibli_anim.web import app, service\n"
-        "from ghibli_anim.common import profiles\n"
+        "from ghibli_anim.services.web import app, service\n"
+        "from ghibli_anim.contracts import profiles\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))\n"
     )
     result = subprocess.run(
@@ -198,7 +198,7 @@ def test_build_context_leaves_out_everything_but_the_package() -> None:
     text = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text()
     patterns = [p for p in text.splitlines() if p.strip() and not p.startswith("#")]
     # Everything is left out, then only these come back.
-    assert patterns[:4] == ["*", "!pyproject.toml", "!README.md", "!services/"]
+    assert patterns[:4] == ["*", "!pyproject.toml", "!README.md", "!ghibli_anim/"]
     assert not [p for p in patterns[4:] if p.startswith("!")]
     copies = [
         line
@@ -206,4 +206,4 @@ def test_build_context_leaves_out_everything_but_the_package() -> None:
         for line in stage["lines"]
         if line.startswith("COPY") and "--from" not in line
     ]
-    assert copies == ["COPY pyproject.toml README.md ./", "COPY services ./services"]
+    assert copies == ["COPY pyproject.toml README.md ./", "COPY ghibli_anim ./ghibli_anim"]

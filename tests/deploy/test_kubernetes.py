@@ -33,7 +33,8 @@ from deploy_support import (
     venv_tool,
 )
 
-from ghibli_anim.common import bus, config
+from ghibli_anim.contracts import config
+from ghibli_anim.runtime import bus
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -20,7 +20,7 @@ from deploy_support import (
     nats_users,
 )
 
-from ghibli_anim.common.launcher import NatsServer
+from ghibli_anim.runtime.processes import NatsServer
 
 make_env = make_env_module()
 

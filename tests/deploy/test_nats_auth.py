@@ -22,11 +22,12 @@ import nats
 import nats.errors
 import pytest
 
-from ghibli_anim.common import bus, keys
-from ghibli_anim.common.bus import Bus
-from ghibli_anim.common.jobs import JobStore
-from ghibli_anim.common.launcher import NatsServer, find_binary
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus import Bus
+from ghibli_anim.runtime.jobstore import JobStore
+from ghibli_anim.runtime.processes import NatsServer, find_binary
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from grpc_health.v1 import health_pb2
 
-from ghibli_anim import cli
-from ghibli_anim.common.launcher import free_port
+from ghibli_anim.cli import main as cli
+from ghibli_anim.runtime.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

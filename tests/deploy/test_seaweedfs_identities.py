@@ -17,9 +17,9 @@ from deploy_support import compose, filled_env
 from minio import Minio
 from minio.error import S3Error
 
-from ghibli_anim.common import config
-from ghibli_anim.common.launcher import LOOPBACK, SeaweedS3
-from ghibli_anim.common.store import S3Store, StoreAuthError
+from ghibli_anim.contracts import config
+from ghibli_anim.runtime.processes import LOOPBACK, SeaweedS3
+from ghibli_anim.runtime.store import S3Store, StoreAuthError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,8 +18,8 @@ import pytest
 from deploy_support import compose, find, objects
 from grpc_health.v1 import health_pb2
 
-from ghibli_anim.common import config
-from ghibli_anim.web.service import run_web
+from ghibli_anim.contracts import config
+from ghibli_anim.services.web.service import run_web
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ghibli_anim.common.stack import LocalStack
+from ghibli_anim.devtools.stack import LocalStack
 
 
 def tiny_stack_env(cache_dir) -> dict[str, str]:

@@ -32,12 +32,13 @@ import nats.js.errors
 import pytest
 from PIL import Image
 
-from ghibli_anim import cli
-from ghibli_anim.common import bus, keys, limits
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack
-from ghibli_anim.common.uploads import put_presigned
+from ghibli_anim.cli import main as cli
+from ghibli_anim.contracts import keys, limits
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.uploads import put_presigned
+from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.client import AnimationClient
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,12 +18,13 @@ import nats
 import pytest
 from PIL import Image
 
-from ghibli_anim.assembler.assemble import count_frames_gif, count_frames_mp4
-from ghibli_anim.common import bus, keys
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack, ServiceProcess, health_status
-from ghibli_anim.common.store import S3Store
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.services.assembler.assemble import count_frames_gif, count_frames_mp4
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,7 +32,7 @@ E = bus_pb2
 
 
 def s3_store(stack: LocalStack) -> S3Store:
-    from ghibli_anim.common import config
+    from ghibli_anim.contracts import config
 
     return S3Store.from_settings(config.load("client", stack.env()))
 
@@ -265,7 +266,7 @@ def test_serve_starts_where_torch_cannot_be_imported(stack, tmp_path, name):
     """)
     )
     env = {**stack.env(), "PYTHONPATH": str(blocker)}
-    from ghibli_anim.common.launcher import free_port
+    from ghibli_anim.runtime.processes import free_port
 
     proc = ServiceProcess(name, tmp_path / name, env, free_port())
     try:

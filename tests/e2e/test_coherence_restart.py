@@ -16,13 +16,13 @@ import zipfile
 import pytest
 from PIL import Image
 
-from ghibli_anim.assembler.assemble import count_frames_gif, count_frames_webp, probe_mp4
-from ghibli_anim.common import config, keys
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack
-from ghibli_anim.common.store import S3Store
-from ghibli_anim.renderer.coherence import color_distance
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.services.assembler.assemble import count_frames_gif, count_frames_webp, probe_mp4
+from ghibli_anim.services.renderer.continuity import color_distance
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -20,14 +20,14 @@ import pytest
 import pytest_asyncio
 from llm_server import ChatServer, Reply, frames_asked, idea_of, storyboard, turn, valid_reply
 
-from ghibli_anim.common import config, keys
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.profiles import load_profile, locate_tokenizer
-from ghibli_anim.common.store import LocalStore
-from ghibli_anim.common.storyboard import parse_storyboard, prompts_with_style
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_style
+from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.embedded import EmbeddedStack
-from ghibli_anim.planner.tokens import TokenCounter
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.store import LocalStore
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 

@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ghibli_anim.common import config, keys, metrics
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.config import SERVICES
-from ghibli_anim.common.launcher import free_ports
-from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack
-from ghibli_anim.common.store import S3Store
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.config import SERVICES
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.processes import free_ports
+from ghibli_anim.runtime.store import S3Store
 
 pytestmark = pytest.mark.timeout(300)
 

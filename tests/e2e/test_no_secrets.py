@@ -21,14 +21,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ghibli_anim.common import bus, config, keys
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.config import SERVICES
-from ghibli_anim.common.jobs import JobStore
-from ghibli_anim.common.launcher import SeaweedS3
-from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack, SecuredNats
-from ghibli_anim.common.store import S3Store
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.config import SERVICES
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack, SecuredNats
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.jobstore import JobStore
+from ghibli_anim.runtime.processes import SeaweedS3
+from ghibli_anim.runtime.store import S3Store
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,11 +15,11 @@ import time
 import grpc
 import pytest
 
-from ghibli_anim.common import keys
-from ghibli_anim.common.client import AnimationClient, DownloadError, download_files
-from ghibli_anim.common.launcher import free_port
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.runtime.client import AnimationClient, DownloadError, download_files
+from ghibli_anim.runtime.processes import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -102,8 +102,8 @@ def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
     assert final.frames_done == 8
     assert events[-1].type == bus_pb2.EVENT_TYPE_JOB_COMPLETED and events[-1].attempt == 2
     assert done_already.code() == grpc.StatusCode.FAILED_PRECONDITION
-    from ghibli_anim.common import config
-    from ghibli_anim.common.store import S3Store
+    from ghibli_anim.contracts import config
+    from ghibli_anim.runtime.store import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
     records = [json.loads(store.get(keys.frame_record_key(job_id, i))) for i in range(8)]
@@ -113,8 +113,9 @@ def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
 
 
 def test_delete_removes_everything_of_a_job_and_nothing_else(stack):
-    from ghibli_anim.common import bus, config
-    from ghibli_anim.common.store import S3Store
+    from ghibli_anim.contracts import config
+    from ghibli_anim.runtime import bus
+    from ghibli_anim.runtime.store import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
 
@@ -190,8 +191,8 @@ def test_submit_wait_downloads_the_job_tree_and_checks_sha256(stack, tmp_path):
         "contact_sheet.png",
     }
     job_id = result.stderr.split("job ", 1)[1].split()[0]
-    from ghibli_anim.common import config
-    from ghibli_anim.common.store import S3Store
+    from ghibli_anim.contracts import config
+    from ghibli_anim.runtime.store import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
     for name in files:

@@ -22,12 +22,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client.parser import text_string_to_metric_families
 from span_capture import capture_spans
 
-from ghibli_anim.common import metrics
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.launcher import free_port
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.embedded import EmbeddedStack
-from ghibli_anim.renderer.progress import PROGRESS_INTERVAL_S
+from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.processes import free_port
+from ghibli_anim.services.renderer.progress import PROGRESS_INTERVAL_S
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import types_pb2
-from ghibli_anim.common.stack import LocalStack, WebProcess
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.devtools.stack import LocalStack, WebProcess
+from ghibli_anim.runtime.client import AnimationClient
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from planner_support import in_process_planner
 
-from ghibli_anim.common.auth import AuthConfigError, Tokens
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.runtime.auth import AuthConfigError, Tokens
+from ghibli_anim.runtime.client import AnimationClient
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef00"

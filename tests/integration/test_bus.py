@@ -10,10 +10,12 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from ghibli_anim.common import bus, config, jobs
-from ghibli_anim.common.bus import Delivery, Failure, NonRetryable, Retryable
-from ghibli_anim.common.launcher import NatsServer
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime import jobstore as jobs
+from ghibli_anim.runtime.bus import Delivery, Failure, NonRetryable, Retryable
+from ghibli_anim.runtime.processes import NatsServer
 
 ACK_WAIT = 1.0
 MAX_DELIVER = 3

@@ -13,10 +13,11 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY
 from span_capture import capture_spans
 
-from ghibli_anim.common import bus, config, tracing
-from ghibli_anim.common.bus import Delivery, NonRetryable, Retryable
-from ghibli_anim.common.launcher import NatsServer
-from ghibli_anim.common.pb import bus_pb2
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.pb import bus_pb2
+from ghibli_anim.runtime import bus, tracing
+from ghibli_anim.runtime.bus import Delivery, NonRetryable, Retryable
+from ghibli_anim.runtime.processes import NatsServer
 
 JOB = "0123456789abcdef0123456789abcdef"
 WAIT_S = 0.4

@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.common.uploads import upload_init_image
+from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
+from ghibli_anim.contracts.uploads import upload_init_image
+from ghibli_anim.runtime.client import AnimationClient
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from ghibli_anim.common import bus, config, keys
-from ghibli_anim.common.jobs import JobStore
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.service import run_service
-from ghibli_anim.planner.core import PlannerCore
-from ghibli_anim.planner.service import PlannerService
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.jobstore import JobStore
+from ghibli_anim.runtime.service import run_service
+from ghibli_anim.services.planner.jobs_api import PlannerCore
+from ghibli_anim.services.planner.service import PlannerService
 
 pytestmark = pytest.mark.timeout(120)
 

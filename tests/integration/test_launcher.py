@@ -13,8 +13,8 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from ghibli_anim.common import launcher
-from ghibli_anim.common.launcher import LauncherError, NatsServer, SeaweedS3, free_port
+from ghibli_anim.runtime import processes as launcher
+from ghibli_anim.runtime.processes import LauncherError, NatsServer, SeaweedS3, free_port
 
 
 def _answers(port: int) -> bool:

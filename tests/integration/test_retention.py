@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from ghibli_anim.common import bus, config, keys
-from ghibli_anim.common.jobs import JobNotFound, JobStore
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.planner.core import PlannerCore
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.services.planner.jobs_api import PlannerCore
 
 DAY = 86400.0
 

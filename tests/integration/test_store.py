@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ghibli_anim.common import config, keys
-from ghibli_anim.common.launcher import SeaweedS3
-from ghibli_anim.common.store import (
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.runtime.processes import SeaweedS3
+from ghibli_anim.runtime.store import (
     LocalStore,
     NotFound,
     ObjectInfo,

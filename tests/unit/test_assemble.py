@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from ghibli_anim.assembler.assemble import (
+from ghibli_anim.contracts import limits
+from ghibli_anim.services.assembler.assemble import (
     CONTENT_TYPES,
     PNG_SIGNATURE,
     assemble,
@@ -30,7 +31,6 @@ from ghibli_anim.assembler.assemble import (
     probe_mp4,
     webp_durations,
 )
-from ghibli_anim.common import limits
 
 N = 6
 FPS = 12

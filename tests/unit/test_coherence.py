@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghibli_anim.common import config, keys
-from ghibli_anim.common.pb import animation_pb2
-from ghibli_anim.common.profiles import load_profile
-from ghibli_anim.common.storyboard import Storyboard
-from ghibli_anim.planner.resolve import resolve_frames
-from ghibli_anim.renderer.coherence import (
+from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.contracts.profiles import load_profile
+from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.services.planner.frame_specs import resolve_frames
+from ghibli_anim.services.renderer.continuity import (
     Camera,
     ciede2000,
     color_distance,
@@ -327,7 +327,7 @@ def test_borders_reflect_and_depth_moves_with_the_frame() -> None:
 
 
 def test_camera_of_proto_and_ranges() -> None:
-    from ghibli_anim.common.pb import types_pb2
+    from ghibli_anim.contracts.pb import types_pb2
 
     assert Camera.of(types_pb2.CameraMove()).is_still  # zoom 0 on the wire means 1
     cam = Camera.of(types_pb2.CameraMove(zoom=1.02, pan_x=0.01, rotate=-3))

@@ -7,9 +7,10 @@ import hashlib
 
 import pytest
 
-from ghibli_anim.common import config, keys, limits, protogen, seeds
-from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.validate import validate_create
+from ghibli_anim.contracts import config, keys, limits, seeds
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.validate import validate_create
+from ghibli_anim.devtools import protogen
 
 # --- proto -----------------------------------------------------------------
 

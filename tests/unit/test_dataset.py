@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ghibli_anim import cli
-from ghibli_anim.common import config, profiles
-from ghibli_anim.common.config import Settings
-from ghibli_anim.trainer import captions
-from ghibli_anim.trainer.dataset import (
+from ghibli_anim.cli import main as cli
+from ghibli_anim.contracts import config, profiles
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.services.trainer import captions
+from ghibli_anim.services.trainer.dataset import (
     build_dataset,
     load_image_dataset,
     sniff,

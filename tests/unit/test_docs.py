@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from ghibli_anim.common import config, docs
+from ghibli_anim.contracts import config
+from ghibli_anim.devtools import docs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

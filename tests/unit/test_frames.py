@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghibli_anim.common import config
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.pb import types_pb2
-from ghibli_anim.common.profiles import load_profile, locate
-from ghibli_anim.depth.estimate import DepthEstimator
-from ghibli_anim.renderer.frames import PipelineCache, RenderResult, choose_device, render_frame
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.services.depth.estimate import DepthEstimator
+from ghibli_anim.services.renderer.diffusion import (
+    PipelineCache,
+    RenderResult,
+    choose_device,
+    render_frame,
+)
 
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"
 

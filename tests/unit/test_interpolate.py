@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghibli_anim.assembler.assemble import (
+from ghibli_anim.services.assembler.assemble import (
     assemble,
     count_frames_gif,
     count_frames_webp,
@@ -20,14 +20,14 @@ from ghibli_anim.assembler.assemble import (
     output_fps,
     probe_mp4,
 )
-from ghibli_anim.assembler.interpolate import (
+from ghibli_anim.services.assembler.interpolate import (
     FLOW_METHODS,
     FlowInterpolator,
     Interpolator,
     check_interpolate,
     insert_inbetweens,
 )
-from ghibli_anim.renderer.coherence import Camera, warp_camera
+from ghibli_anim.services.renderer.continuity import Camera, warp_camera
 
 H, W = 64, 96
 SIDE = 16

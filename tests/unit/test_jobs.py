@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from ghibli_anim.common import jobs
-from ghibli_anim.common.pb import types_pb2
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.runtime import jobstore as jobs
 
 S = types_pb2
 ALL = [

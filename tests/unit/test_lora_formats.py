@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ghibli_anim.common import config
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.pb import types_pb2
-from ghibli_anim.common.profiles import load_profile, locate
-from ghibli_anim.renderer import lora as lora_files
-from ghibli_anim.renderer.frames import PipelineCache, render_frame
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.services.renderer import lora_files
+from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
 
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"
 

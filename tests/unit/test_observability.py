@@ -23,8 +23,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from span_capture import capture_spans
 
-from ghibli_anim.common import config, metrics, tracing
-from ghibli_anim.common.pb import animation_pb2, animation_pb2_grpc, bus_pb2
+from ghibli_anim.contracts import config
+from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc, bus_pb2
+from ghibli_anim.runtime import metrics, tracing
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/ghibli-anim-dashboard.json"
 
@@ -119,8 +120,8 @@ def test_gpu_collector_neither_imports_torch_nor_starts_cuda() -> None:
     script = textwrap.dedent(
         """
         import sys
-        from ghibli_anim.common import metrics
-        import ghibli_anim.planner.service, ghibli_anim.assembler.service
+        from ghibli_anim.runtime import metrics
+        import ghibli_anim.services.planner.service, ghibli_anim.services.assembler.service
         assert list(metrics.GpuMemoryCollector().collect()) == []
         assert "torch" not in sys.modules, "metrics or planner/assembler imported torch"
         import torch
@@ -253,7 +254,7 @@ def test_spans_go_by_otlp_to_the_collector_only_when_an_endpoint_is_set() -> Non
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceRequest,
         )
-        from ghibli_anim.common import tracing
+        from ghibli_anim.runtime import tracing
 
         received = []
 
@@ -314,7 +315,7 @@ def _exported_samples() -> set[str]:
     metrics.renderer()
     metrics.planner()
     metrics.ConsumerMetrics("plan")
-    from ghibli_anim.web import app as web_app  # the web page's own metrics
+    from ghibli_anim.services.web import app as web_app  # the web page's own metrics
 
     web_app._REQUESTS.labels("/", "200")
     web_app._REQUEST_SECONDS.labels("/")

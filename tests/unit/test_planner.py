@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ghibli_anim.common import config, keys, seeds
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.common.profiles import load_profile, locate_tokenizer
-from ghibli_anim.common.storyboard import Storyboard, parse_storyboard, prompts_with_style
-from ghibli_anim.planner.conductor import assemble_work, next_work
-from ghibli_anim.planner.offline import plan_offline
-from ghibli_anim.planner.resolve import needs_depth, resolve_frames
-from ghibli_anim.planner.tokens import PromptTooLong, TokenCounter
+from ghibli_anim.contracts import config, keys, seeds
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
+from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
+from ghibli_anim.services.planner.conductor import assemble_work, next_work
+from ghibli_anim.services.planner.frame_specs import needs_depth, resolve_frames
+from ghibli_anim.services.planner.offline_storyboard import plan_offline
 
 JOB = "ab" * 16
 
@@ -169,7 +169,7 @@ def test_seed_mode_keyframes_switch_per_frame(settings):
 
 
 def test_seed_mode_schedule_errors_name_the_position():
-    from ghibli_anim.common.validate import validate_create
+    from ghibli_anim.contracts.validate import validate_create
 
     req = animation_pb2.CreateAnimationRequest(
         idea="x", frames=4, seed_mode_schedule="0:increment, 2:chaos"

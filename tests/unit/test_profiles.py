@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ghibli_anim.common import config, profiles, tiny_models
-from ghibli_anim.common.config import Settings
+from ghibli_anim.contracts import config, profiles
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.devtools import tiny_models
 
 PROFILE = """
 [profiles.mine]
@@ -230,7 +231,7 @@ def test_hub_subfolder_comes_from_the_hub_cache(tmp_path: Path) -> None:
     tiny_models.write_tokenizer(repo / "snapshots" / commit / "tokenizer")
     code = (
         "import sys\n"
-        "from ghibli_anim.common import config, profiles\n"
+        "from ghibli_anim.contracts import config, profiles\n"
         "s = config.load('client')\n"
         "print(profiles.locate('owner/name/tokenizer', s, field='profile.tokenizer'))\n"
         "try:\n"

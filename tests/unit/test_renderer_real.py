@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ghibli_anim import cli
-from ghibli_anim.common import config, limits, uploads
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.profiles import load_profile, resolve_profile
-from ghibli_anim.common.storyboard import parse_storyboard
-from ghibli_anim.common.tiny_models import SINGLE_FILE_NAME
-from ghibli_anim.common.validate import validate_create
-from ghibli_anim.planner.resolve import resolve_frames
-from ghibli_anim.renderer.frames import PipelineCache, img2img_steps, render_frame
+from ghibli_anim.cli import main as cli
+from ghibli_anim.contracts import config, limits, uploads
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile, resolve_profile
+from ghibli_anim.contracts.storyboard import parse_storyboard
+from ghibli_anim.contracts.validate import validate_create
+from ghibli_anim.devtools.tiny_models import SINGLE_FILE_NAME
+from ghibli_anim.services.planner.frame_specs import resolve_frames
+from ghibli_anim.services.renderer.diffusion import PipelineCache, img2img_steps, render_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"
@@ -41,7 +41,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_cache_dir: Path, tiny_settings: Settings) -> Path:
     """ANIM_MODEL_ROOTS holding the tiny models and, from the CLI, their single-file export."""
-    from ghibli_anim.common.profiles import tiny_dir
+    from ghibli_anim.contracts.profiles import tiny_dir
 
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(tiny_dir(tiny_settings) / "pipeline", root / "tiny" / "pipeline")
@@ -66,7 +66,7 @@ def _settings(models: Path, tiny_cache_dir: Path, **extra: str) -> Settings:
 
 
 def _write_profiles(models: Path, extra: str = "") -> None:
-    base = (ROOT / "services/common/profiles.toml").read_text()
+    base = (ROOT / "ghibli_anim/contracts/profiles.toml").read_text()
     tiny = base[base.index("[profiles.tiny]") :]
     single = (
         tiny.replace("[profiles.tiny]", "[profiles.single]")

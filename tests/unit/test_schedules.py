@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from ghibli_anim import cli
-from ghibli_anim.common import config, keys, limits
-from ghibli_anim.common.pb import animation_pb2, types_pb2
-from ghibli_anim.common.profiles import load_profile
-from ghibli_anim.common.schedules import (
+from ghibli_anim.cli import main as cli
+from ghibli_anim.contracts import config, keys, limits
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile
+from ghibli_anim.contracts.schedules import (
     Schedule,
     ScheduleError,
     parse_camera_schedule,
     parse_schedule,
 )
-from ghibli_anim.common.storyboard import Storyboard
-from ghibli_anim.common.validate import validate_create
-from ghibli_anim.planner.conductor import assemble_work
-from ghibli_anim.planner.resolve import resolve_frames
+from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.contracts.validate import validate_create
+from ghibli_anim.services.planner.conductor import assemble_work
+from ghibli_anim.services.planner.frame_specs import resolve_frames
 
 JOB = "cd" * 16
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ghibli_anim.common import keys, limits
-from ghibli_anim.common.storyboard import (
+from ghibli_anim.contracts import keys, limits
+from ghibli_anim.contracts.storyboard import (
     DEFAULT_STYLE,
     Camera,
     Manifest,

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ghibli_anim.common import limits, tiny_models
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.profiles import load_profile, load_tokenizer, tiny_dir
+from ghibli_anim.contracts import limits
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.profiles import load_profile, load_tokenizer, tiny_dir
+from ghibli_anim.devtools import tiny_models
 
 PROMPT = (
     "a small dragon glides slowly over a quiet medieval town at dusk with warm light "
@@ -46,7 +47,7 @@ def test_same_bytes_in_another_process(tiny_settings: Settings, tmp_path: Path) 
     again = tmp_path / "again"
     _run(
         "from pathlib import Path\n"
-        "from ghibli_anim.common import tiny_models\n"
+        "from ghibli_anim.devtools import tiny_models\n"
         f"tiny_models.write_tiny_models(Path({str(again)!r}))\n"
     )
     first, second = _tree(tiny_dir(tiny_settings)), _tree(again)
@@ -131,7 +132,7 @@ def test_tokenizer_without_torch(tmp_path: Path) -> None:
     """The planner has no torch: locating and loading the tokenizer must not import it."""
     code = (
         "import sys\n"
-        "from ghibli_anim.common import config, profiles\n"
+        "from ghibli_anim.contracts import config, profiles\n"
         "s = config.load('client')\n"
         "p = profiles.load_profile('tiny', s)\n"
         "path = profiles.locate_tokenizer(p, s)\n"

@@ -21,19 +21,19 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ghibli_anim import cli
-from ghibli_anim.common import keys
-from ghibli_anim.common.config import Settings
-from ghibli_anim.common.launcher import SeaweedS3
-from ghibli_anim.common.pb import types_pb2
-from ghibli_anim.common.profiles import load_profile, locate
-from ghibli_anim.common.store import LocalStore, S3Store
-from ghibli_anim.renderer.frames import PipelineCache, render_frame
-from ghibli_anim.renderer.service import store_lora_resolver
-from ghibli_anim.trainer import cli as trainer_cli
-from ghibli_anim.trainer import train
-from ghibli_anim.trainer.dataset import build_dataset
-from ghibli_anim.trainer.train import TrainOptions, train_lora
+from ghibli_anim.cli import main as cli
+from ghibli_anim.cli import train as trainer_cli
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.runtime.processes import SeaweedS3
+from ghibli_anim.runtime.store import LocalStore, S3Store
+from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
+from ghibli_anim.services.renderer.service import store_lora_resolver
+from ghibli_anim.services.trainer import train
+from ghibli_anim.services.trainer.dataset import build_dataset
+from ghibli_anim.services.trainer.train import TrainOptions, train_lora
 
 LORA_NAME = "tiny-style"
 CAPTIONS = [

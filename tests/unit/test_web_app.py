@@ -23,10 +23,10 @@ import httpx
 import pytest
 from planner_support import in_process_planner
 
-from ghibli_anim.common import config
-from ghibli_anim.common.client import AnimationClient
-from ghibli_anim.web.app import WebApp
-from ghibli_anim.web.service import run_web
+from ghibli_anim.contracts import config
+from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.services.web.app import WebApp
+from ghibli_anim.services.web.service import run_web
 
 pytestmark = pytest.mark.timeout(120)
 

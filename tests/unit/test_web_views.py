@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from ghibli_anim.common import keys
-from ghibli_anim.common.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.web import views
-from ghibli_anim.web.app import render
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.services.web import views
+from ghibli_anim.services.web.app import render
 
 JOB = "ab" * 16
 EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'

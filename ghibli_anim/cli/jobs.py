@@ -1,0 +1,171 @@
+"""CLI commands that talk to a planner over gRPC: submit, status, watch, cancel, resume, list.
+
+``follow`` is shared with the embedded ``generate``: it shows a progress bar for
+planning and one for the frames, then downloads and verifies the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime.client import AnimationClient, download_files, event_name, status_name
+
+
+class Progress:
+    """Progress bars driven by a job's events."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+        self.frames_done: set[int] = set()
+        self.messages: list[str] = []
+
+    def _say(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def on_event(self, ev: bus_pb2.Event, frames_total: int) -> None:
+        kind = ev.type
+        if kind == bus_pb2.EVENT_TYPE_JOB_CREATED:
+            self._say(f"job {ev.job_id}: planning the storyboard...")
+        elif kind == bus_pb2.EVENT_TYPE_JOB_PLANNED:
+            if ev.reason:
+                self._say(f"notice: {ev.reason}")
+            if not self.quiet and self.bar is None:
+                self.bar = tqdm(total=frames_total, unit="frame", desc="rendering", file=sys.stderr)
+        elif kind == bus_pb2.EVENT_TYPE_FRAME_RENDERED and ev.frame not in self.frames_done:
+            self.frames_done.add(ev.frame)
+            if self.bar is not None:
+                self.bar.update(1)
+        elif kind == bus_pb2.EVENT_TYPE_FRAME_PROGRESS and self.bar is not None:
+            # reason carries the seconds since the frame started ("elapsed 1.234 s").
+            elapsed = f" {ev.reason.removeprefix('elapsed ')}" if ev.reason else ""
+            self.bar.set_postfix_str(f"frame {ev.frame} step {ev.step}/{ev.steps}{elapsed}")
+        elif kind == bus_pb2.EVENT_TYPE_JOB_ASSEMBLED:
+            self._say("assembled the animation")
+        elif kind in (bus_pb2.EVENT_TYPE_FRAME_FAILED, bus_pb2.EVENT_TYPE_DEPTH_FAILED):
+            self._say(f"{event_name(kind)} frame {ev.frame}: {ev.reason}")
+        elif kind in (bus_pb2.EVENT_TYPE_JOB_FAILED, bus_pb2.EVENT_TYPE_JOB_CANCELLED):
+            self._say(f"{event_name(kind)}: {ev.reason}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+async def follow(
+    client: AnimationClient,
+    job_id: str,
+    *,
+    out_dir: Path | None,
+    quiet: bool = False,
+    download: bool = True,
+) -> int:
+    """Watch a job to its end; download its files into out_dir when it completes."""
+    anim = await client.get(job_id)
+    progress = Progress(quiet)
+    try:
+        async for ev in client.watch(job_id):
+            if ev.type == bus_pb2.EVENT_TYPE_JOB_PLANNED:
+                anim = await client.get(job_id)
+            progress.on_event(ev, anim.frames_total)
+    finally:
+        progress.close()
+    anim = await client.get(job_id)
+    if anim.status != types_pb2.JOB_STATUS_COMPLETED:
+        print(f"job {job_id} {status_name(anim.status)}: {anim.error}", file=sys.stderr)
+        return 1
+    if download and out_dir is not None:
+        download_files([*anim.outputs, *anim.frame_files], job_id, out_dir)
+    print(f"job {job_id} completed ({anim.frames_done} frames)", file=sys.stderr)
+    for f in anim.outputs:
+        print(str(out_dir / f.key.split("/", 2)[2]) if out_dir is not None else f.url)
+    return 0
+
+
+def _print_animation(anim: animation_pb2.Animation) -> None:
+    print(f"job      {anim.job_id}")
+    print(f"status   {status_name(anim.status)}")
+    print(f"idea     {anim.idea}")
+    print(f"title    {anim.title}")
+    print(f"profile  {anim.profile}")
+    print(f"frames   {anim.frames_done}/{anim.frames_total}")
+    print(f"seed     {anim.seed}")
+    print(f"planner  {anim.planner_backend}")
+    if anim.error:
+        print(f"error    {anim.error}")
+    for f in anim.outputs:
+        print(f"output   {f.name}  {f.size_bytes} bytes  sha256 {f.sha256[:12]}  {f.url}")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with AnimationClient.from_env(args.server) as client:
+        cmd = args.command
+        if cmd == "submit":
+            from ghibli_anim.cli.main import attach_init_image, build_request
+
+            request = build_request(args)
+            await attach_init_image(request, args, client)  # --init-image via CreateUpload
+            resp = await client.create(request)
+            note = " (existing job for this idempotency key)" if resp.existing else ""
+            print(f"job {resp.job_id} created{note}", file=sys.stderr)
+            if not args.wait:
+                print(resp.job_id)
+                return 0
+            out = args.out or Path("runs") / resp.job_id
+            return await follow(client, resp.job_id, out_dir=out)
+        if cmd == "status":
+            _print_animation(await client.get(args.job_id))
+            return 0
+        if cmd == "watch":
+            anim = await client.get(args.job_id)
+            async for ev in client.watch(args.job_id):
+                extra = f" {ev.reason}" if ev.reason else ""
+                if ev.type == bus_pb2.EVENT_TYPE_FRAME_PROGRESS:
+                    extra = f" step={ev.step}/{ev.steps}{extra}"
+                frame = f" frame={ev.frame}" if ev.frame >= 0 else ""
+                print(f"{ev.sequence:>6} {event_name(ev.type)}{frame}{extra}")
+            anim = await client.get(args.job_id)
+            print(f"status {status_name(anim.status)}")
+            return 0
+        if cmd == "cancel":
+            anim = await client.cancel(args.job_id)
+            print(f"job {anim.job_id} {status_name(anim.status)}")
+            return 0
+        if cmd == "resume":
+            anim = await client.resume(args.job_id)
+            print(f"job {anim.job_id} {status_name(anim.status)}")
+            return 0
+        if cmd == "delete":
+            out = await client.delete(args.job_id)
+            print(f"job {args.job_id} deleted ({out.objects_deleted} files)")
+            return 0
+        if cmd == "list":
+            rows = [
+                (a.job_id, status_name(a.status), f"{a.frames_done}/{a.frames_total}", a.title)
+                for a in await client.list()
+            ]
+            for row in rows:
+                print("  ".join(row))
+            return 0
+    raise ValueError(f"unknown command {args.command}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1

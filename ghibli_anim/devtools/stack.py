@@ -1,0 +1,327 @@
+"""The distributed topology as local processes: nats-server, SeaweedFS and services.
+
+``LocalStack`` is what ``ghibli-anim up-local`` runs and what the end-to-end,
+chaos and benchmark code drive: the same ``ghibli-anim serve NAME`` processes a
+deployment runs, with the same environment variables, on loopback ports. Each
+service can be killed (SIGKILL, as a crash) and started again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ghibli_anim.contracts.config import SERVICES
+from ghibli_anim.runtime.processes import (
+    LOOPBACK,
+    ChildServer,
+    LauncherError,
+    NatsServer,
+    SeaweedS3,
+    free_ports,
+)
+
+ACCESS_KEY = "ghibli-local"
+SECRET_KEY = "ghibli-local-secret-change-me"
+BUCKET = "animations"
+
+
+def health_status(target: str, timeout: float = 1.0) -> int | None:
+    """The overall grpc.health.v1 status of ``target``, None when it does not answer."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return None
+    return reply.status
+
+
+class ServiceProcess(ChildServer):
+    """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING."""
+
+    stop_grace_s = 30.0
+
+    def __init__(self, name: str, folder: Path, env: Mapping[str, str], port: int) -> None:
+        if name not in SERVICES:
+            raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
+        super().__init__(folder, f"{name}.log")
+        self.name = name
+        self.port = port
+        self.env = {**env, "ANIM_GRPC_PORT": str(port), "ANIM_GRPC_HOST": LOOPBACK}
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "ghibli_anim.cli", "serve", self.name]
+
+    def _env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def _ready(self) -> bool:
+        return health_status(self.target, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
+
+    def signal_stop(self, grace: float | None = None) -> None:
+        """SIGTERM and wait (graceful drain), SIGKILL after ``grace``."""
+        self.stop(grace)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    """True when ``GET url`` answers 200 (the web page's /readyz)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):  # refused, 503 (HTTPError), timeout
+        return False
+
+
+class WebProcess(ChildServer):
+    """``ghibli-anim serve web`` as a child process; ready when /readyz answers 200,
+    that is when it listens and the planner it talks to is SERVING."""
+
+    stop_grace_s = 15.0
+
+    def __init__(
+        self, folder: Path, env: Mapping[str, str], port: int, planner_target: str
+    ) -> None:
+        super().__init__(folder, "web.log")
+        self.name = "web"
+        self.port = port
+        self.env = {
+            **env,
+            "ANIM_WEB_PORT": str(port),
+            "ANIM_WEB_HOST": LOOPBACK,
+            "ANIM_PLANNER_TARGET": planner_target,
+        }
+
+    @property
+    def target(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The page's base URL, e.g. http://127.0.0.1:PORT."""
+        return f"http://{self.target}"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "ghibli_anim.cli", "serve", "web"]
+
+    def _env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def _ready(self) -> bool:
+        return http_ready(f"{self.url}/readyz", timeout=0.5)
+
+    def signal_stop(self, grace: float | None = None) -> None:
+        self.stop(grace)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+
+# The deployment's NATS configuration (compose, the Kubernetes dev overlay): with
+# ``nats_auth``, up-local runs the very same file, users and permissions included.
+NATS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats.conf"
+NATS_USERS = ("bus-init", "planner", "renderer", "depth", "assembler", "submitter")
+
+
+def nats_password_var(user: str) -> str:
+    """Where nats.conf reads a user's password from: NATS_<USER>_PASSWORD."""
+    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+class SecuredNats(NatsServer):
+    """nats-server with the deployment's nats.conf; passwords only in its environment."""
+
+    def __init__(self, store_dir: Path, passwords: Mapping[str, str]) -> None:
+        if not NATS_CONF.is_file():
+            raise LauncherError(f"nats_auth: {NATS_CONF} is missing (run from a checkout)")
+        super().__init__(store_dir, config_file=NATS_CONF)
+        self.passwords = dict(passwords)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **{nats_password_var(u): p for u, p in self.passwords.items()}}
+
+
+class LocalStack:
+    """NATS + S3 + the services, each its own process, on loopback.
+
+    ``services`` may also name ``web`` (not started unless asked): the page,
+    talking to the first planner over gRPC. With ``nats_auth``, NATS runs the
+    deployment's nats.conf and each service logs in as its own user with a fresh
+    random password, so a permission missing from auth.conf shows up here too.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        services: Iterable[str] = SERVICES,
+        env: Mapping[str, str] | None = None,
+        replicas: Mapping[str, int] | None = None,
+        nats_auth: bool = False,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.nats_passwords = (
+            # Letters first, hex after: nats-server reads env values like config values.
+            {user: "pw" + secrets.token_hex(16) for user in NATS_USERS} if nats_auth else {}
+        )
+        self.nats: NatsServer = (
+            SecuredNats(self.work_dir / "nats", self.nats_passwords)
+            if nats_auth
+            else NatsServer(self.work_dir / "nats")
+        )
+        self.s3 = SeaweedS3(self.work_dir / "s3", ACCESS_KEY, SECRET_KEY)
+        self.extra_env = dict(env or {})
+        self.processes: dict[str, list[ServiceProcess | WebProcess]] = {}
+        # The web page needs the planner's address: it is added after the planner.
+        ordered = sorted(services, key=lambda name: name == "web")
+        self._wanted = {name: (replicas or {}).get(name, 1) for name in ordered}
+
+    def login(self, user: str) -> dict[str, str]:
+        """ANIM_NATS_USER/PASSWORD of ``user`` with nats_auth, else nothing."""
+        if not self.nats_passwords:
+            return {}
+        return {"ANIM_NATS_USER": user, "ANIM_NATS_PASSWORD": self.nats_passwords[user]}
+
+    def env(self) -> dict[str, str]:
+        """The environment of every service (as compose sets it)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
+        base.update(
+            {
+                "ANIM_NATS_URL": self.nats.url,
+                "ANIM_STORE": "s3",
+                "ANIM_S3_ENDPOINT": self.s3.endpoint,
+                "ANIM_S3_ACCESS_KEY": ACCESS_KEY,
+                "ANIM_S3_SECRET_KEY": SECRET_KEY,
+                "ANIM_S3_BUCKET": BUCKET,
+                "ANIM_S3_REGION": self.s3.region,
+                "ANIM_LOG_FORMAT": "json",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        base.update(self.extra_env)
+        return base
+
+    def start(self, timeout: float = 120.0) -> Self:
+        self.nats.start()
+        self.s3.start()
+        self._init()
+        for name, count in self._wanted.items():
+            for _ in range(count):
+                self.add(name, start=False)
+        deadline = time.monotonic() + timeout
+        for procs in self.processes.values():
+            for proc in procs:
+                proc.start(timeout=max(5.0, deadline - time.monotonic()))
+        return self
+
+    def _init(self) -> None:
+        import asyncio
+
+        from ghibli_anim.contracts import config
+        from ghibli_anim.runtime import bus
+        from ghibli_anim.runtime.store import S3Store
+
+        settings = config.load("client", {**self.env(), **self.login("bus-init")})
+        S3Store.from_settings(settings).ensure_bucket()
+
+        async def init() -> None:
+            conn = await bus.connect(settings, "bus-init", first_connect_timeout_s=10)
+            try:
+                await bus.init_bus_from_settings(conn.js, settings)
+            finally:
+                await conn.close()
+
+        asyncio.run(init())
+
+    def add(
+        self, name: str, *, start: bool = True, env: Mapping[str, str] | None = None
+    ) -> ServiceProcess | WebProcess:
+        """One more replica of ``name`` (its own port and log file); ``env``
+        adds or overrides variables of this replica only (e.g. ANIM_FAULT)."""
+        index = len(self.processes.get(name, []))
+        (port,) = free_ports(1)
+        folder = self.work_dir / "services" / f"{name}-{index}"
+        proc: ServiceProcess | WebProcess
+        if name == "web":
+            if not self.processes.get("planner"):
+                raise ValueError("web: needs a planner in the stack (add it first)")
+            # The page holds no NATS or store credentials: only the planner client's.
+            web_env = {
+                k: v
+                for k, v in {**self.env(), **(env or {})}.items()
+                if not k.startswith(("ANIM_NATS_", "ANIM_S3_"))
+            }
+            proc = WebProcess(folder, web_env, port, self.planner_target)
+        else:
+            proc = ServiceProcess(
+                name, folder, {**self.env(), **self.login(name), **(env or {})}, port
+            )
+        self.processes.setdefault(name, []).append(proc)
+        if start:
+            proc.start(timeout=120)
+        return proc
+
+    def service(self, name: str, index: int = 0) -> ServiceProcess | WebProcess:
+        return self.processes[name][index]
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the first web process."""
+        web = self.service("web")
+        assert isinstance(web, WebProcess)
+        return web.url
+
+    @property
+    def planner_target(self) -> str:
+        return self.service("planner").target
+
+    def logs(self) -> str:
+        """Every service log, for a failing test's report."""
+        parts = []
+        for procs in self.processes.values():
+            for proc in procs:
+                if proc.log_path.exists():
+                    parts.append(f"==> {proc.log_path} <==\n{proc.log_path.read_text()[-4000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        errors = []
+        for procs in self.processes.values():
+            for proc in procs:
+                try:
+                    proc.stop()
+                except LauncherError as exc:  # keep stopping the rest
+                    errors.append(exc)
+        self.s3.stop()
+        self.nats.stop()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

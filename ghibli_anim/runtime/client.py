@@ -1,0 +1,207 @@
+"""The gRPC client of AnimationService, shared by the CLI, the web page and tests.
+
+``submit --wait`` and the embedded ``generate`` both drive a job through this
+code: create, watch the events, then download every file of the job through its
+presigned URL, checking size and sha256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc, bus_pb2, types_pb2
+from ghibli_anim.runtime import tracing
+
+TERMINAL_EVENTS = {
+    bus_pb2.EVENT_TYPE_JOB_COMPLETED,
+    bus_pb2.EVENT_TYPE_JOB_FAILED,
+    bus_pb2.EVENT_TYPE_JOB_CANCELLED,
+}
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class DownloadError(RuntimeError):
+    """A downloaded file does not match the size or sha256 the server announced."""
+
+
+def status_name(status: int) -> str:
+    return types_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
+
+
+def event_name(event_type: int) -> str:
+    return (
+        bus_pb2.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower().replace("_", ".", 1)
+    )
+
+
+@dataclass
+class AnimationClient:
+    target: str
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    token: str = ""  # bearer token when the server requires one
+    tls_ca: str = ""  # PEM path: use TLS and trust this CA
+    tls_cert: str = ""  # PEM paths of a client certificate (mutual TLS)
+    tls_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls_ca or self.tls_cert:
+
+            def read(path: str) -> bytes | None:
+                return Path(path).read_bytes() if path else None
+
+            creds = grpc.ssl_channel_credentials(
+                read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
+            )
+            self.channel = grpc.aio.secure_channel(self.target, creds)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target)
+        self.stub = animation_pb2_grpc.AnimationServiceStub(self.channel)
+
+    @classmethod
+    def from_env(cls, target: str, **kwargs) -> AnimationClient:
+        """A client with the token and TLS files of the ANIM_CLIENT_* variables."""
+        from ghibli_anim.contracts import config
+
+        settings = config.load("client")
+        return cls(
+            target,
+            token=settings["ANIM_CLIENT_TOKEN"],
+            tls_ca=settings["ANIM_CLIENT_TLS_CA"],
+            tls_cert=settings["ANIM_CLIENT_TLS_CERT"],
+            tls_key=settings["ANIM_CLIENT_TLS_KEY"],
+            **kwargs,
+        )
+
+    def _metadata(self):
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
+        # The caller's span, if any, continues into the planner (and the job's trace).
+        return tracing.grpc_metadata(metadata)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AnimationClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout_s)
+
+    async def create(
+        self, request: animation_pb2.CreateAnimationRequest
+    ) -> animation_pb2.CreateAnimationResponse:
+        return await self.stub.CreateAnimation(
+            request, timeout=self.timeout_s, metadata=self._metadata()
+        )
+
+    async def get(self, job_id: str) -> animation_pb2.Animation:
+        return await self.stub.GetAnimation(
+            animation_pb2.GetAnimationRequest(job_id=job_id),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
+    async def cancel(self, job_id: str) -> animation_pb2.Animation:
+        return await self.stub.CancelAnimation(
+            animation_pb2.CancelAnimationRequest(job_id=job_id),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
+    async def resume(self, job_id: str) -> animation_pb2.Animation:
+        return await self.stub.ResumeAnimation(
+            animation_pb2.ResumeAnimationRequest(job_id=job_id),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
+    async def delete(self, job_id: str) -> animation_pb2.DeleteAnimationResponse:
+        return await self.stub.DeleteAnimation(
+            animation_pb2.DeleteAnimationRequest(job_id=job_id),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
+    async def list(self, page_size: int = 50, status: int = 0) -> list[animation_pb2.Animation]:
+        out: list[animation_pb2.Animation] = []
+        token = ""
+        while True:
+            page = await self.stub.ListAnimations(
+                animation_pb2.ListAnimationsRequest(
+                    page_size=page_size, page_token=token, status=status
+                ),
+                timeout=self.timeout_s,
+                metadata=self._metadata(),
+            )
+            out.extend(page.animations)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    async def watch(
+        self, job_id: str, after_sequence: int = 0, timeout_s: float | None = None
+    ) -> AsyncIterator[bus_pb2.Event]:
+        """Events of a job in order; ends after the job's terminal event.
+
+        Every other call has the client's deadline; a watch lasts as long as its job,
+        so it has none unless ``timeout_s`` is given. It is still bounded: the planner
+        fails every job that runs past ANIM_JOB_TIMEOUT_S, and that terminal event
+        ends the stream.
+        """
+        call = self.stub.WatchAnimation(
+            animation_pb2.WatchAnimationRequest(job_id=job_id, after_sequence=after_sequence),
+            timeout=timeout_s,
+            metadata=self._metadata(),
+        )
+        async for event in call:
+            yield event
+
+
+def _fetch(url: str, dest: Path) -> None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        shutil.copyfile(urllib.request.url2pathname(parsed.path), dest)
+        return
+    if parsed.scheme not in ("http", "https"):
+        raise DownloadError(f"url: unsupported scheme {parsed.scheme!r}")
+    with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def download_files(files: list[types_pb2.OutputFile], job_id: str, out_dir: Path) -> list[Path]:
+    """Download files into ``out_dir`` keeping their path under ``jobs/{id}/``.
+
+    Each file goes to a temporary name first and is renamed once its size and
+    sha256 match, so a failed download never leaves a wrong file behind.
+    """
+    prefix = f"jobs/{job_id}/"
+    written = []
+    for f in files:
+        if not f.key.startswith(prefix) or ".." in f.key:
+            raise DownloadError(f"key: {f.key!r} is not a file of job {job_id}")
+        dest = out_dir / f.key[len(prefix) :]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        _fetch(f.url, tmp)
+        data = tmp.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if f.sha256 and digest != f.sha256:
+            tmp.unlink()
+            raise DownloadError(f"{f.name}: sha256 {digest} does not match {f.sha256}")
+        if f.size_bytes and len(data) != f.size_bytes:
+            tmp.unlink()
+            raise DownloadError(f"{f.name}: {len(data)} bytes, expected {f.size_bytes}")
+        tmp.replace(dest)
+        written.append(dest)
+    return written

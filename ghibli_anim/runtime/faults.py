@@ -1,0 +1,69 @@
+"""Test-only fault hooks: make a service pause, fail or crash at a chosen frame.
+
+Inert unless ``ANIM_FAULT`` is set. Chaos tests use them so that a kill lands
+exactly where the test wants it. The variable holds rules separated by ``;``::
+
+    POINT:FRAME:ACTION        e.g.  render:3:pause   render:2:retry   depth:1:fail
+
+- POINT: ``render`` (renderer, after frame.started, before rendering),
+  ``depth`` (depth worker, before estimating), ``assemble`` (assembler; FRAME -1).
+- FRAME: the frame index, or ``*`` for every frame.
+- ACTION: ``pause`` (hold the message until the process is killed),
+  ``retry`` (a retryable error on every delivery), ``fail`` (a non-retryable
+  error), ``crash`` (the process exits at once with status 1, like an OOM kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from ghibli_anim.runtime.bus import NonRetryable, Retryable
+
+log = logging.getLogger(__name__)
+
+POINTS = ("render", "depth", "assemble")
+ACTIONS = ("pause", "retry", "fail", "crash")
+
+
+@dataclass(frozen=True)
+class Fault:
+    point: str
+    frame: int | None  # None = every frame
+    action: str
+
+
+def parse(text: str) -> list[Fault]:
+    """Rules of ``ANIM_FAULT``; ValueError names the bad rule."""
+    faults = []
+    for rule in filter(None, (r.strip() for r in text.split(";"))):
+        parts = rule.split(":")
+        if len(parts) != 3 or parts[0] not in POINTS or parts[2] not in ACTIONS:
+            raise ValueError(
+                f"ANIM_FAULT: rule {rule!r} must be POINT:FRAME:ACTION with POINT in "
+                f"{', '.join(POINTS)} and ACTION in {', '.join(ACTIONS)}"
+            )
+        frame = None if parts[1] == "*" else int(parts[1])
+        faults.append(Fault(parts[0], frame, parts[2]))
+    return faults
+
+
+_FAULTS = parse(os.environ.get("ANIM_FAULT", ""))
+
+
+async def hit(point: str, frame: int) -> None:
+    """Apply the fault configured for (point, frame), if any."""
+    for fault in _FAULTS:
+        if fault.point != point or fault.frame not in (None, frame):
+            continue
+        log.warning("fault hook", extra={"point": point, "frame": frame, "action": fault.action})
+        if fault.action == "pause":
+            await asyncio.Event().wait()  # until the process is killed
+        elif fault.action == "retry":
+            raise Retryable(f"injected retryable fault at {point} frame {frame}", delay=0.1)
+        elif fault.action == "fail":
+            raise NonRetryable(f"injected fault at {point} frame {frame}")
+        elif fault.action == "crash":
+            os._exit(1)

@@ -1,0 +1,311 @@
+"""Job state: the allowed status changes and the KV helpers, in one place.
+
+A job's state is one ``JobState`` protobuf under its id in the KV bucket
+``anim-jobs``. Every change is a compare-and-swap (``JobStore.update``): read
+the state and its revision, apply a mutation to a copy, check the status change
+against ``TRANSITIONS``, and write only if the revision is still the latest;
+a concurrent writer makes the write fail, and the update starts over from a
+fresh read. Nothing ever overwrites a job blindly.
+
+Idempotency keys live in the bucket ``anim-idem`` (24 h): the first
+``claim_idempotency`` for a (client, key) wins and later ones get its job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import Callable, Collection, Mapping
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from ghibli_anim.contracts.keys import check_job_id
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.runtime.bus import IDEM_BUCKET, JOBS_BUCKET
+
+JobStatus = int  # a types_pb2.JobStatus value
+
+PENDING = types_pb2.JOB_STATUS_PENDING
+PLANNING = types_pb2.JOB_STATUS_PLANNING
+RENDERING = types_pb2.JOB_STATUS_RENDERING
+ASSEMBLING = types_pb2.JOB_STATUS_ASSEMBLING
+COMPLETED = types_pb2.JOB_STATUS_COMPLETED
+FAILED = types_pb2.JOB_STATUS_FAILED
+CANCELLED = types_pb2.JOB_STATUS_CANCELLED
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    PENDING: frozenset({PLANNING, CANCELLED, FAILED}),
+    PLANNING: frozenset({RENDERING, FAILED, CANCELLED}),
+    RENDERING: frozenset({ASSEMBLING, FAILED, CANCELLED}),
+    ASSEMBLING: frozenset({COMPLETED, FAILED, CANCELLED}),
+    # Resume: rendering continues from the first frame not yet done (ASSEMBLING when
+    # every frame is done; PENDING when the job stopped before it was planned).
+    FAILED: frozenset({RENDERING, ASSEMBLING, PENDING}),
+    CANCELLED: frozenset({RENDERING, ASSEMBLING, PENDING}),
+    COMPLETED: frozenset(),
+}
+"""Allowed status changes: from -> the statuses it may become. Staying in the same
+status is always allowed (progress updates); anything else is refused."""
+
+TERMINAL: frozenset[JobStatus] = frozenset({COMPLETED, FAILED, CANCELLED})
+"""Statuses in which no work happens (FAILED and CANCELLED may still be resumed)."""
+
+RESUMABLE: frozenset[JobStatus] = frozenset({FAILED, CANCELLED})
+
+DEFAULT_MAX_TRIES = 20
+
+
+def status_name(status: JobStatus) -> str:
+    """``RENDERING`` for JOB_STATUS_RENDERING (unknown values as their number)."""
+    try:
+        return types_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
+    except ValueError:
+        return str(status)
+
+
+def is_terminal(status: JobStatus) -> bool:
+    """True for COMPLETED, FAILED and CANCELLED: the job does nothing more by itself."""
+    return status in TERMINAL
+
+
+def is_resumable(status: JobStatus) -> bool:
+    return status in RESUMABLE
+
+
+def can_transition(old: JobStatus, new: JobStatus) -> bool:
+    """True when ``old`` may become ``new`` (always true when they are equal)."""
+    return old == new or new in TRANSITIONS.get(old, frozenset())
+
+
+class InvalidTransition(ValueError):
+    """A status change that ``TRANSITIONS`` does not allow."""
+
+    def __init__(self, old: JobStatus, new: JobStatus, job_id: str = "") -> None:
+        allowed = ", ".join(sorted(status_name(s) for s in TRANSITIONS.get(old, ()))) or "none"
+        who = f"job {job_id}: " if job_id else ""
+        super().__init__(
+            f"{who}status cannot change from {status_name(old)} to {status_name(new)} "
+            f"(allowed: {allowed})"
+        )
+        self.old = old
+        self.new = new
+
+
+class UnexpectedStatus(InvalidTransition):
+    """``update(expect_status=...)`` found the job in another status."""
+
+    def __init__(self, job_id: str, actual: JobStatus, expected: Collection[JobStatus]) -> None:
+        ValueError.__init__(
+            self,
+            f"job {job_id}: status is {status_name(actual)}, expected "
+            + " or ".join(status_name(s) for s in sorted(expected)),
+        )
+        self.old = actual
+        self.new = actual
+        self.expected = frozenset(expected)
+
+
+def check_transition(old: JobStatus, new: JobStatus, job_id: str = "") -> None:
+    """Raise ``InvalidTransition`` unless ``old`` may become ``new``."""
+    if not can_transition(old, new):
+        raise InvalidTransition(old, new, job_id)
+
+
+class JobNotFound(LookupError):
+    """No job with that id."""
+
+
+class JobExists(ValueError):
+    """``create`` found a job with that id already."""
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """``update`` lost the compare-and-swap race too many times in a row."""
+
+
+Mutation = Callable[[animation_pb2.JobState], animation_pb2.JobState | None]
+
+
+def idempotency_key(client_id: str, key: str) -> str:
+    """KV key of an idempotency claim: sha256 hex of (client, key).
+
+    JSON-encoded before hashing so that no (client, key) pair can collide with
+    another through a separator inside either string.
+    """
+    joined = json.dumps([client_id, key], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+class JobStore:
+    """Jobs in KV ``anim-jobs`` and idempotency claims in KV ``anim-idem``."""
+
+    def __init__(
+        self,
+        jobs: KeyValue,
+        idem: KeyValue | None = None,
+        *,
+        max_tries: int = DEFAULT_MAX_TRIES,
+    ) -> None:
+        self.jobs = jobs
+        self.idem = idem
+        self.max_tries = max_tries
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, max_tries: int = DEFAULT_MAX_TRIES) -> JobStore:
+        """Bind to both buckets (created by ``bus init``)."""
+        return cls(
+            await js.key_value(JOBS_BUCKET), await js.key_value(IDEM_BUCKET), max_tries=max_tries
+        )
+
+    # -- jobs --------------------------------------------------------------
+
+    async def create(self, state: animation_pb2.JobState) -> int:
+        """Store a new job; its revision. ``JobExists`` when the id is taken.
+
+        Sets ``created_at``/``updated_at`` when unset; the state is not modified.
+        """
+        job_id = check_job_id(state.job_id)
+        stored = animation_pb2.JobState()
+        stored.CopyFrom(state)
+        if not stored.HasField("created_at"):
+            stored.created_at.GetCurrentTime()
+        if not stored.HasField("updated_at"):
+            stored.updated_at.CopyFrom(stored.created_at)
+        try:
+            return await self.jobs.create(job_id, stored.SerializeToString())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise JobExists(f"job {job_id}: already exists") from None
+
+    async def get(self, job_id: str) -> tuple[animation_pb2.JobState, int]:
+        """The job's state and its KV revision; ``JobNotFound`` if there is none."""
+        check_job_id(job_id)
+        try:
+            entry = await self.jobs.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            raise JobNotFound(f"job {job_id}: not found") from None
+        if not entry.value or entry.revision is None:
+            raise JobNotFound(f"job {job_id}: not found")
+        return animation_pb2.JobState.FromString(entry.value), entry.revision
+
+    async def update(
+        self,
+        job_id: str,
+        mutate: Mutation,
+        *,
+        expect_status: JobStatus | Collection[JobStatus] | None = None,
+    ) -> animation_pb2.JobState:
+        """Apply ``mutate`` to the job by compare-and-swap; the state as stored.
+
+        ``mutate`` gets a copy of the current state and changes it in place or
+        returns a replacement; it may run several times (once per try), so it must
+        only depend on the state it is given. A status change must be allowed by
+        ``TRANSITIONS`` (``InvalidTransition``). With ``expect_status`` the update
+        applies only while the job is in that status (or one of them), else
+        ``UnexpectedStatus``. When the mutation changes nothing, nothing is
+        written. ``updated_at`` is set on every write.
+        """
+        check_job_id(job_id)
+        expected: frozenset[JobStatus] | None = None
+        if expect_status is not None:
+            expected = (
+                frozenset({expect_status})
+                if isinstance(expect_status, int)
+                else frozenset(expect_status)
+            )
+        for attempt in range(self.max_tries):
+            current, revision = await self.get(job_id)
+            if expected is not None and current.status not in expected:
+                raise UnexpectedStatus(job_id, current.status, expected)
+            draft = animation_pb2.JobState()
+            draft.CopyFrom(current)
+            result = mutate(draft)
+            new = draft if result is None else result
+            if new.job_id != job_id:
+                raise ValueError(f"job {job_id}: a mutation must not change job_id")
+            check_transition(current.status, new.status, job_id)
+            if new == current:
+                return current
+            new.updated_at.GetCurrentTime()
+            try:
+                await self.jobs.update(job_id, new.SerializeToString(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Someone wrote in between: start over from their version. The
+                # jitter keeps a crowd of writers from colliding in lockstep.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return new
+        raise ConcurrentUpdateError(
+            f"job {job_id}: update lost the compare-and-swap race {self.max_tries} times"
+        )
+
+    async def list(self) -> list[str]:
+        """Ids of every stored job (ListAnimations), sorted."""
+        try:
+            keys = await self.jobs.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted(keys)
+
+    async def delete(self, job_id: str) -> None:
+        """Remove the job and its history (DeleteAnimation); ``JobNotFound`` if absent."""
+        await self.get(job_id)
+        await self.jobs.purge(job_id)
+
+    # -- idempotency ---------------------------------------------------------
+
+    def _idem(self) -> KeyValue:
+        if self.idem is None:
+            raise RuntimeError(f"JobStore was opened without the {IDEM_BUCKET} bucket")
+        return self.idem
+
+    async def claim_idempotency(self, client_id: str, key: str, job_id: str) -> str:
+        """Claim (client, key) for ``job_id``; the job id that owns it.
+
+        Returns ``job_id`` when this call won, or the job id of an earlier claim
+        (within 24 h) when it lost; the caller then returns that job instead of
+        creating a new one.
+        """
+        if not key:
+            raise ValueError("idempotency_key: must not be empty to claim it")
+        check_job_id(job_id)
+        kv = self._idem()
+        name = idempotency_key(client_id, key)
+        for _ in range(3):
+            try:
+                await kv.create(name, job_id.encode())
+                return job_id
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await kv.get(name)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # the claim expired or was released in between: try again
+            if entry.value:
+                return entry.value.decode()
+        raise ConcurrentUpdateError(f"idempotency key {key!r:.80}: could not be claimed")
+
+    async def release_idempotency(self, client_id: str, key: str, job_id: str) -> bool:
+        """Drop the claim if ``job_id`` still owns it (its creation failed); True if dropped."""
+        kv = self._idem()
+        name = idempotency_key(client_id, key)
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        if entry.value is None or entry.value.decode() != job_id:
+            return False
+        try:
+            await kv.delete(name, last=entry.revision)
+        except nats.js.errors.BadRequestError as exc:
+            # kv.delete reports a stale revision as a plain API error.
+            if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) or exc.err_code in (
+                10071,
+                10164,
+            ):
+                return False
+            raise
+        return True

@@ -1,0 +1,124 @@
+"""The assembler service: anim.work.assemble -> animation.* + final manifest -> job.assembled."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+from PIL import Image
+
+from ghibli_anim.contracts import keys, manifests
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.runtime import bus, faults
+from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.service import Service
+from ghibli_anim.runtime.store import NotFound, sha256_hex
+
+log = logging.getLogger(__name__)
+
+
+def _open(data: bytes, key: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:
+        raise NonRetryable(f"{key}: not a readable image ({exc})") from None
+    return image
+
+
+class AssemblerService(Service):
+    name = "assembler"
+
+    async def start(self, bus_: bus.Bus, store) -> None:
+        await super().start(bus_, store)
+        self.jobs = await JobStore.open(bus_.js)
+        self.consumers = [
+            bus.work_consumer(
+                bus_.js, "assemble", bus_pb2.AssembleWork, self.handle, on_give_up=self.give_up
+            )
+        ]
+
+    async def handle(self, work: bus_pb2.AssembleWork, delivery: bus.Delivery) -> None:
+        job_id = keys.check_job_id(work.job_id)
+        try:
+            state, _ = await self.jobs.get(job_id)
+        except JobNotFound:
+            return
+        if state.status != types_pb2.JOB_STATUS_ASSEMBLING:
+            log.info("assemble skipped", extra={"job_id": job_id, "status": state.status})
+            return
+        await faults.hit("assemble", -1)
+        await asyncio.to_thread(self.assemble, state, work)
+        await self.emit(
+            bus_pb2.EVENT_TYPE_JOB_ASSEMBLED,
+            work,
+            key=keys.manifest_key(job_id),
+        )
+
+    def _get(self, key: str) -> bytes:
+        keys.check_key(key)
+        try:
+            return self.store.get(key)
+        except NotFound:
+            raise NonRetryable(f"{key}: missing from the store") from None
+
+    def assemble(self, state: animation_pb2.JobState, work: bus_pb2.AssembleWork) -> None:
+        job_id = state.job_id
+        for key in [*work.frame_keys, *work.depth_keys]:
+            if keys.job_id_of_key(keys.check_key(key)) != job_id:
+                raise NonRetryable(f"{key}: not a key of job {job_id}")
+        pngs = [self._get(k) for k in work.frame_keys]
+        frames = [_open(data, k) for data, k in zip(pngs, work.frame_keys, strict=True)]
+        depth_by_key = {k: _open(self._get(k), k) for k in work.depth_keys}
+        depth = [depth_by_key.get(keys.depth_key(job_id, i)) for i in range(len(frames))]
+        from ghibli_anim.services.assembler.assemble import assemble
+
+        # No motion is made up across a storyboard cut (in-betweens hold instead).
+        cuts = {
+            i
+            for i, spec in enumerate(state.frame_specs)
+            if i > 0 and spec.continuity == types_pb2.CONTINUITY_CUT
+        }
+        notes: list[str] = []
+        try:
+            encoded = assemble(
+                frames,
+                work.fps,
+                list(work.formats),
+                prompts=list(work.prompts) or None,
+                depth=depth if work.depth_keys else None,
+                frames_png=pngs,
+                interpolate=work.interpolate,
+                cuts=cuts,
+                notes=notes,
+            )
+        except ValueError as exc:
+            raise NonRetryable(str(exc)) from exc
+        for note in notes:
+            log.warning(note, extra={"job_id": job_id})
+        manifest = manifests.base(state)
+        for i in range(len(frames)):
+            record = json.loads(self._get(keys.frame_record_key(job_id, i)))
+            manifest = manifests.with_frame(manifest, manifests.frame_entry(state, i, record))
+        outputs = []
+        for fmt, (data, content_type) in encoded.items():
+            self.store.put(keys.output_key(job_id, fmt), data, content_type)
+            outputs.append(
+                manifests.output_entry(job_id, fmt, len(data), sha256_hex(data), content_type)
+            )
+        manifest = manifest.model_copy(update={"outputs": outputs, "status": "COMPLETED"})
+        self.store.put(keys.manifest_key(job_id), manifest.to_json().encode(), "application/json")
+
+    async def give_up(self, work: bus_pb2.AssembleWork, failure: bus.Failure) -> None:
+        await self.emit(
+            bus_pb2.EVENT_TYPE_JOB_FAILED,
+            work,
+            reason=f"assembling: {failure.reason}",
+            retryable=failure.retryable,
+        )
+
+
+SERVICE = AssemblerService

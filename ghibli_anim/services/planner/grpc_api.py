@@ -1,0 +1,222 @@
+"""gRPC AnimationService and the bus request subject: thin shells over PlannerCore.
+
+Both edges give the same error code and text for the same bad request; the text
+names the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from ghibli_anim.contracts import limits
+from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
+from ghibli_anim.runtime.jobstore import InvalidTransition, JobNotFound
+from ghibli_anim.services.planner.jobs_api import FailedPrecondition, PlannerCore, QuotaExceeded
+
+log = logging.getLogger(__name__)
+
+
+def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message an exception becomes at the edges."""
+    if isinstance(exc, JobNotFound):
+        return grpc.StatusCode.NOT_FOUND, f"job_id: {exc}"
+    if isinstance(exc, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, FailedPrecondition | InvalidTransition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    log.error("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]  # IndexError at the end: truncated
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+def _bad_utf8_field(descriptor: Descriptor, data: bytes) -> str | None:
+    """The name of the first top-level string field whose bytes are not UTF-8, if any."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                chunk, pos = data[pos : pos + length], pos + length
+                field = descriptor.fields_by_number.get(number)
+                if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                    try:
+                        chunk.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return field.name
+            else:
+                return None
+    except IndexError:
+        return None
+    return None
+
+
+def decode_request(message_type: type[Message], data: bytes) -> Message:
+    """Parse a request; a ValueError naming the field (or the request) when it does not
+    parse, e.g. ``idea: must be UTF-8 text`` for a string field holding other bytes."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        name = message_type.DESCRIPTOR.name
+        field = _bad_utf8_field(message_type.DESCRIPTOR, data)
+        if field is not None:
+            raise ValueError(f"{field}: must be UTF-8 text ({name} not decoded)") from None
+        raise ValueError(f"request: not a valid {name} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request that did not parse, carried to the handler so it can answer
+    INVALID_ARGUMENT naming the field (gRPC's own answer would be a bare INTERNAL)."""
+
+    message: str
+
+
+def _lenient(message_type: type[Message]):
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return decode_request(message_type, data)
+        except ValueError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize
+
+
+def _guarded(method, streaming: bool):
+    if streaming:
+
+        async def stream(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for item in method(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+
+    return unary
+
+
+def add_animation_service(servicer: AnimationServicer, server: grpc.aio.Server) -> None:
+    """Like the generated ``add_AnimationServiceServicer_to_server``, but a request that
+    does not parse reaches the servicer's edge and becomes INVALID_ARGUMENT with the
+    same text as on the bus."""
+    service = animation_pb2.DESCRIPTOR.services_by_name["AnimationService"]
+    handlers = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            _guarded(getattr(servicer, method.name), method.server_streaming),
+            request_deserializer=_lenient(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
+    def __init__(self, core: PlannerCore) -> None:
+        self.core = core
+
+    async def _call(self, context, coro):
+        try:
+            return await coro
+        except Exception as exc:
+            code, message = classify(exc)
+            await context.abort(code, message)
+
+    async def CreateAnimation(self, request, context):
+        return await self._call(context, self.core.create(request))
+
+    async def GetAnimation(self, request, context):
+        return await self._call(context, self.core.get(request.job_id))
+
+    async def WatchAnimation(self, request, context):
+        try:
+            async for event in self.core.watch(request.job_id, request.after_sequence):
+                yield event
+        except Exception as exc:
+            code, message = classify(exc)
+            await context.abort(code, message)
+
+    async def CancelAnimation(self, request, context):
+        return await self._call(context, self.core.cancel(request.job_id))
+
+    async def ResumeAnimation(self, request, context):
+        return await self._call(context, self.core.resume(request.job_id))
+
+    async def ListAnimations(self, request, context):
+        return await self._call(
+            context, self.core.list(request.page_size, request.page_token, request.status)
+        )
+
+    async def DeleteAnimation(self, request, context):
+        return await self._call(context, self.core.delete(request.job_id))
+
+    async def CreateUpload(self, request, context):
+        return await self._call(
+            context, self.core.create_upload(request.content_type, request.size_bytes)
+        )
+
+
+async def handle_bus_create(core: PlannerCore, data: bytes) -> bytes:
+    """anim.request.create: the same request, validation and error text as gRPC."""
+    reply = animation_pb2.CreateReply()
+    if len(data) > limits.REQUEST_BYTES:
+        reply.error.code = grpc.StatusCode.INVALID_ARGUMENT.name
+        reply.error.message = (
+            f"request: must be at most {limits.REQUEST_BYTES} bytes, got {len(data)}"
+        )
+        return reply.SerializeToString()
+    try:
+        request = decode_request(animation_pb2.CreateAnimationRequest, data)
+    except ValueError as exc:
+        reply.error.code = grpc.StatusCode.INVALID_ARGUMENT.name
+        reply.error.message = str(exc)
+        return reply.SerializeToString()
+    try:
+        reply.response.CopyFrom(await core.create(request))
+    except Exception as exc:
+        code, message = classify(exc)
+        reply.error.code = code.name
+        reply.error.message = message
+    return reply.SerializeToString()

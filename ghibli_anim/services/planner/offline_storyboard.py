@@ -1,0 +1,114 @@
+"""The offline storyboard planner: deterministic, no LLM, no network.
+
+It turns the idea into N distinct shots that follow a simple arc (establish,
+develop, peak, settle) with gentle camera moves, so a run without an LLM still
+gives a coherent clip. Storyboards it writes say ``offline`` in their provenance,
+and the CLI and an event say so too.
+
+Distinctness: frames are split into at most ten segments, each with its own story
+beat; inside a segment every frame gets a different scene detail, and a segment
+never holds more frames than there are details (120 frames / 10 segments = 12 <= 13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ghibli_anim.contracts import limits
+from ghibli_anim.contracts.storyboard import Storyboard
+
+BEATS = (
+    "opening wide shot",
+    "the scene comes to life",
+    "a closer view",
+    "movement builds",
+    "a gentle turn",
+    "the heart of the moment",
+    "a sweeping view",
+    "the moment settles",
+    "a quiet look back",
+    "closing wide shot",
+)
+DETAILS = (
+    "soft clouds drifting",
+    "warm golden light",
+    "gentle wind in the grass",
+    "lush green hills",
+    "birds in the distance",
+    "painted sky",
+    "sunlight through leaves",
+    "long soft shadows",
+    "glowing windows",
+    "mist over the valley",
+    "rolling fields",
+    "sparkling water",
+    "drifting petals",
+)
+# Camera per beat: a slow push in while the story builds, a drift at its heart,
+# a slow pull back at the end. Small steps keep img2img chaining coherent.
+_CAMERA = {
+    "opening wide shot": {"zoom": 1.02},
+    "a closer view": {"zoom": 1.03},
+    "movement builds": {"zoom": 1.02, "pan_x": 0.01},
+    "a gentle turn": {"pan_x": 0.015, "rotate": 0.5},
+    "the heart of the moment": {"zoom": 1.01},
+    "a sweeping view": {"pan_x": 0.02},
+    "a quiet look back": {"pan_x": -0.01},
+    "closing wide shot": {"zoom": 0.98},
+}
+NOTICE = "offline planner: the storyboard is derived from the idea without an LLM"
+
+
+def _beat(index: int, frames: int) -> str:
+    segments = min(len(BEATS), frames)
+    segment = index * segments // frames
+    if segments == 1:
+        return BEATS[0]
+    # Spread the segments over the whole arc, so 5 frames still open and close.
+    return BEATS[round(segment * (len(BEATS) - 1) / (segments - 1))]
+
+
+def _title(idea: str) -> str:
+    words = idea.strip().rstrip(".!?").split()
+    title = " ".join(words[:8])
+    title = title[:1].upper() + title[1:]
+    return title[: limits.TITLE_CHARS]
+
+
+def plan_offline(
+    idea: str,
+    frames: int,
+    *,
+    style: str = "ghibli style",
+    fits: Callable[[str], bool] | None = None,
+) -> Storyboard:
+    """A storyboard of ``frames`` shots for ``idea``.
+
+    ``fits(prompt_with_style)`` tells whether a prompt fits the tokenizer's 77
+    tokens; shots drop their detail, then their beat, until they fit. A bare idea
+    that does not fit is left as is: validation then fails the job with the count.
+    """
+    limits.FRAMES.check("frames", frames)
+    idea = " ".join(idea.split())
+    shots = []
+    for i in range(frames):
+        beat = _beat(i, frames)
+        candidates = [
+            f"{idea}, {beat}, {DETAILS[i % len(DETAILS)]}",
+            f"{idea}, {beat}",
+            idea,
+        ]
+        prompt = candidates[-1]
+        for candidate in candidates:
+            if fits is None or fits(f"{candidate}, {style}"):
+                prompt = candidate
+                break
+        shots.append({"prompt": prompt, "camera": _CAMERA.get(beat, {})})
+    return Storyboard.model_validate(
+        {
+            "title": _title(idea),
+            "style": style,
+            "frames": shots,
+            "planner": {"backend": "offline", "model": "", "offline": True},
+        }
+    )

@@ -1,0 +1,143 @@
+"""The planner service: AnimationService over gRPC, anim.request.create on the bus,
+planning (durable ``plan``) and the conductor (durable ``conductor``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.profiles import profile_names
+from ghibli_anim.runtime import bus, metrics
+from ghibli_anim.runtime.grpcserver import ServiceBinding
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, status_name
+from ghibli_anim.runtime.service import Service
+from ghibli_anim.services.planner.conductor import Conductor
+from ghibli_anim.services.planner.grpc_api import (
+    AnimationServicer,
+    add_animation_service,
+    handle_bus_create,
+)
+from ghibli_anim.services.planner.jobs_api import PlannerCore
+from ghibli_anim.services.planner.plan_step import Planner
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 3600.0
+TIMEOUT_CHECK_MAX_INTERVAL_S = 60.0
+STATES = tuple(
+    status_name(value)
+    for value in types_pb2.JobStatus.values()
+    if value != types_pb2.JOB_STATUS_UNSPECIFIED
+)
+"""Job states as ``anim_jobs`` labels them (PENDING ... CANCELLED)."""
+
+
+class PlannerService(Service):
+    name = "planner"
+
+    async def start(self, bus_: bus.Bus, store) -> None:
+        await super().start(bus_, store)
+        jobs = self.jobs = await JobStore.open(bus_.js)
+        self.core = PlannerCore(
+            bus=bus_,
+            jobs=jobs,
+            store=store,
+            profile_names=profile_names(self.settings),
+            default_profile=self.settings["ANIM_PROFILE"],
+            presign_ttl_s=self.settings["ANIM_PRESIGN_TTL_S"],
+            max_jobs_per_client=self.settings["ANIM_MAX_JOBS_PER_CLIENT"],
+            settings=self.settings,
+        )
+        self.planner = Planner(bus=bus_, jobs=jobs, store=store, settings=self.settings)
+        self.conductor = Conductor(bus=bus_, jobs=jobs, store=store)
+
+        async def on_plan(work: bus_pb2.PlanWork, delivery: bus.Delivery) -> None:
+            await self.planner.handle(work)
+
+        async def plan_give_up(work: bus_pb2.PlanWork, failure: bus.Failure) -> None:
+            await self.planner.fail(work.job_id, failure.reason, work.causation_id)
+
+        async def on_event(event: bus_pb2.Event, delivery: bus.Delivery) -> None:
+            await self.conductor.handle(event)
+
+        async def on_advisory(advisory: bus.MaxDeliveries, delivery: bus.Delivery) -> None:
+            await self.conductor.max_deliveries(advisory)
+
+        self.consumers = [
+            bus.work_consumer(bus_.js, "plan", bus_pb2.PlanWork, on_plan, on_give_up=plan_give_up),
+            bus.conductor_consumer(bus_.js, on_event),
+            bus.advisories_consumer(bus_.js, on_advisory),
+        ]
+
+        async def on_request(msg) -> None:
+            await msg.respond(await handle_bus_create(self.core, msg.data))
+
+        self._request_sub = await bus_.nc.subscribe(
+            bus.REQUEST_CREATE, queue=bus.PLANNER_QUEUE, cb=on_request
+        )
+        self._sweeper: asyncio.Task | None = None
+        days = self.settings["ANIM_RETENTION_DAYS"]
+        if days > 0:
+            self._sweeper = asyncio.create_task(self._sweep(days * 86400.0), name="retention")
+        self._timer: asyncio.Task | None = None
+        limit = self.settings["ANIM_JOB_TIMEOUT_S"]
+        if limit > 0:
+            self._timer = asyncio.create_task(self._time_out(limit), name="job-timeout")
+
+    async def _sweep(self, older_than_s: float) -> None:
+        """Delete expired finished jobs every hour (replicas racing is harmless)."""
+        while True:
+            try:
+                expired = await self.core.expire(older_than_s)
+                if expired:
+                    log.info("retention sweep", extra={"deleted": len(expired)})
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def collect_metrics(self) -> list[metrics.Sample]:
+        """``anim_jobs{state}``: every job in KV by state, at each scrape (a scan of
+        the bucket; replicas report the same numbers: dashboards take the max)."""
+        counts: dict[str, int] = {}
+        for job_id in await self.jobs.list():
+            try:
+                state, _ = await self.jobs.get(job_id)
+            except JobNotFound:
+                continue  # deleted meanwhile
+            name = status_name(state.status)
+            counts[name] = counts.get(name, 0) + 1
+        return metrics.jobs_samples(counts, STATES)
+
+    async def _time_out(self, limit_s: float) -> None:
+        """Fail jobs running longer than ANIM_JOB_TIMEOUT_S, checked every min(60, limit/4) s,
+        so a job fails at most a quarter of its limit late."""
+        interval = min(TIMEOUT_CHECK_MAX_INTERVAL_S, limit_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                failed = await self.core.time_out(limit_s)
+                if failed:
+                    log.info("job time limit", extra={"failed": len(failed)})
+            except Exception:
+                log.exception("job time limit check failed")
+
+    def bindings(self) -> list[ServiceBinding]:
+        return [
+            ServiceBinding(
+                name=animation_pb2.DESCRIPTOR.services_by_name["AnimationService"].full_name,
+                add=add_animation_service,
+                servicer=AnimationServicer(self.core),
+            )
+        ]
+
+    async def close(self) -> None:
+        for task in (self._sweeper, self._timer):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
+
+
+SERVICE = PlannerService

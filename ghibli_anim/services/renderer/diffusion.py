@@ -1,0 +1,755 @@
+"""Rendering one frame with Stable Diffusion 1.5: the one module that calls diffusers.
+
+* txt2img for a frame without a source image (frame 0 and cuts);
+* img2img from the previous frame (or the job's init image) at low strength;
+* ControlNet img2img when the spec names a depth map (``depth_key``).
+
+Models load once per process. ``PipelineCache`` keeps the base pipeline of a
+model set (base model, tiny autoencoder, device, dtype) in a small LRU and
+derives the txt2img, img2img and ControlNet pipelines from it with
+``from_pipe``, which shares every module. The base model is a hub id, a
+diffusers folder, or one ``.safetensors`` checkpoint (``from_single_file`` with
+the profile's config folder, so nothing is fetched). LoRAs (any of the formats
+of :mod:`ghibli_anim.services.renderer.lora_files`) load once as named adapters of that base;
+the spec's LoRAs and scales are activated per frame and fused into the weights
+for inference (``ANIM_FUSE_LORA``). Fusing is undone by restoring the saved
+weights, not by subtracting, so a frame's bytes never depend on which jobs ran
+before it in this process.
+
+Every frame draws its noise from a CPU ``torch.Generator`` seeded with the
+spec's seed, so the same spec gives the same PNG bytes on the same device and
+dtype. The record returned with the PNG says what actually ran: the requested
+and effective steps (counted, not computed), the scheduler, the models with
+their revisions or hashes, each LoRA's file hash, format and attached layers,
+the library versions and the device.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ghibli_anim.contracts import config, limits
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.contracts.profiles import (
+    PRESETS,
+    check_scheduler,
+    is_single_file,
+    locate,
+    single_file_config,
+)
+from ghibli_anim.runtime import devices, logs
+from ghibli_anim.services.renderer import lora_files, provenance
+from ghibli_anim.services.renderer.continuity import PNG_COMPRESS_LEVEL
+
+log = logging.getLogger(__name__)
+
+TXT2IMG = "txt2img"
+IMG2IMG = "img2img"
+CONTROLNET_IMG2IMG = "controlnet_img2img"
+
+# Scheduler name -> (diffusers class, extra config).
+_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "DDIM": ("DDIMScheduler", {}),
+    "PNDM": ("PNDMScheduler", {}),
+    "DDPM": ("DDPMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "EulerA": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "DPM++ Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+}
+
+
+# LoRA adapters kept loaded per base model beyond the ones a frame uses.
+MAX_ADAPTERS = 8
+
+StepCallback = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------------------
+# Device and dtype
+# ---------------------------------------------------------------------------
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else config.load("client")
+
+
+def choose_device(settings: Settings | None = None) -> tuple[str, torch.dtype]:
+    """(device, dtype) from ANIM_DEVICE and ANIM_DTYPE (rules in common/devices.py)."""
+    settings = _settings(settings)
+    device = devices.pick_device(settings)
+    return device, devices.pick_dtype(settings, device)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------
+# Pipelines
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModels:
+    """A loaded base pipeline, what derives from it, and its LoRA state."""
+
+    base: Any
+    device: str
+    dtype: torch.dtype
+    models: dict[str, Any]
+    """Provenance of what was loaded: base model (and config), tiny autoencoder."""
+    low_vram: bool = False
+    offload: bool = False
+    """Model CPU offload is on (low_vram with an accelerator)."""
+    compiled: bool = False
+    fuse: bool = True
+    loras: OrderedDict[tuple[str, str], lora_files.LoadedLora] = field(default_factory=OrderedDict)
+    """(source, weight_name) -> loaded adapter, least recently used first."""
+    active: tuple[tuple[str, float], ...] = ()
+    """(adapter, scale) of the LoRAs in use, in the spec's order."""
+    fused: bool = False
+    pristine: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    """Pre-fusion weight and bias of every layer fused into, on the CPU."""
+    adapters_made: int = 0
+    controlnets: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+    pipes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    offload_owner: Any = None
+
+
+class PipelineCache:
+    """Loaded pipelines, keyed by base model, tiny autoencoder, device and dtype;
+    within one, by mode, scheduler and ControlNet.
+
+    ``max_entries`` base models stay loaded (one by default: a GPU holds one SD
+    pipeline comfortably); the least recently used one is dropped first. A job
+    with other LoRAs or scales reuses the loaded base: LoRAs are adapters,
+    loaded once (up to ``MAX_ADAPTERS`` kept), switched per frame. A ControlNet
+    loads on the first frame that needs it. ``lora_resolver`` turns a
+    ``store://loras/NAME`` source into a local file or folder (the renderer
+    service downloads it); without one such sources are refused.
+
+    Rendering holds ``lock``: a diffusers pipeline is not safe for concurrent calls.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        max_entries: int = 1,
+        lora_resolver: Callable[[str], str] | None = None,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries: must be >= 1, got {max_entries}")
+        logs.quiet_ml_libraries()
+        self.settings = settings
+        self.max_entries = max_entries
+        self.lora_resolver = lora_resolver
+        self.lock = threading.RLock()
+        self._entries: OrderedDict[tuple[Any, ...], LoadedModels] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every loaded pipeline and free the accelerator's memory."""
+        with self.lock:
+            self._entries.clear()
+            _free_memory()
+
+    def pipeline(
+        self,
+        profile: types_pb2.Profile,
+        mode: str,
+        scheduler: str,
+        settings: Settings | None = None,
+    ) -> tuple[Any, LoadedModels]:
+        """The pipeline for ``mode`` (txt2img, img2img, controlnet_img2img), with the
+        profile's LoRAs active at their scales."""
+        settings = settings if settings is not None else self.settings
+        with self.lock:
+            models = self._models(profile, settings)
+            self._activate_loras(models, profile, settings)
+            controlnet = profile.controlnet if mode == CONTROLNET_IMG2IMG else ""
+            key = (mode, scheduler, controlnet)
+            if key not in models.pipes:
+                models.pipes[key] = self._derive(models, profile, mode, scheduler, settings)
+            pipe = models.pipes[key]
+            if models.offload and models.offload_owner is not pipe:
+                # Offload hooks belong to one pipeline; the derived ones share modules.
+                pipe.enable_model_cpu_offload(device=models.device)
+                models.offload_owner = pipe
+            return pipe, models
+
+    # -- base models ---------------------------------------------------------
+
+    def _models(self, profile: types_pb2.Profile, settings: Settings | None) -> LoadedModels:
+        device, dtype = choose_device(settings)
+        opts = _settings(settings)
+        key = (
+            profile.base_model,
+            # A single file takes its configs (and tokenizer) from this folder.
+            profile.tokenizer if is_single_file(profile.base_model) else "",
+            profile.tiny_autoencoder,
+            device,
+            dtype,
+            opts["ANIM_LOW_VRAM"],
+            opts["ANIM_COMPILE"],
+        )
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            models = self._entries[key]
+        else:
+            while len(self._entries) >= self.max_entries:
+                self._entries.popitem(last=False)
+                _free_memory()
+            models = self._load(profile, settings, device, dtype)
+            self._entries[key] = models
+        models.fuse = opts["ANIM_FUSE_LORA"]
+        return models
+
+    def _load(
+        self, profile: types_pb2.Profile, settings: Settings | None, device: str, dtype: torch.dtype
+    ) -> LoadedModels:
+        from diffusers import AutoencoderTiny, StableDiffusionPipeline
+
+        opts = _settings(settings)
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "safety_checker": None,
+            "requires_safety_checker": False,
+        }
+        described: dict[str, Any] = {}
+        if profile.tiny_autoencoder:
+            path = locate(profile.tiny_autoencoder, settings, field="profile.tiny_autoencoder")
+            kwargs["vae"] = AutoencoderTiny.from_pretrained(path, dtype=dtype)
+            described["tiny_autoencoder"] = provenance.describe_model(
+                profile.tiny_autoencoder, path
+            )
+        base_path = locate(profile.base_model, settings, field="profile.base_model")
+        if Path(base_path).is_file():
+            if not is_single_file(base_path):
+                raise ValueError(
+                    f"profile.base_model: {profile.base_model!r} is a file but not a "
+                    ".safetensors checkpoint"
+                )
+            config_ref = single_file_config(profile)
+            config_path = locate(config_ref, settings, field="profile.tokenizer (config)")
+            base = StableDiffusionPipeline.from_single_file(base_path, config=config_path, **kwargs)
+            described["config"] = provenance.describe_model(config_ref, config_path)
+        else:
+            base = StableDiffusionPipeline.from_pretrained(base_path, **kwargs)
+        described["base_model"] = provenance.describe_model(profile.base_model, base_path)
+        low_vram = opts["ANIM_LOW_VRAM"]
+        offload = low_vram and device != "cpu"
+        if low_vram:
+            base.vae.enable_slicing()
+        if not offload:
+            base.to(device)
+        compiled = opts["ANIM_COMPILE"]
+        if compiled:
+            _compile(base.unet)
+        base.set_progress_bar_config(disable=True)
+        log.info(
+            "pipeline loaded",
+            extra={
+                "profile": profile.name,
+                "base_model": profile.base_model,
+                "device": device,
+                "dtype": _dtype_name(dtype),
+                "low_vram": low_vram,
+                "compile": compiled,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return LoadedModels(
+            base,
+            device,
+            dtype,
+            described,
+            low_vram=low_vram,
+            offload=offload,
+            compiled=compiled,
+        )
+
+    # -- LoRAs ---------------------------------------------------------------
+
+    def _activate_loras(
+        self, models: LoadedModels, profile: types_pb2.Profile, settings: Settings | None
+    ) -> None:
+        """Make exactly the profile's LoRAs active at their scales (fused if enabled)."""
+        wanted: list[tuple[str, float]] = []
+        for i, lora in enumerate(profile.loras):
+            field_name = f"profile.loras[{i}].source"
+            key = (lora.source, lora.weight_name)
+            loaded = models.loras.get(key)
+            if loaded is None:
+                _unfuse(models)  # never inject into merged layers
+                lora_file = lora_files.find_file(
+                    lora.source, lora.weight_name, settings, field_name, self.lora_resolver
+                )
+                models.adapters_made += 1
+                adapter = f"lora{models.adapters_made}"
+                loaded = lora_files.load_lora(models.base, lora_file, adapter, field_name)
+                models.loras[key] = loaded
+            models.loras.move_to_end(key)
+            if any(name == loaded.adapter for name, _ in wanted):
+                raise ValueError(f"{field_name}: {lora.source!r:.200} is listed twice")
+            wanted.append((loaded.adapter, _f32(lora.scale)))
+        target = tuple(wanted)
+        if target == models.active and models.fused == (models.fuse and bool(target)):
+            return
+        _unfuse(models)
+        base = models.base
+        if target:
+            base.enable_lora()
+            base.set_adapters([n for n, _ in target], adapter_weights=[s for _, s in target])
+            if models.fuse:
+                _fuse(models, [n for n, _ in target])
+        elif models.loras:
+            base.disable_lora()
+        models.active = target
+        self._evict_adapters(models)
+
+    def _evict_adapters(self, models: LoadedModels) -> None:
+        in_use = {name for name, _ in models.active}
+        for key in list(models.loras):
+            if len(models.loras) <= MAX_ADAPTERS:
+                break
+            if models.loras[key].adapter not in in_use:
+                was_fused = models.fused
+                _unfuse(models)
+                models.base.delete_adapters([models.loras.pop(key).adapter])
+                if was_fused:
+                    _fuse(models, [name for name, _ in models.active])
+
+    # -- derived pipelines ---------------------------------------------------
+
+    def _controlnet(
+        self, models: LoadedModels, profile: types_pb2.Profile, settings: Settings | None
+    ) -> Any:
+        import diffusers
+
+        ref = profile.controlnet
+        if ref not in models.controlnets:
+            path = locate(ref, settings, field="profile.controlnet")
+            model = diffusers.ControlNetModel.from_pretrained(path, dtype=models.dtype)
+            if not models.offload:
+                model.to(models.device)
+            if models.compiled:
+                _compile(model)
+            models.controlnets[ref] = (model, provenance.describe_model(ref, path))
+        return models.controlnets[ref][0]
+
+    def _derive(
+        self,
+        models: LoadedModels,
+        profile: types_pb2.Profile,
+        mode: str,
+        scheduler: str,
+        settings: Settings | None,
+    ) -> Any:
+        import diffusers
+
+        class_name, extra = _SCHEDULERS[scheduler]
+        # A scheduler per pipeline: some keep step state between calls.
+        sched = getattr(diffusers, class_name).from_config(models.base.scheduler.config, **extra)
+        # vae passed explicitly: from_pipe drops an AutoencoderTiny otherwise.
+        common = {"scheduler": sched, "vae": models.base.vae}
+        if mode == TXT2IMG:
+            pipe = diffusers.StableDiffusionPipeline.from_pipe(models.base, **common)
+        elif mode == IMG2IMG:
+            pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pipe(models.base, **common)
+        else:
+            if not profile.controlnet:
+                raise ValueError(
+                    f"depth_key: profile {profile.name!r} names no controlnet to use the depth map"
+                )
+            pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pipe(
+                models.base, controlnet=self._controlnet(models, profile, settings), **common
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def _compile(model: Any) -> None:
+    """channels_last + torch.compile in place (the module keeps its class for from_pipe)."""
+    model.to(memory_format=torch.channels_last)
+    model.compile()
+
+
+def _fuse(models: LoadedModels, adapters: list[str]) -> None:
+    """Merge the active adapters into the base weights, saving the weights first."""
+    for name, layer in lora_files.lora_layers(models.base):
+        present = [a for a in adapters if a in layer.lora_A]
+        if not present:
+            continue
+        if name not in models.pristine:
+            base = layer.base_layer
+            bias = base.bias.detach().to("cpu", copy=True) if base.bias is not None else None
+            models.pristine[name] = (base.weight.detach().to("cpu", copy=True), bias)
+        layer.merge(adapter_names=present)
+    models.fused = True
+
+
+def _unfuse(models: LoadedModels) -> None:
+    """Undo ``_fuse`` exactly: restore the saved weights (subtracting would leave
+    rounding errors that make later frames depend on earlier jobs)."""
+    if not models.fused:
+        return
+    for name, layer in lora_files.lora_layers(models.base):
+        if not layer.merged:
+            continue
+        weight, bias = models.pristine[name]
+        with torch.no_grad():
+            layer.base_layer.weight.copy_(weight)
+            if bias is not None:
+                layer.base_layer.bias.copy_(bias)
+        layer.merged_adapters.clear()
+    models.fused = False
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------
+# Frames kept in memory
+# ---------------------------------------------------------------------------
+
+
+class RecentFrames:
+    """The last few stored frames' PNG bytes, by store key (thread-safe).
+
+    Frame i+1 usually renders on the replica that rendered frame i: it takes the
+    bytes from here instead of reading the store back. The bytes are the ones
+    written to the store, decoded the same way, so both paths give the same
+    frame. ``capacity`` 0 turns it off.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity: must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self._frames: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def put(self, key: str, png: bytes) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._frames[key] = bytes(png)
+            self._frames.move_to_end(key)
+            while len(self._frames) > self.capacity:
+                self._frames.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._frames
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            png = self._frames.get(key)
+            if png is None:
+                self.misses += 1
+            else:
+                self._frames.move_to_end(key)
+                self.hits += 1
+            return png
+
+
+# ---------------------------------------------------------------------------
+# One frame
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """A rendered frame: PNG bytes and the record of what ran.
+
+    ``record`` keys: index, mode (txt2img | img2img | controlnet_img2img),
+    prompt, negative_prompt, prompt_tokens, prompt_dropped (text cut at 77 CLIP
+    tokens when the spec allows truncation, else None), negative_prompt_dropped,
+    seed, strength (None for txt2img), guidance, steps_requested, steps (what
+    the pipeline was called with: raised so img2img runs at least one step),
+    steps_effective (denoising steps actually run), scheduler, scheduler_class,
+    preset, controlnet_scale (None without ControlNet), width, height, source_key,
+    device, device_name, dtype, attention, low_vram, compile, elapsed_s (the
+    pipeline call), load_s (getting the pipeline: loading models the first time), profile,
+    base_model, loras (source, scale, weight_name, file, sha256, revision,
+    format, pairs, modules, adapter, active), lora_fused, controlnet,
+    tiny_autoencoder, models (provenance of each model), versions.
+    """
+
+    png: bytes
+    record: dict[str, Any]
+
+
+def _f32(value: float) -> float:
+    # Proto floats are float32: 0.7 arrives as 0.69999998..., and int(10 * that)
+    # would be 6, not 7. Six decimals recover the value the user wrote.
+    return round(float(value), 6)
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    return out.getvalue()
+
+
+def _mode(spec: types_pb2.FrameSpec) -> str:
+    if not spec.source_key or spec.continuity == types_pb2.CONTINUITY_CUT:
+        return TXT2IMG
+    return CONTROLNET_IMG2IMG if spec.depth_key else IMG2IMG
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def img2img_steps(steps: int, strength: float, field: str = "steps") -> int:
+    """Steps to call img2img with so that at least one denoising step runs.
+
+    diffusers runs int(steps * strength) steps (LCM crashes on zero): 4 steps at
+    strength 0.15 become 7. Raises ValueError when that exceeds the steps limit.
+    """
+    needed = steps
+    while int(needed * strength) < 1:
+        needed += 1
+        if needed > limits.STEPS.hi:
+            raise ValueError(
+                f"{field}: strength {strength:g} runs no denoising step within "
+                f"{limits.STEPS.hi} steps; use a strength of at least {1 / limits.STEPS.hi:.4g}"
+            )
+    return needed
+
+
+def check_tokens(tokenizer: Any, text: str, field: str, truncate: bool) -> tuple[int, str | None]:
+    """(CLIP tokens of ``text``, the text cut off at 77 or None).
+
+    Over 77 tokens (start and end included) is an error naming the count, unless
+    ``truncate``: then the pipeline keeps the first 75 words' tokens, as diffusers
+    does silently, and the dropped text is returned for the record.
+    """
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    count = len(ids)
+    if count <= limits.CLIP_MAX_TOKENS:
+        return count, None
+    if not truncate:
+        raise ValueError(
+            f"{field}: {count} CLIP tokens, the limit is {limits.CLIP_MAX_TOKENS} "
+            "(ask for truncate_prompts to cut it)"
+        )
+    body = ids[1:-1]  # without the start and end tokens
+    keep = limits.CLIP_MAX_TOKENS - 2
+    return count, tokenizer.decode(body[keep:]).strip()
+
+
+def _lora_record(models: LoadedModels, profile: types_pb2.Profile, pipe: Any) -> list[dict]:
+    active = set(pipe.get_active_adapters()) if models.active else set()
+    out = []
+    for lo in profile.loras:
+        loaded = models.loras[(lo.source, lo.weight_name)]
+        out.append(
+            {
+                "source": lo.source,
+                "scale": _f32(lo.scale),
+                "weight_name": lo.weight_name,
+                **loaded.record(),
+                "active": loaded.adapter in active,
+            }
+        )
+    return out
+
+
+def _attention(pipe: Any) -> str:
+    names = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
+    return ",".join(names)
+
+
+def _blended_embeds(
+    pipe: Any, prompt: str, blend: str, negative: str, weight: float, guidance: float
+) -> dict[str, Any]:
+    """Text embeddings of ``prompt`` mixed with ``blend``'s at ``weight`` (prompt keyframes)."""
+    cfg = guidance > 1.0  # as the pipeline decides for SD-1.5 UNets
+    device = pipe._execution_device
+    ours, negative_embeds = pipe.encode_prompt(prompt, device, 1, cfg, negative or None)
+    theirs, _ = pipe.encode_prompt(blend, device, 1, False)
+    mixed = torch.lerp(ours, theirs, float(weight))
+    out: dict[str, Any] = {"prompt_embeds": mixed}
+    if cfg:
+        out["negative_prompt_embeds"] = negative_embeds
+    return out
+
+
+def render_frame(
+    spec: types_pb2.FrameSpec,
+    *,
+    source: Image.Image | None = None,
+    depth: Image.Image | None = None,
+    cache: PipelineCache,
+    settings: Settings | None = None,
+    on_step: StepCallback | None = None,
+) -> RenderResult:
+    """Render ``spec`` and return the PNG and its record.
+
+    Mode: txt2img when the spec has no ``source_key`` or is a cut; otherwise
+    img2img from ``source`` (resized to the spec's size), or ControlNet img2img
+    with ``depth`` as the control image when the spec has a ``depth_key``.
+    ``on_step(done, total)`` is called after every denoising step.
+    Raises ValueError naming the field for a bad spec or a missing image.
+    """
+    mode = _mode(spec)
+    prompt = limits.check_text("prompt", spec.prompt, limits.PROMPT_CHARS, required=True)
+    negative = limits.check_text(
+        "negative_prompt", spec.negative_prompt, limits.NEGATIVE_PROMPT_CHARS, required=False
+    )
+    width = limits.WIDTH.check("width", spec.width)
+    height = limits.HEIGHT.check("height", spec.height)
+    steps = limits.STEPS.check("steps", spec.steps)
+    guidance = limits.GUIDANCE.check("guidance", _f32(spec.guidance))
+    scheduler = check_scheduler(spec.scheduler or spec.profile.scheduler or "PNDM")
+    if spec.preset not in PRESETS:
+        raise ValueError(f"preset: must be empty or fast, got {spec.preset!r:.40}")
+    if not spec.profile.base_model:
+        raise ValueError("profile.base_model: must name a model (the spec carries no profile)")
+
+    call: dict[str, Any] = {}
+    strength: float | None = None
+    controlnet_scale: float | None = None
+    steps_called = steps
+    if mode == TXT2IMG:
+        call.update(width=width, height=height)
+    else:
+        strength = limits.STRENGTH.check("strength", _f32(spec.strength))
+        steps_called = img2img_steps(steps, strength)
+        if source is None:
+            raise ValueError(f"source: frame {spec.index} starts from {spec.source_key!r}")
+        call.update(image=_fit(source, width, height), strength=strength)
+        if mode == CONTROLNET_IMG2IMG:
+            if depth is None:
+                raise ValueError(f"depth: frame {spec.index} is guided by {spec.depth_key!r}")
+            controlnet_scale = limits.CONTROLNET_SCALE.check(
+                "controlnet_scale", _f32(spec.controlnet_scale)
+            )
+            call.update(
+                control_image=_fit(depth, width, height),
+                controlnet_conditioning_scale=controlnet_scale,
+                width=width,
+                height=height,
+            )
+
+    steps_run = 0
+
+    def count_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+        nonlocal steps_run
+        steps_run += 1
+        if on_step is not None:
+            on_step(steps_run, int(pipe.num_timesteps))
+        return tensors
+
+    loading = time.perf_counter()
+    with cache.lock:
+        pipe, models = cache.pipeline(spec.profile, mode, scheduler, settings)
+        load_s = time.perf_counter() - loading  # waiting for the lock and loading models
+        prompt_tokens, prompt_dropped = check_tokens(
+            pipe.tokenizer, prompt, "prompt", spec.truncate_prompt
+        )
+        negative_dropped = None
+        if negative:
+            _, negative_dropped = check_tokens(
+                pipe.tokenizer, negative, "negative_prompt", spec.truncate_prompt
+            )
+        blend = None
+        if spec.blend_prompt and spec.blend_weight > 0:
+            blend = limits.check_text(
+                "blend_prompt", spec.blend_prompt, limits.PROMPT_CHARS, required=True
+            )
+            check_tokens(pipe.tokenizer, blend, "blend_prompt", spec.truncate_prompt)
+            call.update(_blended_embeds(pipe, prompt, blend, negative, spec.blend_weight, guidance))
+        else:
+            call.update(prompt=prompt, negative_prompt=negative or None)
+        started = time.perf_counter()
+        result = pipe(
+            num_inference_steps=steps_called,
+            guidance_scale=guidance,
+            generator=torch.Generator("cpu").manual_seed(spec.seed),
+            callback_on_step_end=count_step,
+            output_type="pil",
+            **call,
+        )
+        elapsed = time.perf_counter() - started
+        loras = _lora_record(models, spec.profile, pipe)
+        described = dict(models.models)
+        if mode == CONTROLNET_IMG2IMG:
+            described["controlnet"] = models.controlnets[spec.profile.controlnet][1]
+        attention = _attention(pipe)
+    image = result.images[0]
+    record = {
+        "index": spec.index,
+        "mode": mode,
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "blend_prompt": blend,
+        "blend_weight": round(float(spec.blend_weight), 6) if blend else None,
+        "prompt_tokens": prompt_tokens,
+        "prompt_dropped": prompt_dropped,
+        "negative_prompt_dropped": negative_dropped,
+        "seed": spec.seed,
+        "strength": strength,
+        "guidance": guidance,
+        "steps_requested": steps,
+        "steps": steps_called,
+        "steps_effective": steps_run,
+        "scheduler": scheduler,
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "preset": spec.preset,
+        "controlnet_scale": controlnet_scale,
+        "width": image.width,
+        "height": image.height,
+        "source_key": spec.source_key if mode != TXT2IMG else None,
+        "device": models.device,
+        "device_name": provenance.device_name(models.device),
+        "dtype": _dtype_name(models.dtype),
+        "attention": attention,
+        "low_vram": models.low_vram,
+        "compile": models.compiled,
+        "elapsed_s": round(elapsed, 4),
+        "load_s": round(load_s, 4),
+        "profile": spec.profile.name,
+        "base_model": spec.profile.base_model,
+        "loras": loras,
+        "lora_fused": models.fused,
+        "controlnet": spec.profile.controlnet if mode == CONTROLNET_IMG2IMG else None,
+        "tiny_autoencoder": spec.profile.tiny_autoencoder or None,
+        "models": described,
+        "versions": provenance.versions(),
+    }
+    return RenderResult(png=_png(image), record=record)

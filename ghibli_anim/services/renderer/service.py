@@ -1,0 +1,264 @@
+"""The renderer service: anim.work.render -> frames/{i}.png + frames/{i}.json -> frame.rendered.
+
+Models load once per process (``PipelineCache``) and torch runs in a worker thread,
+so heartbeats keep flowing during a long frame. Before rendering, the job's KV
+state is checked: a cancelled job or a frame already done is skipped.
+
+Coherence (:mod:`ghibli_anim.services.renderer.continuity`): the source image (frame i-1) and
+its depth map are moved by ``spec.camera`` (the previous frame's move, see
+planner/resolve.py) before img2img; the new frame is sharpened (``spec.sharpen``)
+and colour-matched to ``spec.color_reference_key`` before it is stored, so what
+seeds the next frame is the matched frame. The record says which reference, mode
+and camera were used and the CIEDE2000 distances left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import bus_pb2, types_pb2
+from ghibli_anim.runtime import bus, faults, metrics
+from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.service import Service
+from ghibli_anim.runtime.store import NotFound, Store, sha256_hex
+from ghibli_anim.services.renderer.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+
+def _image(data: bytes, field: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:
+        raise NonRetryable(f"{field}: not a readable image ({exc})") from None
+    return image.convert("RGB")
+
+
+def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
+    """A ``PipelineCache`` resolver for ``store://loras/NAME`` LoRA sources.
+
+    It downloads ``loras/NAME/pytorch_lora_weights.safetensors`` into
+    ``cache_dir/NAME/<sha256>/`` and returns the file's path. A copy whose
+    sha256 matches the store's is reused; a LoRA retrained under the same name
+    has a new sha256, so it lands in a new folder (a running renderer keeps the
+    pipeline it loaded until the profile's LoRA list changes).
+    """
+
+    def resolve(source: str) -> str:
+        from ghibli_anim.contracts.profiles import STORE_PREFIX
+
+        parts = source.removeprefix(STORE_PREFIX).split("/")
+        if not source.startswith(STORE_PREFIX) or len(parts) != 2 or parts[0] != keys.LORA_PREFIX:
+            raise ValueError(f"lora source: must be store://loras/NAME, got {source!r:.200}")
+        name = keys.check_name(parts[1], "lora source (LoRA name)")
+        key = keys.lora_key(name)
+        info = store.stat(key)
+        if info is None:
+            raise ValueError(f"lora source: {source} is not in the store (no {key})")
+        if info.sha256:
+            cached = cache_dir / name / info.sha256 / keys.LORA_WEIGHT_NAME
+            if cached.is_file():
+                return str(cached)
+        try:
+            data = store.get(key)
+        except NotFound:
+            raise ValueError(f"lora source: {source} is not in the store (no {key})") from None
+        folder = cache_dir / name / sha256_hex(data)
+        target = folder / keys.LORA_WEIGHT_NAME
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            # Written beside, then renamed: a concurrent reader never sees half a file.
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        log.info("lora fetched", extra={"source": source, "path": str(target)})
+        return str(target)
+
+    return resolve
+
+
+class RendererService(Service):
+    name = "renderer"
+
+    async def start(self, bus_: bus.Bus, store) -> None:
+        await super().start(bus_, store)
+        from ghibli_anim.services.renderer.diffusion import PipelineCache, RecentFrames
+
+        # Frame i stays in memory: frame i+1 on this replica skips the store read.
+        self.recent = RecentFrames(self.settings["ANIM_FRAME_CACHE"])
+        self.references = RecentFrames(8 if self.settings["ANIM_FRAME_CACHE"] else 0)
+        loras_dir = Path(self.settings["ANIM_CACHE_DIR"]).expanduser() / "loras"
+        self.cache = PipelineCache(
+            self.settings, lora_resolver=store_lora_resolver(store, loras_dir)
+        )
+        self.jobs = await JobStore.open(bus_.js)
+        self.consumers = [
+            bus.work_consumer(
+                bus_.js, "render", bus_pb2.RenderWork, self.handle, on_give_up=self.give_up
+            )
+        ]
+
+    async def handle(self, work: bus_pb2.RenderWork, delivery: bus.Delivery) -> None:
+        job_id = keys.check_job_id(work.job_id)
+        i = work.frame
+        try:
+            state, _ = await self.jobs.get(job_id)
+        except JobNotFound:
+            log.info("render skipped: job deleted", extra={"job_id": job_id, "frame": i})
+            return
+        if state.status != types_pb2.JOB_STATUS_RENDERING:
+            log.info("render skipped", extra={"job_id": job_id, "frame": i})
+            return
+        if i < len(state.frame_states) and state.frame_states[i].rendered:
+            log.info("frame already rendered", extra={"job_id": job_id, "frame": i})
+            return
+        await self.emit(bus_pb2.EVENT_TYPE_FRAME_STARTED, work)
+        started = time.monotonic()
+        timer = metrics.FrameTimer(self.name)
+        timer.add("queue_wait", delivery.queue_wait_s)
+        await faults.hit("render", i)
+        spec = work.spec
+        source_read = None
+        if spec.source_key:
+            source_read = "memory" if spec.source_key in self.recent else "store"
+        with timer.time("load"):
+            source = await self._load(spec.source_key, "source_key") if spec.source_key else None
+            depth = await self._load(spec.depth_key, "depth_key") if spec.depth_key else None
+            reference = await self._reference(job_id, i, spec)
+        # frame.progress events from the torch thread, all out before frame.rendered.
+        progress = ProgressReporter(self.bus.js, work, self.name, started=started)
+        try:
+            result = await asyncio.to_thread(
+                self._render, spec, source, depth, reference, progress.on_step, timer
+            )
+        finally:
+            await progress.close()
+        record = {
+            **result.record,
+            "job_id": job_id,
+            "frame": i,
+            "attempt": work.attempt,
+            "causation_id": work.causation_id,
+            "key": keys.frame_key(job_id, i),
+            "sha256": sha256_hex(result.png),
+            "source_read": source_read,
+        }
+        with timer.time("store"):
+            await self._write(job_id, i, result.png, record)
+        timer.observe(record["mode"])
+        await self.emit(
+            bus_pb2.EVENT_TYPE_FRAME_RENDERED,
+            work,
+            key=keys.frame_key(job_id, i),
+        )
+
+    def _render(self, spec, source, depth, reference, on_step=None, timer=None):
+        from ghibli_anim.services.renderer import continuity as coherence
+        from ghibli_anim.services.renderer.diffusion import render_frame
+
+        timer = timer or metrics.FrameTimer(self.name)
+        try:
+            camera = coherence.Camera.of(spec.camera)
+            if source is not None:
+                source, depth = coherence.prepare_seed(source, depth, camera)
+            rendering = time.perf_counter()
+            result = render_frame(
+                spec,
+                source=source,
+                depth=depth,
+                cache=self.cache,
+                settings=self.settings,
+                on_step=on_step,
+            )
+            # Models count as load, the pipeline call as denoise, the rest (PNG) as encode.
+            load_s, denoise_s = result.record["load_s"], result.record["elapsed_s"]
+            timer.add("load", load_s)
+            timer.add("denoise", denoise_s)
+            timer.add("encode", time.perf_counter() - rendering - load_s - denoise_s)
+            with timer.time("encode"):
+                png, extra = coherence.finish_frame(
+                    result.png,
+                    reference=reference,
+                    mode=spec.color_coherence,
+                    sharpen=spec.sharpen,
+                )
+        except (ValueError, OSError) as exc:
+            # A bad spec or a missing model will not get better on retry.
+            raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
+        extra["color"]["reference_key"] = spec.color_reference_key
+        extra["camera"] = camera.as_record() if source is not None else None
+        return dataclasses.replace(result, png=png, record={**result.record, **extra})
+
+    async def _reference(self, job_id: str, i: int, spec) -> Image.Image | None:
+        """Frame i's colour reference; None when it is its own (frame 0, a cut, a shift)."""
+        key = spec.color_reference_key
+        if not key or key == keys.frame_key(job_id, i):
+            return None
+        if keys.job_id_of_key(keys.check_key(key, "color_reference_key")) != job_id:
+            raise NonRetryable(f"color_reference_key: {key} is not a key of job {job_id}")
+        # A reference serves many frames: kept apart from the recent frames, whose
+        # window it soon leaves, so each frame does not read it back from the store.
+        data = self.references.get(key)
+        if data is None:
+            data = await self._load_bytes(key, "color_reference_key")
+            self.references.put(key, data)
+        return _image(data, "color_reference_key")
+
+    async def _load_bytes(self, key: str, field: str) -> bytes:
+        keys.check_key(key, field)
+        data = self.recent.get(key)  # the bytes this replica stored, if still in memory
+        if data is None:
+            try:
+                data = await asyncio.to_thread(self.store.get, key)
+            except NotFound:
+                # The previous frame should exist; it may be mid-write on a slow store.
+                raise bus.Retryable(f"{field}: {key} is not in the store yet") from None
+        return data
+
+    async def _load(self, key: str, field: str) -> Image.Image:
+        return _image(await self._load_bytes(key, field), field)
+
+    async def _write(self, job_id: str, i: int, png: bytes, record: dict) -> None:
+        frame_key = keys.frame_key(job_id, i)
+        record_json = json.dumps(record, indent=2, sort_keys=True).encode()
+        # PNG and record side by side: one store round trip on the critical path, not two.
+        await asyncio.gather(
+            asyncio.to_thread(self.store.put, frame_key, png, "image/png"),
+            asyncio.to_thread(
+                self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
+            ),
+        )
+        self.recent.put(frame_key, png)
+
+    async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
+        metrics.renderer().failed(failure.retryable)
+        await self.emit(
+            bus_pb2.EVENT_TYPE_FRAME_FAILED,
+            work,
+            reason=failure.reason,
+            retryable=failure.retryable,
+        )
+
+
+SERVICE = RendererService
