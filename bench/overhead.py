@@ -29,8 +29,8 @@ from pathlib import Path
 from PIL import Image
 
 from ghibli_anim.contracts import config
+from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.profiles import tiny_dir
 from ghibli_anim.devtools import tiny_models
 from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime.client import AnimationClient

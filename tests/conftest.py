@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from ghibli_anim.contracts import config
+from ghibli_anim.contracts import config, model_refs
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.contracts.profiles import tiny_dir
+from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.devtools import tiny_models
 from ghibli_anim.runtime.processes import NatsServer, SeaweedS3
 from ghibli_anim.runtime.store import LocalStore, S3Store
@@ -25,6 +25,9 @@ from ghibli_anim.runtime.store import LocalStore, S3Store
 # the service processes of the end-to-end tests, extra threads only contend (5-10x
 # slower here). Service processes get OMP_NUM_THREADS=1 from the stacks' env.
 torch.set_num_threads(1)
+
+# Like the ghibli-anim command: tiny models are written on first use.
+model_refs.use_tiny_builder(tiny_models.write_tiny_models)
 
 # Credentials of the test SeaweedFS: an Admin identity and a read-only one.
 S3_ACCESS_KEY = "anim-test-access"

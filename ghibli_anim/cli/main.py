@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ghibli_anim.contracts import limits
+from ghibli_anim.contracts import limits, model_refs
 
 
 def _add_render_flags(p: argparse.ArgumentParser) -> None:
@@ -454,7 +454,15 @@ def _print_table(rows, headers) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _build_tiny(out_dir: Path, components) -> Path:
+    from ghibli_anim.devtools.tiny_models import write_tiny_models  # torch only when building
+
+    return write_tiny_models(out_dir, components)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # `--profile tiny` works on a fresh machine: missing tiny models are written on first use.
+    model_refs.use_tiny_builder(_build_tiny)
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ghibli_anim.contracts import config
+from ghibli_anim.contracts import config, model_refs
 
 
 def _hub_refs(profile) -> list[tuple[str, str]]:
@@ -23,11 +23,11 @@ def _hub_refs(profile) -> list[tuple[str, str]]:
         ("lcm_lora", profiles.profile_option(profile.name, "lcm_lora")),
         ("taesd", profiles.profile_option(profile.name, "taesd")),
     ]
-    if profiles.is_single_file(profile.base_model):
+    if model_refs.is_single_file(profile.base_model):
         refs.append(("config", profiles.single_file_config(profile)))
     out = []
     for field, ref in refs:
-        if ref and profiles.check_ref(ref, None, field, allow_store=True) == "hub":
+        if ref and model_refs.check_ref(ref, None, field, allow_store=True) == "hub":
             out.append((field, ref))
     return out
 

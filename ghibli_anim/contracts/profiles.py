@@ -1,27 +1,17 @@
 """Model profiles: which models a job renders with, and their defaults.
 
-A profile (DESIGN.md "Models and profiles") lives in ``profiles.toml`` beside this
-module, or in the file ``ANIM_PROFILES_FILE`` names, which replaces it. The
-conductor copies the resolved ``types_pb2.Profile`` into every work message, so
-workers never read another process's profiles file.
+A profile lives in ``profiles.toml`` beside this module, or in the file
+``ANIM_PROFILES_FILE`` names, which replaces it. The planner copies the resolved
+``types_pb2.Profile`` into every FrameSpec and work message, so workers never read
+another process's profiles file. Each model in a profile is a reference of
+:mod:`ghibli_anim.contracts.model_refs`. A request may override the base model, the
+ControlNet and the LoRAs, and ask for the ``fast`` preset (:func:`resolve_profile`).
 
-A model reference is one of:
-
-* a hub id, ``owner/name``, or ``owner/name/sub/folder`` for a folder inside a
-  hub repository (downloaded with ``huggingface_hub.snapshot_download``);
-* a local path, absolute or starting with ``./``, ``../`` or ``~``, that must
-  resolve (symbolic links and ``..`` included) inside one of ``ANIM_MODEL_ROOTS``;
-* ``tiny:<component>``: the random-weight models of ``tiny_models``, built on
-  first use in ``<ANIM_CACHE_DIR>/tiny-v<N>/``;
-* for LoRA sources only, ``store://loras/NAME``: a LoRA in the object store,
-  which the caller fetches (``locate`` refuses it).
-
-Nothing here imports torch: the planner locates and loads tokenizers without it.
+Nothing here imports torch: the planner resolves profiles without it.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,13 +19,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ghibli_anim.contracts import config, keys, limits
+from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import (
+    SINGLE_FILE_SUFFIX,
+    TINY_PREFIX,
+    check_ref,
+    default_tokenizer,
+    is_single_file,
+    refuse_pickle,
+    settings_or_client,
+)
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.devtools import tiny_models
-
-TINY_PREFIX = "tiny:"
-STORE_PREFIX = "store://"
 
 # Canonical scheduler names; the renderer maps each to a diffusers class. (LMS is
 # left out: diffusers needs scipy for it, which the renderer does not install.)
@@ -55,7 +50,6 @@ SCHEDULERS: tuple[str, ...] = (
 LORA_SCALE = limits.FloatRange(-2.0, 2.0)
 
 _PROFILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_HUB_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _STR_FIELDS = (
     "base_model",
@@ -92,24 +86,6 @@ DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 _LORA_KEYS = {"source", "scale", "weight_name"}
 
 
-def _settings(settings: Settings | None) -> Settings:
-    # "client" reads every ANIM_* variable and requires none of the services' ones.
-    return settings if settings is not None else config.load("client")
-
-
-# ---------------------------------------------------------------------------
-# Model references
-# ---------------------------------------------------------------------------
-
-
-def _is_path_ref(ref: str) -> bool:
-    return (
-        os.path.isabs(ref)
-        or ref in (".", "..", "~")
-        or ref.startswith(("./", "../", "~/", ".\\", "..\\"))
-    )
-
-
 def check_scheduler(value: str, field: str = "scheduler") -> str:
     """The canonical name of a scheduler; case, spaces, '-' and '_' are ignored."""
 
@@ -121,153 +97,6 @@ def check_scheduler(value: str, field: str = "scheduler") -> str:
         if norm(name) == wanted:
             return name
     raise ValueError(f"{field}: must be one of {', '.join(SCHEDULERS)}, got {value!r:.60}")
-
-
-def _check_hub_id(ref: str, field: str) -> None:
-    parts = ref.split("/")
-    if len(parts) < 2 or not all(_HUB_SEGMENT_RE.match(p) and p not in (".", "..") for p in parts):
-        raise ValueError(
-            f"{field}: must be a hub id (owner/name[/subfolder]), a path under "
-            f"ANIM_MODEL_ROOTS (absolute or starting with ./ ../ ~) or "
-            f"{TINY_PREFIX}<component>, got {ref!r:.200}"
-        )
-
-
-def check_local_path(ref: str, settings: Settings | None, field: str) -> Path:
-    """Resolve a local path and require it inside one of ANIM_MODEL_ROOTS."""
-    roots: tuple[Path, ...] = tuple(_settings(settings)["ANIM_MODEL_ROOTS"] or ())
-    if not roots:
-        raise ValueError(
-            f"{field}: local path {ref!r:.200} is not allowed: ANIM_MODEL_ROOTS names "
-            "no folder for models"
-        )
-    resolved = Path(ref).expanduser().resolve()  # follows symbolic links and '..'
-    for root in roots:
-        base = root.expanduser().resolve()
-        if resolved == base or resolved.is_relative_to(base):
-            return resolved
-    how = "'..' leads to" if ".." in Path(ref).parts else "it resolves to"
-    raise ValueError(
-        f"{field}: path {ref!r:.200} is outside ANIM_MODEL_ROOTS ({how} {resolved}; "
-        f"roots: {', '.join(str(r) for r in roots)})"
-    )
-
-
-def check_ref(ref: str, settings: Settings | None, field: str, *, allow_store: bool = False) -> str:
-    """Validate a model reference without touching the hub or the disk's models.
-
-    Returns its kind: ``hub``, ``path``, ``tiny`` or ``store``.
-    """
-    if not isinstance(ref, str) or not ref.strip():
-        raise ValueError(f"{field}: must name a model, got {ref!r:.60}")
-    if ref != ref.strip():
-        raise ValueError(f"{field}: must not start or end with spaces, got {ref!r:.200}")
-    if ref.startswith(TINY_PREFIX):
-        component = ref[len(TINY_PREFIX) :]
-        if component not in tiny_models.COMPONENTS:
-            raise ValueError(
-                f"{field}: tiny component must be one of "
-                f"{', '.join(tiny_models.COMPONENTS)}, got {component!r:.60}"
-            )
-        return "tiny"
-    if ref.startswith(STORE_PREFIX):
-        if not allow_store:
-            raise ValueError(f"{field}: store:// references are allowed for LoRAs only")
-        parts = ref[len(STORE_PREFIX) :].split("/")
-        if len(parts) != 2 or parts[0] != keys.LORA_PREFIX:
-            raise ValueError(f"{field}: must be store://loras/NAME, got {ref!r:.200}")
-        keys.check_name(parts[1], f"{field} (LoRA name)")
-        return "store"
-    if "://" in ref:
-        raise ValueError(f"{field}: unsupported scheme in {ref!r:.200}")
-    if _is_path_ref(ref):
-        check_local_path(ref, settings, field)
-        return "path"
-    _check_hub_id(ref, field)
-    return "hub"
-
-
-def tiny_dir(settings: Settings | None = None) -> Path:
-    """The cache folder of this version's tiny models."""
-    cache_dir = Path(_settings(settings)["ANIM_CACHE_DIR"]).expanduser()
-    return cache_dir / f"tiny-v{tiny_models.TINY_VERSION}"
-
-
-def ensure_tiny(component: str, settings: Settings | None = None) -> Path:
-    """The folder of a tiny component, built first if missing (safe across processes)."""
-    out_dir = tiny_dir(settings)
-    folder = out_dir / component
-    if not folder.is_dir():
-        tiny_models.write_tiny_models(out_dir, [component])
-    return folder
-
-
-def _hub_subfolder(ref: str, field: str) -> str:
-    """Local folder of ``owner/name/sub/folder``, downloaded (or cached) from the hub."""
-    from huggingface_hub import snapshot_download
-
-    owner, name, *sub = ref.split("/")
-    subfolder = "/".join(sub)
-    try:
-        root = snapshot_download(f"{owner}/{name}", allow_patterns=[f"{subfolder}/*"])
-    except Exception as exc:  # offline, missing repo, gated model: all say why
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OSError(
-            f"{field}: cannot fetch {ref!r} from the hub ({first}); with no network, "
-            "`ghibli-anim models fetch PROFILE` on a connected machine fills HF_HOME, "
-            "and `--profile tiny` needs no download"
-        ) from exc
-    folder = Path(root) / subfolder
-    if not folder.is_dir():
-        raise ValueError(f"{field}: hub repository {owner}/{name} has no folder {subfolder!r}")
-    return str(folder)
-
-
-def locate(
-    ref: str, settings: Settings | None = None, *, field: str = "model", allow_store: bool = False
-) -> str:
-    """What ``from_pretrained`` takes for a model reference.
-
-    A hub id comes back unchanged (``from_pretrained`` downloads or uses the
-    cache); a hub subfolder is downloaded and its local folder returned; a local
-    path comes back resolved (and must exist); ``tiny:X`` is built in the cache
-    if missing and its folder returned. Raises ValueError naming ``field``.
-    """
-    kind = check_ref(ref, settings, field, allow_store=allow_store)
-    if kind == "tiny":
-        return str(ensure_tiny(ref[len(TINY_PREFIX) :], settings))
-    if kind == "store":
-        raise ValueError(f"{field}: {ref} is in the object store; fetch it before loading")
-    if kind == "path":
-        path = check_local_path(ref, settings, field)
-        if not path.exists():
-            raise ValueError(f"{field}: path {ref!r:.200} does not exist")
-        return str(path)
-    if ref.count("/") > 1:
-        return _hub_subfolder(ref, field)
-    return ref
-
-
-def default_tokenizer(base_model: str) -> str:
-    """The tokenizer folder that goes with a base model."""
-    if base_model == TINY_PREFIX + "pipeline":
-        return TINY_PREFIX + "tokenizer"
-    return base_model.rstrip("/") + "/tokenizer"
-
-
-def locate_tokenizer(profile: types_pb2.Profile, settings: Settings | None = None) -> str:
-    """Folder (or hub id) of the profile's CLIP tokenizer; never imports torch."""
-    ref = profile.tokenizer or default_tokenizer(profile.base_model)
-    return locate(ref, settings, field="profile.tokenizer")
-
-
-def load_tokenizer(profile: types_pb2.Profile, settings: Settings | None = None) -> Any:
-    """The profile's ``CLIPTokenizer`` (transformers, tokenizers backend, no torch)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(
-        locate_tokenizer(profile, settings), model_max_length=limits.CLIP_MAX_TOKENS
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +207,7 @@ def _build(name: str, table: Any, settings: Settings) -> types_pb2.Profile:
 
 def profile_names(settings: Settings | None = None) -> list[str]:
     """Names of the profiles in the active file, in file order."""
-    _, profiles = _read_file(_settings(settings))
+    _, profiles = _read_file(settings_or_client(settings))
     return list(profiles)
 
 
@@ -388,7 +217,7 @@ def load_profile(name: str | None, settings: Settings | None = None) -> types_pb
     Raises ValueError ``profile: must be one of A, B, got 'x'`` for an unknown
     name, and ``profiles.NAME.FIELD: ...`` for a bad entry in the file.
     """
-    settings = _settings(settings)
+    settings = settings_or_client(settings)
     if not name:
         name = settings["ANIM_PROFILE"]
     origin, profiles = _read_file(settings)
@@ -407,7 +236,7 @@ def load_captioner(name: str | None, settings: Settings | None = None) -> str:
 
     The whole profile is validated first, as ``load_profile`` does.
     """
-    settings = _settings(settings)
+    settings = settings_or_client(settings)
     profile = load_profile(name, settings)
     _, tables = _read_file(settings)
     return tables[profile.name].get("captioner", DEFAULT_CAPTIONER)
@@ -417,9 +246,6 @@ def load_captioner(name: str | None, settings: Settings | None = None) -> str:
 # Single-file checkpoints, request overrides and presets
 # ---------------------------------------------------------------------------
 
-SINGLE_FILE_SUFFIX = ".safetensors"
-# Pickle checkpoints run code when loaded: only safetensors files are accepted.
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 DEFAULT_TAESD = "madebyollin/taesd"
 PRESETS = ("", "fast")
@@ -430,19 +256,6 @@ FAST_STEPS = 4
 FAST_GUIDANCE = limits.FloatRange(1.0, 2.0)
 FAST_DEFAULT_GUIDANCE = 1.5
 MAX_LORAS = 8
-
-
-def is_single_file(ref: str) -> bool:
-    """Whether a model reference is a local single-file checkpoint (``.safetensors``)."""
-    return _is_path_ref(ref) and ref.lower().endswith(SINGLE_FILE_SUFFIX)
-
-
-def _refuse_pickle(ref: str, field: str) -> None:
-    if _is_path_ref(ref) and ref.lower().endswith(_PICKLE_SUFFIXES):
-        raise ValueError(
-            f"{field}: {ref!r:.200} is a pickle checkpoint, which can run code when loaded; "
-            f"convert it to {SINGLE_FILE_SUFFIX}"
-        )
 
 
 def single_file_config(profile: types_pb2.Profile, field: str = "profile.tokenizer") -> str:
@@ -481,7 +294,7 @@ def _check_base_config(
     config_ref = table.get("config", "")
     if not isinstance(config_ref, str):
         raise ValueError(f"{where}.config: must be a string, got {config_ref!r:.60}")
-    _refuse_pickle(profile.base_model, f"{where}.base_model")
+    refuse_pickle(profile.base_model, f"{where}.base_model")
     if not is_single_file(profile.base_model):
         if config_ref:
             raise ValueError(
@@ -511,7 +324,7 @@ def profile_option(name: str, key: str, settings: Settings | None = None) -> str
     defaults = {"lcm_lora": DEFAULT_LCM_LORA, "taesd": DEFAULT_TAESD}
     if key not in defaults:
         raise ValueError(f"key: must be one of {', '.join(defaults)}, got {key!r:.40}")
-    settings = _settings(settings)
+    settings = settings_or_client(settings)
     profile = load_profile(name, settings)  # validates the whole table first
     _, tables = _read_file(settings)
     return tables[profile.name].get(key, defaults[key])
@@ -535,7 +348,7 @@ def parse_lora_arg(text: str, settings: Settings | None, field: str) -> types_pb
         else:
             source = head
     scale = LORA_SCALE.check(f"{field} scale", scale)
-    _refuse_pickle(source, field)
+    refuse_pickle(source, field)
     check_ref(source, settings, field, allow_store=True)
     return types_pb2.LoraRef(source=source, scale=scale)
 
@@ -546,7 +359,7 @@ def check_overrides(req: Any, settings: Settings | None = None) -> None:
     if len(req.loras) > MAX_LORAS:
         raise ValueError(f"loras: at most {MAX_LORAS} LoRAs, got {len(req.loras)}")
     if req.base_model:
-        _refuse_pickle(req.base_model, "base_model")
+        refuse_pickle(req.base_model, "base_model")
         check_ref(req.base_model, settings, "base_model")
     seen: dict[str, int] = {}
     for i, text in enumerate(req.loras):
@@ -555,7 +368,7 @@ def check_overrides(req: Any, settings: Settings | None = None) -> None:
             raise ValueError(f"loras[{i}]: {source!r:.200} is loras[{seen[source]}] already")
         seen[source] = i
     if req.controlnet:
-        _refuse_pickle(req.controlnet, "controlnet")
+        refuse_pickle(req.controlnet, "controlnet")
         check_ref(req.controlnet, settings, "controlnet")
     if req.preset not in PRESETS:
         raise ValueError(f"preset: must be empty (quality) or fast, got {req.preset!r:.40}")
@@ -572,7 +385,7 @@ def resolve_profile(req: Any, settings: Settings | None = None) -> types_pb2.Pro
     and guidance 1.5 the defaults; ANIM_TINY_VAE swaps in the profile's ``taesd``.
     Raises ValueError naming the field.
     """
-    settings = _settings(settings)
+    settings = settings_or_client(settings)
     check_overrides(req, settings)
     profile = load_profile(req.profile, settings)
     if req.base_model:

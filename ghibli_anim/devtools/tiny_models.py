@@ -27,7 +27,7 @@ Guarantees:
 * **Tokenizer without torch**: the tokenizer files are plain JSON and text written
   by this module; the planner (no torch installed) can build them.
 
-Bump ``TINY_VERSION`` whenever the bytes written change: the model cache keeps
+Bump ``model_refs.TINY_VERSION`` whenever the bytes written change: the model cache keeps
 one folder per version (``<ANIM_CACHE_DIR>/tiny-v<N>``).
 
 torch, diffusers and transformers are imported inside the builders only.
@@ -48,17 +48,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-TINY_VERSION = 1
+from ghibli_anim.contracts.model_refs import TINY_COMPONENTS as COMPONENTS
+from ghibli_anim.contracts.model_refs import TINY_VERSION
 
-COMPONENTS: tuple[str, ...] = (
-    "pipeline",
-    "tokenizer",
-    "controlnet",
-    "depth",
-    "taesd",
-    "lcm_lora",
-    "blip",
-)
+__all__ = ["COMPONENTS", "TINY_VERSION", "write_single_file", "write_tiny_models"]
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 

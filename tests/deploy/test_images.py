@@ -157,7 +157,7 @@ def missing_for_web(extras: list[str]) -> dict[str, list[str]]:
     code = (
         "import json, sys\n"
         "before = set(sys.modules)\n"
-        "from ghibli_anim import cli\n"
+        "from ghibli_anim.cli import main\n"
         "from ghibli_anim.services.web import app, service\n"
         "from ghibli_anim.contracts import profiles\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))\n"

@@ -22,7 +22,7 @@ from llm_server import ChatServer, Reply, frames_asked, idea_of, storyboard, tur
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.embedded import EmbeddedStack
@@ -130,7 +130,7 @@ async def test_injection_with_fallback_fail_fails_in_planning(stack, store):
 
 def _long_prompt(env) -> str:
     settings = config.load("client", env)
-    counter = TokenCounter(locate_tokenizer(load_profile("tiny", settings), settings))
+    counter = TokenCounter.for_profile(load_profile("tiny", settings), settings)
     words = ("lanterns", "drifting", "over", "a", "quiet", "river", "under", "violet", "skies")
     prompt, i = "", 0
     while counter.count(f"{prompt}, ghibli style") < 90:

@@ -12,8 +12,9 @@ from PIL import Image
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.services.depth.estimate import DepthEstimator
 from ghibli_anim.services.renderer.diffusion import (
     PipelineCache,

@@ -34,7 +34,7 @@ from llm_server import (
 
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import config, limits
-from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.services.planner.chat_backends import (
@@ -68,7 +68,7 @@ def settings(tmp_path_factory) -> config.Settings:
 
 @pytest.fixture(scope="module")
 def counter(settings) -> TokenCounter:
-    return TokenCounter(locate_tokenizer(load_profile("tiny", settings), settings))
+    return TokenCounter.for_profile(load_profile("tiny", settings), settings)
 
 
 def backend(kind: str, server: ChatServer, *, timeout_s: float = 10.0):
@@ -393,15 +393,17 @@ def test_planner_starts_without_torch_with_an_llm_backend(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # any import of torch fails\n"
-        "from ghibli_anim.contracts import config\n"
-        "from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer\n"
+        "from ghibli_anim.contracts import config, model_refs\n"
+        "from ghibli_anim.contracts.profiles import load_profile\n"
+        "from ghibli_anim.devtools import tiny_models\n"
+        "model_refs.use_tiny_builder(tiny_models.write_tiny_models)  # as the CLI does\n"
         "from ghibli_anim.services.planner import service, plan_step\n"
         "from ghibli_anim.services.planner.storyboard_llm import Storyboarder\n"
         "from ghibli_anim.contracts.tokens import TokenCounter\n"
         "for b in ('openai', 'hf', 'offline'):\n"
         "    s = config.load('planner')\n"
         "    Storyboarder.from_settings(s, backend=b)\n"
-        "c = TokenCounter(locate_tokenizer(load_profile('tiny', s), s))\n"
+        "c = TokenCounter.for_profile(load_profile('tiny', s), s)\n"
         "sb = Storyboarder.from_settings(s, 'offline')\n"
         "print(sb.plan('a cat', 2, style='x', counter=c).backend)\n"
     )

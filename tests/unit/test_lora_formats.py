@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.services.renderer import lora_files
 from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
 

@@ -6,7 +6,7 @@ import pytest
 
 from ghibli_anim.contracts import config, keys, seeds
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
 from ghibli_anim.services.planner.conductor import assemble_work, next_work
@@ -24,7 +24,7 @@ def settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def counter(settings):
-    return TokenCounter(locate_tokenizer(load_profile("tiny", settings), settings))
+    return TokenCounter.for_profile(load_profile("tiny", settings), settings)
 
 
 IDEAS = [

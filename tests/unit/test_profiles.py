@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ghibli_anim.contracts import config, profiles
+from ghibli_anim.contracts import config, model_refs, profiles
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.devtools import tiny_models
 
@@ -137,9 +137,9 @@ def test_local_path_inside_a_model_root(tmp_path: Path) -> None:
         tmp_path, PROFILE.format(base=f"{root}/sd"), ANIM_MODEL_ROOTS=str(root)
     )
     p = profiles.load_profile("mine", settings)
-    assert profiles.locate(p.base_model, settings) == str((root / "sd").resolve())
+    assert model_refs.locate(p.base_model, settings) == str((root / "sd").resolve())
     with pytest.raises(ValueError, match=r"^model: path .* does not exist"):
-        profiles.locate(f"{root}/missing", settings)
+        model_refs.locate(f"{root}/missing", settings)
 
 
 def test_path_outside_the_model_roots_is_refused(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_dot_dot_escape_is_refused(tmp_path: Path) -> None:
     root.mkdir()
     settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
     with pytest.raises(ValueError) as info:
-        profiles.locate(f"{root}/../../etc", settings, field="profile.controlnet")
+        model_refs.locate(f"{root}/../../etc", settings, field="profile.controlnet")
     message = str(info.value)
     assert message.startswith("profile.controlnet: path ") and "'..' leads to" in message
 
@@ -168,12 +168,12 @@ def test_symlink_escape_is_refused(tmp_path: Path) -> None:
     (root / "link").symlink_to(tmp_path)
     settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
     with pytest.raises(ValueError, match=r"^depth_model: path .* is outside ANIM_MODEL_ROOTS"):
-        profiles.locate(f"{root}/link", settings, field="depth_model")
+        model_refs.locate(f"{root}/link", settings, field="depth_model")
 
 
 def test_local_paths_need_model_roots(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^base_model: local path .* ANIM_MODEL_ROOTS names no"):
-        profiles.locate(str(tmp_path), _settings(tmp_path), field="base_model")
+        model_refs.locate(str(tmp_path), _settings(tmp_path), field="base_model")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_local_paths_need_model_roots(tmp_path: Path) -> None:
     ],
 )
 def test_reference_kinds(tmp_path: Path, ref: str, kind: str) -> None:
-    assert profiles.check_ref(ref, _settings(tmp_path), "ref", allow_store=True) == kind
+    assert model_refs.check_ref(ref, _settings(tmp_path), "ref", allow_store=True) == kind
 
 
 @pytest.mark.parametrize(
@@ -194,24 +194,24 @@ def test_reference_kinds(tmp_path: Path, ref: str, kind: str) -> None:
 )
 def test_bad_references(tmp_path: Path, ref: str) -> None:
     with pytest.raises(ValueError, match=r"^ref: "):
-        profiles.check_ref(ref, _settings(tmp_path), "ref")
+        model_refs.check_ref(ref, _settings(tmp_path), "ref")
 
 
 def test_hub_ids_pass_through_and_store_refs_are_refused(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    assert profiles.locate("owner/name", settings) == "owner/name"
+    assert model_refs.locate("owner/name", settings) == "owner/name"
     with pytest.raises(ValueError, match=r"^lora: store:// references are allowed for LoRAs"):
-        profiles.locate("store://loras/x", settings, field="lora")
+        model_refs.locate("store://loras/x", settings, field="lora")
     with pytest.raises(ValueError, match=r"^lora: store://loras/x is in the object store"):
-        profiles.locate("store://loras/x", settings, field="lora", allow_store=True)
+        model_refs.locate("store://loras/x", settings, field="lora", allow_store=True)
 
 
 def test_tiny_references_build_on_first_use(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    path = Path(profiles.locate("tiny:tokenizer", settings))
+    path = Path(model_refs.locate("tiny:tokenizer", settings))
     assert path == tmp_path / "cache" / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
     assert sorted(p.name for p in path.iterdir()) == sorted(tiny_models.tokenizer_files())
-    assert profiles.locate("tiny:tokenizer", settings) == str(path)
+    assert model_refs.locate("tiny:tokenizer", settings) == str(path)
 
 
 @pytest.mark.parametrize(
@@ -231,11 +231,11 @@ def test_hub_subfolder_comes_from_the_hub_cache(tmp_path: Path) -> None:
     tiny_models.write_tokenizer(repo / "snapshots" / commit / "tokenizer")
     code = (
         "import sys\n"
-        "from ghibli_anim.contracts import config, profiles\n"
+        "from ghibli_anim.contracts import config, model_refs\n"
         "s = config.load('client')\n"
-        "print(profiles.locate('owner/name/tokenizer', s, field='profile.tokenizer'))\n"
+        "print(model_refs.locate('owner/name/tokenizer', s, field='profile.tokenizer'))\n"
         "try:\n"
-        "    profiles.locate('owner/name/nothing', s, field='profile.tokenizer')\n"
+        "    model_refs.locate('owner/name/nothing', s, field='profile.tokenizer')\n"
         "except ValueError as exc:\n"
         "    print(exc)\n"
         "assert 'torch' not in sys.modules\n"

@@ -41,7 +41,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_cache_dir: Path, tiny_settings: Settings) -> Path:
     """ANIM_MODEL_ROOTS holding the tiny models and, from the CLI, their single-file export."""
-    from ghibli_anim.contracts.profiles import tiny_dir
+    from ghibli_anim.contracts.model_refs import tiny_dir
 
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(tiny_dir(tiny_settings) / "pipeline", root / "tiny" / "pipeline")

@@ -13,7 +13,9 @@ import pytest
 
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.contracts.profiles import load_profile, load_tokenizer, tiny_dir
+from ghibli_anim.contracts.model_refs import tiny_dir
+from ghibli_anim.contracts.profiles import load_profile
+from ghibli_anim.contracts.tokens import load_tokenizer
 from ghibli_anim.devtools import tiny_models
 
 PROMPT = (
@@ -132,12 +134,14 @@ def test_tokenizer_without_torch(tmp_path: Path) -> None:
     """The planner has no torch: locating and loading the tokenizer must not import it."""
     code = (
         "import sys\n"
-        "from ghibli_anim.contracts import config, profiles\n"
+        "from ghibli_anim.contracts import config, model_refs, profiles, tokens\n"
+        "from ghibli_anim.devtools import tiny_models\n"
+        "model_refs.use_tiny_builder(tiny_models.write_tiny_models)  # as the CLI does\n"
         "s = config.load('client')\n"
         "p = profiles.load_profile('tiny', s)\n"
-        "path = profiles.locate_tokenizer(p, s)\n"
+        "path = tokens.locate_tokenizer(p, s)\n"
         "assert 'torch' not in sys.modules, 'locate_tokenizer imported torch'\n"
-        "tok = profiles.load_tokenizer(p, s)\n"
+        "tok = tokens.load_tokenizer(p, s)\n"
         "assert 'torch' not in sys.modules, 'load_tokenizer imported torch'\n"
         "print(path)\n"
     )

@@ -25,8 +25,9 @@ from ghibli_anim.cli import main as cli
 from ghibli_anim.cli import train as trainer_cli
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.contracts.profiles import load_profile, locate
+from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.runtime.processes import SeaweedS3
 from ghibli_anim.runtime.store import LocalStore, S3Store
 from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame

@@ -21,8 +21,8 @@ from PIL import Image
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.contracts.profiles import locate
 from ghibli_anim.runtime import devices, logs
 
 # Model types whose output grows with distance (metric depth), not with nearness.

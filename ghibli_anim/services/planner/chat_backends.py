@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ghibli_anim.contracts import model_refs
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -431,14 +433,12 @@ class LocalBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from ghibli_anim.contracts import profiles
-
         # Load notes and progress bars are noise in a service log (errors still show).
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
         try:
-            path = profiles.locate(self.model, self._settings, field="ANIM_PLANNER_LOCAL_MODEL")
+            path = model_refs.locate(self.model, self._settings, field="ANIM_PLANNER_LOCAL_MODEL")
         except ValueError as exc:
             raise LLMError(f"{self.describe()}: {exc}") from None
         device = self._setting("ANIM_DEVICE", "auto")

@@ -207,13 +207,13 @@ class PlannerCore:
         """
         if self.settings is None:
             return
-        from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+        from ghibli_anim.contracts.profiles import load_profile
         from ghibli_anim.contracts.storyboard import prompts_with_style
         from ghibli_anim.contracts.tokens import TokenCounter
 
         def counter() -> TokenCounter:
             profile = load_profile(profile_name, self.settings)
-            return TokenCounter(locate_tokenizer(profile, self.settings))
+            return TokenCounter.for_profile(profile, self.settings)
 
         try:
             tokens = await asyncio.to_thread(counter)

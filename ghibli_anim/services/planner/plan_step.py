@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.profiles import locate_tokenizer, resolve_profile
+from ghibli_anim.contracts.profiles import resolve_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
 from ghibli_anim.runtime import bus
@@ -70,9 +70,7 @@ class Planner:
         except ValueError as exc:  # e.g. the profiles file changed since creation
             await self.fail(state.job_id, str(exc), work.causation_id)
             return
-        counter = await asyncio.to_thread(
-            lambda: TokenCounter(locate_tokenizer(profile, self.settings))
-        )
+        counter = await asyncio.to_thread(lambda: TokenCounter.for_profile(profile, self.settings))
         started = time.monotonic()
         notice = ""
         if req.storyboard_json:

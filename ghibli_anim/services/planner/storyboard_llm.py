@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ghibli_anim.contracts import config, limits
+from ghibli_anim.contracts import config, limits, model_refs
 from ghibli_anim.contracts.storyboard import (
     Storyboard,
     StoryboardError,
@@ -74,6 +74,8 @@ class TokenCount(Protocol):
     def count(self, text: str) -> int: ...
 
     def fits(self, text: str) -> bool: ...
+
+    def problems(self, prompts: Sequence[str], field: str = "prompt") -> list[str]: ...
 
 
 class PlanningFailed(ValueError):
@@ -231,14 +233,7 @@ def check_reply(
         board = parse_storyboard(obj, frames)
     except StoryboardError as exc:
         return None, exc.errors
-    errors = []
-    for index, prompt in enumerate(prompts_with_style(board)):
-        n = counter.count(prompt)
-        if n > limits.CLIP_MAX_TOKENS:
-            errors.append(
-                f"frames[{index}].prompt: {n} CLIP tokens with the style line, the limit is "
-                f"{limits.CLIP_MAX_TOKENS}: shorten it"
-            )
+    errors = [f"{problem}: shorten it" for problem in counter.problems(prompts_with_style(board))]
     if errors:
         return None, errors
     return board, []
@@ -442,10 +437,8 @@ def make_backend(name: str, settings: config.Settings) -> ChatBackend | None:
     if name == "local":
         ref = settings["ANIM_PLANNER_LOCAL_MODEL"]
         if ref:
-            from ghibli_anim.contracts import profiles
-
             try:
-                profiles.check_ref(ref, settings, "ANIM_PLANNER_LOCAL_MODEL")
+                model_refs.check_ref(ref, settings, "ANIM_PLANNER_LOCAL_MODEL")
             except ValueError as exc:
                 raise config.ConfigError(str(exc)) from None
         return LocalBackend(ref, settings=settings, timeout_s=timeout_s)
@@ -475,7 +468,7 @@ def _camera_text(board: Storyboard, index: int) -> str:
 
 def run_plan_command(args: argparse.Namespace) -> int:
     """``ghibli-anim plan IDEA --frames N [--backend B] [--profile P] [--json]``."""
-    from ghibli_anim.contracts.profiles import load_profile, locate_tokenizer
+    from ghibli_anim.contracts.profiles import load_profile
     from ghibli_anim.contracts.tokens import TokenCounter
 
     idea = limits.check_text("idea", args.idea, limits.IDEA_CHARS, required=True)
@@ -483,7 +476,7 @@ def run_plan_command(args: argparse.Namespace) -> int:
     settings = config.load("client")
     storyboarder = Storyboarder.from_settings(settings, backend=args.backend)
     profile = load_profile(args.profile or settings["ANIM_PROFILE"], settings)
-    counter = TokenCounter(locate_tokenizer(profile, settings))
+    counter = TokenCounter.for_profile(profile, settings)
     try:
         outcome = storyboarder.plan(idea, args.frames, style=profile.style, counter=counter)
     except PlanningFailed as exc:
@@ -492,15 +485,10 @@ def run_plan_command(args: argparse.Namespace) -> int:
     board = outcome.board
     prompts = prompts_with_style(board)
     # Offline storyboards are checked here too: an idea too long for CLIP fails like a job.
-    for index, prompt in enumerate(prompts):
-        n = counter.count(prompt)
-        if n > limits.CLIP_MAX_TOKENS:
-            print(
-                f"error: planning: frames[{index}].prompt: {n} CLIP tokens with the style line, "
-                f"the limit is {limits.CLIP_MAX_TOKENS}",
-                file=sys.stderr,
-            )
-            return 1
+    too_long = counter.problems(prompts)
+    if too_long:
+        print(f"error: planning: {too_long[0]}", file=sys.stderr)
+        return 1
     if outcome.notice:
         print(f"notice: {outcome.notice}", file=sys.stderr)
     if args.json:

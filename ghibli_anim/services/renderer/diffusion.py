@@ -42,14 +42,10 @@ from PIL import Image
 
 from ghibli_anim.contracts import config, limits
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.model_refs import is_single_file, locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.contracts.profiles import (
-    PRESETS,
-    check_scheduler,
-    is_single_file,
-    locate,
-    single_file_config,
-)
+from ghibli_anim.contracts.profiles import PRESETS, check_scheduler, single_file_config
+from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.runtime import devices, logs
 from ghibli_anim.services.renderer import lora_files, provenance
 from ghibli_anim.services.renderer.continuity import PNG_COMPRESS_LEVEL
@@ -551,27 +547,6 @@ def img2img_steps(steps: int, strength: float, field: str = "steps") -> int:
     return needed
 
 
-def check_tokens(tokenizer: Any, text: str, field: str, truncate: bool) -> tuple[int, str | None]:
-    """(CLIP tokens of ``text``, the text cut off at 77 or None).
-
-    Over 77 tokens (start and end included) is an error naming the count, unless
-    ``truncate``: then the pipeline keeps the first 75 words' tokens, as diffusers
-    does silently, and the dropped text is returned for the record.
-    """
-    ids = tokenizer(text, truncation=False)["input_ids"]
-    count = len(ids)
-    if count <= limits.CLIP_MAX_TOKENS:
-        return count, None
-    if not truncate:
-        raise ValueError(
-            f"{field}: {count} CLIP tokens, the limit is {limits.CLIP_MAX_TOKENS} "
-            "(ask for truncate_prompts to cut it)"
-        )
-    body = ids[1:-1]  # without the start and end tokens
-    keep = limits.CLIP_MAX_TOKENS - 2
-    return count, tokenizer.decode(body[keep:]).strip()
-
-
 def _lora_record(models: LoadedModels, profile: types_pb2.Profile, pipe: Any) -> list[dict]:
     active = set(pipe.get_active_adapters()) if models.active else set()
     out = []
@@ -679,20 +654,17 @@ def render_frame(
     with cache.lock:
         pipe, models = cache.pipeline(spec.profile, mode, scheduler, settings)
         load_s = time.perf_counter() - loading  # waiting for the lock and loading models
-        prompt_tokens, prompt_dropped = check_tokens(
-            pipe.tokenizer, prompt, "prompt", spec.truncate_prompt
-        )
+        counter = TokenCounter(pipe.tokenizer)
+        prompt_tokens, prompt_dropped = counter.fit(prompt, "prompt", spec.truncate_prompt)
         negative_dropped = None
         if negative:
-            _, negative_dropped = check_tokens(
-                pipe.tokenizer, negative, "negative_prompt", spec.truncate_prompt
-            )
+            _, negative_dropped = counter.fit(negative, "negative_prompt", spec.truncate_prompt)
         blend = None
         if spec.blend_prompt and spec.blend_weight > 0:
             blend = limits.check_text(
                 "blend_prompt", spec.blend_prompt, limits.PROMPT_CHARS, required=True
             )
-            check_tokens(pipe.tokenizer, blend, "blend_prompt", spec.truncate_prompt)
+            counter.fit(blend, "blend_prompt", spec.truncate_prompt)
             call.update(_blended_embeds(pipe, prompt, blend, negative, spec.blend_weight, guidance))
         else:
             call.update(prompt=prompt, negative_prompt=negative or None)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.contracts.profiles import check_ref, locate
+from ghibli_anim.contracts.model_refs import check_ref, locate
 from ghibli_anim.services.renderer.provenance import file_sha256, hub_revision
 
 log = logging.getLogger(__name__)

@@ -60,7 +60,7 @@ def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
     """
 
     def resolve(source: str) -> str:
-        from ghibli_anim.contracts.profiles import STORE_PREFIX
+        from ghibli_anim.contracts.model_refs import STORE_PREFIX
 
         parts = source.removeprefix(STORE_PREFIX).split("/")
         if not source.startswith(STORE_PREFIX) or len(parts) != 2 or parts[0] != keys.LORA_PREFIX:

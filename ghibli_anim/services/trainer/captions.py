@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ghibli_anim.contracts import profiles
+from ghibli_anim.contracts import model_refs
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.runtime import devices
 
@@ -191,7 +191,7 @@ class BlipCaptioner:
         from ghibli_anim.runtime import logs
 
         logs.quiet_ml_libraries()
-        path = profiles.locate(ref, settings, field="captioner")
+        path = model_refs.locate(ref, settings, field="captioner")
         self.ref = ref
         self.device = devices.pick_device(settings)
         # Half precision on CUDA only: CPU kernels are slow or missing for it.

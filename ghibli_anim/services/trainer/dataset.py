@@ -43,7 +43,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from ghibli_anim.contracts import limits, profiles
+from ghibli_anim.contracts import limits, profiles, tokens
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.services.trainer import captions as cap
 
@@ -327,10 +327,9 @@ def _check_out(images_dir: Path, out_dir: Path, overwrite: bool) -> None:
 
 def _count_tokens(profile: Any, settings: Settings) -> Callable[[str], int] | None:
     try:
-        tokenizer = profiles.load_tokenizer(profile, settings)
+        return tokens.TokenCounter.for_profile(profile, settings).count
     except Exception:  # offline without the tokenizer cached: the check is advisory
         return None
-    return lambda text: len(tokenizer(text).input_ids)
 
 
 def build_dataset(

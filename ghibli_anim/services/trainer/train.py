@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ghibli_anim.contracts import keys, limits, profiles
+from ghibli_anim.contracts import keys, limits, model_refs, profiles, tokens
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.services.trainer import dataset as dataset_mod
 
@@ -191,8 +191,8 @@ class Target:
 def parse_output(value: str, settings: Settings) -> Target:
     if not value or not value.strip():
         raise ValueError("--output: required (a folder or store://loras/NAME)")
-    if value.startswith(profiles.STORE_PREFIX):
-        profiles.check_ref(value, settings, "--output", allow_store=True)
+    if value.startswith(model_refs.STORE_PREFIX):
+        model_refs.check_ref(value, settings, "--output", allow_store=True)
         return Target(lora_name=value.rsplit("/", 1)[1])
     if "://" in value:
         raise ValueError(f"--output: must be a folder or store://loras/NAME, got {value!r:.200}")
@@ -553,7 +553,7 @@ class _Run:
         self.validation_images: list[Path] = []
         self._perms: dict[int, list[int]] = {}
 
-        base = profiles.locate(prof.base_model, settings, field="profile.base_model")
+        base = model_refs.locate(prof.base_model, settings, field="profile.base_model")
         self.base = base
         try:
             scheduler_config = DDPMScheduler.load_config(base, subfolder="scheduler")
@@ -562,7 +562,7 @@ class _Run:
                 diffusers, scheduler_config.get("_class_name", ""), diffusers.PNDMScheduler
             )
             self.inference_scheduler = (inference_class, scheduler_config)
-            self.tokenizer = profiles.load_tokenizer(prof, settings)
+            self.tokenizer = tokens.load_tokenizer(prof, settings)
             self.text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
             self.vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
             unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -880,7 +880,7 @@ class _Run:
     def model_card(self, trigger: str, losses: list[float], target: Target) -> str:
         opts, prof = self.opts, self.prof
         base = prof.base_model
-        is_hub = profiles.check_ref(base, self.settings, "profile.base_model") == "hub"
+        is_hub = model_refs.check_ref(base, self.settings, "profile.base_model") == "hub"
         tail = losses[-10:]
         loss = f"{sum(tail) / len(tail):.4f} (mean of the last {len(tail)} steps)" if tail else "-"
         front = ["---"]
