@@ -33,6 +33,7 @@ from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools import tiny_models
 from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
 
 
@@ -70,12 +71,12 @@ async def _distributed(target: str, req) -> tuple[list[float], animation_pb2.Job
 def _plain_loop(stack: LocalStack, job_id: str, settings) -> list[float]:
     """The same FrameSpecs as the distributed job, rendered in this process."""
     from ghibli_anim.runtime.jobstore import JobStore
-    from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
+    from ghibli_anim.services.renderer.diffusion import render_frame
+    from ghibli_anim.services.renderer.pipelines import PipelineCache
 
     async def specs():
-        from ghibli_anim.runtime import bus
 
-        conn = await bus.connect(config.load("client", stack.env()), "bench")
+        conn = await connect(config.load("client", stack.env()), "bench")
         try:
             state, _ = await (await JobStore.open(conn.js)).get(job_id)
             return list(state.frame_specs)

@@ -68,7 +68,8 @@ class EmbeddedStack:
         await asyncio.to_thread(self.nats.start)
         env = embedded_env(self.nats.url, self._base_env)
         self.settings = {name: config.load(name, env) for name in SERVICES}
-        from ghibli_anim.runtime.bus import connect, init_bus_from_settings
+        from ghibli_anim.runtime.bus.connection import connect
+        from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 
         bus = await connect(self.settings["planner"], "bus-init", first_connect_timeout_s=10)
         try:

@@ -18,8 +18,10 @@ from ghibli_anim.contracts import config, model_refs
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.devtools import tiny_models
-from ghibli_anim.runtime.processes import NatsServer, SeaweedS3
-from ghibli_anim.runtime.store import LocalStore, S3Store
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime.processes import NatsServer
+from ghibli_anim.runtime.store.local import LocalStore
+from ghibli_anim.runtime.store.s3 import S3Store
 
 # Tiny models gain nothing from intra-op threads, and on a 2-core machine shared with
 # the service processes of the end-to-end tests, extra threads only contend (5-10x

@@ -11,7 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ghibli_anim.contracts import config
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 from ghibli_anim.runtime.service import build, run_service
 
 
@@ -30,8 +31,8 @@ async def in_process_planner(nats_server, tmp_path, tiny_cache_dir, **extra) -> 
         **extra,
     }
     settings = config.load("planner", env)
-    conn = await bus.connect(settings, "init", first_connect_timeout_s=10)
-    await bus.init_bus_from_settings(conn.js, settings)
+    conn = await connect(settings, "init", first_connect_timeout_s=10)
+    await init_bus_from_settings(conn.js, settings)
     await conn.close()
     stop = asyncio.Event()
     ready: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -1,6 +1,6 @@
 """Collecting the spans a test makes: an in-memory exporter on the process's tracer provider.
 
-The services use whatever tracer provider the process has (``services/common/tracing.py``).
+The services use whatever tracer provider the process has (``ghibli_anim/runtime/tracing.py``).
 OpenTelemetry lets a process choose its provider once, so the first test that needs spans
 installs an SDK provider and every later one adds its own in-memory exporter to it.
 """

@@ -14,8 +14,10 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from ghibli_anim.contracts.events import event_name
+from ghibli_anim.contracts.lifecycle import status_name
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime.client import AnimationClient, download_files, event_name, status_name
+from ghibli_anim.runtime.client import AnimationClient, download_files
 
 
 class Progress:

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 from ghibli_anim.contracts import limits, model_refs
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.names import EVENTS_STREAM, IDEM_BUCKET, JOBS_BUCKET, WORK_STREAM
+from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 
 
 def _add_render_flags(p: argparse.ArgumentParser) -> None:
@@ -361,17 +364,16 @@ def _parser() -> argparse.ArgumentParser:
 async def _bus_init(url: str, replicas: int = 1) -> int:
     """`bus init`: streams, KV buckets and durables, created or updated in place."""
     from ghibli_anim.contracts import config
-    from ghibli_anim.runtime import bus
 
     settings = config.load("client", {**os.environ, "ANIM_NATS_URL": url})
-    conn = await bus.connect(settings, "bus-init", first_connect_timeout_s=15)
+    conn = await connect(settings, "bus-init", first_connect_timeout_s=15)
     try:
-        await bus.init_bus_from_settings(conn.js, settings, replicas=replicas)
+        await init_bus_from_settings(conn.js, settings, replicas=replicas)
     finally:
         await conn.close()
     print(
-        f"bus ready at {url}: streams {bus.WORK_STREAM}, {bus.EVENTS_STREAM}; "
-        f"buckets {bus.JOBS_BUCKET}, {bus.IDEM_BUCKET}"
+        f"bus ready at {url}: streams {WORK_STREAM}, {EVENTS_STREAM}; "
+        f"buckets {JOBS_BUCKET}, {IDEM_BUCKET}"
     )
     return 0
 
@@ -494,7 +496,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _probe(args.target, args.service, args.timeout)
     if cmd == "store":
         from ghibli_anim.contracts import config
-        from ghibli_anim.runtime.store import open_store
+        from ghibli_anim.runtime.store.open import open_store
 
         settings = config.load("client", {**os.environ, "ANIM_STORE": "s3"})
         open_store(settings).ensure_bucket()

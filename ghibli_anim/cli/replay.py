@@ -23,8 +23,8 @@ from typing import Any
 from google.protobuf.json_format import ParseDict, ParseError
 
 from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.manifest import Manifest, parse_manifest
 from ghibli_anim.contracts.pb import animation_pb2
-from ghibli_anim.contracts.storyboard import Manifest, parse_manifest
 
 _STILL = {"zoom": 1.0, "pan_x": 0.0, "pan_y": 0.0, "rotate": 0.0}
 # Request fields that name a one-off resource of the original run.

@@ -170,9 +170,10 @@ def _dataset_build(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Any) -> int:
-    from ghibli_anim.services.trainer import train
+    from ghibli_anim.services.trainer.options import TrainOptions
+    from ghibli_anim.services.trainer.train import train_lora
 
-    options = train.TrainOptions(
+    options = TrainOptions(
         dataset=args.dataset,
         output=args.output,
         profile=args.profile,
@@ -200,7 +201,7 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
         caption_column=args.caption_column,
         work_dir=args.work_dir,
     )
-    result = train.train_lora(options, settings=settings, progress=not args.quiet)
+    result = train_lora(options, settings=settings, progress=not args.quiet)
     loss = result.final_loss
     print(
         f"trained steps {result.start_step}..{result.steps} (seed {result.seed}) in "

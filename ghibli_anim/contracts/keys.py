@@ -100,6 +100,11 @@ def manifest_key(job_id: str) -> str:
     return job_prefix(job_id) + "manifest.json"
 
 
+def init_key(job_id: str) -> str:
+    """A job's validated init image (what frame 0 starts from), re-encoded as PNG."""
+    return job_prefix(job_id) + "init.png"
+
+
 def output_key(job_id: str, fmt: str) -> str:
     if fmt not in OUTPUT_NAMES:
         raise ValueError(f"format: must be one of {', '.join(OUTPUT_NAMES)}, got {fmt!r:.40}")

@@ -1,4 +1,4 @@
-"""Init images: presigned uploads, validation before a job starts, the client side.
+"""Init images: what an uploaded image must be, checked the same way on every edge.
 
 ``CreateUpload`` gives a client a presigned PUT URL for ``uploads/{upload_id}``.
 A request that names the upload (``init_upload_id``) is validated before its job
@@ -15,15 +15,10 @@ planner wrote.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-import urllib.parse
-import urllib.request
 import warnings
 from pathlib import Path
 
-from ghibli_anim.contracts import keys, limits
-from ghibli_anim.runtime.store import Store
+from ghibli_anim.contracts import limits
 
 # Magic bytes -> (format name, content type).
 _SIGNATURES = (
@@ -31,12 +26,6 @@ _SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG", "image/jpeg"),
 )
 CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
-INIT_NAME = "init.png"
-
-
-def init_key(job_id: str) -> str:
-    """Store key of a job's validated init image (what frame 0 starts from)."""
-    return keys.job_prefix(job_id) + INIT_NAME
 
 
 def sniff(data: bytes) -> tuple[str, str] | None:
@@ -108,28 +97,6 @@ def validate_image(
     return out.getvalue()
 
 
-def load_upload(store: Store, upload_id: str, field: str = "init_upload_id") -> bytes:
-    """The validated, re-encoded PNG of ``uploads/{upload_id}`` (blocking; run in a thread)."""
-    key = keys.upload_key(keys.check_upload_id(upload_id, field))
-    info = store.stat(key)
-    if info is None:
-        raise ValueError(f"{field}: nothing was uploaded for {upload_id} (no {key})")
-    if info.size > limits.UPLOAD_BYTES:
-        raise ValueError(
-            f"{field}: the upload is {info.size} bytes, the limit is {limits.UPLOAD_BYTES}"
-        )
-    try:
-        data = store.get(key)
-    except KeyError:
-        raise ValueError(f"{field}: nothing was uploaded for {upload_id} (no {key})") from None
-    return validate_image(data, field)
-
-
-# ---------------------------------------------------------------------------
-# Client side: PUT a file to a presigned URL
-# ---------------------------------------------------------------------------
-
-
 def read_image_file(path: Path, field: str = "--init-image") -> tuple[bytes, str]:
     """(bytes, content type) of a local image file, checked like the server will."""
     try:
@@ -144,48 +111,3 @@ def read_image_file(path: Path, field: str = "--init-image") -> tuple[bytes, str
     if kind is None:
         raise ValueError(f"{field}: {path} is not a PNG, JPEG or WebP image")
     return data, kind[1]
-
-
-def put_presigned(url: str, data: bytes, content_type: str, timeout_s: float = 60.0) -> None:
-    """Upload ``data`` to a presigned PUT URL (http(s), or file:// of the local store)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        # The local store's "URL" is the object's path: write beside it, then rename.
-        dest = Path(urllib.request.url2pathname(parsed.path))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"put_url: unsupported scheme {parsed.scheme!r}")
-    request = urllib.request.Request(
-        url, data=data, method="PUT", headers={"Content-Type": content_type}
-    )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        if response.status not in (200, 201, 204):
-            raise OSError(f"put_url: the store answered HTTP {response.status}")
-
-
-async def upload_init_image(stub, path: Path, metadata=None, timeout_s: float = 30.0) -> str:
-    """CreateUpload, then PUT the file; returns the upload id for ``init_upload_id``.
-
-    ``stub`` is an ``AnimationServiceStub`` (``AnimationClient.stub``).
-    """
-    import asyncio
-
-    from ghibli_anim.contracts.pb import animation_pb2
-
-    data, content_type = read_image_file(path)
-    resp = await stub.CreateUpload(
-        animation_pb2.CreateUploadRequest(content_type=content_type, size_bytes=len(data)),
-        timeout=timeout_s,
-        metadata=metadata,
-    )
-    await asyncio.to_thread(put_presigned, resp.put_url, data, content_type)
-    return resp.upload_id

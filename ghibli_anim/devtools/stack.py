@@ -21,12 +21,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ghibli_anim.contracts.config import SERVICES
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 from ghibli_anim.runtime.processes import (
     LOOPBACK,
     ChildServer,
     LauncherError,
     NatsServer,
-    SeaweedS3,
     free_ports,
 )
 
@@ -237,16 +239,15 @@ class LocalStack:
         import asyncio
 
         from ghibli_anim.contracts import config
-        from ghibli_anim.runtime import bus
-        from ghibli_anim.runtime.store import S3Store
+        from ghibli_anim.runtime.store.s3 import S3Store
 
         settings = config.load("client", {**self.env(), **self.login("bus-init")})
         S3Store.from_settings(settings).ensure_bucket()
 
         async def init() -> None:
-            conn = await bus.connect(settings, "bus-init", first_connect_timeout_s=10)
+            conn = await connect(settings, "bus-init", first_connect_timeout_s=10)
             try:
-                await bus.init_bus_from_settings(conn.js, settings)
+                await init_bus_from_settings(conn.js, settings)
             finally:
                 await conn.close()
 

@@ -99,12 +99,11 @@ def _wrap(handler: grpc.RpcMethodHandler, client: str) -> grpc.RpcMethodHandler:
 
     def streaming(fn):
         async def call(request, context):
-            token = current_client.set(client)
-            try:
-                async for item in fn(request, context):
-                    yield item
-            finally:
-                current_client.reset(token)
+            # No reset: a stream the client drops is closed from another context, where
+            # the reset token is invalid; the call's context ends with its task anyway.
+            current_client.set(client)
+            async for item in fn(request, context):
+                yield item
 
         return call
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
@@ -19,28 +21,14 @@ from pathlib import Path
 import grpc
 
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc, bus_pb2, types_pb2
+from ghibli_anim.contracts.uploads import read_image_file
 from ghibli_anim.runtime import tracing
 
-TERMINAL_EVENTS = {
-    bus_pb2.EVENT_TYPE_JOB_COMPLETED,
-    bus_pb2.EVENT_TYPE_JOB_FAILED,
-    bus_pb2.EVENT_TYPE_JOB_CANCELLED,
-}
 DEFAULT_TIMEOUT_S = 30.0
 
 
 class DownloadError(RuntimeError):
     """A downloaded file does not match the size or sha256 the server announced."""
-
-
-def status_name(status: int) -> str:
-    return types_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
-
-
-def event_name(event_type: int) -> str:
-    return (
-        bus_pb2.EventType.Name(event_type).removeprefix("EVENT_TYPE_").lower().replace("_", ".", 1)
-    )
 
 
 @dataclass
@@ -53,6 +41,8 @@ class AnimationClient:
     tls_key: str = ""
 
     def __post_init__(self) -> None:
+        # The caller's span, if any, continues into the planner (and the job's trace).
+        interceptors = tracing.grpc_client_interceptors()
         if self.tls_ca or self.tls_cert:
 
             def read(path: str) -> bytes | None:
@@ -61,9 +51,9 @@ class AnimationClient:
             creds = grpc.ssl_channel_credentials(
                 read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
             )
-            self.channel = grpc.aio.secure_channel(self.target, creds)
+            self.channel = grpc.aio.secure_channel(self.target, creds, interceptors=interceptors)
         else:
-            self.channel = grpc.aio.insecure_channel(self.target)
+            self.channel = grpc.aio.insecure_channel(self.target, interceptors=interceptors)
         self.stub = animation_pb2_grpc.AnimationServiceStub(self.channel)
 
     @classmethod
@@ -82,9 +72,7 @@ class AnimationClient:
         )
 
     def _metadata(self):
-        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
-        # The caller's span, if any, continues into the planner (and the job's trace).
-        return tracing.grpc_metadata(metadata)
+        return (("authorization", f"Bearer {self.token}"),) if self.token else None
 
     async def close(self) -> None:
         await self.channel.close()
@@ -205,3 +193,46 @@ def download_files(files: list[types_pb2.OutputFile], job_id: str, out_dir: Path
         tmp.replace(dest)
         written.append(dest)
     return written
+
+
+# ---------------------------------------------------------------------------
+# Init images: CreateUpload, then PUT the file to the presigned URL
+# ---------------------------------------------------------------------------
+
+
+def put_presigned(url: str, data: bytes, content_type: str, timeout_s: float = 60.0) -> None:
+    """Upload ``data`` to a presigned PUT URL (http(s), or file:// of the local store)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        # The local store's "URL" is the object's path: write beside it, then rename.
+        dest = Path(urllib.request.url2pathname(parsed.path))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"put_url: unsupported scheme {parsed.scheme!r}")
+    request = urllib.request.Request(
+        url, data=data, method="PUT", headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        if response.status not in (200, 201, 204):
+            raise OSError(f"put_url: the store answered HTTP {response.status}")
+
+
+async def upload_init_image(client: AnimationClient, path: Path) -> str:
+    """CreateUpload, then PUT the file; the upload id for ``init_upload_id``."""
+    data, content_type = read_image_file(path)
+    resp = await client.stub.CreateUpload(
+        animation_pb2.CreateUploadRequest(content_type=content_type, size_bytes=len(data)),
+        timeout=client.timeout_s,
+        metadata=client._metadata(),
+    )
+    await asyncio.to_thread(put_presigned, resp.put_url, data, content_type)
+    return resp.upload_id

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ghibli_anim.runtime.bus import NonRetryable, Retryable
+from ghibli_anim.runtime.bus.consumer import NonRetryable, Retryable
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Job state: the allowed status changes and the KV helpers, in one place.
+"""The job store: jobs in the KV bucket ``anim-jobs``, idempotency claims in ``anim-idem``.
 
-A job's state is one ``JobState`` protobuf under its id in the KV bucket
-``anim-jobs``. Every change is a compare-and-swap (``JobStore.update``): read
-the state and its revision, apply a mutation to a copy, check the status change
-against ``TRANSITIONS``, and write only if the revision is still the latest;
-a concurrent writer makes the write fail, and the update starts over from a
-fresh read. Nothing ever overwrites a job blindly.
+A job's state is one ``JobState`` protobuf under its id. Every change is a
+compare-and-swap (``JobStore.update``): read the state and its revision, apply a
+transition of :mod:`ghibli_anim.contracts.lifecycle` to a copy, check the status change
+against ``lifecycle.TRANSITIONS``, and write only if the revision is still the latest;
+a concurrent writer makes the write fail, and the update starts over from a fresh
+read. Nothing ever overwrites a job blindly.
 
 Idempotency keys live in the bucket ``anim-idem`` (24 h): the first
 ``claim_idempotency`` for a (client, key) wins and later ones get its job id.
@@ -13,106 +13,21 @@ Idempotency keys live in the bucket ``anim-idem`` (24 h): the first
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ghibli_anim.contracts.keys import check_job_id
-from ghibli_anim.contracts.pb import animation_pb2, types_pb2
-from ghibli_anim.runtime.bus import IDEM_BUCKET, JOBS_BUCKET
-
-JobStatus = int  # a types_pb2.JobStatus value
-
-PENDING = types_pb2.JOB_STATUS_PENDING
-PLANNING = types_pb2.JOB_STATUS_PLANNING
-RENDERING = types_pb2.JOB_STATUS_RENDERING
-ASSEMBLING = types_pb2.JOB_STATUS_ASSEMBLING
-COMPLETED = types_pb2.JOB_STATUS_COMPLETED
-FAILED = types_pb2.JOB_STATUS_FAILED
-CANCELLED = types_pb2.JOB_STATUS_CANCELLED
-
-TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    PENDING: frozenset({PLANNING, CANCELLED, FAILED}),
-    PLANNING: frozenset({RENDERING, FAILED, CANCELLED}),
-    RENDERING: frozenset({ASSEMBLING, FAILED, CANCELLED}),
-    ASSEMBLING: frozenset({COMPLETED, FAILED, CANCELLED}),
-    # Resume: rendering continues from the first frame not yet done (ASSEMBLING when
-    # every frame is done; PENDING when the job stopped before it was planned).
-    FAILED: frozenset({RENDERING, ASSEMBLING, PENDING}),
-    CANCELLED: frozenset({RENDERING, ASSEMBLING, PENDING}),
-    COMPLETED: frozenset(),
-}
-"""Allowed status changes: from -> the statuses it may become. Staying in the same
-status is always allowed (progress updates); anything else is refused."""
-
-TERMINAL: frozenset[JobStatus] = frozenset({COMPLETED, FAILED, CANCELLED})
-"""Statuses in which no work happens (FAILED and CANCELLED may still be resumed)."""
-
-RESUMABLE: frozenset[JobStatus] = frozenset({FAILED, CANCELLED})
+from ghibli_anim.contracts.lifecycle import JobStatus, UnexpectedStatus, check_transition
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.runtime import retry
+from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
-
-
-def status_name(status: JobStatus) -> str:
-    """``RENDERING`` for JOB_STATUS_RENDERING (unknown values as their number)."""
-    try:
-        return types_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
-    except ValueError:
-        return str(status)
-
-
-def is_terminal(status: JobStatus) -> bool:
-    """True for COMPLETED, FAILED and CANCELLED: the job does nothing more by itself."""
-    return status in TERMINAL
-
-
-def is_resumable(status: JobStatus) -> bool:
-    return status in RESUMABLE
-
-
-def can_transition(old: JobStatus, new: JobStatus) -> bool:
-    """True when ``old`` may become ``new`` (always true when they are equal)."""
-    return old == new or new in TRANSITIONS.get(old, frozenset())
-
-
-class InvalidTransition(ValueError):
-    """A status change that ``TRANSITIONS`` does not allow."""
-
-    def __init__(self, old: JobStatus, new: JobStatus, job_id: str = "") -> None:
-        allowed = ", ".join(sorted(status_name(s) for s in TRANSITIONS.get(old, ()))) or "none"
-        who = f"job {job_id}: " if job_id else ""
-        super().__init__(
-            f"{who}status cannot change from {status_name(old)} to {status_name(new)} "
-            f"(allowed: {allowed})"
-        )
-        self.old = old
-        self.new = new
-
-
-class UnexpectedStatus(InvalidTransition):
-    """``update(expect_status=...)`` found the job in another status."""
-
-    def __init__(self, job_id: str, actual: JobStatus, expected: Collection[JobStatus]) -> None:
-        ValueError.__init__(
-            self,
-            f"job {job_id}: status is {status_name(actual)}, expected "
-            + " or ".join(status_name(s) for s in sorted(expected)),
-        )
-        self.old = actual
-        self.new = actual
-        self.expected = frozenset(expected)
-
-
-def check_transition(old: JobStatus, new: JobStatus, job_id: str = "") -> None:
-    """Raise ``InvalidTransition`` unless ``old`` may become ``new``."""
-    if not can_transition(old, new):
-        raise InvalidTransition(old, new, job_id)
 
 
 class JobNotFound(LookupError):
@@ -127,7 +42,13 @@ class ConcurrentUpdateError(RuntimeError):
     """``update`` lost the compare-and-swap race too many times in a row."""
 
 
-Mutation = Callable[[animation_pb2.JobState], animation_pb2.JobState | None]
+Mutation = Callable[[animation_pb2.JobState], object]
+"""Changes a JobState in place (any return value but a JobState is ignored), or returns
+a replacement JobState."""
+
+
+class _LostRace(Exception):
+    """A compare-and-swap found a newer revision: try again from a fresh read."""
 
 
 def idempotency_key(client_id: str, key: str) -> str:
@@ -200,13 +121,29 @@ class JobStore:
     ) -> animation_pb2.JobState:
         """Apply ``mutate`` to the job by compare-and-swap; the state as stored.
 
-        ``mutate`` gets a copy of the current state and changes it in place or
-        returns a replacement; it may run several times (once per try), so it must
+        See :meth:`apply`, which also says whether this call wrote.
+        """
+        state, _ = await self.apply(job_id, mutate, expect_status=expect_status)
+        return state
+
+    async def apply(
+        self,
+        job_id: str,
+        mutate: Mutation,
+        *,
+        expect_status: JobStatus | Collection[JobStatus] | None = None,
+    ) -> tuple[animation_pb2.JobState, bool]:
+        """Apply ``mutate`` to the job by compare-and-swap: (the state as stored, whether
+        this call wrote it).
+
+        ``mutate`` is usually a transition of :mod:`ghibli_anim.contracts.lifecycle`: it
+        gets a copy of the current state and changes it in place (or returns a
+        replacement ``JobState``); it may run several times (once per try), so it must
         only depend on the state it is given. A status change must be allowed by
-        ``TRANSITIONS`` (``InvalidTransition``). With ``expect_status`` the update
-        applies only while the job is in that status (or one of them), else
-        ``UnexpectedStatus``. When the mutation changes nothing, nothing is
-        written. ``updated_at`` is set on every write.
+        ``lifecycle.TRANSITIONS`` (``InvalidTransition``). With ``expect_status`` the
+        update applies only while the job is in that status (or one of them), else
+        ``UnexpectedStatus``. When the mutation changes nothing, nothing is written.
+        ``updated_at`` is set on every write.
         """
         check_job_id(job_id)
         expected: frozenset[JobStatus] | None = None
@@ -216,31 +153,37 @@ class JobStore:
                 if isinstance(expect_status, int)
                 else frozenset(expect_status)
             )
-        for attempt in range(self.max_tries):
-            current, revision = await self.get(job_id)
-            if expected is not None and current.status not in expected:
-                raise UnexpectedStatus(job_id, current.status, expected)
-            draft = animation_pb2.JobState()
-            draft.CopyFrom(current)
-            result = mutate(draft)
-            new = draft if result is None else result
-            if new.job_id != job_id:
-                raise ValueError(f"job {job_id}: a mutation must not change job_id")
-            check_transition(current.status, new.status, job_id)
-            if new == current:
-                return current
-            new.updated_at.GetCurrentTime()
-            try:
-                await self.jobs.update(job_id, new.SerializeToString(), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                # Someone wrote in between: start over from their version. The
-                # jitter keeps a crowd of writers from colliding in lockstep.
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return new
+        try:
+            async for attempt in retry.on_conflict(retry_on=_LostRace, tries=self.max_tries):
+                with attempt:
+                    return await self._try_update(job_id, mutate, expected)
+        except retry.RetryError:
+            pass
         raise ConcurrentUpdateError(
             f"job {job_id}: update lost the compare-and-swap race {self.max_tries} times"
         )
+
+    async def _try_update(
+        self, job_id: str, mutate: Mutation, expected: frozenset[JobStatus] | None
+    ) -> tuple[animation_pb2.JobState, bool]:
+        current, revision = await self.get(job_id)
+        if expected is not None and current.status not in expected:
+            raise UnexpectedStatus(job_id, current.status, expected)
+        draft = animation_pb2.JobState()
+        draft.CopyFrom(current)
+        result = mutate(draft)
+        new = result if isinstance(result, animation_pb2.JobState) else draft
+        if new.job_id != job_id:
+            raise ValueError(f"job {job_id}: a mutation must not change job_id")
+        check_transition(current.status, new.status, job_id)
+        if new == current:
+            return current, False
+        new.updated_at.GetCurrentTime()
+        try:
+            await self.jobs.update(job_id, new.SerializeToString(), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise _LostRace from None  # someone wrote in between: start over from theirs
+        return new, True
 
     async def list(self) -> list[str]:
         """Ids of every stored job (ListAnimations), sorted."""
@@ -274,7 +217,8 @@ class JobStore:
         check_job_id(job_id)
         kv = self._idem()
         name = idempotency_key(client_id, key)
-        for _ in range(3):
+
+        async def claim() -> str:
             try:
                 await kv.create(name, job_id.encode())
                 return job_id
@@ -283,9 +227,17 @@ class JobStore:
             try:
                 entry = await kv.get(name)
             except nats.js.errors.KeyNotFoundError:
-                continue  # the claim expired or was released in between: try again
-            if entry.value:
-                return entry.value.decode()
+                raise _LostRace from None  # expired or released in between: try again
+            if not entry.value:
+                raise _LostRace
+            return entry.value.decode()
+
+        try:
+            async for attempt in retry.on_conflict(retry_on=_LostRace, tries=3):
+                with attempt:
+                    return await claim()
+        except retry.RetryError:
+            pass
         raise ConcurrentUpdateError(f"idempotency key {key!r:.80}: could not be claimed")
 
     async def release_idempotency(self, client_id: str, key: str, job_id: str) -> bool:

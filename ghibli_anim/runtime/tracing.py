@@ -7,8 +7,15 @@ carries the context of the span that published it in W3C trace-context headers
 headers, and ``bus.WorkConsumer`` extracts it and runs the handler in a span of
 its own (``render``, ``depth``, ``assemble``, ``conductor frame.rendered``...),
 so the chain of the DESIGN ("frame i+1 is triggered by frame i's completion")
-is the chain of spans. gRPC calls carry the same header in their metadata: the
-client injects it, ``GrpcTracing`` extracts it and opens a server span per call.
+is the chain of spans. gRPC calls carry the same header in their metadata, through
+OpenTelemetry's gRPC instrumentation: ``grpc_client_interceptors`` (on
+``AnimationClient``'s channel) open a client span per call and send its context,
+``grpc_server_interceptors`` (on every service's server) open the server span
+under it. Those spans are named by the full method
+(``/animation.v1.AnimationService/CreateAnimation``) and carry the library's
+``rpc.*`` attributes, not ``anim.service``: the library has no way to add one, so
+with OTLP export the service is the resource's ``service.name`` (the server uses
+the service's own provider).
 
 Export: when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, ``setup`` gives the service
 a tracer provider that sends spans by OTLP over HTTP to ``ENDPOINT/v1/traces``,
@@ -24,17 +31,21 @@ with the ``otel`` extra (``pip install 'ghibli-anim[otel]'``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ghibli_anim import __version__
@@ -44,16 +55,15 @@ log = logging.getLogger(__name__)
 
 SCOPE = "ghibli_anim"
 SERVICE_ATTRIBUTE = "anim.service"
-"""Every span names the service that made it (one process may run several)."""
+"""Spans made by ``span`` name the service that made them (one process may run several)."""
 
 _providers: dict[str, Any] = {}  # service -> its SDK TracerProvider (OTLP export)
 _lock = threading.Lock()
 
-# gRPC services whose calls get no span: health probes every few seconds and reflection.
-_UNTRACED = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
+# gRPC calls that get no span: health probes (every few seconds) and reflection
+# (grpc.reflection.v1 and v1alpha).
+_TRACED_CALLS = filters.negate(
+    filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection."))
 )
 
 
@@ -162,106 +172,60 @@ def extract(carrier: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(carrier or {}))
 
 
-def grpc_metadata(
-    metadata: tuple[tuple[str, str], ...] | None,
-) -> tuple[tuple[str, str], ...] | None:
-    """Client side: ``metadata`` plus the current span's context."""
-    carried = inject({})
-    if not carried:
-        return metadata
-    return (*(metadata or ()), *carried.items())
+def grpc_server_interceptors(service: str) -> list[grpc.aio.ServerInterceptor]:
+    """Interceptors for ``service``'s server: a server span per gRPC call, under the
+    context in the call's metadata. Put them before any that may refuse a call, so
+    refused calls get a span too.
+
+    The spans go to the service's own provider when ``setup`` gave it one, else to
+    the process's. Health checks and reflection get none. The span records the
+    call's status code (``rpc.grpc.status_code``); following OpenTelemetry's
+    conventions, only codes that mean a server fault (UNKNOWN, INTERNAL,
+    UNAVAILABLE, DEADLINE_EXCEEDED...) mark it as an error.
+    """
+    return [
+        _StreamsEndInTheirCall(),
+        aio_server_interceptor(tracer_provider=_providers.get(service), filter_=_TRACED_CALLS),
+    ]
 
 
-class GrpcTracing(grpc.aio.ServerInterceptor):
-    """A server span per gRPC call, child of the context in the call's metadata."""
+class _StreamsEndInTheirCall(grpc.aio.ServerInterceptor):
+    """Runs each response stream inside its call's task and closes it there.
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    grpc.aio leaves a stream whose client went away to the garbage collector, which
+    closes it from another context; OpenTelemetry's server interceptor keeps its span
+    current across the stream's yields, and then fails to detach it (logged as an
+    error: open-telemetry/opentelemetry-python-contrib#2357, grpc/grpc#42295).
+    Writing each item with ``context.write`` keeps the stream in the call's task.
+    """
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or details.method.startswith(_UNTRACED):
-            return handler
-        parent = extract({k: v for k, v in details.invocation_metadata or () if isinstance(v, str)})
-        rpc_service, _, rpc_method = details.method.lstrip("/").partition("/")
-        name = f"{rpc_service}/{rpc_method}"
-        attributes = {"rpc.system": "grpc", "rpc.service": rpc_service, "rpc.method": rpc_method}
-        service = self.service
-
-        def unary(fn):
-            async def call(request, context):
-                with tracer(service).start_as_current_span(
-                    name,
-                    context=parent,
-                    kind=SpanKind.SERVER,
-                    attributes={SERVICE_ATTRIBUTE: service, **attributes},
-                    set_status_on_exception=False,  # the call's status code says more
-                ) as current:
-                    try:
-                        result = await fn(request, context)
-                    except Exception as exc:
-                        if not isinstance(exc, grpc.aio.AbortError):  # a bug: UNKNOWN
-                            current.record_exception(exc)
-                            fail(current, f"{type(exc).__name__}: {exc}")
-                        _status(current, context, raised=True)
-                        raise
-                    _status(current, context)
-                    return result
-
-            return call
+        if handler is None:
+            return None
 
         def streaming(fn):
+            if not inspect.isasyncgenfunction(fn):
+                return fn  # already writes with context.write (health's Watch)
+
             async def call(request, context):
-                # The span is current only while the stream's body runs, never across a
-                # yield: a stream the client drops is closed from another context.
-                current = tracer(service).start_span(
-                    name,
-                    context=parent,
-                    kind=SpanKind.SERVER,
-                    attributes={SERVICE_ATTRIBUTE: service, **attributes},
-                )
-                inside = trace.set_span_in_context(current, parent)
                 stream = fn(request, context)
                 try:
-                    while True:
-                        token = otel_context.attach(inside)
-                        try:
-                            item = await anext(stream)
-                        except StopAsyncIteration:
-                            break
-                        finally:
-                            otel_context.detach(token)
-                        yield item
-                except BaseException as exc:
-                    if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
-                        if not isinstance(exc, grpc.aio.AbortError):
-                            current.record_exception(exc)
-                            fail(current, f"{type(exc).__name__}: {exc}")
-                        _status(current, context, raised=True)
-                    raise
-                else:
-                    _status(current, context)
+                    async for item in stream:
+                        await context.write(item)
                 finally:
-                    current.end()
-                    with contextlib.suppress(Exception):
-                        await stream.aclose()
+                    await stream.aclose()  # a no-op unless the call ended half way
 
             return call
 
-        return rewrap_handler(handler, unary, streaming)
+        return rewrap_handler(handler, lambda fn: fn, streaming)
 
 
-def _status(current: trace.Span, context: grpc.aio.ServicerContext, raised: bool = False) -> None:
-    """The call's status code on its span (an abort shows as an error)."""
-    try:
-        code = context.code()
-    except Exception:  # not every context implementation answers before the end
-        return
-    if code is None:  # nothing set: OK, unless the handler raised (UNKNOWN)
-        if not raised:
-            current.set_attribute("rpc.grpc.status_code", 0)
-        return
-    name = getattr(code, "name", str(code))
-    current.set_attribute("rpc.grpc.status_code", getattr(code, "value", (0,))[0])
-    if name != "OK":
-        fail(current, f"{name}: {context.details() or ''}")
+def grpc_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a client channel: a client span per call, under the caller's
+    span, whose context the call carries to the server in its metadata.
+
+    Spans go to the process's provider; without an SDK they record nothing, but the
+    caller's context still travels with the call.
+    """
+    return aio_client_interceptors(filter_=_TRACED_CALLS)

@@ -15,12 +15,15 @@ import time
 import pytest
 
 from ghibli_anim.contracts import config, keys
+from ghibli_anim.contracts.events import event_name
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.consumer import pending
+from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.processes import LauncherError
-from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.runtime.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -66,7 +69,7 @@ async def wait_event(client, job_id, kind, frame=None, timeout=60.0):
                 return event
         anim = await client.get(job_id)
         raise AssertionError(
-            f"job ended ({anim.status}: {anim.error}) before {bus.event_name(kind)} {frame}"
+            f"job ended ({anim.status}: {anim.error}) before {event_name(kind)} {frame}"
         )
 
     return await asyncio.wait_for(find(), timeout)
@@ -183,10 +186,10 @@ def test_cancel_mid_job_stops_within_a_frame(chaos_stack):
             await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_RENDERED, 2)
             await client.cancel(job.job_id)
             await asyncio.sleep(3.0)  # time for anything in flight to land
-            conn = await bus.connect(config.load("client", chaos_stack.env()), "test")
+            conn = await connect(config.load("client", chaos_stack.env()), "test")
             try:
-                events = await bus.read_job_events(conn.js, job.job_id)
-                queued = await bus.pending(conn.js, "render")
+                events = await read_job_events(conn.js, job.job_id)
+                queued = await pending(conn.js, "render")
             finally:
                 await conn.close()
             return events, await client.get(job.job_id), queued
@@ -259,9 +262,9 @@ def test_a_renderer_that_dies_on_every_delivery_fails_the_job(chaos_stack):
                 if all(p.returncode is not None for p in chaos_stack.processes["renderer"]):
                     await asyncio.to_thread(start_renderer)  # like a restart policy
                 await asyncio.sleep(0.5)
-            conn = await bus.connect(config.load("client", chaos_stack.env()), "test")
+            conn = await connect(config.load("client", chaos_stack.env()), "test")
             try:
-                queued = await bus.pending(conn.js, "render")
+                queued = await pending(conn.js, "render")
             finally:
                 await conn.close()
             return anim, queued

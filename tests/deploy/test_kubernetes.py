@@ -34,7 +34,7 @@ from deploy_support import (
 )
 
 from ghibli_anim.contracts import config
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.names import STEPS, WORK_STREAM
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -115,8 +115,8 @@ def test_renderer_scales_on_the_render_consumers_backlog() -> None:
     (trigger,) = spec["triggers"]
     meta = trigger["metadata"]
     assert trigger["type"] == "nats-jetstream"
-    assert meta["stream"] == bus.WORK_STREAM
-    assert meta["consumer"] == "render" and "render" in bus.STEPS
+    assert meta["stream"] == WORK_STREAM
+    assert meta["consumer"] == "render" and "render" in STEPS
     assert meta["account"] == "$G"  # users of auth.conf live in the global account
     host, port = meta["natsServerMonitoringEndpoint"].split(":")
     # Clustered: KEDA asks the consumer's leader at <server>.<host>, so the host

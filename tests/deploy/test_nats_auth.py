@@ -24,8 +24,27 @@ import pytest
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime import bus
-from ghibli_anim.runtime.bus import Bus
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import Delivery, conductor_consumer, work_consumer
+from ghibli_anim.runtime.bus.names import (
+    ADVISORIES_CONSUMER,
+    ADVISORIES_STREAM,
+    CONDUCTOR,
+    EVENT_PREFIX,
+    EVENTS_STREAM,
+    IDEM_BUCKET,
+    JOBS_BUCKET,
+    PLANNER_QUEUE,
+    REQUEST_CREATE,
+    STEPS,
+    WORK_PREFIX,
+    WORK_STREAM,
+    job_events_filter,
+    work_subject,
+)
+from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
+from ghibli_anim.runtime.bus.topology import init_bus
+from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.processes import NatsServer, find_binary
 
@@ -117,21 +136,21 @@ def server_log(server: NatsServer) -> str:
     return server.log_path.read_text(errors="replace")
 
 
-async def consume_one(js, step: str, message_type, *, stream: str = bus.WORK_STREAM):
+async def consume_one(js, step: str, message_type, *, stream: str = WORK_STREAM):
     """Run the service's WorkConsumer until it has handled (and acked) one message."""
     handled: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    async def handler(work, delivery: bus.Delivery) -> None:
+    async def handler(work, delivery: Delivery) -> None:
         await delivery.msg.in_progress()  # the heartbeat every long handler sends
         if not handled.done():
             handled.set_result(work)
 
     # Generous timeouts: the machine may be busy; nothing here waits for them to expire.
     options = {"fetch_timeout_s": 1.0, "ack_timeout_s": 30.0}
-    if stream == bus.EVENTS_STREAM:
-        consumer = bus.conductor_consumer(js, handler, **options)
+    if stream == EVENTS_STREAM:
+        consumer = conductor_consumer(js, handler, **options)
     else:
-        consumer = bus.work_consumer(js, step, message_type, handler, **options)
+        consumer = work_consumer(js, step, message_type, handler, **options)
     await consumer.start()
     try:
         work = await asyncio.wait_for(handled, 30)
@@ -172,13 +191,13 @@ def allowed_publish(user: str) -> list[str]:
 
 def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
     streams = {
-        bus.WORK_STREAM,
-        bus.EVENTS_STREAM,
-        bus.ADVISORIES_STREAM,
-        f"KV_{bus.JOBS_BUCKET}",
-        f"KV_{bus.IDEM_BUCKET}",
+        WORK_STREAM,
+        EVENTS_STREAM,
+        ADVISORIES_STREAM,
+        f"KV_{JOBS_BUCKET}",
+        f"KV_{IDEM_BUCKET}",
     }
-    durables = {*bus.STEPS, bus.CONDUCTOR, bus.ADVISORIES_CONSUMER}
+    durables = {*STEPS, CONDUCTOR, ADVISORIES_CONSUMER}
     for user in USERS:
         for subject in allowed_publish(user):
             if subject.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")):
@@ -189,16 +208,14 @@ def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
                 if len(parts) > 1 and parts[1] not in (">", "*"):
                     assert parts[1] in durables, subject
             elif subject.startswith("$KV."):
-                assert subject.split(".")[1] in (bus.JOBS_BUCKET, bus.IDEM_BUCKET), subject
+                assert subject.split(".")[1] in (JOBS_BUCKET, IDEM_BUCKET), subject
             elif subject.startswith("anim."):
-                assert subject.startswith(
-                    (bus.WORK_PREFIX, bus.EVENT_PREFIX, bus.REQUEST_CREATE)
-                ), subject
+                assert subject.startswith((WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE)), subject
     # Each worker pulls from its own durable only.
     for user, step in (("renderer", "render"), ("depth", "depth"), ("assembler", "assemble")):
         pulls = [s for s in allowed_publish(user) if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
-        assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{bus.WORK_STREAM}.{step}"]
-    assert f'"{bus.REQUEST_CREATE} {bus.PLANNER_QUEUE}"' in AUTH_CONF.read_text()
+        assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{step}"]
+    assert f'"{REQUEST_CREATE} {PLANNER_QUEUE}"' in AUTH_CONF.read_text()
 
 
 async def test_services_do_their_work_within_their_permissions(secured_nats: NatsServer) -> None:
@@ -206,7 +223,7 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
     job_id = keys.new_job_id()
 
     async with login(server, "bus-init") as (conn, errors):
-        await bus.init_bus(conn.js, ack_wait_s=3.0, max_deliver=3)
+        await init_bus(conn.js, ack_wait_s=3.0, max_deliver=3)
         await no_violations(conn, errors)
 
     async with login(server, "planner") as (planner, planner_errors):
@@ -219,23 +236,23 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
         )
         await jobs.update(job_id, lambda s: setattr(s, "status", types_pb2.JOB_STATUS_PLANNING))
         assert await jobs.list() == [job_id]
-        await bus.publish_event(planner.js, bus.new_event(E.EVENT_TYPE_JOB_CREATED, job_id))
-        await bus.publish_work(
+        await publish_event(planner.js, new_event(E.EVENT_TYPE_JOB_CREATED, job_id))
+        await publish_work(
             planner.js, "plan", E.PlanWork(job_id=job_id), job_id=job_id, frame=-1, attempt=0
         )
         work = await consume_one(planner.js, "plan", E.PlanWork)
         assert work.job_id == job_id
-        event = await consume_one(planner.js, bus.CONDUCTOR, E.Event, stream=bus.EVENTS_STREAM)
+        event = await consume_one(planner.js, CONDUCTOR, E.Event, stream=EVENTS_STREAM)
         assert event.type == E.EVENT_TYPE_JOB_CREATED
         # The conductor hands out the other steps.
         await jobs.update(job_id, lambda s: setattr(s, "status", types_pb2.JOB_STATUS_RENDERING))
-        await bus.publish_work(
+        await publish_work(
             planner.js, "render", E.RenderWork(job_id=job_id), job_id=job_id, frame=0, attempt=0
         )
-        await bus.publish_work(
+        await publish_work(
             planner.js, "depth", E.DepthWork(job_id=job_id), job_id=job_id, frame=0, attempt=0
         )
-        await bus.publish_work(
+        await publish_work(
             planner.js,
             "assemble",
             E.AssembleWork(job_id=job_id),
@@ -256,7 +273,7 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
             assert state.status == types_pb2.JOB_STATUS_RENDERING
             work = await consume_one(conn.js, step, message_type)
             assert work.job_id == job_id
-            await bus.publish_event(conn.js, bus.new_event(emitted, job_id, 0, service=user))
+            await publish_event(conn.js, new_event(emitted, job_id, 0, service=user))
             await no_violations(conn, errors)
     async with login(server, "renderer") as (conn, errors):
         for kind in (
@@ -264,13 +281,13 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
             E.EVENT_TYPE_FRAME_PROGRESS,
             E.EVENT_TYPE_FRAME_FAILED,
         ):
-            await bus.publish_event(conn.js, bus.new_event(kind, job_id, 1, service="renderer"))
+            await publish_event(conn.js, new_event(kind, job_id, 1, service="renderer"))
         await no_violations(conn, errors)
     async with login(server, "depth") as (conn, errors):
-        await bus.publish_event(conn.js, bus.new_event(E.EVENT_TYPE_DEPTH_FAILED, job_id, 1))
+        await publish_event(conn.js, new_event(E.EVENT_TYPE_DEPTH_FAILED, job_id, 1))
         await no_violations(conn, errors)
     async with login(server, "assembler") as (conn, errors):
-        await bus.publish_event(conn.js, bus.new_event(E.EVENT_TYPE_JOB_FAILED, job_id))
+        await publish_event(conn.js, new_event(E.EVENT_TYPE_JOB_FAILED, job_id))
         await no_violations(conn, errors)
 
     async with (
@@ -278,42 +295,42 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
         login(server, "submitter") as (submitter, submitter_errors),
     ):
         # WatchAnimation reads a job's events through an ordered consumer.
-        events = await bus.read_job_events(planner.js, job_id, timeout=30)
+        events = await read_job_events(planner.js, job_id, timeout=30)
         assert [e.type for e in events][:2] == [
             E.EVENT_TYPE_JOB_CREATED,
             E.EVENT_TYPE_FRAME_RENDERED,
         ]
-        async with await bus.watch_job_events(
+        async with await watch_job_events(
             planner.js, job_id, after_sequence=events[-1].sequence
         ) as watch:
-            await bus.publish_event(planner.js, bus.new_event(E.EVENT_TYPE_JOB_COMPLETED, job_id))
+            await publish_event(planner.js, new_event(E.EVENT_TYPE_JOB_COMPLETED, job_id))
             assert (await watch.next(timeout=30)).type == E.EVENT_TYPE_JOB_COMPLETED
 
         # CreateAnimation over the bus: the planner answers in its queue group.
         async def answer(msg) -> None:
             await msg.respond(b"created:" + msg.data)
 
-        sub = await planner.nc.subscribe(bus.REQUEST_CREATE, queue=bus.PLANNER_QUEUE, cb=answer)
+        sub = await planner.nc.subscribe(REQUEST_CREATE, queue=PLANNER_QUEUE, cb=answer)
         await planner.nc.flush()
-        reply = await submitter.nc.request(bus.REQUEST_CREATE, b"req", timeout=30)
+        reply = await submitter.nc.request(REQUEST_CREATE, b"req", timeout=30)
         assert reply.data == b"created:req"
         await sub.unsubscribe()
 
         # Work that ran out of deliveries: the planner pulls the max-deliveries
         # advisories, reads the work message they point at and removes it.
         advisories = await planner.js.pull_subscribe_bind(
-            durable=bus.ADVISORIES_CONSUMER, stream=bus.ADVISORIES_STREAM
+            durable=ADVISORIES_CONSUMER, stream=ADVISORIES_STREAM
         )
         with contextlib.suppress(nats.errors.TimeoutError):
             await advisories.fetch(1, timeout=1.0)
         await advisories.unsubscribe()
-        stuck = await planner.js.publish(bus.work_subject("render"), b"stuck work")
-        assert (await planner.js.get_msg(bus.WORK_STREAM, stuck.seq)).data == b"stuck work"
-        await planner.js.delete_msg(bus.WORK_STREAM, stuck.seq)
+        stuck = await planner.js.publish(work_subject("render"), b"stuck work")
+        assert (await planner.js.get_msg(WORK_STREAM, stuck.seq)).data == b"stuck work"
+        await planner.js.delete_msg(WORK_STREAM, stuck.seq)
 
         # DeleteAnimation: the job's events, its state.
-        await planner.js.purge_stream(bus.EVENTS_STREAM, subject=bus.job_events_filter(job_id))
-        assert await bus.read_job_events(planner.js, job_id) == []
+        await planner.js.purge_stream(EVENTS_STREAM, subject=job_events_filter(job_id))
+        assert await read_job_events(planner.js, job_id) == []
         await jobs_delete(planner, job_id)
         await no_violations(planner, planner_errors)
         await no_violations(submitter, submitter_errors)
@@ -378,12 +395,10 @@ async def test_a_jetstream_publish_outside_the_subjects_gets_no_ack(
     secured_nats: NatsServer,
 ) -> None:
     async with login(secured_nats, "bus-init") as (conn, _):
-        await bus.init_bus(conn.js, ack_wait_s=3.0, max_deliver=3)
+        await init_bus(conn.js, ack_wait_s=3.0, max_deliver=3)
     async with login(secured_nats, "renderer") as (conn, errors):
         with pytest.raises(nats.errors.TimeoutError):
-            await conn.js.publish(
-                bus.work_subject("render"), b"x", stream=bus.WORK_STREAM, timeout=1.0
-            )
+            await conn.js.publish(work_subject("render"), b"x", stream=WORK_STREAM, timeout=1.0)
         await errors.wait_for("permissions violation", "anim.work.render")
 
 

@@ -18,8 +18,10 @@ from minio import Minio
 from minio.error import S3Error
 
 from ghibli_anim.contracts import config
-from ghibli_anim.runtime.processes import LOOPBACK, SeaweedS3
-from ghibli_anim.runtime.store import S3Store, StoreAuthError
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime.processes import LOOPBACK
+from ghibli_anim.runtime.store.base import StoreAuthError
+from ghibli_anim.runtime.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -35,10 +35,9 @@ from PIL import Image
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.uploads import put_presigned
 from ghibli_anim.devtools.stack import LocalStack
-from ghibli_anim.runtime import bus
-from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE, WORK_STREAM, work_subject
+from ghibli_anim.runtime.client import AnimationClient, put_presigned
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -425,7 +424,7 @@ def counts(stack: LocalStack) -> tuple[int, int]:
     async def kv_keys() -> int:
         nc = await nats.connect(stack.nats.url)
         try:
-            kv = await nc.jetstream().key_value(bus.JOBS_BUCKET)
+            kv = await nc.jetstream().key_value(JOBS_BUCKET)
             try:
                 return len(await kv.keys())
             except nats.js.errors.NoKeysError:
@@ -483,7 +482,7 @@ def over_bus(stack: LocalStack, case: Case) -> tuple[str, str]:
             data = await request_bytes(case, client)
         nc = await nats.connect(stack.nats.url)
         try:
-            msg = await nc.request(bus.REQUEST_CREATE, data, timeout=30)
+            msg = await nc.request(REQUEST_CREATE, data, timeout=30)
         finally:
             await nc.close()
         reply = animation_pb2.CreateReply.FromString(msg.data)
@@ -761,11 +760,11 @@ def test_garbage_on_work_subjects_is_dropped_and_workers_go_on(stack):
         js = nc.jetstream()
         try:
             for step in WORKERS:
-                await js.publish(bus.work_subject(step), GARBAGE)
+                await js.publish(work_subject(step), GARBAGE)
             # Each durable hands its garbage to a worker, which terminates it.
             deadline = time.monotonic() + 60
             while True:
-                infos = [await js.consumer_info(bus.WORK_STREAM, step) for step in WORKERS]
+                infos = [await js.consumer_info(WORK_STREAM, step) for step in WORKERS]
                 if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
                     break
                 assert time.monotonic() < deadline, infos
@@ -785,7 +784,7 @@ def test_garbage_on_work_subjects_is_dropped_and_workers_go_on(stack):
     assert bus_pb2.EVENT_TYPE_DEPTH_READY in kinds  # all four kinds of work ran
     for step, service in WORKERS.items():
         log = stack.service(service).log_path.read_text()
-        assert f"dropping unusable message on {bus.work_subject(step)}" in log, service
+        assert f"dropping unusable message on {work_subject(step)}" in log, service
 
 
 def test_repeated_idempotency_key_gives_the_same_job_and_nothing_new(stack):
@@ -808,7 +807,7 @@ def test_repeated_idempotency_key_gives_the_same_job_and_nothing_new(stack):
             over_grpc_ = await client.create(request)
         nc = await nats.connect(stack.nats.url)
         try:
-            msg = await nc.request(bus.REQUEST_CREATE, request.SerializeToString(), timeout=30)
+            msg = await nc.request(REQUEST_CREATE, request.SerializeToString(), timeout=30)
         finally:
             await nc.close()
         over_bus_ = animation_pb2.CreateReply.FromString(msg.data).response

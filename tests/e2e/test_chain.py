@@ -21,9 +21,9 @@ from PIL import Image
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE
 from ghibli_anim.runtime.client import AnimationClient
-from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.runtime.store.s3 import S3Store
 from ghibli_anim.services.assembler.assemble import count_frames_gif, count_frames_mp4
 
 pytestmark = pytest.mark.timeout(600)
@@ -99,12 +99,12 @@ def test_job_created_over_the_bus_request_subject(stack):
         nc = await nats.connect(stack.nats.url)
         try:
             reply = await nc.request(
-                bus.REQUEST_CREATE, request(frames=3).SerializeToString(), timeout=10
+                REQUEST_CREATE, request(frames=3).SerializeToString(), timeout=10
             )
             out = animation_pb2.CreateReply.FromString(reply.data)
             assert out.WhichOneof("result") == "response", out
             bad = await nc.request(
-                bus.REQUEST_CREATE, request(frames=0).SerializeToString(), timeout=10
+                REQUEST_CREATE, request(frames=0).SerializeToString(), timeout=10
             )
             err = animation_pb2.CreateReply.FromString(bad.data)
             assert err.error.code == "INVALID_ARGUMENT"
@@ -124,7 +124,7 @@ def _job_count(stack) -> tuple[int, int]:
     async def kv_keys():
         nc = await nats.connect(stack.nats.url)
         try:
-            kv = await nc.jetstream().key_value(bus.JOBS_BUCKET)
+            kv = await nc.jetstream().key_value(JOBS_BUCKET)
             try:
                 return len(await kv.keys())
             except nats.js.errors.NoKeysError:

@@ -20,7 +20,7 @@ from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime.client import AnimationClient
-from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.runtime.store.s3 import S3Store
 from ghibli_anim.services.assembler.assemble import count_frames_gif, count_frames_webp, probe_mp4
 from ghibli_anim.services.renderer.continuity import color_distance
 

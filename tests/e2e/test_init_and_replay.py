@@ -21,9 +21,8 @@ from PIL import Image
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
-from ghibli_anim.contracts.uploads import put_presigned
 from ghibli_anim.embedded import EmbeddedStack
-from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.client import AnimationClient, put_presigned
 
 pytestmark = pytest.mark.timeout(600)
 

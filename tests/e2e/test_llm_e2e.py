@@ -27,7 +27,7 @@ from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_styl
 from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.embedded import EmbeddedStack
 from ghibli_anim.runtime.client import AnimationClient
-from ghibli_anim.runtime.store import LocalStore
+from ghibli_anim.runtime.store.local import LocalStore
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 

@@ -24,7 +24,7 @@ from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.processes import free_ports
-from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.runtime.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -24,12 +24,12 @@ import pytest
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.config import SERVICES
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.devtools.stack import LocalStack, SecuredNats
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.jobstore import JobStore
-from ghibli_anim.runtime.processes import SeaweedS3
-from ghibli_anim.runtime.store import S3Store
+from ghibli_anim.runtime.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -141,7 +141,7 @@ def test_no_secret_in_anything_a_run_writes(secret_stack: LocalStack):
             assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
             answers.append(denied.value.details() or "")
         settings = config.load("planner", {**stack.env(), **nats_login("planner")})
-        conn = await bus.connect(settings, "test", first_connect_timeout_s=10)
+        conn = await connect(settings, "test", first_connect_timeout_s=10)
         try:
             jobs = await JobStore.open(conn.js)
             states = [(await jobs.get(job.job_id))[0] for job in (good, bad)]

@@ -18,6 +18,8 @@ import pytest
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.client import AnimationClient, DownloadError, download_files
 from ghibli_anim.runtime.processes import free_port
 
@@ -103,7 +105,7 @@ def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
     assert events[-1].type == bus_pb2.EVENT_TYPE_JOB_COMPLETED and events[-1].attempt == 2
     assert done_already.code() == grpc.StatusCode.FAILED_PRECONDITION
     from ghibli_anim.contracts import config
-    from ghibli_anim.runtime.store import S3Store
+    from ghibli_anim.runtime.store.s3 import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
     records = [json.loads(store.get(keys.frame_record_key(job_id, i))) for i in range(8)]
@@ -114,8 +116,7 @@ def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
 
 def test_delete_removes_everything_of_a_job_and_nothing_else(stack):
     from ghibli_anim.contracts import config
-    from ghibli_anim.runtime import bus
-    from ghibli_anim.runtime.store import S3Store
+    from ghibli_anim.runtime.store.s3 import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
 
@@ -133,10 +134,10 @@ def test_delete_removes_everything_of_a_job_and_nothing_else(stack):
             with pytest.raises(grpc.aio.AioRpcError) as busy:
                 await client.delete(running.job_id)
             await client.cancel(running.job_id)
-            conn = await bus.connect(config.load("client", stack.env()), "test")
+            conn = await connect(config.load("client", stack.env()), "test")
             try:
-                gone_events = await bus.read_job_events(conn.js, gone.job_id)
-                kept_events = await bus.read_job_events(conn.js, keep.job_id)
+                gone_events = await read_job_events(conn.js, gone.job_id)
+                kept_events = await read_job_events(conn.js, keep.job_id)
             finally:
                 await conn.close()
             return keep, gone, before, deleted, missing.value, busy.value, gone_events, kept_events
@@ -192,7 +193,7 @@ def test_submit_wait_downloads_the_job_tree_and_checks_sha256(stack, tmp_path):
     }
     job_id = result.stderr.split("job ", 1)[1].split()[0]
     from ghibli_anim.contracts import config
-    from ghibli_anim.runtime.store import S3Store
+    from ghibli_anim.runtime.store.s3 import S3Store
 
     store = S3Store.from_settings(config.load("client", stack.env()))
     for name in files:

@@ -157,8 +157,12 @@ def test_one_trace_per_job_across_the_four_services(run: Run):
     def named(name: str) -> list[ReadableSpan]:
         return [s for s in in_trace if s.name == name]
 
-    (create,) = named("animation.v1.AnimationService/CreateAnimation")
-    assert create.parent.span_id == run.client_span.context.span_id
+    # The gRPC call: a client span under the caller's, the planner's server span under it.
+    create_spans = named("/animation.v1.AnimationService/CreateAnimation")
+    (call,) = [s for s in create_spans if s.kind == trace.SpanKind.CLIENT]
+    (create,) = [s for s in create_spans if s.kind == trace.SpanKind.SERVER]
+    assert call.parent.span_id == run.client_span.context.span_id
+    assert create.parent.span_id == call.context.span_id
     (job,) = named("job")
     assert job.parent.span_id == create.context.span_id
     assert sorted(s.attributes["anim.frame"] for s in named("render")) == list(range(FRAMES))

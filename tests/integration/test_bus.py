@@ -10,11 +10,41 @@ import nats.js.errors
 import pytest
 from nats.js import api
 
-from ghibli_anim.contracts import config
+from ghibli_anim.contracts import config, events, keys, lifecycle
+from ghibli_anim.contracts.events import EVENT_NAMES
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime import bus
 from ghibli_anim.runtime import jobstore as jobs
-from ghibli_anim.runtime.bus import Delivery, Failure, NonRetryable, Retryable
+from ghibli_anim.runtime.bus.connection import Bus, connect
+from ghibli_anim.runtime.bus.consumer import (
+    DEFAULT_RETRY_DELAY_S,
+    BusNotInitialized,
+    Delivery,
+    Failure,
+    NonRetryable,
+    Retryable,
+    WorkConsumer,
+    conductor_consumer,
+    pending,
+    work_consumer,
+)
+from ghibli_anim.runtime.bus.names import (
+    CONDUCTOR,
+    CONDUCTOR_EVENTS,
+    EVENTS_MAX_AGE_S,
+    EVENTS_STREAM,
+    IDEM_BUCKET,
+    IDEM_MAX_AGE_S,
+    JOBS_BUCKET,
+    JOBS_HISTORY,
+    STEPS,
+    WORK_STREAM,
+    event_msg_id,
+    event_subject,
+    work_subject,
+)
+from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
+from ghibli_anim.runtime.bus.topology import init_bus
+from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.processes import NatsServer
 
 ACK_WAIT = 1.0
@@ -28,10 +58,10 @@ def settings_for(server: NatsServer) -> config.Settings:
 
 
 @pytest.fixture
-async def nbus(nats_server: NatsServer) -> AsyncIterator[bus.Bus]:
+async def nbus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     """A connection to a fresh server on which ``init_bus`` has run."""
-    connection = await bus.connect(settings_for(nats_server), "test")
-    await bus.init_bus(connection.js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)
+    connection = await connect(settings_for(nats_server), "test")
+    await init_bus(connection.js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)
     try:
         yield connection
     finally:
@@ -46,12 +76,12 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def render(nb: bus.Bus, frame: int = 0, attempt: int = 0, job: str = JOB) -> api.PubAck:
+async def render(nb: Bus, frame: int = 0, attempt: int = 0, job: str = JOB) -> api.PubAck:
     work = bus_pb2.RenderWork(job_id=job, frame=frame, attempt=attempt, causation_id="c")
-    return await bus.publish_work(nb.js, "render", work, job_id=job, frame=frame, attempt=attempt)
+    return await publish_work(nb.js, "render", work, job_id=job, frame=frame, attempt=attempt)
 
 
-async def stream_messages(nb: bus.Bus, stream: str = bus.WORK_STREAM) -> int:
+async def stream_messages(nb: Bus, stream: str = WORK_STREAM) -> int:
     return (await nb.js.stream_info(stream)).state.messages
 
 
@@ -74,8 +104,8 @@ class Recorder:
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         self.given_up.append((work, failure))
 
-    def consumer(self, nb: bus.Bus, **kwargs: object) -> bus.WorkConsumer[bus_pb2.RenderWork]:
-        return bus.work_consumer(
+    def consumer(self, nb: Bus, **kwargs: object) -> WorkConsumer[bus_pb2.RenderWork]:
+        return work_consumer(
             nb.js,
             "render",
             bus_pb2.RenderWork,
@@ -89,22 +119,21 @@ class Recorder:
 
 
 def test_subjects_and_event_names() -> None:
-    assert bus.work_subject("render") == "anim.work.render"
+    assert work_subject("render") == "anim.work.render"
     with pytest.raises(ValueError, match="step"):
-        bus.work_subject("paint")
+        work_subject("paint")
     assert (
-        bus.event_subject(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB)
-        == f"anim.event.frame.rendered.{JOB}"
+        event_subject(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB) == f"anim.event.frame.rendered.{JOB}"
     )
-    assert bus.EVENT_NAMES[bus_pb2.EVENT_TYPE_JOB_CREATED] == "job.created"
-    assert bus.EVENT_NAMES[bus_pb2.EVENT_TYPE_DEPTH_READY] == "depth.ready"
-    assert len(bus.EVENT_NAMES) == len(bus_pb2.EventType.values()) - 1
-    assert all(name.count(".") == 1 for name in bus.EVENT_NAMES.values())
+    assert EVENT_NAMES[bus_pb2.EVENT_TYPE_JOB_CREATED] == "job.created"
+    assert EVENT_NAMES[bus_pb2.EVENT_TYPE_DEPTH_READY] == "depth.ready"
+    assert len(EVENT_NAMES) == len(bus_pb2.EventType.values()) - 1
+    assert all(name.count(".") == 1 for name in EVENT_NAMES.values())
     with pytest.raises(ValueError):
-        bus.event_subject(bus_pb2.EVENT_TYPE_UNSPECIFIED, JOB)
+        event_subject(bus_pb2.EVENT_TYPE_UNSPECIFIED, JOB)
     with pytest.raises(ValueError, match="job_id"):
-        bus.event_subject(bus_pb2.EVENT_TYPE_JOB_CREATED, "x.>")
-    event = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_STARTED, JOB, 4, 2, "cause", service="renderer")
+        event_subject(bus_pb2.EVENT_TYPE_JOB_CREATED, "x.>")
+    event = new_event(bus_pb2.EVENT_TYPE_FRAME_STARTED, JOB, 4, 2, "cause", service="renderer")
     assert len(event.event_id) == 32 and event.time.seconds > 0
     assert (event.frame, event.attempt, event.causation_id, event.service) == (
         4,
@@ -112,54 +141,87 @@ def test_subjects_and_event_names() -> None:
         "cause",
         "renderer",
     )
-    assert bus.event_msg_id(event) == f"{JOB}:frame.started:4:2"
+    assert event_msg_id(event) == f"{JOB}:frame.started:4:2"
 
 
 # -- bus init ----------------------------------------------------------------
 
 
-async def test_init_bus_is_idempotent_and_updates_consumers(nbus: bus.Bus) -> None:
+async def test_init_bus_is_idempotent_and_updates_consumers(nbus: Bus) -> None:
     js = nbus.js
-    await bus.init_bus(js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)  # second run
+    await init_bus(js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)  # second run
 
-    work = await js.stream_info(bus.WORK_STREAM)
+    work = await js.stream_info(WORK_STREAM)
     assert work.config.retention == api.RetentionPolicy.WORK_QUEUE
-    assert sorted(work.config.subjects) == sorted(f"anim.work.{s}" for s in bus.STEPS)
-    events = await js.stream_info(bus.EVENTS_STREAM)
+    assert sorted(work.config.subjects) == sorted(f"anim.work.{s}" for s in STEPS)
+    events = await js.stream_info(EVENTS_STREAM)
     assert events.config.retention == api.RetentionPolicy.LIMITS
     assert events.config.subjects == ["anim.event.>"]
-    assert events.config.max_age == bus.EVENTS_MAX_AGE_S
+    assert events.config.max_age == EVENTS_MAX_AGE_S
 
-    for step in bus.STEPS:
-        info = await js.consumer_info(bus.WORK_STREAM, step)
+    for step in STEPS:
+        info = await js.consumer_info(WORK_STREAM, step)
         assert info.config.durable_name == step
         assert info.config.filter_subject == f"anim.work.{step}"
         assert info.config.ack_policy == api.AckPolicy.EXPLICIT
         assert info.config.ack_wait == ACK_WAIT
         assert info.config.max_deliver == MAX_DELIVER
         assert not info.config.backoff  # backoff is done by nak delays (see bus.py)
-    conductor = await js.consumer_info(bus.EVENTS_STREAM, bus.CONDUCTOR)
-    assert conductor.config.filter_subject == "anim.event.>"
+    conductor = await js.consumer_info(EVENTS_STREAM, CONDUCTOR)
+    assert not conductor.config.filter_subject
+    assert sorted(conductor.config.filter_subjects) == sorted(
+        f"anim.event.{EVENT_NAMES[t]}.*" for t in CONDUCTOR_EVENTS
+    )
     assert conductor.config.ack_policy == api.AckPolicy.EXPLICIT
 
-    jobs_kv = await (await js.key_value(bus.JOBS_BUCKET)).status()
-    assert jobs_kv.history == bus.JOBS_HISTORY
-    idem_kv = await (await js.key_value(bus.IDEM_BUCKET)).status()
-    assert idem_kv.ttl == bus.IDEM_MAX_AGE_S
+    jobs_kv = await (await js.key_value(JOBS_BUCKET)).status()
+    assert jobs_kv.history == JOBS_HISTORY
+    idem_kv = await (await js.key_value(IDEM_BUCKET)).status()
+    assert idem_kv.ttl == IDEM_MAX_AGE_S
 
     # A changed AckWait/MaxDeliver updates the consumer; waiting work stays.
     await render(nbus)
-    await bus.init_bus(js, ack_wait_s=4, max_deliver=5)
-    info = await js.consumer_info(bus.WORK_STREAM, "render")
+    await init_bus(js, ack_wait_s=4, max_deliver=5)
+    info = await js.consumer_info(WORK_STREAM, "render")
     assert (info.config.ack_wait, info.config.max_deliver) == (4, 5)
-    assert await bus.pending(js, "render") == 1
+    assert await pending(js, "render") == 1
+
+
+async def test_conductor_receives_only_the_events_it_acts_on(nbus: Bus) -> None:
+    """Starts and progress (several a second per frame) never reach the conductor."""
+    job_id = keys.new_job_id()
+    for kind in events.EVENT_NAMES:
+        await publish_event(nbus.js, new_event(kind, job_id, 0, 1))
+    info = await nbus.js.consumer_info(EVENTS_STREAM, CONDUCTOR)
+    assert info.num_pending == len(CONDUCTOR_EVENTS)
+    assert events.FRAME_PROGRESS not in CONDUCTOR_EVENTS
+    assert events.FRAME_STARTED not in CONDUCTOR_EVENTS
+
+
+async def test_init_bus_narrows_an_older_conductor_in_place(nbus: Bus) -> None:
+    """A deployment whose conductor received every event is updated by ``bus init``."""
+    js = nbus.js
+    await js.delete_consumer(EVENTS_STREAM, CONDUCTOR)
+    old = api.ConsumerConfig(
+        name=CONDUCTOR,
+        durable_name=CONDUCTOR,
+        filter_subject="anim.event.>",
+        ack_policy=api.AckPolicy.EXPLICIT,
+    )
+    await js.add_consumer(EVENTS_STREAM, old)
+    job_id = keys.new_job_id()
+    await publish_event(js, new_event(events.FRAME_RENDERED, job_id, 0, 1))
+    await init_bus(js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)
+    info = await js.consumer_info(EVENTS_STREAM, CONDUCTOR)
+    assert not info.config.filter_subject and len(info.config.filter_subjects) > 1
+    assert info.num_pending == 1  # what was waiting stays
 
 
 async def test_consumer_only_binds(nats_server: NatsServer) -> None:
-    connection = await bus.connect(settings_for(nats_server), "bare")
+    connection = await connect(settings_for(nats_server), "bare")
     try:
         consumer = Recorder().consumer(connection)
-        with pytest.raises(bus.BusNotInitialized, match="bus init"):
+        with pytest.raises(BusNotInitialized, match="bus init"):
             await consumer.start()
         streams = await connection.js.streams_info()
         assert streams == []  # nothing was created on the way
@@ -170,7 +232,7 @@ async def test_consumer_only_binds(nats_server: NatsServer) -> None:
 # -- publishing ------------------------------------------------------------
 
 
-async def test_publish_dedups_by_message_id(nbus: bus.Bus) -> None:
+async def test_publish_dedups_by_message_id(nbus: Bus) -> None:
     first = await render(nbus, frame=3, attempt=0)
     again = await render(nbus, frame=3, attempt=0)
     assert not first.duplicate and again.duplicate
@@ -179,26 +241,26 @@ async def test_publish_dedups_by_message_id(nbus: bus.Bus) -> None:
     assert not retry.duplicate
     assert await stream_messages(nbus) == 2
 
-    rendered = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 3, 0, "c")
-    assert not (await bus.publish_event(nbus.js, rendered)).duplicate
-    twin = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 3, 0, "c")
-    assert (await bus.publish_event(nbus.js, twin)).duplicate  # new event id, same work
+    rendered = new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 3, 0, "c")
+    assert not (await publish_event(nbus.js, rendered)).duplicate
+    twin = new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 3, 0, "c")
+    assert (await publish_event(nbus.js, twin)).duplicate  # new event id, same work
     # Progress events of one frame differ by step, so none is dropped.
     for step in (1, 2, 3):
-        progress = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_PROGRESS, JOB, 3, 0, "c", step=step)
-        assert not (await bus.publish_event(nbus.js, progress)).duplicate
-    assert await stream_messages(nbus, bus.EVENTS_STREAM) == 4
+        progress = new_event(bus_pb2.EVENT_TYPE_FRAME_PROGRESS, JOB, 3, 0, "c", step=step)
+        assert not (await publish_event(nbus.js, progress)).duplicate
+    assert await stream_messages(nbus, EVENTS_STREAM) == 4
 
 
-async def test_pending_counts_waiting_and_unacked(nbus: bus.Bus) -> None:
+async def test_pending_counts_waiting_and_unacked(nbus: Bus) -> None:
     await render(nbus, frame=0)
     await render(nbus, frame=1)
-    assert await bus.pending(nbus.js, "render") == 2
-    sub = await nbus.js.pull_subscribe_bind("render", stream=bus.WORK_STREAM)
+    assert await pending(nbus.js, "render") == 2
+    sub = await nbus.js.pull_subscribe_bind("render", stream=WORK_STREAM)
     (msg,) = await sub.fetch(1, timeout=2)
-    assert await bus.pending(nbus.js, "render") == 2  # one waiting, one in hand
+    assert await pending(nbus.js, "render") == 2  # one waiting, one in hand
     await msg.ack_sync()
-    assert await bus.pending(nbus.js, "render") == 1
+    assert await pending(nbus.js, "render") == 1
     await sub.unsubscribe()
 
 
@@ -206,11 +268,11 @@ async def test_pending_counts_waiting_and_unacked(nbus: bus.Bus) -> None:
 
 
 async def test_unacked_message_is_redelivered_then_given_up_at_max_deliver(
-    nbus: bus.Bus,
+    nbus: Bus,
 ) -> None:
     await render(nbus, frame=7)
     # A worker that crashes twice: fetches and never acknowledges.
-    crashed = await nbus.js.pull_subscribe_bind("render", stream=bus.WORK_STREAM)
+    crashed = await nbus.js.pull_subscribe_bind("render", stream=WORK_STREAM)
     await crashed.fetch(1, timeout=2)
     start = time.monotonic()
     (second,) = await crashed.fetch(1, timeout=5)
@@ -231,11 +293,11 @@ async def test_unacked_message_is_redelivered_then_given_up_at_max_deliver(
     assert work.frame == 7 and work.job_id == JOB
     assert failure.retryable and failure.num_delivered == 3
     assert "GPU out of memory" in failure.reason
-    assert await bus.pending(nbus.js, "render") == 0
+    assert await pending(nbus.js, "render") == 0
     assert await stream_messages(nbus) == 0  # termed: gone from the work queue
 
 
-async def test_heartbeats_keep_a_slow_handler_message(nbus: bus.Bus) -> None:
+async def test_heartbeats_keep_a_slow_handler_message(nbus: Bus) -> None:
     async def slow(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         await asyncio.sleep(2.5 * ACK_WAIT)
 
@@ -253,12 +315,12 @@ async def test_heartbeats_keep_a_slow_handler_message(nbus: bus.Bus) -> None:
         await two.stop()
     assert [(f, n) for f, n, _ in recorder.calls] == [(0, 1)]
     assert one.stats.heartbeats + two.stats.heartbeats >= 5
-    info = await nbus.js.consumer_info(bus.WORK_STREAM, "render")
+    info = await nbus.js.consumer_info(WORK_STREAM, "render")
     assert info.num_redelivered == 0
-    assert await bus.pending(nbus.js, "render") == 0
+    assert await pending(nbus.js, "render") == 0
 
 
-async def test_retryable_naks_and_the_message_comes_back(nbus: bus.Bus) -> None:
+async def test_retryable_naks_and_the_message_comes_back(nbus: Bus) -> None:
     async def fail_once(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         if delivery.num_delivered == 1:
             raise Retryable("store unreachable", delay=0.3)
@@ -271,10 +333,10 @@ async def test_retryable_naks_and_the_message_comes_back(nbus: bus.Bus) -> None:
     waited = recorder.calls[1][2] - recorder.calls[0][2]
     assert 0.25 <= waited < ACK_WAIT  # the nak delay, not an AckWait expiry
     assert consumer.stats.naked == 1 and recorder.given_up == []
-    assert await bus.pending(nbus.js, "render") == 0
+    assert await pending(nbus.js, "render") == 0
 
 
-async def test_retry_delay_doubles_with_each_delivery(nbus: bus.Bus) -> None:
+async def test_retry_delay_doubles_with_each_delivery(nbus: Bus) -> None:
     async def failing(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         if delivery.num_delivered == 1:
             raise RuntimeError("unexpected bug")  # any exception counts as retryable
@@ -287,14 +349,14 @@ async def test_retry_delay_doubles_with_each_delivery(nbus: bus.Bus) -> None:
     times = [t for _, _, t in recorder.calls]
     assert len(times) == MAX_DELIVER
     first_wait, second_wait = times[1] - times[0], times[2] - times[1]
-    assert first_wait >= 0.9 * bus.DEFAULT_RETRY_DELAY_S  # the default delay
+    assert first_wait >= 0.9 * DEFAULT_RETRY_DELAY_S  # the default delay
     assert 0.55 <= second_wait < 0.95  # 0.3 doubled on the second delivery
     ((_, failure),) = recorder.given_up
     assert failure.retryable and "still busy" in failure.reason
     assert "gave up after 3 deliveries" in failure.reason
 
 
-async def test_non_retryable_terms_at_once_and_gives_up(nbus: bus.Bus) -> None:
+async def test_non_retryable_terms_at_once_and_gives_up(nbus: Bus) -> None:
     async def bad_prompt(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         raise NonRetryable("prompt exceeds 77 tokens")
 
@@ -308,10 +370,10 @@ async def test_non_retryable_terms_at_once_and_gives_up(nbus: bus.Bus) -> None:
     assert work.frame == 2
     assert failure == Failure("prompt exceeds 77 tokens", retryable=False, num_delivered=1)
     assert consumer.stats.naked == 0
-    assert await bus.pending(nbus.js, "render") == 0
+    assert await pending(nbus.js, "render") == 0
 
 
-async def test_unparseable_message_is_termed_and_the_consumer_goes_on(nbus: bus.Bus) -> None:
+async def test_unparseable_message_is_termed_and_the_consumer_goes_on(nbus: Bus) -> None:
     await nbus.js.publish("anim.work.render", b"\xff\xff\xff not protobuf")
     bad_id = bus_pb2.RenderWork(job_id="../../etc", frame=1)
     await nbus.js.publish("anim.work.render", bad_id.SerializeToString())
@@ -322,10 +384,10 @@ async def test_unparseable_message_is_termed_and_the_consumer_goes_on(nbus: bus.
     assert consumer.stats.unparseable == 2 and consumer.stats.termed == 2
     assert [(f, n) for f, n, _ in recorder.calls] == [(5, 1)]
     assert recorder.given_up == []  # no job to fail
-    assert await bus.pending(nbus.js, "render") == 0
+    assert await pending(nbus.js, "render") == 0
 
 
-async def test_stop_lets_the_message_in_hand_finish(nbus: bus.Bus) -> None:
+async def test_stop_lets_the_message_in_hand_finish(nbus: Bus) -> None:
     started, finished = asyncio.Event(), asyncio.Event()
 
     async def work_a_while(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
@@ -342,11 +404,11 @@ async def test_stop_lets_the_message_in_hand_finish(nbus: bus.Bus) -> None:
     await consumer.stop(grace_s=10)
     assert finished.is_set() and consumer.stats.acked == 1
     assert [(f, n) for f, n, _ in recorder.calls] == [(0, 1)]
-    assert await bus.pending(nbus.js, "render") == 1
+    assert await pending(nbus.js, "render") == 1
     # Stopping unsubscribed the pull subscription: drain does not hang (see nbus teardown).
 
 
-async def test_stop_naks_when_the_grace_runs_out(nbus: bus.Bus) -> None:
+async def test_stop_naks_when_the_grace_runs_out(nbus: Bus) -> None:
     started = asyncio.Event()
 
     async def forever(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
@@ -370,7 +432,7 @@ async def test_stop_naks_when_the_grace_runs_out(nbus: bus.Bus) -> None:
     assert [(f, n) for f, n, _ in recorder.calls] == [(0, 2)]
 
 
-async def test_idle_stop_is_prompt_and_loses_nothing(nbus: bus.Bus) -> None:
+async def test_idle_stop_is_prompt_and_loses_nothing(nbus: Bus) -> None:
     recorder = Recorder()
     consumer = recorder.consumer(nbus, fetch_timeout_s=30)
     await consumer.start()
@@ -384,18 +446,16 @@ async def test_idle_stop_is_prompt_and_loses_nothing(nbus: bus.Bus) -> None:
         await eventually(lambda: successor.stats.acked == 1, timeout=ACK_WAIT * 0.9)
 
 
-async def test_conductor_consumer_reads_events(nbus: bus.Bus) -> None:
+async def test_conductor_consumer_reads_events(nbus: Bus) -> None:
     seen: list[tuple[int, int]] = []
 
     async def conduct(event: bus_pb2.Event, delivery: Delivery) -> None:
         seen.append((event.type, event.frame))
 
-    consumer = bus.conductor_consumer(nbus.js, conduct)
+    consumer = conductor_consumer(nbus.js, conduct)
     async with consumer:
-        await bus.publish_event(nbus.js, bus.new_event(bus_pb2.EVENT_TYPE_JOB_CREATED, JOB))
-        await bus.publish_event(
-            nbus.js, bus.new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 0, 0, "c")
-        )
+        await publish_event(nbus.js, new_event(bus_pb2.EVENT_TYPE_JOB_CREATED, JOB))
+        await publish_event(nbus.js, new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 0, 0, "c"))
         await eventually(lambda: consumer.stats.acked == 2)
     assert seen == [(bus_pb2.EVENT_TYPE_JOB_CREATED, -1), (bus_pb2.EVENT_TYPE_FRAME_RENDERED, 0)]
 
@@ -403,18 +463,18 @@ async def test_conductor_consumer_reads_events(nbus: bus.Bus) -> None:
 # -- reading a job's events ----------------------------------------------------
 
 
-async def test_job_events_from_a_sequence(nbus: bus.Bus) -> None:
+async def test_job_events_from_a_sequence(nbus: Bus) -> None:
     js = nbus.js
-    assert await bus.read_job_events(js, JOB) == []
+    assert await read_job_events(js, JOB) == []
     for event_type, job, frame in [
         (bus_pb2.EVENT_TYPE_JOB_CREATED, JOB, -1),
         (bus_pb2.EVENT_TYPE_JOB_CREATED, OTHER_JOB, -1),
         (bus_pb2.EVENT_TYPE_FRAME_STARTED, JOB, 0),
         (bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, 0),
     ]:
-        await bus.publish_event(js, bus.new_event(event_type, job, frame, 0, "c"))
+        await publish_event(js, new_event(event_type, job, frame, 0, "c"))
 
-    stored = await bus.read_job_events(js, JOB)
+    stored = await read_job_events(js, JOB)
     assert [e.type for e in stored] == [
         bus_pb2.EVENT_TYPE_JOB_CREATED,
         bus_pb2.EVENT_TYPE_FRAME_STARTED,
@@ -423,16 +483,16 @@ async def test_job_events_from_a_sequence(nbus: bus.Bus) -> None:
     assert {e.job_id for e in stored} == {JOB}
     assert [e.sequence for e in stored] == [1, 3, 4]
 
-    later = await bus.read_job_events(js, JOB, after_sequence=stored[0].sequence)
+    later = await read_job_events(js, JOB, after_sequence=stored[0].sequence)
     assert [e.sequence for e in later] == [3, 4]
 
     # Watching replays from the sequence, then follows live events.
-    async with await bus.watch_job_events(js, JOB, after_sequence=3) as watch:
+    async with await watch_job_events(js, JOB, after_sequence=3) as watch:
         assert (await watch.next(timeout=2)).sequence == 4
         with pytest.raises(TimeoutError):
             await watch.next(timeout=0.2)
-        live = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_STARTED, JOB, 1, 0, "c")
-        await bus.publish_event(js, live)
+        live = new_event(bus_pb2.EVENT_TYPE_FRAME_STARTED, JOB, 1, 0, "c")
+        await publish_event(js, live)
         got = await watch.next(timeout=2)
         assert (got.event_id, got.sequence) == (live.event_id, 5)
 
@@ -444,7 +504,7 @@ def new_state(job_id: str = JOB) -> animation_pb2.JobState:
     return animation_pb2.JobState(job_id=job_id, status=types_pb2.JOB_STATUS_PENDING, frames=4)
 
 
-async def test_job_store_create_get_list_delete(nbus: bus.Bus) -> None:
+async def test_job_store_create_get_list_delete(nbus: Bus) -> None:
     store = await jobs.JobStore.open(nbus.js)
     assert await store.list() == []
     with pytest.raises(jobs.JobNotFound):
@@ -463,7 +523,7 @@ async def test_job_store_create_get_list_delete(nbus: bus.Bus) -> None:
         await store.get(OTHER_JOB)
 
 
-async def test_job_store_compare_and_swap(nbus: bus.Bus, nats_server: NatsServer) -> None:
+async def test_job_store_compare_and_swap(nbus: Bus, nats_server: NatsServer) -> None:
     store = await jobs.JobStore.open(nbus.js)
     await store.create(new_state())
     _, stale = await store.get(JOB)
@@ -483,9 +543,9 @@ async def test_job_store_compare_and_swap(nbus: bus.Bus, nats_server: NatsServer
     def complete(state: animation_pb2.JobState) -> None:
         state.status = types_pb2.JOB_STATUS_COMPLETED
 
-    with pytest.raises(jobs.InvalidTransition, match="PLANNING to COMPLETED"):
+    with pytest.raises(lifecycle.InvalidTransition, match="PLANNING to COMPLETED"):
         await store.update(JOB, complete)
-    with pytest.raises(jobs.UnexpectedStatus):
+    with pytest.raises(lifecycle.UnexpectedStatus):
         await store.update(JOB, to_planning, expect_status=types_pb2.JOB_STATUS_PENDING)
     assert (await store.get(JOB))[1] == revision
     # A mutation that changes nothing writes nothing.
@@ -493,7 +553,7 @@ async def test_job_store_compare_and_swap(nbus: bus.Bus, nats_server: NatsServer
     assert (await store.get(JOB))[1] == revision
 
     # Concurrent writers on two connections: every update lands, none is lost.
-    other = await bus.connect(settings_for(nats_server), "other-writer")
+    other = await connect(settings_for(nats_server), "other-writer")
     try:
         store_b = await jobs.JobStore.open(other.js)
 
@@ -512,7 +572,7 @@ async def test_job_store_compare_and_swap(nbus: bus.Bus, nats_server: NatsServer
     assert final.updated_at.ToNanoseconds() >= final.created_at.ToNanoseconds()
 
 
-async def test_idempotency_claim(nbus: bus.Bus) -> None:
+async def test_idempotency_claim(nbus: Bus) -> None:
     store = await jobs.JobStore.open(nbus.js)
     assert await store.claim_idempotency("alice", "k1", JOB) == JOB
     assert await store.claim_idempotency("alice", "k1", OTHER_JOB) == JOB  # lost: existing job

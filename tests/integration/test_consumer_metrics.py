@@ -15,8 +15,12 @@ from span_capture import capture_spans
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.pb import bus_pb2
-from ghibli_anim.runtime import bus, tracing
-from ghibli_anim.runtime.bus import Delivery, NonRetryable, Retryable
+from ghibli_anim.runtime import tracing
+from ghibli_anim.runtime.bus.connection import Bus, connect
+from ghibli_anim.runtime.bus.consumer import Delivery, NonRetryable, Retryable, work_consumer
+from ghibli_anim.runtime.bus.names import EVENTS_STREAM, WORK_STREAM
+from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
+from ghibli_anim.runtime.bus.topology import init_bus
 from ghibli_anim.runtime.processes import NatsServer
 
 JOB = "0123456789abcdef0123456789abcdef"
@@ -24,10 +28,10 @@ WAIT_S = 0.4
 
 
 @pytest.fixture
-async def nbus(nats_server: NatsServer) -> AsyncIterator[bus.Bus]:
+async def nbus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     settings = config.load("planner", {"ANIM_NATS_URL": nats_server.url, "ANIM_STORE": "local"})
-    connection = await bus.connect(settings, "test")
-    await bus.init_bus(connection.js, ack_wait_s=5.0, max_deliver=3)
+    connection = await connect(settings, "test")
+    await init_bus(connection.js, ack_wait_s=5.0, max_deliver=3)
     try:
         yield connection
     finally:
@@ -55,12 +59,12 @@ def counts() -> dict[str, float]:
     return out
 
 
-async def publish(nb: bus.Bus, frame: int) -> None:
+async def publish(nb: Bus, frame: int) -> None:
     work = bus_pb2.RenderWork(job_id=JOB, frame=frame, attempt=1, causation_id="c")
-    await bus.publish_work(nb.js, "render", work, job_id=JOB, frame=frame, attempt=1)
+    await publish_work(nb.js, "render", work, job_id=JOB, frame=frame, attempt=1)
 
 
-async def test_queue_wait_outcomes_and_redeliveries(nbus: bus.Bus) -> None:
+async def test_queue_wait_outcomes_and_redeliveries(nbus: Bus) -> None:
     seen: dict[int, list[Delivery]] = {}
     done = asyncio.Event()
 
@@ -80,10 +84,10 @@ async def test_queue_wait_outcomes_and_redeliveries(nbus: bus.Bus) -> None:
     published = time.monotonic()
     for frame in range(3):
         await publish(nbus, frame)
-    await nbus.js.publish("anim.work.render", b"\xff not a protobuf", stream=bus.WORK_STREAM)
+    await nbus.js.publish("anim.work.render", b"\xff not a protobuf", stream=WORK_STREAM)
     # The messages wait in the stream before any consumer runs: that is the queue wait.
     await asyncio.sleep(WAIT_S)
-    consumer = bus.work_consumer(nbus.js, "render", bus_pb2.RenderWork, handle, on_give_up=give_up)
+    consumer = work_consumer(nbus.js, "render", bus_pb2.RenderWork, handle, on_give_up=give_up)
     async with consumer:
         await asyncio.wait_for(done.wait(), 20)
         deadline = time.monotonic() + 10
@@ -105,15 +109,15 @@ async def test_queue_wait_outcomes_and_redeliveries(nbus: bus.Bus) -> None:
     assert seen[1][1].queue_wait_s >= seen[1][0].queue_wait_s
 
 
-async def test_trace_context_flows_through_nats_headers(nbus: bus.Bus, exporter) -> None:
+async def test_trace_context_flows_through_nats_headers(nbus: Bus, exporter) -> None:
     handled = asyncio.Event()
 
     async def handle(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
-        event = bus.new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, work.frame, 1, "c")
-        await bus.publish_event(nbus.js, event)
+        event = new_event(bus_pb2.EVENT_TYPE_FRAME_RENDERED, JOB, work.frame, 1, "c")
+        await publish_event(nbus.js, event)
         handled.set()
 
-    consumer = bus.work_consumer(nbus.js, "render", bus_pb2.RenderWork, handle)
+    consumer = work_consumer(nbus.js, "render", bus_pb2.RenderWork, handle)
     consumer.service = "renderer"
     with tracing.span("planner", "conductor frame.rendered") as publisher:
         await publish(nbus, 7)
@@ -131,7 +135,7 @@ async def test_trace_context_flows_through_nats_headers(nbus: bus.Bus, exporter)
     assert span.attributes["anim.job_id"] == JOB and span.attributes["anim.outcome"] == "ok"
     assert span.attributes["messaging.message.id"] == f"{JOB}:render:7:1"
     # What the handler published carries the handler's span on.
-    stored = await nbus.js.get_last_msg(bus.EVENTS_STREAM, f"anim.event.frame.rendered.{JOB}")
+    stored = await nbus.js.get_last_msg(EVENTS_STREAM, f"anim.event.frame.rendered.{JOB}")
     parent = tracing.extract(stored.headers)
     carried = trace.get_current_span(parent).get_span_context()
     assert (carried.trace_id, carried.span_id) == (ids.trace_id, span.context.span_id)

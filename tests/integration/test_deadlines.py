@@ -18,8 +18,7 @@ import grpc
 import pytest
 
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.contracts.uploads import upload_init_image
-from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.client import AnimationClient, upload_init_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,9 +95,7 @@ def calls(client: AnimationClient, png: Path) -> dict[str, Callable[[], Awaitabl
         "ResumeAnimation": lambda: client.resume(JOB),
         "DeleteAnimation": lambda: client.delete(JOB),
         "ListAnimations": lambda: client.list(),
-        "CreateUpload": lambda: upload_init_image(
-            client.stub, png, metadata=client._metadata(), timeout_s=client.timeout_s
-        ),
+        "CreateUpload": lambda: upload_init_image(client, png),
         "WatchAnimation": watch,
     }
 

@@ -3,7 +3,7 @@ fails with a reason naming the limit, the state and the frame it was stuck at.
 
 Real nats-server and a local store. The first test runs the planner service itself
 (its periodic check) with a 1 s limit against jobs that nothing works on; the second
-calls ``PlannerCore.time_out`` with an explicit clock for the resume rule.
+calls ``Housekeeping.time_out`` with an explicit clock for the resume rule.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ import pytest
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.topology import init_bus_from_settings
+from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.service import run_service
-from ghibli_anim.services.planner.jobs_api import PlannerCore
+from ghibli_anim.services.planner.conductor import Conductor
+from ghibli_anim.services.planner.housekeeping import Housekeeping
+from ghibli_anim.services.planner.jobs_api import JobsApi
 from ghibli_anim.services.planner.service import PlannerService
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,7 +49,7 @@ def job_state(status: int, frames: int = 3, rendered: int = 0, attempt: int = 1,
 
 async def failed_reason(js, job_id: str, timeout: float = 30.0) -> str:
     """The reason of the job's job.failed event, awaited on the events stream."""
-    watch = await bus.watch_job_events(js, job_id)
+    watch = await watch_job_events(js, job_id)
     try:
         while True:
             event = await watch.next(timeout=timeout)
@@ -67,11 +72,11 @@ async def test_planner_fails_jobs_over_the_time_limit(nats_server, tmp_path, tin
         "ANIM_JOB_TIMEOUT_S": "1",
     }
     settings = config.load("planner", env)
-    conn = await bus.connect(settings, "test", first_connect_timeout_s=10)
+    conn = await connect(settings, "test", first_connect_timeout_s=10)
     stop = asyncio.Event()
     planner: asyncio.Task | None = None
     try:
-        await bus.init_bus_from_settings(conn.js, settings)
+        await init_bus_from_settings(conn.js, settings)
         jobs = await JobStore.open(conn.js)
         rendering = job_state(S.JOB_STATUS_RENDERING, frames=3, rendered=1)
         pending = job_state(S.JOB_STATUS_PENDING)
@@ -107,11 +112,12 @@ async def test_planner_fails_jobs_over_the_time_limit(nats_server, tmp_path, tin
 
 async def test_time_out_counts_from_the_latest_resume(nats_server, local_store):
     settings = config.load("client", {"ANIM_NATS_URL": nats_server.url, "ANIM_STORE": "local"})
-    conn = await bus.connect(settings, "test", first_connect_timeout_s=10)
+    conn = await connect(settings, "test", first_connect_timeout_s=10)
     try:
-        await bus.init_bus_from_settings(conn.js, settings)
+        await init_bus_from_settings(conn.js, settings)
         jobs = await JobStore.open(conn.js)
-        core = PlannerCore(conn, jobs, local_store, ["tiny"], "tiny")
+        api = JobsApi(conn, jobs, local_store, ["tiny"], "tiny")
+        house = Housekeeping(jobs, api, Conductor(conn, jobs, local_store))
         now = time.time()
         fresh = job_state(S.JOB_STATUS_PLANNING, age_s=10)
         # Created two hours ago, resumed (attempt 2) just now: its first event is recent.
@@ -119,17 +125,17 @@ async def test_time_out_counts_from_the_latest_resume(nats_server, local_store):
         old = job_state(S.JOB_STATUS_ASSEMBLING, frames=2, rendered=2, age_s=7200)
         for state in (fresh, resumed, old):
             await jobs.create(state)
-        await bus.publish_event(
-            conn.js, bus.new_event(bus_pb2.EVENT_TYPE_JOB_PLANNED, resumed.job_id, -1, 2)
+        await publish_event(
+            conn.js, new_event(bus_pb2.EVENT_TYPE_JOB_PLANNED, resumed.job_id, -1, 2)
         )
 
-        assert await core.time_out(60, now=now) == [old.job_id]
+        assert await house.time_out(60, now=now) == [old.job_id]
         state, _ = await jobs.get(old.job_id)
         assert state.status == S.JOB_STATUS_FAILED
         assert state.error.startswith("job exceeded ANIM_JOB_TIMEOUT_S=60 while ASSEMBLING (")
 
         # Two minutes on, the resumed job and the fresh one are past the limit too.
-        assert sorted(await core.time_out(60, now=now + 120)) == sorted(
+        assert sorted(await house.time_out(60, now=now + 120)) == sorted(
             [resumed.job_id, fresh.job_id]
         )
         state, _ = await jobs.get(fresh.job_id)
@@ -138,10 +144,10 @@ async def test_time_out_counts_from_the_latest_resume(nats_server, local_store):
         assert state.error.startswith(
             "job exceeded ANIM_JOB_TIMEOUT_S=60 while RENDERING at frame 0 (started 1"
         )
-        events = await bus.read_job_events(conn.js, resumed.job_id)
+        events = await read_job_events(conn.js, resumed.job_id)
         assert [e.type for e in events][-1] == bus_pb2.EVENT_TYPE_JOB_FAILED
         assert events[-1].attempt == 2 and events[-1].reason == state.error
         # Already failed: a second check (another replica) changes nothing.
-        assert await core.time_out(60, now=now + 120) == []
+        assert await house.time_out(60, now=now + 120) == []
     finally:
         await conn.close()

@@ -7,14 +7,18 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from ghibli_anim.devtools import seaweed
+from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.runtime import processes as launcher
-from ghibli_anim.runtime.processes import LauncherError, NatsServer, SeaweedS3, free_port
+from ghibli_anim.runtime.processes import LauncherError, NatsServer, free_port
 
 
 def _answers(port: int) -> bool:
@@ -23,6 +27,21 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def _taken(port: int) -> Iterator[None]:
+    """Another process's listener on ``port`` (as if it took the port meanwhile)."""
+    with socket.socket() as s:
+        # The port may still have TIME_WAIT connections from an earlier probe.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        yield
+
+
+def _starts(server: launcher.ChildServer) -> int:
+    return server.log_path.read_text().count(" start: ")
 
 
 def test_free_port_is_bindable() -> None:
@@ -101,6 +120,23 @@ def test_nats_start_failure_shows_the_log(tmp_path: Path) -> None:
         with pytest.raises(LauncherError, match="nats-server exited"):
             server.start(timeout=5)
     assert not server.running
+    assert _starts(server) == 1  # the port was given: no other one is tried
+
+
+def test_nats_picks_fresh_ports_when_one_is_taken_before_the_first_start(
+    tmp_path: Path,
+) -> None:
+    for chosen in ("port", "monitor_port"):
+        server = NatsServer(tmp_path / chosen)
+        before = getattr(server, chosen)
+        with _taken(before), server:
+            assert getattr(server, chosen) != before and _answers(server.port)
+        assert _starts(server) == 2
+    # Once it has run its clients know the port: a restart keeps it or fails.
+    port = server.port
+    with _taken(port), pytest.raises(LauncherError, match="address already in use"):
+        server.start(timeout=5)
+    assert server.port == port and _starts(server) == 3
 
 
 def test_seaweed_start_kill_restart_stop(tmp_path: Path) -> None:
@@ -135,6 +171,36 @@ def test_seaweed_start_kill_restart_stop(tmp_path: Path) -> None:
     assert not any(p.exists() for p in server._leftovers())
     # The identities file holds the secret: private to this user.
     assert server.config_path.stat().st_mode & 0o077 == 0
+
+
+def test_seaweed_picks_fresh_ports_when_one_is_taken(tmp_path: Path) -> None:
+    server = SeaweedS3(tmp_path / "sw", "key", "secret")
+    taken = server.port
+    with _taken(taken), server:
+        assert server.port != taken
+        assert server.client().list_buckets() == []
+    log = server.log_path.read_text()
+    assert f"port {taken} for S3 (specified by flag s3.port) is not available" in log
+    assert _starts(server) == 2
+
+
+def test_seaweed_gives_up_on_a_given_port_or_after_a_few_fresh_ones(
+    tmp_path: Path, monkeypatch
+) -> None:
+    ports = launcher.free_ports(len(seaweed._WEED_PORTS))
+    with _taken(ports[0]):
+        given = SeaweedS3(tmp_path / "given", "key", "secret", port=ports[0])
+        with pytest.raises(LauncherError, match=r"Port allocation failed: port \d+ for S3"):
+            given.start()
+        assert _starts(given) == 1
+
+        # "Fresh" ports that are the same every time: each try fails the same way.
+        monkeypatch.setattr(seaweed, "free_ports", lambda count: ports[:count])
+        server = SeaweedS3(tmp_path / "sw", "key", "secret")
+        with pytest.raises(LauncherError, match=r"Port allocation failed: port \d+ for Master"):
+            server.start()
+        assert _starts(server) == 1 + launcher._PORT_RETRIES
+    assert not server.running and not given.running
 
 
 def test_process_group_stops_the_started_on_failure(tmp_path: Path) -> None:

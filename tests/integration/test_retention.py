@@ -6,20 +6,26 @@ import time
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime import bus
+from ghibli_anim.runtime.bus.connection import connect
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.topology import init_bus_from_settings
+from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
-from ghibli_anim.services.planner.jobs_api import PlannerCore
+from ghibli_anim.services.planner.conductor import Conductor
+from ghibli_anim.services.planner.housekeeping import Housekeeping
+from ghibli_anim.services.planner.jobs_api import JobsApi
 
 DAY = 86400.0
 
 
 async def test_expire_deletes_only_expired_finished_jobs(nats_server, local_store):
     settings = config.load("client", {"ANIM_NATS_URL": nats_server.url, "ANIM_STORE": "local"})
-    conn = await bus.connect(settings, "test", first_connect_timeout_s=10)
+    conn = await connect(settings, "test", first_connect_timeout_s=10)
     try:
-        await bus.init_bus_from_settings(conn.js, settings)
+        await init_bus_from_settings(conn.js, settings)
         jobs = await JobStore.open(conn.js)
-        core = PlannerCore(conn, jobs, local_store, ["tiny"], "tiny")
+        api = JobsApi(conn, jobs, local_store, ["tiny"], "tiny")
+        house = Housekeeping(jobs, api, Conductor(conn, jobs, local_store))
         now = time.time()
         cases = {
             "old_done": (types_pb2.JOB_STATUS_COMPLETED, now - 10 * DAY),
@@ -37,10 +43,8 @@ async def test_expire_deletes_only_expired_finished_jobs(nats_server, local_stor
             state.created_at.FromSeconds(int(updated))
             await jobs.create(state)
             local_store.put(keys.frame_key(job_id, 0), b"png", "image/png")
-            await bus.publish_event(
-                conn.js, bus.new_event(bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, 1)
-            )
-        expired = await core.expire(older_than_s=7 * DAY, now=now)
+            await publish_event(conn.js, new_event(bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, 1))
+        expired = await house.expire(older_than_s=7 * DAY, now=now)
         assert sorted(expired) == sorted([ids["old_done"], ids["old_failed"]])
         for name, job_id in ids.items():
             gone = name in ("old_done", "old_failed")
@@ -51,7 +55,7 @@ async def test_expire_deletes_only_expired_finished_jobs(nats_server, local_stor
                 present = False
             assert present is not gone
             assert local_store.exists(keys.frame_key(job_id, 0)) is not gone
-            events = await bus.read_job_events(conn.js, job_id)
+            events = await read_job_events(conn.js, job_id)
             assert (events == []) is gone
     finally:
         await conn.close()

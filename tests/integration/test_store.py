@@ -15,18 +15,18 @@ from urllib.parse import urlsplit
 import pytest
 
 from ghibli_anim.contracts import config, keys
-from ghibli_anim.runtime.processes import SeaweedS3
-from ghibli_anim.runtime.store import (
-    LocalStore,
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime.store.base import (
     NotFound,
     ObjectInfo,
-    S3Store,
     Store,
     StoreAuthError,
     StoreError,
     StoreUnavailable,
-    open_store,
 )
+from ghibli_anim.runtime.store.local import LocalStore
+from ghibli_anim.runtime.store.open import open_store
+from ghibli_anim.runtime.store.s3 import S3Store
 
 JOB = "0123456789abcdef0123456789abcdef"
 OTHER_JOB = "fedcba9876543210fedcba9876543210"

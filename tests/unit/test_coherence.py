@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.color import deltaE_ciede2000
+from skimage.metrics import structural_similarity
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2
@@ -20,18 +22,16 @@ from ghibli_anim.contracts.storyboard import Storyboard
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.renderer.continuity import (
     Camera,
-    ciede2000,
     color_distance,
-    encode_png,
     finish_frame,
     match_colors,
     mean_lab,
     prepare_seed,
     rgb_to_lab,
-    ssim,
     unsharp_mask,
     warp_camera,
 )
+from ghibli_anim.services.renderer.encoding import encode_png
 
 H, W = 96, 128
 SHIFT = 3  # px the texture moves per frame
@@ -58,6 +58,20 @@ def lightness(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_lab(rgb)[..., 0]
 
 
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    """Mean SSIM with Wang et al. (2004)'s settings: 11 x 11 Gaussian window, sigma 1.5."""
+    return float(
+        structural_similarity(
+            a,
+            b,
+            data_range=data_range,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )
+
+
 # --- CIEDE2000 ------------------------------------------------------------------------------
 
 # Sharma, Wu and Dalal (2005), supplementary test data: (Lab1, Lab2, dE00).
@@ -79,9 +93,19 @@ def test_ciede2000_matches_published_test_data() -> None:
     lab1 = np.array([p[0] for p in SHARMA], dtype=np.float64)
     lab2 = np.array([p[1] for p in SHARMA], dtype=np.float64)
     expected = np.array([p[2] for p in SHARMA])
-    np.testing.assert_allclose(ciede2000(lab1, lab2), expected, atol=1e-4)
-    np.testing.assert_allclose(ciede2000(lab2, lab1), expected, atol=1e-4)  # symmetric
-    assert ciede2000(np.array([40.0, 10, -5]), np.array([40.0, 10, -5])) == 0.0
+    np.testing.assert_allclose(deltaE_ciede2000(lab1, lab2), expected, atol=1e-4)
+    np.testing.assert_allclose(deltaE_ciede2000(lab2, lab1), expected, atol=1e-4)  # symmetric
+    # color_distance's two calls: single float64 mean colours, float32 H x W x 3 images.
+    for a, b, want in SHARMA:
+        assert float(deltaE_ciede2000(np.array(a, float), np.array(b, float))) == pytest.approx(
+            want, abs=1e-4
+        )
+    image1, image2 = lab1.astype(np.float32)[None], lab2.astype(np.float32)[None]
+    per_pixel = deltaE_ciede2000(image1, image2)
+    assert per_pixel.dtype == np.float32 and per_pixel.shape == (1, len(SHARMA))
+    np.testing.assert_allclose(per_pixel[0], expected, atol=1e-4)
+    same = np.array([40.0, 10, -5])
+    assert deltaE_ciede2000(same, same) == 0.0
 
 
 def test_lab_of_srgb_red_and_distances() -> None:

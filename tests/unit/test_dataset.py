@@ -20,13 +20,8 @@ from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import config, profiles
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.services.trainer import captions
-from ghibli_anim.services.trainer.dataset import (
-    build_dataset,
-    load_image_dataset,
-    sniff,
-    square_crop,
-    to_rgb,
-)
+from ghibli_anim.services.trainer.dataset import build_dataset, load_image_dataset
+from ghibli_anim.services.trainer.images import sniff, square_crop, to_rgb
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,12 +16,8 @@ from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.services.depth.estimate import DepthEstimator
-from ghibli_anim.services.renderer.diffusion import (
-    PipelineCache,
-    RenderResult,
-    choose_device,
-    render_frame,
-)
+from ghibli_anim.services.renderer.diffusion import RenderResult, render_frame
+from ghibli_anim.services.renderer.pipelines import PipelineCache, choose_device
 
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"
 

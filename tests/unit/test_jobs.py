@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
+from ghibli_anim.contracts import lifecycle as jobs
+from ghibli_anim.runtime import jobstore
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.runtime import jobstore as jobs
 
 S = types_pb2
 ALL = [
@@ -101,7 +102,7 @@ def test_terminal_states() -> None:
         S.JOB_STATUS_FAILED,
         S.JOB_STATUS_CANCELLED,
     }
-    assert {s for s in ALL if jobs.is_resumable(s)} == {
+    assert {s for s in ALL if s in jobs.RESUMABLE} == {
         S.JOB_STATUS_FAILED,
         S.JOB_STATUS_CANCELLED,
     }
@@ -116,10 +117,10 @@ def test_invalid_transition_is_a_value_error_naming_what_is_allowed() -> None:
 
 
 def test_idempotency_key_is_stable_and_unambiguous() -> None:
-    key = jobs.idempotency_key("client", "key-1")
-    assert key == jobs.idempotency_key("client", "key-1")
+    key = jobstore.idempotency_key("client", "key-1")
+    assert key == jobstore.idempotency_key("client", "key-1")
     assert len(key) == 64 and all(c in "0123456789abcdef" for c in key)
-    assert key != jobs.idempotency_key("client", "key-2")
-    assert key != jobs.idempotency_key("other", "key-1")
+    assert key != jobstore.idempotency_key("client", "key-2")
+    assert key != jobstore.idempotency_key("other", "key-1")
     # A separator inside either part cannot make two pairs collide.
-    assert jobs.idempotency_key("a|b", "c") != jobs.idempotency_key("a", "b|c")
+    assert jobstore.idempotency_key("a|b", "c") != jobstore.idempotency_key("a", "b|c")

@@ -22,7 +22,8 @@ from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.services.renderer import lora_files
-from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
+from ghibli_anim.services.renderer.diffusion import render_frame
+from ghibli_anim.services.renderer.pipelines import PipelineCache
 
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from ghibli_anim.contracts import config, keys, seeds
+from ghibli_anim.contracts.lifecycle import needs_depth
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
-from ghibli_anim.services.planner.conductor import assemble_work, next_work
-from ghibli_anim.services.planner.frame_specs import needs_depth, resolve_frames
+from ghibli_anim.services.planner.conductor import due_work
+from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.planner.offline_storyboard import plan_offline
 
 JOB = "ab" * 16
@@ -126,37 +127,87 @@ def _state(n: int, depth: bool, settings) -> animation_pb2.JobState:
     return state
 
 
+def _done(state, *frames: int) -> None:
+    for i in frames:
+        state.frame_states[i].rendered = True
+        state.frame_states[i].rendered_event_id = f"r{i}"
+
+
 def test_conductor_decisions_without_depth(settings):
     state = _state(3, False, settings)
-    state.frame_states[0].rendered = True
-    state.frame_states[0].rendered_event_id = "e0"
-    step, work = next_work(state, 0)
-    assert step == "render" and work.frame == 1 and work.causation_id == "e0"
-    assert work.attempt == 2 and work.spec == state.frame_specs[1]
-    assert next_work(state, 2) is None
-    for fs in state.frame_states:
-        fs.rendered = True
-        fs.rendered_event_id = f"e{fs.index}"
-    assemble = assemble_work(state)
-    assert isinstance(assemble, bus_pb2.AssembleWork)
-    assert list(assemble.frame_keys) == [keys.frame_key(JOB, i) for i in range(3)]
-    assert list(assemble.depth_keys) == [] and assemble.causation_id == "e2"
-    assert assemble.fps == 8  # profile default
+    [first] = due_work(state, "planned")
+    assert first.step == "render" and first.frame == 0
+    assert first.message.causation_id == "planned" and first.message.spec == state.frame_specs[0]
+    _done(state, 0)
+    [work] = due_work(state, "ignored")
+    assert work.step == "render" and work.frame == 1 and work.message.causation_id == "r0"
+    assert work.message.attempt == 2 and work.message.spec == state.frame_specs[1]
+    # The second-to-last frame done: the last one is next, never nothing.
+    _done(state, 1)
+    [work] = due_work(state, "ignored")
+    assert work.step == "render" and work.frame == 2 and work.message.causation_id == "r1"
+    _done(state, 2)
+    state.status = types_pb2.JOB_STATUS_ASSEMBLING
+    [assemble] = due_work(state, "ignored")
+    assert assemble.step == "assemble" and assemble.frame == -1
+    message = assemble.message
+    assert isinstance(message, bus_pb2.AssembleWork) and message.job_id == JOB
+    assert list(message.frame_keys) == [keys.frame_key(JOB, i) for i in range(3)]
+    assert list(message.depth_keys) == [] and message.causation_id == "r2"
+    assert message.fps == 8 and message.attempt == 2  # profile default fps
+    assert list(message.prompts) == [s.prompt for s in state.frame_specs]
 
 
 def test_conductor_decisions_with_depth(settings):
     state = _state(3, True, settings)
-    state.frame_states[0].rendered = True
-    state.frame_states[0].rendered_event_id = "r0"
-    step, work = next_work(state, 0)
-    assert step == "depth" and work.frame == 0 and work.causation_id == "r0"
-    assert work.image_key == keys.frame_key(JOB, 0)
-    assert work.output_key == keys.depth_key(JOB, 0)
+    _done(state, 0)
+    [work] = due_work(state, "ignored")
+    assert work.step == "depth" and work.frame == 0 and work.message.causation_id == "r0"
+    assert work.message.job_id == JOB and work.message.attempt == 2
+    assert work.message.image_key == keys.frame_key(JOB, 0)
+    assert work.message.output_key == keys.depth_key(JOB, 0)
+    assert work.message.profile == state.profile
     state.frame_states[0].depth_ready = True
     state.frame_states[0].depth_event_id = "d0"
-    step, work = next_work(state, 0)
-    assert step == "render" and work.frame == 1 and work.causation_id == "d0"
-    assert work.spec.depth_key == keys.depth_key(JOB, 0)
+    [work] = due_work(state, "ignored")
+    assert work.step == "render" and work.frame == 1 and work.message.causation_id == "d0"
+    assert work.message.spec.depth_key == keys.depth_key(JOB, 0)
+    # The last frame guides nothing: no depth map of it, and assembly lists none.
+    _done(state, 1, 2)
+    state.frame_states[1].depth_ready = True
+    state.status = types_pb2.JOB_STATUS_ASSEMBLING
+    [assemble] = due_work(state, "ignored")
+    assert list(assemble.message.depth_keys) == [keys.depth_key(JOB, i) for i in (0, 1)]
+
+
+def test_conductor_decisions_after_a_resume_and_in_other_states(settings):
+    state = _state(4, False, settings)
+    # A resume found frames 0 and 1 in the store (no event ids): the resume event causes 2.
+    for i in (0, 1):
+        state.frame_states[i].rendered = True
+    [work] = due_work(state, "resumed")
+    assert work.step == "render" and work.frame == 2 and work.message.causation_id == "resumed"
+    state.status = types_pb2.JOB_STATUS_PENDING
+    [plan] = due_work(state, "created")
+    assert plan.step == "plan" and plan.message.causation_id == "created"
+    assert plan.message.job_id == JOB and plan.message.attempt == 2
+    for status in (
+        types_pb2.JOB_STATUS_PLANNING,
+        types_pb2.JOB_STATUS_COMPLETED,
+        types_pb2.JOB_STATUS_FAILED,
+        types_pb2.JOB_STATUS_CANCELLED,
+    ):
+        state.status = status
+        assert due_work(state, "x") == []
+
+
+def test_assembly_fps_comes_from_the_request_when_set(settings):
+    state = _state(2, False, settings)
+    state.request.fps = 24
+    state.request.interpolate = 3
+    state.status = types_pb2.JOB_STATUS_ASSEMBLING
+    [assemble] = due_work(state, "x")
+    assert assemble.message.fps == 24 and assemble.message.interpolate == 3
 
 
 def test_seed_mode_keyframes_switch_per_frame(settings):

@@ -11,7 +11,7 @@ import pytest
 
 from ghibli_anim.contracts import config, model_refs, profiles
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.devtools import tiny_models
+from ghibli_anim.devtools import tiny_models, tiny_tokenizer
 
 PROFILE = """
 [profiles.mine]
@@ -210,7 +210,7 @@ def test_tiny_references_build_on_first_use(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     path = Path(model_refs.locate("tiny:tokenizer", settings))
     assert path == tmp_path / "cache" / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
-    assert sorted(p.name for p in path.iterdir()) == sorted(tiny_models.tokenizer_files())
+    assert sorted(p.name for p in path.iterdir()) == sorted(tiny_tokenizer.tokenizer_files())
     assert model_refs.locate("tiny:tokenizer", settings) == str(path)
 
 
@@ -228,7 +228,7 @@ def test_hub_subfolder_comes_from_the_hub_cache(tmp_path: Path) -> None:
     repo = tmp_path / "hf" / "hub" / "models--owner--name"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    tiny_models.write_tokenizer(repo / "snapshots" / commit / "tokenizer")
+    tiny_tokenizer.write_tokenizer(repo / "snapshots" / commit / "tokenizer")
     code = (
         "import sys\n"
         "from ghibli_anim.contracts import config, model_refs\n"

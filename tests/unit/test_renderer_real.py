@@ -23,7 +23,8 @@ from ghibli_anim.contracts.storyboard import parse_storyboard
 from ghibli_anim.contracts.validate import validate_create
 from ghibli_anim.devtools.tiny_models import SINGLE_FILE_NAME
 from ghibli_anim.services.planner.frame_specs import resolve_frames
-from ghibli_anim.services.renderer.diffusion import PipelineCache, img2img_steps, render_frame
+from ghibli_anim.services.renderer.diffusion import img2img_steps, render_frame
+from ghibli_anim.services.renderer.pipelines import PipelineCache
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a small dragon glides over a quiet medieval town at dusk, ghibli style"

@@ -17,7 +17,7 @@ from ghibli_anim.contracts.schedules import (
 )
 from ghibli_anim.contracts.storyboard import Storyboard
 from ghibli_anim.contracts.validate import validate_create
-from ghibli_anim.services.planner.conductor import assemble_work
+from ghibli_anim.services.planner.conductor import due_work
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 
 JOB = "cd" * 16
@@ -269,9 +269,9 @@ def test_conductor_passes_interpolate_and_formats(profile) -> None:
     state.frame_states.extend(
         types_pb2.FrameState(index=i, rendered=True, rendered_event_id=f"e{i}") for i in range(6)
     )
-    work = assemble_work(state)
-    assert work.interpolate == 3
-    assert tuple(work.formats) == limits.DEFAULT_FORMATS
+    [work] = due_work(state, "x")
+    assert work.message.interpolate == 3
+    assert tuple(work.message.formats) == limits.DEFAULT_FORMATS
 
 
 # --- the command line -----------------------------------------------------------------------

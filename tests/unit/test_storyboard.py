@@ -9,17 +9,19 @@ from typing import Any
 import pytest
 
 from ghibli_anim.contracts import keys, limits
+from ghibli_anim.contracts.manifest import (
+    Manifest,
+    ManifestError,
+    manifest_json_schema,
+    parse_manifest,
+)
 from ghibli_anim.contracts.storyboard import (
     DEFAULT_STYLE,
     Camera,
-    Manifest,
-    ManifestError,
     Shot,
     Storyboard,
     StoryboardError,
     full_prompt,
-    manifest_json_schema,
-    parse_manifest,
     parse_storyboard,
     prompts_with_style,
     storyboard_json_schema,

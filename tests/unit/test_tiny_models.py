@@ -16,7 +16,7 @@ from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.tokens import load_tokenizer
-from ghibli_anim.devtools import tiny_models
+from ghibli_anim.devtools import tiny_models, tiny_tokenizer
 
 PROMPT = (
     "a small dragon glides slowly over a quiet medieval town at dusk with warm light "
@@ -126,8 +126,8 @@ def test_realistic_prompt_fits_77_tokens(tiny_settings: Settings) -> None:
 
 
 def test_every_listed_word_is_one_token() -> None:
-    vocab, _ = tiny_models.clip_vocab_and_merges()
-    assert all(word + "</w>" in vocab for word in tiny_models._WORDS if len(word) > 1)
+    vocab, _ = tiny_tokenizer.clip_vocab_and_merges()
+    assert all(word + "</w>" in vocab for word in tiny_tokenizer.WORDS if len(word) > 1)
 
 
 def test_tokenizer_without_torch(tmp_path: Path) -> None:
@@ -147,14 +147,14 @@ def test_tokenizer_without_torch(tmp_path: Path) -> None:
     )
     out = _run(code, {"ANIM_CACHE_DIR": str(tmp_path)}).strip().splitlines()[-1]
     assert Path(out) == tmp_path / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
-    assert _tree(Path(out)) == tiny_models.tokenizer_files()
+    assert _tree(Path(out)) == tiny_tokenizer.tokenizer_files()
 
 
 def test_tokenizer_config_is_stable_json() -> None:
-    files = tiny_models.tokenizer_files()
+    files = tiny_tokenizer.tokenizer_files()
     config = json.loads(files["tokenizer_config.json"])
     assert config["model_max_length"] == 77
-    assert files == tiny_models.tokenizer_files()
+    assert files == tiny_tokenizer.tokenizer_files()
 
 
 def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
@@ -176,12 +176,12 @@ def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert [p.name for p in out.iterdir()] == ["tokenizer"]
-    assert _tree(out / "tokenizer") == tiny_models.tokenizer_files()
+    assert _tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
 
 
 def test_loser_of_a_race_discards_its_copy(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "tiny"
-    real = tiny_models.write_tokenizer
+    real = tiny_tokenizer.write_tokenizer
 
     def racing(folder: Path) -> None:
         real(folder)
@@ -203,7 +203,7 @@ def test_existing_component_is_kept_unless_overwrite(tmp_path: Path) -> None:
     tiny_models.write_tiny_models(out, ["tokenizer"])
     assert (out / "tokenizer" / "extra.txt").exists()
     tiny_models.write_tiny_models(out, ["tokenizer"], overwrite=True)
-    assert _tree(out / "tokenizer") == tiny_models.tokenizer_files()
+    assert _tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
 
 
 def test_unknown_component_is_refused(tmp_path: Path) -> None:

@@ -28,13 +28,16 @@ from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import load_profile
-from ghibli_anim.runtime.processes import SeaweedS3
-from ghibli_anim.runtime.store import LocalStore, S3Store
-from ghibli_anim.services.renderer.diffusion import PipelineCache, render_frame
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime.store.local import LocalStore
+from ghibli_anim.runtime.store.s3 import S3Store
+from ghibli_anim.services.renderer.diffusion import render_frame
+from ghibli_anim.services.renderer.pipelines import PipelineCache
 from ghibli_anim.services.renderer.service import store_lora_resolver
-from ghibli_anim.services.trainer import train
+from ghibli_anim.services.trainer import checkpoints, publish
 from ghibli_anim.services.trainer.dataset import build_dataset
-from ghibli_anim.services.trainer.train import TrainOptions, train_lora
+from ghibli_anim.services.trainer.options import LR_SCHEDULERS, MIXED_PRECISION, TrainOptions
+from ghibli_anim.services.trainer.train import train_lora
 
 LORA_NAME = "tiny-style"
 CAPTIONS = [
@@ -186,7 +189,7 @@ def test_training_changes_the_lora_and_lowers_the_loss(runs, dataset_dir, tiny_s
     full = runs["full"]
     assert (full.start_step, full.steps, len(full.losses)) == (0, 30, 30)
     final = _lora_tensors(full.weights)
-    halfway = _lora_tensors(full.checkpoints[0] / train.WEIGHT_NAME)
+    halfway = _lora_tensors(full.checkpoints[0] / publish.WEIGHT_NAME)
     assert set(final) == set(halfway)
     for target in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_k"):
         assert any(f".{target}.lora" in k for k in final), target
@@ -200,7 +203,7 @@ def test_training_changes_the_lora_and_lowers_the_loss(runs, dataset_dir, tiny_s
         locate("tiny:pipeline", tiny_settings), safety_checker=None, requires_safety_checker=False
     )
     before = _probe_loss(pipe, dataset_dir)
-    pipe.load_lora_weights(str(full.weights.parent), weight_name=train.WEIGHT_NAME)
+    pipe.load_lora_weights(str(full.weights.parent), weight_name=publish.WEIGHT_NAME)
     after = _probe_loss(pipe, dataset_dir)
     # 30 steps of a rank-4 LoRA take about 4% off here; random weights leave no more to say.
     assert after < before * 0.98, (before, after)
@@ -227,13 +230,18 @@ def test_checkpoints_hold_the_lora_optimizer_and_validation_images(runs) -> None
     assert [p.name for p in full.checkpoints] == ["checkpoint-15", "checkpoint-30"]
     for checkpoint in full.checkpoints:
         names = {p.name for p in checkpoint.iterdir()}
-        assert {train.WEIGHT_NAME, "optimizer.bin", "scheduler.bin", train.STATE_FILE} <= names
+        assert {
+            publish.WEIGHT_NAME,
+            "optimizer.bin",
+            "scheduler.bin",
+            checkpoints.STATE_FILE,
+        } <= names
         assert "validation-0.png" in names
         with Image.open(checkpoint / "validation-0.png") as im:
             assert im.size == (64, 64)
         # The frozen UNet is never written: a checkpoint is the LoRA and its optimizer.
         assert sum(p.stat().st_size for p in checkpoint.iterdir()) < 2_000_000
-        state = json.loads((checkpoint / train.STATE_FILE).read_text())
+        state = json.loads((checkpoint / checkpoints.STATE_FILE).read_text())
         assert state["step"] == int(checkpoint.name.split("-")[1])
         assert state["options"]["seed"] == 7 and state["options"]["rank"] == 4
     assert full.validation_images == [c / "validation-0.png" for c in full.checkpoints]
@@ -243,7 +251,7 @@ def test_output_in_the_store_with_a_model_card(runs, s3: S3Store) -> None:
     full = runs["full"]
     assert full.target == f"store://loras/{LORA_NAME}"
     assert s3.get(keys.lora_key(LORA_NAME)) == full.weights.read_bytes()
-    card = s3.get(train.lora_readme_key(LORA_NAME)).decode()
+    card = s3.get(publish.lora_readme_key(LORA_NAME)).decode()
     assert card == full.model_card.read_text()
     for fact in (
         "| base model | tiny:pipeline |",
@@ -366,8 +374,8 @@ def test_bad_options_name_the_flag(dataset_dir: Path, tiny_settings: Settings) -
         train_lora(
             _options(dataset_dir, output="out", mixed_precision="fp16"), settings=tiny_settings
         )
-    assert trainer_cli.LR_SCHEDULERS == train.LR_SCHEDULERS
-    assert trainer_cli.MIXED_PRECISION == train.MIXED_PRECISION
+    assert trainer_cli.LR_SCHEDULERS == LR_SCHEDULERS
+    assert trainer_cli.MIXED_PRECISION == MIXED_PRECISION
 
 
 def test_bf16_mixed_precision_keeps_the_lora_in_float32(

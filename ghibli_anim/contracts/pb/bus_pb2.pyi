@@ -26,6 +26,8 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_FRAME_FAILED: _ClassVar[EventType]
     EVENT_TYPE_DEPTH_READY: _ClassVar[EventType]
     EVENT_TYPE_DEPTH_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_PLAN_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_ASSEMBLY_FAILED: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_JOB_CREATED: EventType
 EVENT_TYPE_JOB_PLANNED: EventType
@@ -39,6 +41,8 @@ EVENT_TYPE_FRAME_RENDERED: EventType
 EVENT_TYPE_FRAME_FAILED: EventType
 EVENT_TYPE_DEPTH_READY: EventType
 EVENT_TYPE_DEPTH_FAILED: EventType
+EVENT_TYPE_PLAN_FAILED: EventType
+EVENT_TYPE_ASSEMBLY_FAILED: EventType
 
 class PlanWork(_message.Message):
     __slots__ = ("job_id", "attempt", "causation_id")
@@ -105,7 +109,7 @@ class AssembleWork(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., frame_keys: _Optional[_Iterable[str]] = ..., depth_keys: _Optional[_Iterable[str]] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., interpolate: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "type", "job_id", "frame", "attempt", "causation_id", "time", "sequence", "reason", "key", "step", "steps", "service", "retryable")
+    __slots__ = ("event_id", "type", "job_id", "frame", "attempt", "causation_id", "time", "sequence", "reason", "key", "step", "steps", "service", "retryable", "outputs")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +124,7 @@ class Event(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: EventType
     job_id: str
@@ -134,4 +139,5 @@ class Event(_message.Message):
     steps: int
     service: str
     retryable: bool
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., key: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., service: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.OutputFile]
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., key: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., service: _Optional[str] = ..., retryable: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ...) -> None: ...

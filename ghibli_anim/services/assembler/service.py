@@ -1,4 +1,9 @@
-"""The assembler service: anim.work.assemble -> animation.* + final manifest -> job.assembled."""
+"""The assembler service: anim.work.assemble -> animation.* + the final manifest -> job.assembled.
+
+The assembler is the one writer of the final ``manifest.json`` (with the outputs and
+status COMPLETED), and ``job.assembled`` carries the outputs it stored, so the conductor
+completes the job without reading anything back. A give-up is ``assembly.failed``.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,14 @@ import logging
 
 from PIL import Image
 
-from ghibli_anim.contracts import keys, manifests
+from ghibli_anim.contracts import events, keys, lifecycle, manifest
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime import bus, faults
-from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime import faults
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import Delivery, Failure, NonRetryable, work_consumer
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.service import Service
-from ghibli_anim.runtime.store import NotFound, sha256_hex
+from ghibli_anim.runtime.store.base import NotFound, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +38,31 @@ def _open(data: bytes, key: str) -> Image.Image:
 class AssemblerService(Service):
     name = "assembler"
 
-    async def start(self, bus_: bus.Bus, store) -> None:
+    async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
         self.jobs = await JobStore.open(bus_.js)
         self.consumers = [
-            bus.work_consumer(
+            work_consumer(
                 bus_.js, "assemble", bus_pb2.AssembleWork, self.handle, on_give_up=self.give_up
             )
         ]
 
-    async def handle(self, work: bus_pb2.AssembleWork, delivery: bus.Delivery) -> None:
+    async def handle(self, work: bus_pb2.AssembleWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)
         try:
             state, _ = await self.jobs.get(job_id)
         except JobNotFound:
             return
-        if state.status != types_pb2.JOB_STATUS_ASSEMBLING:
+        if state.status != lifecycle.ASSEMBLING:
             log.info("assemble skipped", extra={"job_id": job_id, "status": state.status})
             return
         await faults.hit("assemble", -1)
-        await asyncio.to_thread(self.assemble, state, work)
+        outputs = await asyncio.to_thread(self.assemble, state, work)
         await self.emit(
-            bus_pb2.EVENT_TYPE_JOB_ASSEMBLED,
+            events.JOB_ASSEMBLED,
             work,
             key=keys.manifest_key(job_id),
+            outputs=[output.to_proto() for output in outputs],
         )
 
     def _get(self, key: str) -> bytes:
@@ -65,7 +72,10 @@ class AssemblerService(Service):
         except NotFound:
             raise NonRetryable(f"{key}: missing from the store") from None
 
-    def assemble(self, state: animation_pb2.JobState, work: bus_pb2.AssembleWork) -> None:
+    def assemble(
+        self, state: animation_pb2.JobState, work: bus_pb2.AssembleWork
+    ) -> list[manifest.OutputFile]:
+        """Every output of the job and its final manifest, stored; the outputs."""
         job_id = state.job_id
         for key in [*work.frame_keys, *work.depth_keys]:
             if keys.job_id_of_key(keys.check_key(key)) != job_id:
@@ -99,24 +109,25 @@ class AssemblerService(Service):
             raise NonRetryable(str(exc)) from exc
         for note in notes:
             log.warning(note, extra={"job_id": job_id})
-        manifest = manifests.base(state)
+        final = manifest.base(state)
         for i in range(len(frames)):
             record = json.loads(self._get(keys.frame_record_key(job_id, i)))
-            manifest = manifests.with_frame(manifest, manifests.frame_entry(state, i, record))
+            final = manifest.with_frame(final, manifest.frame_entry(state, i, record))
         outputs = []
         for fmt, (data, content_type) in encoded.items():
             self.store.put(keys.output_key(job_id, fmt), data, content_type)
             outputs.append(
-                manifests.output_entry(job_id, fmt, len(data), sha256_hex(data), content_type)
+                manifest.output_entry(job_id, fmt, len(data), sha256_hex(data), content_type)
             )
-        manifest = manifest.model_copy(update={"outputs": outputs, "status": "COMPLETED"})
-        self.store.put(keys.manifest_key(job_id), manifest.to_json().encode(), "application/json")
+        final = final.model_copy(update={"outputs": outputs, "status": "COMPLETED"})
+        self.store.put(keys.manifest_key(job_id), final.to_json().encode(), "application/json")
+        return outputs
 
-    async def give_up(self, work: bus_pb2.AssembleWork, failure: bus.Failure) -> None:
+    async def give_up(self, work: bus_pb2.AssembleWork, failure: Failure) -> None:
         await self.emit(
-            bus_pb2.EVENT_TYPE_JOB_FAILED,
+            events.ASSEMBLY_FAILED,
             work,
-            reason=f"assembling: {failure.reason}",
+            reason=failure.reason,
             retryable=failure.retryable,
         )
 

@@ -17,12 +17,13 @@ from PIL import Image
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import bus_pb2, depth_pb2, depth_pb2_grpc, types_pb2
 from ghibli_anim.contracts.profiles import load_profile
-from ghibli_anim.runtime import bus, faults
-from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime import faults
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import Delivery, Failure, NonRetryable, work_consumer
 from ghibli_anim.runtime.grpcserver import ServiceBinding
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.service import Service
-from ghibli_anim.runtime.store import NotFound
+from ghibli_anim.runtime.store.base import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,13 @@ def _png(image: Image.Image) -> bytes:
 class DepthService(Service):
     name = "depth"
 
-    async def start(self, bus_: bus.Bus, store) -> None:
+    async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
         self.jobs = await JobStore.open(bus_.js)
         self._estimators: dict[str, object] = {}
         self._lock = threading.Lock()
         self.consumers = [
-            bus.work_consumer(
-                bus_.js, "depth", bus_pb2.DepthWork, self.handle, on_give_up=self.give_up
-            )
+            work_consumer(bus_.js, "depth", bus_pb2.DepthWork, self.handle, on_give_up=self.give_up)
         ]
 
     def _estimator(self, model_ref: str):
@@ -73,7 +72,7 @@ class DepthService(Service):
         self.store.put(output_key, _png(depth), "image/png")
         return depth.size
 
-    async def handle(self, work: bus_pb2.DepthWork, delivery: bus.Delivery) -> None:
+    async def handle(self, work: bus_pb2.DepthWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)
         try:
             state, _ = await self.jobs.get(job_id)
@@ -98,7 +97,7 @@ class DepthService(Service):
             key=output_key,
         )
 
-    async def give_up(self, work: bus_pb2.DepthWork, failure: bus.Failure) -> None:
+    async def give_up(self, work: bus_pb2.DepthWork, failure: Failure) -> None:
         await self.emit(
             bus_pb2.EVENT_TYPE_DEPTH_FAILED,
             work,

@@ -1,16 +1,35 @@
-"""The conductor: turns each event into the job's next step (DESIGN.md "The chain").
+"""The conductor: the one place that decides what runs next for a job.
 
-on frame.rendered{i}: mark i done; depth on and i+1<N -> anim.work.depth{i}
-                                    else i+1<N         -> anim.work.render{i+1}
-                                    else               -> ASSEMBLING, anim.work.assemble
-on depth.ready{i}:    anim.work.render{i+1}
-on job.assembled:     COMPLETED, job.completed
-on a failure event:   FAILED with the reason, job.failed
+The decision is a pure function of the job's state, :func:`due_work`: PENDING calls for
+planning; RENDERING for the step after the last frame in the chain (the depth map of
+frame i when frame i+1 needs it, else frame i+1; frame 0 right after planning); and
+ASSEMBLING for assembly. The :class:`Conductor` applies each event the planner's durable
+``conductor`` receives (only the events it acts on reach it):
 
-Every handler first updates KV (compare-and-swap), then publishes what the
-*resulting* state calls for, then the message is acked. A redelivered event
-therefore re-publishes the same work with the same Nats-Msg-Id (dropped as a
-duplicate), and KV, not the dedup window, says what is done.
+=====================  =====================================================================
+job.created            publish what the state calls for (planning)
+job.planned            the same: frame 0 after planning; after a resume, the first frame
+                       not done, its predecessor's depth map, or assembly
+frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), the running
+                       manifest gets frame i, then publish what the state calls for
+depth.ready{i}         KV marks the depth map done, then publish what the state calls for
+job.assembled          COMPLETED with the outputs the event carries, then job.completed
+frame.failed,          FAILED with the reason, named by what failed (``frame 3: ...``),
+depth.failed,          then job.failed (:meth:`Conductor.fail_job`, the one way a job fails)
+plan.failed,
+assembly.failed
+job.failed             FAILED (older assemblers report a failed assembly this way)
+=====================  =====================================================================
+
+Every handler first updates KV (compare-and-swap, a transition of
+:mod:`ghibli_anim.contracts.lifecycle`), then publishes what the *resulting* state calls
+for, then the message is acked. A redelivered event therefore re-publishes the same work
+with the same ``Nats-Msg-Id`` (dropped as a duplicate), and KV, not the dedup window,
+says what is done.
+
+The manifest: the conductor writes the running ``manifest.json`` after each frame *before*
+the next frame's work goes out, and never once the job is ASSEMBLING, so the assembler's
+final manifest is never overwritten by a late running one.
 """
 
 from __future__ import annotations
@@ -19,101 +38,151 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
-from ghibli_anim.contracts import keys, manifests
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.contracts.storyboard import Manifest
-from ghibli_anim.runtime import bus, metrics
-from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, is_terminal
-from ghibli_anim.runtime.store import Store
-from ghibli_anim.services.planner.frame_specs import needs_depth
+from ghibli_anim.contracts import events, keys, lifecycle, manifest
+from ghibli_anim.contracts.lifecycle import ASSEMBLING, COMPLETED, FAILED, PENDING, RENDERING
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import MaxDeliveries
+from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
+from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.store.base import Store
 
 log = logging.getLogger(__name__)
 
-RENDERING = types_pb2.JOB_STATUS_RENDERING
-ASSEMBLING = types_pb2.JOB_STATUS_ASSEMBLING
-COMPLETED = types_pb2.JOB_STATUS_COMPLETED
-FAILED = types_pb2.JOB_STATUS_FAILED
+SERVICE = "planner"
 
-_WORK_TYPES = {
+WORK_TYPES: dict[str, type[Message]] = {
     "plan": bus_pb2.PlanWork,
     "render": bus_pb2.RenderWork,
     "depth": bus_pb2.DepthWork,
     "assemble": bus_pb2.AssembleWork,
 }
 
-_FAILURES = {
-    bus_pb2.EVENT_TYPE_FRAME_FAILED: "frame",
-    bus_pb2.EVENT_TYPE_DEPTH_FAILED: "depth of frame",
-    bus_pb2.EVENT_TYPE_JOB_FAILED: "job",
+# The failure event a worker would have sent for each step, had it lived to say so.
+_FAILURE_OF_STEP = {
+    "plan": events.PLAN_FAILED,
+    "render": events.FRAME_FAILED,
+    "depth": events.DEPTH_FAILED,
+    "assemble": events.ASSEMBLY_FAILED,
 }
 
 
-def next_work(state: animation_pb2.JobState, index: int) -> tuple[str, object] | None:
-    """The work that frame ``index`` being done (and its depth, if needed) calls for."""
-    specs = state.frame_specs
-    done = state.frame_states[index]
-    if needs_depth(list(specs), index) and not done.depth_ready:
-        return "depth", bus_pb2.DepthWork(
+# ---------------------------------------------------------------------------
+# What runs next: pure functions of the job's state
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Work:
+    """One piece of work to publish: its step (``anim.work.<step>``) and message."""
+
+    step: str
+    message: Message
+
+    @property
+    def frame(self) -> int:
+        """The frame it is about (-1 for job-level work: plan, assemble)."""
+        return getattr(self.message, "frame", JOB_LEVEL_FRAME)
+
+
+def plan_work(state: animation_pb2.JobState, cause: str) -> Work:
+    return Work(
+        "plan", bus_pb2.PlanWork(job_id=state.job_id, attempt=state.attempt, causation_id=cause)
+    )
+
+
+def render_work(state: animation_pb2.JobState, index: int, cause: str) -> Work:
+    return Work(
+        "render",
+        bus_pb2.RenderWork(
             job_id=state.job_id,
             frame=index,
             attempt=state.attempt,
-            causation_id=done.rendered_event_id,
+            causation_id=cause,
+            spec=state.frame_specs[index],
+        ),
+    )
+
+
+def depth_work(state: animation_pb2.JobState, index: int, cause: str) -> Work:
+    return Work(
+        "depth",
+        bus_pb2.DepthWork(
+            job_id=state.job_id,
+            frame=index,
+            attempt=state.attempt,
+            causation_id=cause,
             image_key=keys.frame_key(state.job_id, index),
             output_key=keys.depth_key(state.job_id, index),
             profile=state.profile,
-        )
-    if index + 1 < len(specs):
-        cause = done.depth_event_id if done.depth_ready else done.rendered_event_id
-        return "render", bus_pb2.RenderWork(
-            job_id=state.job_id,
-            frame=index + 1,
-            attempt=state.attempt,
-            causation_id=cause,
-            spec=specs[index + 1],
-        )
-    return None
+        ),
+    )
 
 
-def assemble_work(state: animation_pb2.JobState) -> bus_pb2.AssembleWork:
+def assemble_work(state: animation_pb2.JobState, cause: str) -> Work:
     req = state.request
-    n = len(state.frame_specs)
-    return bus_pb2.AssembleWork(
-        job_id=state.job_id,
-        attempt=state.attempt,
-        causation_id=state.frame_states[-1].rendered_event_id,
-        frame_keys=[keys.frame_key(state.job_id, i) for i in range(n)],
-        depth_keys=[
-            keys.depth_key(state.job_id, i)
-            for i in range(n)
-            if needs_depth(list(state.frame_specs), i)
-        ],
-        fps=req.fps if req.HasField("fps") else (state.profile.fps or 8),
-        formats=list(req.formats),
-        prompts=[s.prompt for s in state.frame_specs],
-        interpolate=req.interpolate,
+    specs: Sequence = state.frame_specs
+    n = len(specs)
+    return Work(
+        "assemble",
+        bus_pb2.AssembleWork(
+            job_id=state.job_id,
+            attempt=state.attempt,
+            causation_id=state.frame_states[-1].rendered_event_id or cause,
+            frame_keys=[keys.frame_key(state.job_id, i) for i in range(n)],
+            depth_keys=[
+                keys.depth_key(state.job_id, i) for i in range(n) if lifecycle.needs_depth(specs, i)
+            ],
+            fps=req.fps if req.HasField("fps") else (state.profile.fps or 8),
+            formats=list(req.formats),
+            prompts=[s.prompt for s in specs],
+            interpolate=req.interpolate,
+        ),
     )
 
 
-async def publish_step(bus_: bus.Bus, state: animation_pb2.JobState, step: str, work) -> None:
-    """Publish one step's work for the job's current attempt (frame -1: job-level steps)."""
-    await bus.publish_work(
-        bus_.js,
-        step,
-        work,
-        job_id=state.job_id,
-        frame=getattr(work, "frame", -1),
-        attempt=state.attempt,
-    )
+def due_work(state: animation_pb2.JobState, cause: str) -> list[Work]:
+    """The work the job's state calls for now (empty when it calls for none).
+
+    ``cause`` is the id of the event being handled: the causation id of work whose own
+    cause is not in the state (planning, frame 0, frames a resume found in the store).
+    Publishing the result twice is harmless: the same work has the same message id.
+    """
+    if state.status == PENDING:
+        return [plan_work(state, cause)]
+    if state.status == ASSEMBLING:
+        return [assemble_work(state, cause)]
+    if state.status != RENDERING or not state.frame_specs:
+        return []
+    upcoming = lifecycle.first_frame_not_rendered(state)
+    if upcoming is None:
+        return []  # every frame is done: the job is ASSEMBLING once its state says so
+    if upcoming == 0:
+        return [render_work(state, 0, cause)]
+    previous = state.frame_states[upcoming - 1]
+    if lifecycle.needs_depth(state.frame_specs, previous.index):
+        if not previous.depth_ready:
+            return [depth_work(state, previous.index, previous.rendered_event_id or cause)]
+        return [render_work(state, upcoming, previous.depth_event_id or cause)]
+    return [render_work(state, upcoming, previous.rendered_event_id or cause)]
+
+
+# ---------------------------------------------------------------------------
+# Applying events
+# ---------------------------------------------------------------------------
 
 
 @dataclass
 class Conductor:
-    bus: bus.Bus
+    bus: Bus
     jobs: JobStore
     store: Store
 
@@ -122,176 +191,135 @@ class Conductor:
             log.warning("event for a malformed job id ignored", extra={"job": event.job_id[:64]})
             return
         try:
-            if event.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
-                await self._frame_rendered(event)
-            elif event.type == bus_pb2.EVENT_TYPE_DEPTH_READY:
-                await self._depth_ready(event)
-            elif event.type == bus_pb2.EVENT_TYPE_JOB_ASSEMBLED:
-                await self._assembled(event)
-            elif event.type in _FAILURES:
-                await self._failed(event)
+            await self._handle(event)
         except JobNotFound:
             log.info("event for a deleted job ignored", extra={"job_id": event.job_id})
 
+    async def _handle(self, event: bus_pb2.Event) -> None:
+        kind = event.type
+        if kind in (events.JOB_CREATED, events.JOB_PLANNED):
+            state, _ = await self.jobs.get(event.job_id)
+            await self.publish(state, due_work(state, event.event_id))
+        elif kind == events.FRAME_RENDERED:
+            await self._frame_rendered(event)
+        elif kind == events.DEPTH_READY:
+            state = await self.jobs.update(
+                event.job_id,
+                lambda s: lifecycle.depth_ready(s, event.frame, event_id=event.event_id),
+            )
+            await self.publish(state, due_work(state, event.event_id))
+        elif kind == events.JOB_ASSEMBLED:
+            await self._assembled(event)
+        elif kind in events.STEP_FAILURES:
+            await self.fail_job(event.job_id, events.failure_reason(event), cause=event.event_id)
+        elif kind == events.JOB_FAILED:
+            # Already announced by whoever sent it: record it, announce nothing.
+            await self.jobs.update(
+                event.job_id, lambda s: lifecycle.failed(s, event.reason, event_id=event.event_id)
+            )
+
     async def _frame_rendered(self, event: bus_pb2.Event) -> None:
         i = event.frame
-
-        def mark(state: animation_pb2.JobState) -> None:
-            if state.status != RENDERING or not 0 <= i < len(state.frame_states):
-                return
-            done = state.frame_states[i]
-            if not done.rendered:
-                done.rendered = True
-                done.rendered_event_id = event.event_id
-                done.attempt = event.attempt
-                state.last_event_id = event.event_id
-            if all(f.rendered for f in state.frame_states):
-                state.status = ASSEMBLING
-
-        state = await self.jobs.update(event.job_id, mark)
-        if state.status == RENDERING:
-            await self._publish(state, next_work(state, i))
-            await self._update_manifest(state, i)
-        elif state.status == ASSEMBLING:
-            # The last frame: the manifest is complete before the assembler reads it.
-            await self._update_manifest(state, i)
-            await self._publish(state, ("assemble", assemble_work(state)))
-
-    async def _depth_ready(self, event: bus_pb2.Event) -> None:
-        i = event.frame
-
-        def mark(state: animation_pb2.JobState) -> None:
-            if state.status != RENDERING or not 0 <= i < len(state.frame_states):
-                return
-            done = state.frame_states[i]
-            if not done.depth_ready:
-                done.depth_ready = True
-                done.depth_event_id = event.event_id
-                state.last_event_id = event.event_id
-
-        state = await self.jobs.update(event.job_id, mark)
-        if state.status == RENDERING and state.frame_states[i].rendered:
-            await self._publish(state, next_work(state, i))
+        state = await self.jobs.update(
+            event.job_id,
+            lambda s: lifecycle.frame_rendered(
+                s, i, event_id=event.event_id, attempt=event.attempt
+            ),
+        )
+        if state.status == RENDERING and 0 <= i < len(state.frame_specs):
+            # Before the next frame's work: the last frame cannot be done (and the
+            # assembler cannot write the final manifest) while this write is in flight.
+            await asyncio.to_thread(self._write_manifest, state, i)
+        await self.publish(state, due_work(state, event.event_id))
 
     async def _assembled(self, event: bus_pb2.Event) -> None:
-        outputs = await asyncio.to_thread(self._read_outputs, event.job_id)
-
-        completed_now = False  # whether the stored update is this call's (job duration)
-
-        def complete(state: animation_pb2.JobState) -> None:
-            nonlocal completed_now
-            completed_now = False
-            if state.status != ASSEMBLING:
-                return
-            completed_now = True
-            state.status = COMPLETED
-            del state.outputs[:]
-            state.outputs.extend(outputs)
-            state.last_event_id = event.event_id
-
-        state = await self.jobs.update(event.job_id, complete)
-        if state.status == COMPLETED:
-            if completed_now and state.HasField("created_at"):
-                metrics.planner().job_seconds.observe(
-                    max(0.0, time.time() - state.created_at.ToNanoseconds() / 1e9)
-                )
-            await bus.publish_event(
-                self.bus.js,
-                bus.new_event(
-                    bus_pb2.EVENT_TYPE_JOB_COMPLETED,
-                    state.job_id,
-                    -1,
-                    state.attempt,
-                    event.event_id,
-                    service="planner",
-                ),
+        state, completed_now = await self.jobs.apply(
+            event.job_id,
+            lambda s: lifecycle.assembled(s, event.outputs, event_id=event.event_id),
+        )
+        if state.status != COMPLETED:
+            return
+        if completed_now and state.HasField("created_at"):
+            metrics.planner().job_seconds.observe(
+                max(0.0, time.time() - state.created_at.ToNanoseconds() / 1e9)
             )
-            log.info("job completed", extra={"job_id": state.job_id})
+        await self._announce(events.JOB_COMPLETED, state, event.event_id)
+        log.info("job completed", extra={"job_id": state.job_id})
 
-    def _read_outputs(self, job_id: str) -> list[types_pb2.OutputFile]:
-        manifest = Manifest.model_validate_json(self.store.get(keys.manifest_key(job_id)))
-        return [
-            types_pb2.OutputFile(
-                name=o.name,
-                key=o.key,
-                size_bytes=o.size_bytes,
-                sha256=o.sha256,
-                content_type=o.content_type,
-            )
-            for o in manifest.outputs
-        ]
+    async def fail_job(self, job_id: str, reason: str, *, cause: str) -> bool:
+        """The one way a job fails: FAILED with ``reason``, then ``job.failed``.
 
-    async def _failed(self, event: bus_pb2.Event) -> None:
-        what = _FAILURES[event.type]
-        where = f"{what} {event.frame}" if event.frame >= 0 else what
-        reason = f"{where}: {event.reason}" if what != "job" else event.reason
+        True when this call failed it. ``job.failed`` goes out whenever the job is
+        FAILED afterwards, so a redelivered failure re-announces it (deduplicated by its
+        message id) if the first handler died between the write and the publish.
+        """
+        state, failed_now = await self.jobs.apply(
+            job_id, lambda s: lifecycle.failed(s, reason, event_id=cause)
+        )
+        if state.status == FAILED:
+            await self._announce(events.JOB_FAILED, state, cause, reason=state.error)
+        if failed_now:
+            log.warning("job failed", extra={"job_id": job_id, "reason": state.error[:500]})
+        return failed_now
 
-        def fail(state: animation_pb2.JobState) -> None:
-            if is_terminal(state.status):
-                return
-            state.status = FAILED
-            state.error = reason
-            state.last_event_id = event.event_id
-
-        state = await self.jobs.update(event.job_id, fail)
-        if state.status == FAILED and event.type != bus_pb2.EVENT_TYPE_JOB_FAILED:
-            await bus.publish_event(
-                self.bus.js,
-                bus.new_event(
-                    bus_pb2.EVENT_TYPE_JOB_FAILED,
-                    state.job_id,
-                    -1,
-                    state.attempt,
-                    event.event_id,
-                    service="planner",
-                    reason=state.error,
-                ),
-            )
-
-    async def max_deliveries(self, advisory: bus.MaxDeliveries) -> None:
-        """A work message ran out of deliveries without a worker saying why (each one
-        died or stalled): fail its job with the reason and drop the message, so
-        nothing stays stuck in the work queue."""
+    async def max_deliveries(self, advisory: MaxDeliveries) -> None:
+        """A work message ran out of deliveries without a worker saying why (each one died
+        or stalled): send the failure event that worker could not, and drop the message,
+        so nothing stays stuck in the work queue."""
         try:
             raw = await self.bus.js.get_msg(advisory.stream, advisory.stream_seq)
         except nats.js.errors.NotFoundError:
             return  # acked or terminated meanwhile
         step = (raw.subject or "").rsplit(".", 1)[-1]
-        kind = _WORK_TYPES.get(step)
+        kind = WORK_TYPES.get(step)
         try:
             work = kind.FromString(raw.data or b"") if kind else None
         except DecodeError:
             work = None
         if work is not None and keys.is_job_id(work.job_id):
-            frame = getattr(work, "frame", -1)
-            where = f"{step} of frame {frame}" if frame >= 0 else step
-            reason = (
-                f"{where}: gave up after {advisory.deliveries} deliveries; the worker "
-                "stopped each time without an answer (crashed, out of memory, or AckWait "
-                "too short)"
-            )
-            event = bus.new_event(
-                bus_pb2.EVENT_TYPE_JOB_FAILED,
+            failure = new_event(
+                _FAILURE_OF_STEP[step],
                 work.job_id,
-                -1,
+                getattr(work, "frame", JOB_LEVEL_FRAME),
                 work.attempt,
                 work.causation_id,
-                service="planner",
-                reason=reason,
+                service=SERVICE,
+                reason=(
+                    f"gave up after {advisory.deliveries} deliveries; the {step} worker stopped "
+                    "each time without an answer (crashed, out of memory, or AckWait too short)"
+                ),
+                retryable=True,
             )
-            try:
-                await self._failed(event)
-                await bus.publish_event(self.bus.js, event)
-            except JobNotFound:
-                pass
+            await publish_event(self.bus.js, failure)
         await self.bus.js.delete_msg(advisory.stream, advisory.stream_seq)
 
-    async def _publish(self, state: animation_pb2.JobState, item) -> None:
-        if item is not None:
-            await publish_step(self.bus, state, *item)
+    async def publish(self, state: animation_pb2.JobState, work: Sequence[Work]) -> None:
+        """Publish ``work`` for the job's current attempt."""
+        for item in work:
+            await publish_work(
+                self.bus.js,
+                item.step,
+                item.message,
+                job_id=state.job_id,
+                frame=item.frame,
+                attempt=state.attempt,
+            )
 
-    async def _update_manifest(self, state: animation_pb2.JobState, index: int) -> None:
-        await asyncio.to_thread(self._write_manifest, state, index)
+    async def _announce(
+        self, event_type: int, state: animation_pb2.JobState, cause: str, **fields: object
+    ) -> None:
+        await publish_event(
+            self.bus.js,
+            new_event(
+                event_type,
+                state.job_id,
+                JOB_LEVEL_FRAME,
+                state.attempt,
+                cause,
+                service=SERVICE,
+                **fields,
+            ),
+        )
 
     def _write_manifest(self, state: animation_pb2.JobState, index: int) -> None:
         record = json.loads(self.store.get(keys.frame_record_key(state.job_id, index)))
@@ -301,5 +329,5 @@ class Conductor:
         except KeyError:
             current = None
         self.store.put(
-            key, manifests.with_frame_json(current, state, index, record), "application/json"
+            key, manifest.with_frame_json(current, state, index, record), "application/json"
         )

@@ -20,7 +20,7 @@ frame 6's spec.
 
 Models: ``profile`` is the resolved one (``profiles.resolve_profile``: the request's LoRAs,
 base model, ControlNet and preset applied), copied into every spec. With an init image, frame
-0 is img2img from ``jobs/{id}/init.png`` (``init_key`` and ``source_key``).
+0 is img2img from ``jobs/{id}/init.png`` (``keys.init_key`` and ``source_key``).
 
 Colour: every spec names its reference frame and mode (``color_coherence``, default lab), so a
 redelivered, resumed or re-rendered frame is matched to the same reference. Frame 0, a cut and
@@ -32,7 +32,6 @@ from __future__ import annotations
 from ghibli_anim.contracts import keys, limits, schedules, seeds
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.storyboard import Storyboard, full_prompt
-from ghibli_anim.contracts.uploads import init_key
 
 
 def _pick(req: animation_pb2.CreateAnimationRequest, field: str, hint, default):
@@ -126,13 +125,8 @@ def resolve_frames(
             spec.blend_weight = limits.BLEND_WEIGHT
         if i == 0 and req.init_upload_id:
             # Frame 0 is img2img from the job's validated init image (planner/core.py).
-            spec.init_key = init_key(job_id)
+            spec.init_key = keys.init_key(job_id)
             spec.source_key = spec.init_key
             spec.continuity = types_pb2.CONTINUITY_CONTINUE
         specs.append(spec)
     return specs
-
-
-def needs_depth(specs: list[types_pb2.FrameSpec], index: int) -> bool:
-    """Whether frame ``index``'s depth map guides the next frame."""
-    return index + 1 < len(specs) and bool(specs[index + 1].depth_key)

@@ -1,4 +1,4 @@
-"""gRPC AnimationService and the bus request subject: thin shells over PlannerCore.
+"""gRPC AnimationService and the bus request subject: thin shells over :class:`JobsApi`.
 
 Both edges give the same error code and text for the same bad request; the text
 names the field and the allowed range.
@@ -10,14 +10,15 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import message_factory
+from google.protobuf import empty_pb2, message_factory, unknown_fields
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from ghibli_anim.contracts import limits
+from ghibli_anim.contracts.lifecycle import InvalidTransition
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.runtime.jobstore import InvalidTransition, JobNotFound
-from ghibli_anim.services.planner.jobs_api import FailedPrecondition, PlannerCore, QuotaExceeded
+from ghibli_anim.runtime.jobstore import JobNotFound
+from ghibli_anim.services.planner.jobs_api import FailedPrecondition, JobsApi, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -36,45 +37,24 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]  # IndexError at the end: truncated
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
-
-
 def _bad_utf8_field(descriptor: Descriptor, data: bytes) -> str | None:
-    """The name of the first top-level string field whose bytes are not UTF-8, if any."""
-    pos = 0
+    """The name of the first top-level string field whose bytes are not UTF-8, if any.
+
+    protobuf's own error does not name the field: the bytes are parsed again as a message
+    with no fields, which keeps every field as an unknown (number, wire type, bytes).
+    """
     try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            number, wire_type = key >> 3, key & 7
-            if wire_type == 0:
-                _, pos = _varint(data, pos)
-            elif wire_type == 1:
-                pos += 8
-            elif wire_type == 5:
-                pos += 4
-            elif wire_type == 2:
-                length, pos = _varint(data, pos)
-                chunk, pos = data[pos : pos + length], pos + length
-                field = descriptor.fields_by_number.get(number)
-                if field is not None and field.type == FieldDescriptor.TYPE_STRING:
-                    try:
-                        chunk.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return field.name
-            else:
-                return None
-    except IndexError:
-        return None
+        parsed = empty_pb2.Empty.FromString(data)
+    except DecodeError:
+        return None  # broken wire format, not a text problem
+    for item in unknown_fields.UnknownFieldSet(parsed):
+        field = descriptor.fields_by_number.get(item.field_number)
+        if field is None or field.type != FieldDescriptor.TYPE_STRING:
+            continue
+        try:
+            bytes(item.data).decode("utf-8")
+        except UnicodeDecodeError:
+            return field.name
     return None
 
 
@@ -154,8 +134,8 @@ def add_animation_service(servicer: AnimationServicer, server: grpc.aio.Server) 
 
 
 class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
-    def __init__(self, core: PlannerCore) -> None:
-        self.core = core
+    def __init__(self, api: JobsApi) -> None:
+        self.api = api
 
     async def _call(self, context, coro):
         try:
@@ -165,40 +145,40 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
             await context.abort(code, message)
 
     async def CreateAnimation(self, request, context):
-        return await self._call(context, self.core.create(request))
+        return await self._call(context, self.api.create(request))
 
     async def GetAnimation(self, request, context):
-        return await self._call(context, self.core.get(request.job_id))
+        return await self._call(context, self.api.get(request.job_id))
 
     async def WatchAnimation(self, request, context):
         try:
-            async for event in self.core.watch(request.job_id, request.after_sequence):
+            async for event in self.api.watch(request.job_id, request.after_sequence):
                 yield event
         except Exception as exc:
             code, message = classify(exc)
             await context.abort(code, message)
 
     async def CancelAnimation(self, request, context):
-        return await self._call(context, self.core.cancel(request.job_id))
+        return await self._call(context, self.api.cancel(request.job_id))
 
     async def ResumeAnimation(self, request, context):
-        return await self._call(context, self.core.resume(request.job_id))
+        return await self._call(context, self.api.resume(request.job_id))
 
     async def ListAnimations(self, request, context):
         return await self._call(
-            context, self.core.list(request.page_size, request.page_token, request.status)
+            context, self.api.list(request.page_size, request.page_token, request.status)
         )
 
     async def DeleteAnimation(self, request, context):
-        return await self._call(context, self.core.delete(request.job_id))
+        return await self._call(context, self.api.delete(request.job_id))
 
     async def CreateUpload(self, request, context):
         return await self._call(
-            context, self.core.create_upload(request.content_type, request.size_bytes)
+            context, self.api.create_upload(request.content_type, request.size_bytes)
         )
 
 
-async def handle_bus_create(core: PlannerCore, data: bytes) -> bytes:
+async def handle_bus_create(api: JobsApi, data: bytes) -> bytes:
     """anim.request.create: the same request, validation and error text as gRPC."""
     reply = animation_pb2.CreateReply()
     if len(data) > limits.REQUEST_BYTES:
@@ -214,7 +194,7 @@ async def handle_bus_create(core: PlannerCore, data: bytes) -> bytes:
         reply.error.message = str(exc)
         return reply.SerializeToString()
     try:
-        reply.response.CopyFrom(await core.create(request))
+        reply.response.CopyFrom(await api.create(request))
     except Exception as exc:
         code, message = classify(exc)
         reply.error.code = code.name

@@ -1,8 +1,10 @@
-"""The planner's job API as plain async Python: create, get, list, cancel, watch.
+"""The job API as plain async Python: create, get, list, cancel, resume, delete, watch.
 
-gRPC (api.py) and the bus request subject both call ``create``; they differ
-only in how they carry errors. Validation happens before anything is written,
-so a bad request leaves no trace in KV or the store.
+gRPC and the bus request subject (:mod:`.grpc_api`) both call :class:`JobsApi`; they
+differ only in how they carry errors. Validation happens before anything is written,
+so a bad request leaves no trace in KV or the store. Status changes are transitions of
+:mod:`ghibli_anim.contracts.lifecycle`; what runs after a create or a resume is the
+conductor's decision (the API only announces ``job.created`` or ``job.planned``).
 """
 
 from __future__ import annotations
@@ -11,35 +13,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ghibli_anim.contracts import keys, limits, seeds
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts import events, keys, lifecycle, limits, seeds
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile, resolve_profile
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
+from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.contracts.uploads import check_request as check_upload_request
-from ghibli_anim.contracts.uploads import init_key, load_upload
 from ghibli_anim.contracts.validate import validate_create
-from ghibli_anim.runtime import bus, tracing
+from ghibli_anim.runtime import tracing
 from ghibli_anim.runtime.auth import ANONYMOUS, current_client
-from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, is_terminal, status_name
-from ghibli_anim.runtime.store import Store
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.names import EVENTS_STREAM, JOB_LEVEL_FRAME, job_events_filter
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.store.base import Store
+from ghibli_anim.services.planner.uploads import load_upload
 
 log = logging.getLogger(__name__)
 
-_CANCELLABLE = {
-    types_pb2.JOB_STATUS_PENDING,
-    types_pb2.JOB_STATUS_PLANNING,
-    types_pb2.JOB_STATUS_RENDERING,
-    types_pb2.JOB_STATUS_ASSEMBLING,
-}
-_TERMINAL_EVENTS = {
-    bus_pb2.EVENT_TYPE_JOB_COMPLETED,
-    bus_pb2.EVENT_TYPE_JOB_FAILED,
-    bus_pb2.EVENT_TYPE_JOB_CANCELLED,
-}
-_OUTPUT_NAMES = set(keys.OUTPUT_NAMES.values()) | {"manifest.json"}
+SERVICE = "planner"
+_OUTPUT_NAMES = frozenset(keys.OUTPUT_NAMES.values()) | {"manifest.json"}
 
 
 class FailedPrecondition(ValueError):
@@ -50,16 +50,36 @@ class QuotaExceeded(RuntimeError):
     """The client has too many unfinished jobs (RESOURCE_EXHAUSTED)."""
 
 
+def count_unfinished(states: Iterable[animation_pb2.JobState], client_id: str) -> int:
+    """How many of ``states`` belong to ``client_id`` and are not finished."""
+    return sum(
+        1
+        for s in states
+        if s.request.client_id == client_id and not lifecycle.is_terminal(s.status)
+    )
+
+
+def is_output(job_id: str, key: str) -> bool:
+    """Whether a stored key of the job is an output (animation, sheet, zip, manifest),
+    rather than a frame, a depth map or a planning file."""
+    return key[len(keys.job_prefix(job_id)) :] in _OUTPUT_NAMES
+
+
+def page_after(ids: Iterable[str], token: str) -> list[str]:
+    """Job ids after the page token, in order (ListAnimations pages by id)."""
+    return [i for i in sorted(ids) if i > token] if token else sorted(ids)
+
+
 @dataclass
-class PlannerCore:
-    bus: bus.Bus
+class JobsApi:
+    bus: Bus
     jobs: JobStore
     store: Store
     profile_names: Collection[str]
     default_profile: str
     presign_ttl_s: int = 900
     max_jobs_per_client: int = 0  # 0 = no cap
-    settings: object = None
+    settings: Settings | None = None
     """The service's settings: with them, a user storyboard's prompts are token-checked at
     creation with the profile's tokenizer."""
 
@@ -74,18 +94,21 @@ class PlannerCore:
             default_profile=self.default_profile,
             settings=self.settings,
         )
-        await self._check_models(req)
+        # Model overrides and the preset resolved against the profile now, so a bad LoRA,
+        # base model, ControlNet or profile entry is refused naming the field.
+        await asyncio.to_thread(resolve_profile, req, self.settings)
         if req.storyboard_json:
             # Shape errors (frame count, fields) are the caller's: refuse now.
-            from ghibli_anim.contracts.storyboard import parse_storyboard
-
             try:
                 board = parse_storyboard(req.storyboard_json, req.frames)
             except ValueError as exc:
                 raise ValueError(f"storyboard_json: {exc}") from None
             if not req.truncate_prompts:
                 await self._check_tokens(req.profile, board)
-        init_png = await self._check_init_image(req)
+        init_png = None
+        if req.init_upload_id:
+            # Validated and re-encoded before the job exists.
+            init_png = await asyncio.to_thread(load_upload, self.store, req.init_upload_id)
         caller = current_client.get()
         if caller != ANONYMOUS or not req.client_id:
             req.client_id = caller  # with tokens, the authenticated id, whatever was sent
@@ -95,10 +118,10 @@ class PlannerCore:
             if claimed != job_id:
                 try:
                     state, _ = await self.jobs.get(claimed)
-                    if state.status == types_pb2.JOB_STATUS_PENDING:
-                        # The first request may have died before publishing its
-                        # plan work; publishing again is deduplicated if not.
-                        await self._start(state)
+                    if state.status == lifecycle.PENDING:
+                        # The first request may have died before announcing the job;
+                        # announcing it again is deduplicated if not.
+                        await self._announce_created(state)
                     return animation_pb2.CreateAnimationResponse(
                         job_id=claimed, existing=True, animation=self.view(state, files=False)
                     )
@@ -113,7 +136,7 @@ class PlannerCore:
         now.GetCurrentTime()
         state = animation_pb2.JobState(
             job_id=job_id,
-            status=types_pb2.JOB_STATUS_PENDING,
+            status=lifecycle.PENDING,
             request=req,
             seed=req.seed,
             frames=req.frames,
@@ -123,26 +146,13 @@ class PlannerCore:
         )
         if init_png is not None:
             # The job's own validated copy: later PUTs to the upload URL cannot change it.
-            await asyncio.to_thread(self.store.put, init_key(job_id), init_png, "image/png")
+            await asyncio.to_thread(self.store.put, keys.init_key(job_id), init_png, "image/png")
         await self.jobs.create(state)
-        await self._start(state)
+        await self._announce_created(state)
         log.info("job created", extra={"job_id": job_id, "frames": req.frames})
         return animation_pb2.CreateAnimationResponse(
             job_id=job_id, existing=False, animation=self.view(state, files=False)
         )
-
-    async def _check_models(self, req: animation_pb2.CreateAnimationRequest) -> None:
-        """The request's model overrides and preset resolved against its profile now, so a
-        bad LoRA, base model, ControlNet or profile entry is refused naming the field."""
-        from ghibli_anim.contracts.profiles import resolve_profile
-
-        await asyncio.to_thread(resolve_profile, req, self.settings)
-
-    async def _check_init_image(self, req: animation_pb2.CreateAnimationRequest) -> bytes | None:
-        """The init image re-encoded as PNG, validated before the job exists (or None)."""
-        if not req.init_upload_id:
-            return None
-        return await asyncio.to_thread(load_upload, self.store, req.init_upload_id)
 
     async def create_upload(
         self, content_type: str, size_bytes: int
@@ -161,45 +171,34 @@ class PlannerCore:
     async def _check_quota(self, client_id: str) -> None:
         if self.max_jobs_per_client <= 0:
             return
-        unfinished = 0
+        states = []
         for job_id in await self.jobs.list():
-            try:
-                state, _ = await self.jobs.get(job_id)
-            except JobNotFound:
-                continue
-            if state.request.client_id == client_id and not is_terminal(state.status):
-                unfinished += 1
+            with contextlib.suppress(JobNotFound):
+                states.append((await self.jobs.get(job_id))[0])
+        unfinished = count_unfinished(states, client_id)
         if unfinished >= self.max_jobs_per_client:
             raise QuotaExceeded(
                 f"client {client_id}: {unfinished} unfinished jobs, the limit is "
                 f"{self.max_jobs_per_client}; retry when one finishes"
             )
 
-    async def _start(self, state: animation_pb2.JobState) -> None:
-        """job.created, then the plan work it causes (both idempotent by message id).
-
-        Both go out in the job's span: every later span of the job descends from it.
-        """
+    async def _announce_created(self, state: animation_pb2.JobState) -> None:
+        """``job.created`` (idempotent by message id); the conductor then publishes the plan
+        work. It goes out in the job's span: every later span of the job descends from it."""
         job_id, attempt = state.job_id, state.attempt
         with tracing.span(
-            "planner",
+            SERVICE,
             "job",
             {"anim.job_id": job_id, "anim.attempt": attempt, "anim.frames": state.frames},
         ):
-            created = bus.new_event(
-                bus_pb2.EVENT_TYPE_JOB_CREATED, job_id, -1, attempt, "", service="planner"
-            )
-            await bus.publish_event(self.bus.js, created)
-            await bus.publish_work(
+            await publish_event(
                 self.bus.js,
-                "plan",
-                bus_pb2.PlanWork(job_id=job_id, attempt=attempt, causation_id=created.event_id),
-                job_id=job_id,
-                frame=-1,
-                attempt=attempt,
+                new_event(
+                    events.JOB_CREATED, job_id, JOB_LEVEL_FRAME, attempt, "", service=SERVICE
+                ),
             )
 
-    async def _check_tokens(self, profile_name: str, board) -> None:
+    async def _check_tokens(self, profile_name: str, board: Storyboard) -> None:
         """Refuse a storyboard whose prompt, style included, is over CLIP's 77 tokens.
 
         Uses the profile's tokenizer only (no torch). When the tokenizer cannot be loaded
@@ -207,13 +206,10 @@ class PlannerCore:
         """
         if self.settings is None:
             return
-        from ghibli_anim.contracts.profiles import load_profile
-        from ghibli_anim.contracts.storyboard import prompts_with_style
-        from ghibli_anim.contracts.tokens import TokenCounter
+        settings = self.settings
 
         def counter() -> TokenCounter:
-            profile = load_profile(profile_name, self.settings)
-            return TokenCounter.for_profile(profile, self.settings)
+            return TokenCounter.for_profile(load_profile(profile_name, settings), settings)
 
         try:
             tokens = await asyncio.to_thread(counter)
@@ -260,36 +256,28 @@ class PlannerCore:
             profile=req.profile,
             idea=req.idea,
         )
-        if files and state.status not in (
-            types_pb2.JOB_STATUS_PENDING,
-            types_pb2.JOB_STATUS_PLANNING,
-        ):
-            with contextlib.suppress(KeyError):
-                anim.storyboard_json = self.store.get(keys.plan_key(state.job_id)).decode()
-            for key in self.store.list(keys.job_prefix(state.job_id)):
-                if state.status != types_pb2.JOB_STATUS_COMPLETED:
-                    anim.frame_files.append(
-                        types_pb2.OutputFile(
-                            name=key.rsplit("/", 1)[-1],
-                            key=key,
-                            url=self.store.presign_get(key, self.presign_ttl_s),
-                        )
-                    )
-                    continue
-                info = self.store.stat(key)
-                if info is None:
-                    continue
-                name = key.rsplit("/", 1)[-1]
-                out = types_pb2.OutputFile(
-                    name=name,
-                    key=key,
-                    size_bytes=info.size,
-                    sha256=info.sha256 or "",
-                    content_type=info.content_type or "",
-                    url=self.store.presign_get(key, self.presign_ttl_s),
-                )
-                relative = key[len(keys.job_prefix(state.job_id)) :]
-                (anim.outputs if relative in _OUTPUT_NAMES else anim.frame_files).append(out)
+        if not files or state.status in (lifecycle.PENDING, lifecycle.PLANNING):
+            return anim
+        with contextlib.suppress(KeyError):
+            anim.storyboard_json = self.store.get(keys.plan_key(state.job_id)).decode()
+        for key in self.store.list(keys.job_prefix(state.job_id)):
+            name = key.rsplit("/", 1)[-1]
+            url = self.store.presign_get(key, self.presign_ttl_s)
+            if state.status != lifecycle.COMPLETED:
+                anim.frame_files.append(types_pb2.OutputFile(name=name, key=key, url=url))
+                continue
+            info = self.store.stat(key)
+            if info is None:
+                continue
+            out = types_pb2.OutputFile(
+                name=name,
+                key=key,
+                size_bytes=info.size,
+                sha256=info.sha256 or "",
+                content_type=info.content_type or "",
+                url=url,
+            )
+            (anim.outputs if is_output(state.job_id, key) else anim.frame_files).append(out)
         return anim
 
     async def list(
@@ -299,11 +287,8 @@ class PlannerCore:
         limits.LIST_PAGE_SIZE.check("page_size", size)
         if page_token and not keys.is_job_id(page_token):
             raise ValueError("page_token: must be a token from a previous page")
-        ids = sorted(await self.jobs.list())
-        if page_token:
-            ids = [i for i in ids if i > page_token]
         out = animation_pb2.ListAnimationsResponse()
-        for job_id in ids:
+        for job_id in page_after(await self.jobs.list(), page_token):
             try:
                 state, _ = await self.jobs.get(job_id)
             except JobNotFound:
@@ -316,115 +301,69 @@ class PlannerCore:
                 break
         return out
 
-    # -- cancel -------------------------------------------------------------
+    # -- cancel and resume ----------------------------------------------------
 
     async def cancel(self, job_id: str) -> animation_pb2.Animation:
         keys.check_job_id(job_id)
-
-        def mutate(state: animation_pb2.JobState) -> None:
-            if state.status in _CANCELLABLE:
-                state.status = types_pb2.JOB_STATUS_CANCELLED
-                state.error = "cancelled by the user"
-
-        state = await self.jobs.update(job_id, mutate)
-        if state.status != types_pb2.JOB_STATUS_CANCELLED:
+        state = await self.jobs.update(job_id, lifecycle.cancelled)
+        if state.status != lifecycle.CANCELLED:
             raise FailedPrecondition(
-                f"job_id: job {job_id} is {status_name(state.status)}, "
+                f"job_id: job {job_id} is {lifecycle.status_name(state.status)}, "
                 "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled "
                 "(cancelling a CANCELLED job again is harmless)"
             )
-        event = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_CANCELLED,
-            job_id,
-            -1,
-            state.attempt,
-            state.last_event_id,
-            service="planner",
-            reason="cancelled by the user",
+        await publish_event(
+            self.bus.js,
+            new_event(
+                events.JOB_CANCELLED,
+                job_id,
+                JOB_LEVEL_FRAME,
+                state.attempt,
+                state.last_event_id,
+                service=SERVICE,
+                reason=lifecycle.CANCELLED_BY_USER,
+            ),
         )
-        await bus.publish_event(self.bus.js, event)
         return self.view(state, files=False)
 
-    # -- resume -------------------------------------------------------------
-
     async def resume(self, job_id: str) -> animation_pb2.Animation:
-        """FAILED or CANCELLED -> on again from the first frame without a record.
-
-        Same seed, specs, profile and colour references; ``attempt`` + 1 so the
-        re-published work is not dropped as a duplicate. A frame counts as done
-        when its PNG and its record are in the store (the store, not the events,
-        since a cancelled job's last frame.rendered may have been ignored).
-        """
+        """FAILED or CANCELLED -> on again from the first frame without a record
+        (:func:`lifecycle.resumed`); the conductor then publishes what the state calls for."""
         keys.check_job_id(job_id)
         state, _ = await self.jobs.get(job_id)
-        if state.status not in (types_pb2.JOB_STATUS_FAILED, types_pb2.JOB_STATUS_CANCELLED):
-            raise FailedPrecondition(
-                f"job_id: job {job_id} is {status_name(state.status)}, "
-                "only FAILED or CANCELLED jobs can be resumed"
-            )
-        stored = set(await asyncio.to_thread(self.store.list, keys.job_prefix(job_id)))
-
-        def mutate(s: animation_pb2.JobState) -> None:
-            if s.status not in (types_pb2.JOB_STATUS_FAILED, types_pb2.JOB_STATUS_CANCELLED):
-                return
-            s.attempt += 1
-            s.error = ""
-            if not s.frame_specs:
-                s.status = types_pb2.JOB_STATUS_PENDING  # stopped before planning ended
-                return
-            for fs in s.frame_states:
-                fs.rendered = {
-                    keys.frame_key(job_id, fs.index),
-                    keys.frame_record_key(job_id, fs.index),
-                } <= stored
-                fs.depth_ready = keys.depth_key(job_id, fs.index) in stored
-            done = all(fs.rendered for fs in s.frame_states)
-            s.status = types_pb2.JOB_STATUS_ASSEMBLING if done else types_pb2.JOB_STATUS_RENDERING
-
-        state = await self.jobs.update(job_id, mutate)
-        if state.status == types_pb2.JOB_STATUS_PENDING:
-            await self._start(state)
+        self._check_resumable(state)
+        stored = await asyncio.to_thread(self.store.list, keys.job_prefix(job_id))
+        state, resumed_now = await self.jobs.apply(job_id, lambda s: lifecycle.resumed(s, stored))
+        if not resumed_now:
+            self._check_resumable(state)  # someone else changed it meanwhile
+        if state.status == lifecycle.PENDING:  # stopped before planning ended
+            await self._announce_created(state)
             return self.view(state, files=False)
-        first = next((fs.index for fs in state.frame_states if not fs.rendered), None)
-        resumed = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_PLANNED,
-            job_id,
-            -1,
-            state.attempt,
-            state.last_event_id,
-            service="planner",
-            reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
+        first = lifecycle.first_frame_not_rendered(state)
+        await publish_event(
+            self.bus.js,
+            new_event(
+                events.JOB_PLANNED,
+                job_id,
+                JOB_LEVEL_FRAME,
+                state.attempt,
+                state.last_event_id,
+                service=SERVICE,
+                reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
+            ),
         )
-        await bus.publish_event(self.bus.js, resumed)
-        await self._publish_resumed(state, first, resumed.event_id)
         log.info("job resumed", extra={"job_id": job_id, "frame": first})
         return self.view(state, files=False)
 
-    async def _publish_resumed(
-        self, state: animation_pb2.JobState, first: int | None, cause: str
-    ) -> None:
-        from ghibli_anim.services.planner.conductor import assemble_work, next_work, publish_step
-
-        for fs in state.frame_states:
-            # Frames found in the store carry no event id: the resume stands in.
-            fs.rendered_event_id = fs.rendered_event_id or cause
-            fs.depth_event_id = fs.depth_event_id or cause
-        if first is None:
-            step, work = "assemble", assemble_work(state)
-        elif first == 0:
-            step = "render"
-            work = bus_pb2.RenderWork(
-                job_id=state.job_id,
-                frame=0,
-                attempt=state.attempt,
-                causation_id=cause,
-                spec=state.frame_specs[0],
+    @staticmethod
+    def _check_resumable(state: animation_pb2.JobState) -> None:
+        if state.status not in lifecycle.RESUMABLE:
+            raise FailedPrecondition(
+                f"job_id: job {state.job_id} is {lifecycle.status_name(state.status)}, "
+                "only FAILED or CANCELLED jobs can be resumed"
             )
-        else:
-            step, work = next_work(state, first - 1)
-        await publish_step(self.bus, state, step, work)
 
-    # -- delete and retention -----------------------------------------------
+    # -- delete -------------------------------------------------------------
 
     async def delete(self, job_id: str) -> animation_pb2.DeleteAnimationResponse:
         """Remove a finished job: its store objects, its events, its KV state.
@@ -435,12 +374,13 @@ class PlannerCore:
         """
         keys.check_job_id(job_id)
         state, _ = await self.jobs.get(job_id)
-        if not is_terminal(state.status):
+        if not lifecycle.is_terminal(state.status):
             raise FailedPrecondition(
-                f"job_id: job {job_id} is {status_name(state.status)}; cancel it before deleting"
+                f"job_id: job {job_id} is {lifecycle.status_name(state.status)}; "
+                "cancel it before deleting"
             )
         removed = await asyncio.to_thread(self.store.delete_prefix, keys.job_prefix(job_id))
-        await self.bus.js.purge_stream(bus.EVENTS_STREAM, subject=bus.job_events_filter(job_id))
+        await self.bus.js.purge_stream(EVENTS_STREAM, subject=job_events_filter(job_id))
         if state.request.idempotency_key:
             await self.jobs.release_idempotency(
                 state.request.client_id, state.request.idempotency_key, job_id
@@ -449,121 +389,24 @@ class PlannerCore:
         log.info("job deleted", extra={"job_id": job_id, "objects": removed})
         return animation_pb2.DeleteAnimationResponse(objects_deleted=removed)
 
-    async def expire(self, older_than_s: float, now: float | None = None) -> list[str]:
-        """Delete finished jobs last updated more than ``older_than_s`` seconds ago."""
-        now = time.time() if now is None else now
-        expired = []
-        for job_id in await self.jobs.list():
-            try:
-                state, _ = await self.jobs.get(job_id)
-            except JobNotFound:
-                continue
-            updated = state.updated_at.ToSeconds() if state.HasField("updated_at") else now
-            if is_terminal(state.status) and now - updated > older_than_s:
-                await self.delete(job_id)
-                expired.append(job_id)
-        return expired
-
-    # -- overall time limit ---------------------------------------------------
-
-    async def time_out(self, limit_s: float, now: float | None = None) -> list[str]:
-        """Fail every unfinished job that started more than ``limit_s`` seconds ago.
-
-        A job starts when it is created, and again when it is resumed: a resumed job
-        gets the whole limit anew. The reason names the limit, the state and, while
-        rendering, the first frame not yet done. Work still in flight for the job is
-        ignored when it reports back (the conductor only advances running jobs).
-        Returns the ids of the jobs this call failed (replicas racing fail each once).
-        """
-        now = time.time() if now is None else now
-        failed = []
-        for job_id in await self.jobs.list():
-            try:
-                state, _ = await self.jobs.get(job_id)
-            except JobNotFound:
-                continue
-            if is_terminal(state.status):
-                continue
-            started = await self._started_at(state, now, limit_s)
-            if now - started <= limit_s:
-                continue
-            try:
-                if await self._fail_timed_out(state.job_id, limit_s, now - started):
-                    failed.append(job_id)
-            except JobNotFound:
-                continue
-        return failed
-
-    async def _started_at(self, state: animation_pb2.JobState, now: float, limit_s: float) -> float:
-        """When the job's current attempt began (seconds since the epoch)."""
-        created = state.created_at.ToSeconds() if state.HasField("created_at") else now
-        if state.attempt <= 1 or now - created <= limit_s:
-            return created  # the cheap answer settles it
-        # Resumed: the first event of the current attempt marks its start (JobState keeps
-        # no time per attempt). Read only for resumed jobs older than the limit.
-        for event in await bus.read_job_events(self.bus.js, state.job_id):
-            if event.attempt == state.attempt and event.HasField("time"):
-                return event.time.ToSeconds()
-        # Its events are gone (stream age limit): the last change is the best lower bound.
-        return state.updated_at.ToSeconds() if state.HasField("updated_at") else created
-
-    async def _fail_timed_out(self, job_id: str, limit_s: float, elapsed_s: float) -> bool:
-        """FAILED with the reason, then job.failed; False when the job finished meanwhile."""
-        reasons: list[str] = []
-
-        def fail(state: animation_pb2.JobState) -> None:
-            reasons.clear()
-            if is_terminal(state.status):
-                return
-            where = status_name(state.status)
-            if state.status == types_pb2.JOB_STATUS_RENDERING:
-                frame = next((f.index for f in state.frame_states if not f.rendered), None)
-                if frame is not None:
-                    where += f" at frame {frame}"
-            reason = (
-                f"job exceeded ANIM_JOB_TIMEOUT_S={limit_s:g} while {where} "
-                f"(started {elapsed_s:.0f} s ago)"
-            )
-            reasons.append(reason)
-            state.status = types_pb2.JOB_STATUS_FAILED
-            state.error = reason
-
-        state = await self.jobs.update(job_id, fail)
-        if not reasons or state.status != types_pb2.JOB_STATUS_FAILED:
-            return False
-        event = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_FAILED,
-            job_id,
-            -1,
-            state.attempt,
-            state.last_event_id,
-            service="planner",
-            reason=reasons[0],
-        )
-        await bus.publish_event(self.bus.js, event)
-        log.warning("job timed out", extra={"job_id": job_id, "reason": reasons[0]})
-        return True
-
     # -- watch --------------------------------------------------------------
 
-    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[bus_pb2.Event]:
+    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator:
         """The job's events in order, from after_sequence, until its terminal event."""
         keys.check_job_id(job_id)
         state, _ = await self.jobs.get(job_id)  # NOT_FOUND before streaming anything
-        if is_terminal(state.status):
+        if lifecycle.is_terminal(state.status):
             # Everything is stored already: replay it and end, even when the
             # caller is past the terminal event.
-            for event in await bus.read_job_events(
-                self.bus.js, job_id, after_sequence=after_sequence
-            ):
+            for event in await read_job_events(self.bus.js, job_id, after_sequence=after_sequence):
                 yield event
             return
-        watch = await bus.watch_job_events(self.bus.js, job_id, after_sequence=after_sequence)
+        watch = await watch_job_events(self.bus.js, job_id, after_sequence=after_sequence)
         try:
             async for event in watch:
                 yield event
                 # A resumed job has terminal events of earlier attempts behind it.
-                if event.type in _TERMINAL_EVENTS and event.attempt >= state.attempt:
+                if event.type in events.TERMINAL and event.attempt >= state.attempt:
                     return
         finally:
             await watch.close()

@@ -1,7 +1,16 @@
-"""Planning a job (anim.work.plan): storyboard, token check, FrameSpecs, frame 0.
+"""The plan step (anim.work.plan): storyboard, token check, FrameSpecs, ``job.planned``.
 
-PENDING -> PLANNING -> RENDERING. Each step is safe to repeat: a redelivered plan
-message after a crash finds the job where the crash left it and carries on.
+PENDING -> PLANNING -> RENDERING. The storyboard comes from the request
+(``storyboard_json``) or from the storyboard LLM (:mod:`.storyboard_llm`, which falls back
+to the offline planner); every prompt with the style line must fit CLIP's 77 tokens
+unless the request asks to truncate; :mod:`.frame_specs` resolves it into one FrameSpec
+per frame, stored in the job's state. Then ``job.planned`` goes out and the conductor
+publishes frame 0. A storyboard that cannot be planned is ``plan.failed`` (the conductor
+fails the job with the reason).
+
+Each step is safe to repeat: a redelivered plan message after a crash finds the job
+where the crash left it and carries on (a job already planned announces it again; the
+announcement has the same message id, so a copy is dropped).
 """
 
 from __future__ import annotations
@@ -12,27 +21,32 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ghibli_anim.contracts import keys
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts import events, keys, lifecycle
+from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
 from ghibli_anim.contracts.profiles import resolve_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
-from ghibli_anim.runtime import bus
-from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import NonRetryable
+from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
 from ghibli_anim.runtime.jobstore import JobStore
-from ghibli_anim.runtime.store import Store
+from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.planner.storyboard_llm import PlanningFailed, Storyboarder
 
 log = logging.getLogger(__name__)
 
+SERVICE = "planner"
+
 
 @dataclass
-class Planner:
-    bus: bus.Bus
+class PlanStep:
+    bus: Bus
     jobs: JobStore
     store: Store
-    settings: object
+    settings: Settings
     storyboarder: Storyboarder | None = field(default=None)
     """The LLM (or offline) planner; built from the settings when not given, so a backend
     missing its settings fails start-up with the variable's name."""
@@ -43,23 +57,34 @@ class Planner:
 
     async def handle(self, work: bus_pb2.PlanWork) -> None:
         job_id = keys.check_job_id(work.job_id)
-
-        def start(state: animation_pb2.JobState) -> None:
-            if state.status == types_pb2.JOB_STATUS_PENDING:
-                state.status = types_pb2.JOB_STATUS_PLANNING
-
-        state = await self.jobs.update(job_id, start)
-        if state.status == types_pb2.JOB_STATUS_RENDERING:
-            # Planned before a crash; frame 0 may not have been published.
-            await self._publish_first(state, state.last_event_id)
+        state = await self.jobs.update(job_id, lifecycle.start_planning)
+        if state.status in (lifecycle.RENDERING, lifecycle.ASSEMBLING) and state.frame_specs:
+            # Planned before a crash; job.planned may not have gone out.
+            await self._announce_planned(state, work.causation_id, notice="")
             return
-        if state.status != types_pb2.JOB_STATUS_PLANNING:
+        if state.status != lifecycle.PLANNING:
             log.info("plan skipped", extra={"job_id": job_id, "status": state.status})
             return
         try:
             await self._plan(state, work)
         except (PromptTooLong, PlanningFailed) as exc:
-            await self.fail(job_id, str(exc), work.causation_id)
+            await self.report_failure(work, str(exc), retryable=False)
+
+    async def report_failure(self, work: bus_pb2.PlanWork, reason: str, retryable: bool) -> None:
+        """``plan.failed`` with the reason (the conductor fails the job with it)."""
+        await publish_event(
+            self.bus.js,
+            new_event(
+                events.PLAN_FAILED,
+                work.job_id,
+                JOB_LEVEL_FRAME,
+                work.attempt,
+                work.causation_id,
+                service=SERVICE,
+                reason=reason,
+                retryable=retryable,
+            ),
+        )
 
     async def _plan(self, state: animation_pb2.JobState, work: bus_pb2.PlanWork) -> None:
         req = state.request
@@ -68,9 +93,9 @@ class Planner:
             # every FrameSpec carries this one.
             profile = resolve_profile(req, self.settings)
         except ValueError as exc:  # e.g. the profiles file changed since creation
-            await self.fail(state.job_id, str(exc), work.causation_id)
+            await self.report_failure(work, str(exc), retryable=False)
             return
-        counter = await asyncio.to_thread(lambda: TokenCounter.for_profile(profile, self.settings))
+        counter = await asyncio.to_thread(TokenCounter.for_profile, profile, self.settings)
         started = time.monotonic()
         notice = ""
         if req.storyboard_json:
@@ -90,6 +115,7 @@ class Planner:
             ]
         else:
             # LLM (with repairs and fallback) or offline, in a thread: calls block for seconds.
+            assert self.storyboarder is not None
             try:
                 outcome = await asyncio.to_thread(
                     self.storyboarder.plan,
@@ -108,35 +134,40 @@ class Planner:
             counter.check(prompts_with_style(board))
         await asyncio.to_thread(self._write_plan, state.job_id, board, attempts)
         specs = resolve_frames(state.job_id, req, state.seed, board, profile)
-        planned = bus.new_event(
-            bus_pb2.EVENT_TYPE_JOB_PLANNED,
+        planned = self._planned_event(state, work.causation_id, notice)
+        state = await self.jobs.update(
             state.job_id,
-            -1,
+            lambda s: lifecycle.planned(
+                s,
+                title=board.title,
+                backend=backend,
+                profile=profile,
+                specs=specs,
+                event_id=planned.event_id,
+            ),
+        )
+        if state.status != lifecycle.RENDERING:
+            return  # cancelled while planning
+        await publish_event(self.bus.js, planned)
+        log.info("job planned", extra={"job_id": state.job_id, "backend": backend})
+
+    def _planned_event(
+        self, state: animation_pb2.JobState, cause: str, notice: str
+    ) -> bus_pb2.Event:
+        return new_event(
+            events.JOB_PLANNED,
+            state.job_id,
+            JOB_LEVEL_FRAME,
             state.attempt,
-            work.causation_id,
-            service="planner",
+            cause,
+            service=SERVICE,
             reason=notice,
         )
 
-        def finish(s: animation_pb2.JobState) -> None:
-            if s.status != types_pb2.JOB_STATUS_PLANNING:
-                return
-            s.status = types_pb2.JOB_STATUS_RENDERING
-            s.title = board.title
-            s.planner_backend = backend
-            s.profile.CopyFrom(profile)
-            del s.frame_specs[:]
-            s.frame_specs.extend(specs)
-            del s.frame_states[:]
-            s.frame_states.extend(types_pb2.FrameState(index=i) for i in range(len(specs)))
-            s.last_event_id = planned.event_id
-
-        state = await self.jobs.update(state.job_id, finish)
-        if state.status != types_pb2.JOB_STATUS_RENDERING:
-            return  # cancelled while planning
-        await bus.publish_event(self.bus.js, planned)
-        await self._publish_first(state, planned.event_id)
-        log.info("job planned", extra={"job_id": state.job_id, "backend": backend})
+    async def _announce_planned(
+        self, state: animation_pb2.JobState, cause: str, notice: str
+    ) -> None:
+        await publish_event(self.bus.js, self._planned_event(state, cause, notice))
 
     def _write_plan(self, job_id: str, board: Storyboard, attempts: list[dict]) -> None:
         self.store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")
@@ -149,39 +180,3 @@ class Planner:
             json.dumps(attempts, indent=2).encode(),
             "application/json",
         )
-
-    async def _publish_first(self, state: animation_pb2.JobState, cause: str) -> None:
-        spec = state.frame_specs[0]
-        await bus.publish_work(
-            self.bus.js,
-            "render",
-            bus_pb2.RenderWork(
-                job_id=state.job_id, frame=0, attempt=state.attempt, causation_id=cause, spec=spec
-            ),
-            job_id=state.job_id,
-            frame=0,
-            attempt=state.attempt,
-        )
-
-    async def fail(self, job_id: str, reason: str, cause: str) -> None:
-        """Fail the job in PLANNING with the reason (no render has started)."""
-
-        def mutate(s: animation_pb2.JobState) -> None:
-            if s.status in (types_pb2.JOB_STATUS_PENDING, types_pb2.JOB_STATUS_PLANNING):
-                s.status = types_pb2.JOB_STATUS_FAILED
-                s.error = f"planning: {reason}"
-
-        state = await self.jobs.update(job_id, mutate)
-        if state.status == types_pb2.JOB_STATUS_FAILED:
-            await bus.publish_event(
-                self.bus.js,
-                bus.new_event(
-                    bus_pb2.EVENT_TYPE_JOB_FAILED,
-                    job_id,
-                    -1,
-                    state.attempt,
-                    cause,
-                    service="planner",
-                    reason=state.error,
-                ),
-            )

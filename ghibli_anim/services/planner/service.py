@@ -1,5 +1,6 @@
-"""The planner service: AnimationService over gRPC, anim.request.create on the bus,
-planning (durable ``plan``) and the conductor (durable ``conductor``)."""
+"""The planner service: AnimationService over gRPC, anim.request.create on the bus, the plan
+step (durable ``plan``), the conductor (durable ``conductor``) and its advisories (durable
+``advisories``), and the periodic housekeeping (time limit, retention, job counts)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,22 @@ import asyncio
 import contextlib
 import logging
 
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts import lifecycle
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
 from ghibli_anim.contracts.profiles import profile_names
-from ghibli_anim.runtime import bus, metrics
+from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import (
+    Delivery,
+    Failure,
+    MaxDeliveries,
+    advisories_consumer,
+    conductor_consumer,
+    work_consumer,
+)
+from ghibli_anim.runtime.bus.names import PLANNER_QUEUE, REQUEST_CREATE
 from ghibli_anim.runtime.grpcserver import ServiceBinding
-from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, status_name
+from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.service import Service
 from ghibli_anim.services.planner.conductor import Conductor
 from ghibli_anim.services.planner.grpc_api import (
@@ -19,28 +31,23 @@ from ghibli_anim.services.planner.grpc_api import (
     add_animation_service,
     handle_bus_create,
 )
-from ghibli_anim.services.planner.jobs_api import PlannerCore
-from ghibli_anim.services.planner.plan_step import Planner
+from ghibli_anim.services.planner.housekeeping import Housekeeping
+from ghibli_anim.services.planner.jobs_api import JobsApi
+from ghibli_anim.services.planner.plan_step import PlanStep
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 3600.0
 TIMEOUT_CHECK_MAX_INTERVAL_S = 60.0
-STATES = tuple(
-    status_name(value)
-    for value in types_pb2.JobStatus.values()
-    if value != types_pb2.JOB_STATUS_UNSPECIFIED
-)
-"""Job states as ``anim_jobs`` labels them (PENDING ... CANCELLED)."""
 
 
 class PlannerService(Service):
     name = "planner"
 
-    async def start(self, bus_: bus.Bus, store) -> None:
+    async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
         jobs = self.jobs = await JobStore.open(bus_.js)
-        self.core = PlannerCore(
+        self.api = JobsApi(
             bus=bus_,
             jobs=jobs,
             store=store,
@@ -50,32 +57,33 @@ class PlannerService(Service):
             max_jobs_per_client=self.settings["ANIM_MAX_JOBS_PER_CLIENT"],
             settings=self.settings,
         )
-        self.planner = Planner(bus=bus_, jobs=jobs, store=store, settings=self.settings)
+        self.plan_step = PlanStep(bus=bus_, jobs=jobs, store=store, settings=self.settings)
         self.conductor = Conductor(bus=bus_, jobs=jobs, store=store)
+        self.housekeeping = Housekeeping(jobs=jobs, api=self.api, conductor=self.conductor)
 
-        async def on_plan(work: bus_pb2.PlanWork, delivery: bus.Delivery) -> None:
-            await self.planner.handle(work)
+        async def on_plan(work: bus_pb2.PlanWork, delivery: Delivery) -> None:
+            await self.plan_step.handle(work)
 
-        async def plan_give_up(work: bus_pb2.PlanWork, failure: bus.Failure) -> None:
-            await self.planner.fail(work.job_id, failure.reason, work.causation_id)
+        async def plan_give_up(work: bus_pb2.PlanWork, failure: Failure) -> None:
+            await self.plan_step.report_failure(work, failure.reason, failure.retryable)
 
-        async def on_event(event: bus_pb2.Event, delivery: bus.Delivery) -> None:
+        async def on_event(event: bus_pb2.Event, delivery: Delivery) -> None:
             await self.conductor.handle(event)
 
-        async def on_advisory(advisory: bus.MaxDeliveries, delivery: bus.Delivery) -> None:
+        async def on_advisory(advisory: MaxDeliveries, delivery: Delivery) -> None:
             await self.conductor.max_deliveries(advisory)
 
         self.consumers = [
-            bus.work_consumer(bus_.js, "plan", bus_pb2.PlanWork, on_plan, on_give_up=plan_give_up),
-            bus.conductor_consumer(bus_.js, on_event),
-            bus.advisories_consumer(bus_.js, on_advisory),
+            work_consumer(bus_.js, "plan", bus_pb2.PlanWork, on_plan, on_give_up=plan_give_up),
+            conductor_consumer(bus_.js, on_event),
+            advisories_consumer(bus_.js, on_advisory),
         ]
 
         async def on_request(msg) -> None:
-            await msg.respond(await handle_bus_create(self.core, msg.data))
+            await msg.respond(await handle_bus_create(self.api, msg.data))
 
         self._request_sub = await bus_.nc.subscribe(
-            bus.REQUEST_CREATE, queue=bus.PLANNER_QUEUE, cb=on_request
+            REQUEST_CREATE, queue=PLANNER_QUEUE, cb=on_request
         )
         self._sweeper: asyncio.Task | None = None
         days = self.settings["ANIM_RETENTION_DAYS"]
@@ -90,7 +98,7 @@ class PlannerService(Service):
         """Delete expired finished jobs every hour (replicas racing is harmless)."""
         while True:
             try:
-                expired = await self.core.expire(older_than_s)
+                expired = await self.housekeeping.expire(older_than_s)
                 if expired:
                     log.info("retention sweep", extra={"deleted": len(expired)})
             except Exception:
@@ -100,15 +108,7 @@ class PlannerService(Service):
     async def collect_metrics(self) -> list[metrics.Sample]:
         """``anim_jobs{state}``: every job in KV by state, at each scrape (a scan of
         the bucket; replicas report the same numbers: dashboards take the max)."""
-        counts: dict[str, int] = {}
-        for job_id in await self.jobs.list():
-            try:
-                state, _ = await self.jobs.get(job_id)
-            except JobNotFound:
-                continue  # deleted meanwhile
-            name = status_name(state.status)
-            counts[name] = counts.get(name, 0) + 1
-        return metrics.jobs_samples(counts, STATES)
+        return metrics.jobs_samples(await self.housekeeping.job_counts(), lifecycle.STATUS_NAMES)
 
     async def _time_out(self, limit_s: float) -> None:
         """Fail jobs running longer than ANIM_JOB_TIMEOUT_S, checked every min(60, limit/4) s,
@@ -117,7 +117,7 @@ class PlannerService(Service):
         while True:
             await asyncio.sleep(interval)
             try:
-                failed = await self.core.time_out(limit_s)
+                failed = await self.housekeeping.time_out(limit_s)
                 if failed:
                     log.info("job time limit", extra={"failed": len(failed)})
             except Exception:
@@ -128,7 +128,7 @@ class PlannerService(Service):
             ServiceBinding(
                 name=animation_pb2.DESCRIPTOR.services_by_name["AnimationService"].full_name,
                 add=add_animation_service,
-                servicer=AnimationServicer(self.core),
+                servicer=AnimationServicer(self.api),
             )
         ]
 

@@ -19,7 +19,8 @@ import time
 from nats.js import JetStreamContext
 
 from ghibli_anim.contracts.pb import bus_pb2
-from ghibli_anim.runtime import bus, metrics
+from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ProgressReporter:
             return
         self._last_sent = now
         work = self._work
-        event = bus.new_event(
+        event = new_event(
             bus_pb2.EVENT_TYPE_FRAME_PROGRESS,
             work.job_id,
             work.frame,
@@ -88,7 +89,7 @@ class ProgressReporter:
     async def _publish_all(self) -> None:
         while (event := await self._queue.get()) is not None:
             try:
-                await bus.publish_event(self._js, event)
+                await publish_event(self._js, event)
             except Exception as exc:  # a lost progress event must not fail the frame
                 log.warning(
                     "progress event not published: %s",

@@ -30,11 +30,18 @@ from PIL import Image
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import bus_pb2, types_pb2
-from ghibli_anim.runtime import bus, faults, metrics
-from ghibli_anim.runtime.bus import NonRetryable
+from ghibli_anim.runtime import faults, metrics
+from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import (
+    Delivery,
+    Failure,
+    NonRetryable,
+    Retryable,
+    work_consumer,
+)
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.service import Service
-from ghibli_anim.runtime.store import NotFound, Store, sha256_hex
+from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -101,9 +108,10 @@ def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
 class RendererService(Service):
     name = "renderer"
 
-    async def start(self, bus_: bus.Bus, store) -> None:
+    async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
-        from ghibli_anim.services.renderer.diffusion import PipelineCache, RecentFrames
+        from ghibli_anim.services.renderer.pipelines import PipelineCache
+        from ghibli_anim.services.renderer.recent_frames import RecentFrames
 
         # Frame i stays in memory: frame i+1 on this replica skips the store read.
         self.recent = RecentFrames(self.settings["ANIM_FRAME_CACHE"])
@@ -114,12 +122,12 @@ class RendererService(Service):
         )
         self.jobs = await JobStore.open(bus_.js)
         self.consumers = [
-            bus.work_consumer(
+            work_consumer(
                 bus_.js, "render", bus_pb2.RenderWork, self.handle, on_give_up=self.give_up
             )
         ]
 
-    async def handle(self, work: bus_pb2.RenderWork, delivery: bus.Delivery) -> None:
+    async def handle(self, work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)
         i = work.frame
         try:
@@ -233,7 +241,7 @@ class RendererService(Service):
                 data = await asyncio.to_thread(self.store.get, key)
             except NotFound:
                 # The previous frame should exist; it may be mid-write on a slow store.
-                raise bus.Retryable(f"{field}: {key} is not in the store yet") from None
+                raise Retryable(f"{field}: {key} is not in the store yet") from None
         return data
 
     async def _load(self, key: str, field: str) -> Image.Image:
@@ -251,7 +259,7 @@ class RendererService(Service):
         )
         self.recent.put(frame_key, png)
 
-    async def give_up(self, work: bus_pb2.RenderWork, failure: bus.Failure) -> None:
+    async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         metrics.renderer().failed(failure.retryable)
         await self.emit(
             bus_pb2.EVENT_TYPE_FRAME_FAILED,

@@ -3,14 +3,11 @@
 From a folder of images to a folder that ``datasets.load_dataset("imagefolder")``
 reads, with a ``metadata.csv`` in the seed paper's format (``file_name,caption``):
 
-1. Every regular file at the top level of IMAGES_DIR is checked: its first bytes
-   must be a PNG, JPEG or WebP signature (the name does not count), it must fit
-   ``max_bytes``, its pixel count must fit ``max_pixels`` (read from the header,
-   before any decoding: a decompression bomb is refused, as Pillow's
-   ``Image.MAX_IMAGE_PIXELS`` does, but at the cap the caller chose) and it must
-   decode completely. Exact duplicates (same sha256 of the bytes) are dropped;
-   the first by name stays. Every file left out is reported with its reason.
-   ``metadata.csv`` and ``NAME.txt`` beside an image are captions, not images.
+1. Every regular file at the top level of IMAGES_DIR is checked (signature, size,
+   pixel cap, a complete decode: see ``images``). Exact duplicates (same sha256
+   of the bytes) are dropped; the first by name stays. Every file left out is
+   reported with its reason. ``metadata.csv`` and ``NAME.txt`` beside an image
+   are captions, not images.
 2. Each image is turned upright (EXIF orientation), flattened onto white if it
    has transparency, scaled so its short side is ``resolution`` and cropped to a
    centred square, and written as PNG. The originals are never changed; with
@@ -24,6 +21,8 @@ reads, with a ``metadata.csv`` in the seed paper's format (``file_name,caption``
    place (a failed build leaves no half-written dataset). A dry run does all of
    this in a temporary folder and keeps nothing.
 5. ``push_to_hub`` pushes the loaded dataset with ``datasets`` (token: HF_TOKEN).
+
+``load_image_dataset`` reads such a folder, or a hub dataset, for training.
 """
 
 from __future__ import annotations
@@ -41,53 +40,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ghibli_anim.contracts import limits, profiles, tokens
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.services.trainer import captions as cap
+from ghibli_anim.services.trainer.images import (
+    DEFAULT_MAX_PIXELS,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    CheckedImage,
+    Rejected,
+    check_image_file,
+    square_crop,
+    to_rgb,
+)
 
 CAPTION_MODES = ("keep", "blip", "both")
 # Output side of the square crops; 0 keeps the originals.
 RESOLUTION = limits.IntRange(64, 2048, multiple_of=8)
-# Decompression-bomb guard: 8192 x 8192 RGB decodes to 192 MiB.
-DEFAULT_MAX_PIXELS = 8192 * 8192
-MAX_PIXELS = limits.IntRange(1, 1 << 30)
-MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILES = 100_000
 TRIGGER_CHARS = limits.STYLE_CHARS
 
 _HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-)
 _EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _FORMAT_OF_EXTENSION = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-
-
-# ---------------------------------------------------------------------------
-# Checking one file
-# ---------------------------------------------------------------------------
-
-
-def sniff(head: bytes) -> str | None:
-    """The image format the first bytes announce: PNG, JPEG, WEBP or None."""
-    for signature, fmt in _SIGNATURES:
-        if head.startswith(signature):
-            return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def _looks_like_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 @dataclass(frozen=True)
@@ -96,108 +74,6 @@ class Skipped:
 
     file: str
     reason: str
-
-
-@dataclass(frozen=True)
-class CheckedImage:
-    """A file that passed every check: its bytes, format and decoded size."""
-
-    name: str
-    data: bytes
-    format: str
-    sha256: str
-    width: int
-    height: int
-
-
-class Rejected(Exception):
-    """A file fails a check; the message is the reason reported to the user."""
-
-
-def check_image_file(
-    path: Path, *, max_pixels: int, max_bytes: int = MAX_FILE_BYTES
-) -> CheckedImage:
-    """Read and check one file; raise ``Rejected`` with the reason it cannot be used."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise Rejected(f"file too large: {size} bytes (at most {max_bytes})")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise Rejected(f"unreadable: {exc.strerror or exc}") from None
-    if not data:
-        raise Rejected("empty file")
-    fmt = sniff(data[:16])
-    if fmt is None:
-        looks = "; it looks like text" if _looks_like_text(data[:512]) else ""
-        raise Rejected(
-            f"not a PNG, JPEG or WebP image: its first bytes match none of their signatures{looks}"
-        )
-    try:
-        # formats=[fmt]: only the decoder the signature names may read the file.
-        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise Rejected(_too_many_pixels(width, height, max_pixels))
-            image.load()  # the whole file must decode
-    except Image.DecompressionBombError as exc:
-        raise Rejected(f"too many pixels: {exc} (a decompression-bomb guard)") from None
-    except Rejected:
-        raise
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError...
-        raise Rejected(f"corrupt {fmt} image: {exc}") from None
-    return CheckedImage(path.name, data, fmt, hashlib.sha256(data).hexdigest(), width, height)
-
-
-def _too_many_pixels(width: int, height: int, max_pixels: int) -> str:
-    return (
-        f"too many pixels: {width}x{height} = {width * height} (at most {max_pixels}; "
-        "a decompression-bomb guard)"
-    )
-
-
-# ---------------------------------------------------------------------------
-# Image processing
-# ---------------------------------------------------------------------------
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, upright (EXIF orientation), transparency flattened onto white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16"):
-        # 16-bit greyscale: Pillow's own conversion clips it to white; scale it instead.
-        import numpy as np
-
-        values = np.asarray(image, dtype=np.float32) / 257.0
-        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def square_crop(image: Image.Image, side: int) -> Image.Image:
-    """Scale so the short side is ``side`` (Lanczos), then crop the centred square."""
-    width, height = image.size
-    scale = side / min(width, height)
-    new_size = (max(side, round(width * scale)), max(side, round(height * scale)))
-    if new_size != image.size:
-        image = image.resize(new_size, Image.Resampling.LANCZOS)
-    left = (image.width - side) // 2
-    top = (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=6)
-    return out.getvalue()
-
-
-# ---------------------------------------------------------------------------
-# The build
-# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -251,6 +127,7 @@ class BuildReport:
 
 
 def check_hub_repo(value: str, field: str) -> str:
+    """``value`` if it is a hub repository id ``owner/name``; ValueError naming ``field``."""
     if not isinstance(value, str) or not _HUB_REPO_RE.fullmatch(value):
         raise ValueError(f"{field}: must be a hub repository id owner/name, got {value!r:.120}")
     return value
@@ -582,6 +459,12 @@ def _write_image(target: Path, image: CheckedImage, resolution: int, report: Bui
     with Image.open(io.BytesIO(image.data), formats=[image.format]) as opened:
         square = square_crop(to_rgb(opened), resolution)
     target.write_bytes(_png_bytes(square))
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=6)
+    return out.getvalue()
 
 
 def _generate(

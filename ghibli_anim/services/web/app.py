@@ -59,7 +59,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ghibli_anim.contracts import keys, limits
-from ghibli_anim.runtime.client import AnimationClient, event_name
+from ghibli_anim.contracts.events import event_name
+from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.services.web import views
 
 log = logging.getLogger(__name__)

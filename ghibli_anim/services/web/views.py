@@ -22,8 +22,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ghibli_anim.contracts import keys, limits
+from ghibli_anim.contracts.events import event_name
+from ghibli_anim.contracts.lifecycle import status_name
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime.client import event_name, status_name
 
 CANCELLABLE = frozenset({"PENDING", "PLANNING", "RENDERING", "ASSEMBLING"})
 RESUMABLE = frozenset({"FAILED", "CANCELLED"})
