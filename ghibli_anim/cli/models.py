@@ -1,9 +1,16 @@
-"""`ghibli-anim models tiny DIR` and `ghibli-anim models fetch PROFILE`."""
+"""`ghibli-anim models tiny DIR` and `ghibli-anim models fetch PROFILE`.
+
+``tiny`` writes the random-weight models of the SD-1.5 shape (same bytes every time) with
+the development tool ``ghibli_anim.devtools.tiny_models``; ``fetch`` downloads every hub
+model a profile names into the Hugging Face cache, only the files ``from_pretrained``
+loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ghibli_anim.contracts import config, model_refs
 
@@ -83,6 +90,23 @@ def fetch(profile_name: str) -> int:
             return 1
         print(f"  -> {path}", file=sys.stderr)
     return 0
+
+
+COMMANDS = ("models",)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="model folders")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    p = models_sub.add_parser("tiny", help="write the tiny random-weight models (deterministic)")
+    p.add_argument("dir", type=Path)
+    p.add_argument(
+        "--single-file",
+        action="store_true",
+        help="also write DIR/pipeline.safetensors: the pipeline in the original (LDM) layout",
+    )
+    p = models_sub.add_parser("fetch", help="download a profile's models into HF_HOME")
+    p.add_argument("profile")
 
 
 def run(args: argparse.Namespace) -> int:

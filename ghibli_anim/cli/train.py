@@ -17,6 +17,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
+COMMANDS = ("dataset", "train-lora")
+
+
 def add_parsers(sub: Any) -> None:
     """Add the `dataset` and `train-lora` commands to the CLI's subparsers."""
     dataset = sub.add_parser("dataset", help="captioned image datasets for LoRA training")

@@ -22,6 +22,9 @@ SERVICE_ROLES = frozenset(SERVICES) | {"web"}
 # Roles on the bus and the store; the web page reaches jobs only through the planner.
 BUS_ROLES = frozenset(SERVICES)
 
+PLANNER_BACKENDS = ("auto", "hf", "openai", "local", "offline")
+"""Storyboard LLM backends (ANIM_PLANNER_BACKEND, ``ghibli-anim plan --backend``)."""
+
 GRPC_PORTS = {"planner": 50051, "depth": 50052, "renderer": 50053, "assembler": 50054}
 WEB_PORT = 8080
 
@@ -284,7 +287,7 @@ VARS: tuple[Var, ...] = (
         "ANIM_PLANNER_BACKEND",
         "auto",
         "Storyboard LLM: auto, hf, openai, local or offline.",
-        _choice("auto", "hf", "openai", "local", "offline"),
+        _choice(*PLANNER_BACKENDS),
     ),
     _v(
         "ANIM_PLANNER_MODEL",

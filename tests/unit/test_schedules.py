@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ghibli_anim.cli import main as cli
+from ghibli_anim.cli.render_flags import build_request
 from ghibli_anim.contracts import config, keys, limits
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile
@@ -278,8 +279,8 @@ def test_conductor_passes_interpolate_and_formats(profile) -> None:
 
 
 def _cli_request(*flags: str) -> animation_pb2.CreateAnimationRequest:
-    args = cli._parser().parse_args(["generate", "a cat", "--frames", "4", *flags])
-    return cli.build_request(args)
+    args = cli.build_parser().parse_args(["generate", "a cat", "--frames", "4", *flags])
+    return build_request(args)
 
 
 def test_cli_numbers_or_schedules() -> None:

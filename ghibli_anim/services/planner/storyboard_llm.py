@@ -19,16 +19,13 @@ The idea is untrusted text: it goes into the conversation as a JSON string betwe
 lines, and the system prompt says that it is data to illustrate, never instructions. The reply
 is parsed as JSON, never executed or rendered as markup.
 
-``ghibli-anim plan IDEA --frames N`` runs this on the calling machine (no services).
-"""
+``ghibli-anim plan IDEA --frames N`` runs this on the calling machine (no services)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +52,7 @@ from ghibli_anim.services.planner.offline_storyboard import NOTICE, plan_offline
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "hf", "openai", "local", "offline")
+BACKENDS = config.PLANNER_BACKENDS
 IDEA_BEGIN = "BEGIN IDEA"
 IDEA_END = "END IDEA"
 AUTO_NOTICE = (
@@ -447,76 +444,6 @@ def make_backend(name: str, settings: config.Settings) -> ChatBackend | None:
     )
 
 
-# ---------------------------------------------------------------------------
-# `ghibli-anim plan`
-# ---------------------------------------------------------------------------
-
-
-def _camera_text(board: Storyboard, index: int) -> str:
-    cam = board.frames[index].camera
-    if cam.is_still:
-        return "still"
-    parts = []
-    if cam.zoom != 1.0:
-        parts.append(f"zoom {cam.zoom:g}")
-    if cam.pan_x or cam.pan_y:
-        parts.append(f"pan {cam.pan_x:g},{cam.pan_y:g}")
-    if cam.rotate:
-        parts.append(f"rotate {cam.rotate:g}")
-    return " ".join(parts)
-
-
-def run_plan_command(args: argparse.Namespace) -> int:
-    """``ghibli-anim plan IDEA --frames N [--backend B] [--profile P] [--json]``."""
-    from ghibli_anim.contracts.profiles import load_profile
-    from ghibli_anim.contracts.tokens import TokenCounter
-
-    idea = limits.check_text("idea", args.idea, limits.IDEA_CHARS, required=True)
-    limits.FRAMES.check("frames", args.frames)
-    settings = config.load("client")
-    storyboarder = Storyboarder.from_settings(settings, backend=args.backend)
-    profile = load_profile(args.profile or settings["ANIM_PROFILE"], settings)
-    counter = TokenCounter.for_profile(profile, settings)
-    try:
-        outcome = storyboarder.plan(idea, args.frames, style=profile.style, counter=counter)
-    except PlanningFailed as exc:
-        print(f"error: planning: {exc}", file=sys.stderr)
-        return 1
-    board = outcome.board
-    prompts = prompts_with_style(board)
-    # Offline storyboards are checked here too: an idea too long for CLIP fails like a job.
-    too_long = counter.problems(prompts)
-    if too_long:
-        print(f"error: planning: {too_long[0]}", file=sys.stderr)
-        return 1
-    if outcome.notice:
-        print(f"notice: {outcome.notice}", file=sys.stderr)
-    if args.json:
-        print(board.to_json())
-        return 0
-    model = board.planner.model if board.planner and board.planner.model else ""
-    print(f"title    {board.title}")
-    print(f"style    {board.style}")
-    print(f"planner  {outcome.backend}{f' ({model})' if model else ''}")
-    print(f"attempts {len(outcome.attempts)}")
-    rows = [
-        (
-            str(i),
-            "cut" if board.is_cut(i) and i else "continue" if i else "start",
-            _camera_text(board, i),
-            str(counter.count(prompts[i])),
-            prompts[i],
-        )
-        for i in range(len(board.frames))
-    ]
-    headers = ("#", "continuity", "camera", "tokens", "prompt")
-    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers) - 1)]
-    for row in [headers, *rows]:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-    return 0
-
-
 __all__ = [
     "AUTO_NOTICE",
     "BACKENDS",
@@ -527,7 +454,6 @@ __all__ = [
     "extract_json",
     "make_backend",
     "repair_prompt",
-    "run_plan_command",
     "system_prompt",
     "user_prompt",
 ]

@@ -1,0 +1,146 @@
+"""`ghibli-anim generate`: an animation on this machine, with the real services.
+
+The request is validated before anything starts; a real profile's models are fetched
+first (an offline machine hears so at once); then the embedded stack
+(:mod:`ghibli_anim.embedded`) runs every service on one event loop and this command
+drives the job through the planner's gRPC API, with the same progress bars as
+``submit --wait``. Ctrl-C drains like SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ghibli_anim.cli.render_flags import (
+    add_render_flags,
+    attach_init_image,
+    build_request,
+    compare_replay,
+)
+from ghibli_anim.contracts import config
+
+COMMANDS = ("generate",)
+
+# generate's renderer flags become the embedded services' variables.
+_RENDERER_FLAGS = {
+    "low_vram": "ANIM_LOW_VRAM",
+    "compile": "ANIM_COMPILE",
+    "tiny_vae": "ANIM_TINY_VAE",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="render an animation on this machine (embedded mode)")
+    add_render_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--low-vram", action="store_true", help="model CPU offload and VAE slicing (small GPUs)"
+    )
+    p.add_argument(
+        "--tiny-vae", action="store_true", help="decode with the profile's tiny autoencoder (TAESD)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="channels_last + torch.compile (slow first frame)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ghibli_anim.runtime import logs
+
+    _renderer_env(args)
+    settings = config.load("embedded")
+    logs.setup(
+        "embedded",
+        level=settings["ANIM_LOG_LEVEL"] if "ANIM_LOG_LEVEL" in os.environ else "WARNING",
+        fmt="text",
+    )
+    try:
+        rc = asyncio.run(_generate(args, settings))
+    except grpc.aio.AioRpcError as exc:
+        print(f"error: {exc.details()}", file=sys.stderr)
+        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+    return compare_replay(args, rc)
+
+
+def _renderer_env(args: argparse.Namespace) -> None:
+    for flag, var in _RENDERER_FLAGS.items():
+        if getattr(args, flag, False):
+            os.environ[var] = "true"
+    if getattr(args, "from_manifest", None) is not None:
+        from ghibli_anim.cli import replay
+
+        # What the recorded run rendered with, unless this environment says otherwise.
+        for var, value in replay.recorded_env(replay.load_manifest(args.from_manifest)).items():
+            os.environ.setdefault(var, value)
+
+
+def _warn_if_slow(profile: str) -> None:
+    if profile == "tiny":
+        print(
+            "profile tiny: random-weight models, the frames are noise (a smoke run)",
+            file=sys.stderr,
+        )
+        return
+    import torch  # only for a real profile: it renders in this process
+
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        print(
+            f"profile {profile}: no GPU found; Stable Diffusion 1.5 on a CPU takes minutes per "
+            "frame (try --steps 20 or a smaller --width/--height)",
+            file=sys.stderr,
+        )
+
+
+async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
+    from ghibli_anim.cli.jobs import follow
+    from ghibli_anim.cli.models import fetch
+    from ghibli_anim.contracts.profiles import profile_names
+    from ghibli_anim.contracts.validate import validate_create
+    from ghibli_anim.embedded import EmbeddedStack
+    from ghibli_anim.runtime.client import AnimationClient
+    from ghibli_anim.runtime.service import install_stop_signals
+
+    request = build_request(args)
+    # A bad request is refused before any service starts (the planner checks it again).
+    validate_create(
+        request,
+        profile_names=profile_names(settings),
+        default_profile=settings["ANIM_PROFILE"],
+        settings=settings,
+    )
+    runs_dir = Path(settings["ANIM_RUNS_DIR"])
+    profile = request.profile or settings["ANIM_PROFILE"]
+    _warn_if_slow(profile)
+    # Download the profile's models once (cached in HF_HOME), before any service starts:
+    # an offline machine hears so at once, with what to do. tiny is built locally.
+    if profile != "tiny" and fetch(profile) != 0:
+        return 1
+    async with EmbeddedStack() as stack:
+        install_stop_signals(stack.stop)
+        async with AnimationClient(stack.planner_target) as client:
+            await attach_init_image(request, args, client)  # --init-image via CreateUpload
+            resp = await client.create(request)
+            job_id = resp.job_id
+            follow_task = asyncio.create_task(
+                follow(client, job_id, out_dir=runs_dir / job_id, quiet=args.quiet, download=False)
+            )
+            stopped = asyncio.create_task(stack.stop.wait())
+            done, _ = await asyncio.wait(
+                {follow_task, stopped}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if follow_task not in done:
+                follow_task.cancel()
+                print(f"interrupted; job {job_id} stopped", file=sys.stderr)
+                return 130
+            rc = follow_task.result()
+    if rc == 0 and args.out is not None:
+        shutil.copytree(runs_dir / job_id, args.out, dirs_exist_ok=True)
+        print(f"copied the job's files to {args.out}", file=sys.stderr)
+    return rc
