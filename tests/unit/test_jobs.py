@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from ghibli_anim.contracts import lifecycle as jobs
-from ghibli_anim.runtime import jobstore
 from ghibli_anim.contracts.pb import types_pb2
+from ghibli_anim.runtime import jobstore
 
 S = types_pb2
 ALL = [
