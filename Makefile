@@ -32,9 +32,10 @@ setup: $(VENV)/.installed ## create .venv and install everything (torch pinned f
 proto: setup ## regenerate ghibli_anim/contracts/pb from proto/
 	$(PY) -m ghibli_anim.devtools.protogen
 
-lint: setup ## ruff format check + lint
+lint: setup ## ruff format check + lint, and the import contracts (layers, independent services, no cycles)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: setup ## ruff format + autofix
 	$(VENV)/bin/ruff format .

@@ -22,7 +22,8 @@ from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import SERVICES, Settings
 from ghibli_anim.runtime.grpcserver import GrpcServer
 from ghibli_anim.runtime.processes import NatsServer
-from ghibli_anim.runtime.service import build, run_service
+from ghibli_anim.runtime.service import run_service
+from ghibli_anim.services.registry import build
 
 
 def embedded_env(nats_url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from ghibli_anim.contracts import config
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.bus.topology import init_bus_from_settings
-from ghibli_anim.runtime.service import build, run_service
+from ghibli_anim.runtime.service import run_service
+from ghibli_anim.services.registry import build
 
 
 @contextlib.asynccontextmanager

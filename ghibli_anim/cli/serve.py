@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 def serve(name: str) -> int:
     """One bus service until SIGTERM or SIGINT; 0 after a graceful stop."""
     from ghibli_anim.runtime import logs, metrics, tracing
-    from ghibli_anim.runtime.service import build, install_stop_signals, run_service
+    from ghibli_anim.runtime.service import install_stop_signals, run_service
+    from ghibli_anim.services.registry import build
 
     try:
         settings = config.load(name)

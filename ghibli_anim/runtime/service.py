@@ -19,14 +19,12 @@ call and one per handled message.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.runtime import logs, metrics, tracing
+from ghibli_anim.runtime import metrics, tracing
 from ghibli_anim.runtime.auth import BearerAuth, Tokens, server_credentials
 from ghibli_anim.runtime.bus.connection import Bus, connect
 from ghibli_anim.runtime.bus.consumer import WorkConsumer, pending
@@ -181,36 +179,7 @@ async def run_service(
     log.info("service stopped")
 
 
-def build(name: str, settings: Settings) -> Service:
-    """The service class of ``name``, imported only now (planner has no torch)."""
-    module = importlib.import_module(f"ghibli_anim.services.{name}.service")
-    return module.SERVICE(settings)
-
-
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-
-def serve(name: str) -> int:
-    """``ghibli-anim serve NAME``: exit 0 after a graceful stop."""
-    try:
-        settings = config.load(name)
-    except config.ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
-    logs.setup_from_settings(name, settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await run_service(build(name, settings), stop)
-
-    try:
-        asyncio.run(main())
-    except (tracing.TracingConfigError, metrics.MetricsPortError) as exc:
-        # A collector asked for without the SDK, a metrics port already taken.
-        print(f"error: {exc}")
-        return 2
-    return 0
