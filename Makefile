@@ -44,6 +44,9 @@ format: setup ## ruff format + autofix
 test: setup ## run the whole test suite (real nats-server and SeaweedFS, tiny models)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
+docs: setup ## regenerate the tables of README.md and ARCHITECTURE.md from the code
+	$(PY) -m ghibli_anim.devtools.docs
+
 bench: setup ## benchmarks: print figures and ratios
 	$(PY) bench/overhead.py
 

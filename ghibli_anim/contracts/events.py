@@ -53,6 +53,25 @@ STEP_FAILURES: Mapping[int, str] = {
 """A worker gave up on one step, named by what failed: what the job's error starts with."""
 
 
+EMITTED_BY: Mapping[int, str] = {
+    JOB_CREATED: "planner (job API: create, or a resume before planning ended)",
+    JOB_PLANNED: "planner (plan step; job API on resume)",
+    JOB_ASSEMBLED: "assembler",
+    JOB_COMPLETED: "planner (conductor)",
+    JOB_FAILED: "planner (conductor, time limit)",
+    JOB_CANCELLED: "planner (job API)",
+    FRAME_STARTED: "renderer",
+    FRAME_PROGRESS: "renderer",
+    FRAME_RENDERED: "renderer",
+    FRAME_FAILED: "renderer (planner's advisories for a renderer that died)",
+    DEPTH_READY: "depth",
+    DEPTH_FAILED: "depth (planner's advisories for a depth worker that died)",
+    PLAN_FAILED: "planner (plan step)",
+    ASSEMBLY_FAILED: "assembler (planner's advisories for an assembler that died)",
+}
+"""Who publishes each event."""
+
+
 def event_name(event_type: int) -> str:
     """``entity.verb`` of an EventType value; ValueError for UNSPECIFIED or unknown."""
     try:

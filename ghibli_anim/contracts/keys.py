@@ -1,6 +1,6 @@
 """Validated ids and the store keys built from them.
 
-Keys come from validated ids only, never from user strings (DESIGN.md "Store").
+Keys come from validated ids only, never from user strings (ARCHITECTURE.md "The store").
 Every builder checks its inputs and raises ``ValueError`` naming the bad field.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 # Job ids are 32 lowercase hex characters (uuid4().hex): safe in NATS subjects,
 # KV keys, S3 keys and folder names alike.
@@ -140,3 +142,87 @@ def check_key(value: object, field: str = "key") -> str:
     if not (isinstance(value, str) and _VALID_KEY_RE.fullmatch(value) and ".." not in value):
         raise ValueError(f"{field}: not a valid store key, got {value!r:.120}")
     return value
+
+
+# ---------------------------------------------------------------------------
+# The layout of the store, for the docs (ARCHITECTURE.md's table is generated from it)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    """One kind of store key: its shape, who writes it and when."""
+
+    pattern: str
+    """With ``{job_id}``, ``{i:04d}`` (a frame index), ``{upload_id}`` or ``{name}``."""
+    writer: str
+    when: str
+    build: Callable[[Mapping[str, object]], str]
+    """The builder above that makes it, from the same ids (a test checks they agree)."""
+
+
+LAYOUT: tuple[KeyKind, ...] = (
+    KeyKind(
+        "uploads/{upload_id}",
+        "a client, through a presigned PUT",
+        "before create (an init image)",
+        lambda ids: upload_key(ids["upload_id"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/init.png",
+        "planner (job API)",
+        "at create: the upload, validated and re-encoded",
+        lambda ids: init_key(ids["job_id"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/plan.json",
+        "planner (plan step)",
+        "after planning: the storyboard",
+        lambda ids: plan_key(ids["job_id"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/plan_attempts.json",
+        "planner (plan step)",
+        "after planning: every LLM try",
+        lambda ids: plan_attempts_key(ids["job_id"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/frames/{i:04d}.png",
+        "renderer",
+        "per frame (a retry writes the same bytes)",
+        lambda ids: frame_key(ids["job_id"], ids["i"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/frames/{i:04d}.json",
+        "renderer",
+        "per frame: what ran for it",
+        lambda ids: frame_record_key(ids["job_id"], ids["i"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/depth/{i:04d}.png",
+        "depth",
+        "per frame with depth on, except the last",
+        lambda ids: depth_key(ids["job_id"], ids["i"]),
+    ),
+    KeyKind(
+        "jobs/{job_id}/manifest.json",
+        "planner (conductor), then the assembler",
+        "after each frame while rendering; the final one at the end",
+        lambda ids: manifest_key(ids["job_id"]),
+    ),
+    *(
+        KeyKind(
+            f"jobs/{{job_id}}/{file_name}",
+            "assembler",
+            f"at the end ({fmt} output)",
+            lambda ids, fmt=fmt: output_key(ids["job_id"], fmt),
+        )
+        for fmt, file_name in OUTPUT_NAMES.items()
+    ),
+    KeyKind(
+        "loras/{name}/" + LORA_WEIGHT_NAME,
+        "trainer",
+        "after training (`train-lora --output store://loras/NAME`)",
+        lambda ids: lora_key(ids["name"]),
+    ),
+)

@@ -1,5 +1,4 @@
-"""The job's lifecycle: its statuses, the changes allowed between them, and every change
-as a named function.
+"""The job's lifecycle: statuses, allowed changes, and every change as a named function.
 
 ::
 

@@ -66,7 +66,7 @@ FPS = IntRange(1, 60)
 SEED = IntRange(0, 2**32 - 1)
 CONTROLNET_SCALE = FloatRange(0.0, 2.0)
 
-# Camera units of DESIGN.md's storyboard.
+# Camera units of the storyboard (contracts/storyboard.py, Camera).
 ZOOM = FloatRange(0.8, 1.25)
 PAN = FloatRange(-0.25, 0.25)
 ROTATE = FloatRange(-15.0, 15.0)

@@ -1,7 +1,6 @@
-"""Model references: what a profile, a request or a setting may name as a model, and where
-that model is on this machine.
+"""Model references: what may name a model, and where that model is on this machine.
 
-A model reference is one of:
+A profile, a request or a setting names each model by a reference, one of:
 
 * a hub id, ``owner/name``, or ``owner/name/sub/folder`` for a folder inside a hub
   repository (downloaded with ``huggingface_hub.snapshot_download``);

@@ -249,7 +249,7 @@ def load_captioner(name: str | None, settings: Settings | None = None) -> str:
 DEFAULT_LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"
 DEFAULT_TAESD = "madebyollin/taesd"
 PRESETS = ("", "fast")
-# LCM-LoRA (DESIGN.md "fast" preset): 4 steps, low guidance (1 turns CFG off; above 2
+# LCM-LoRA (the "fast" preset): 4 steps, low guidance (1 turns CFG off; above 2
 # burns the image). img2img raises the steps so that at least one of them runs.
 FAST_SCHEDULER = "LCM"
 FAST_STEPS = 4

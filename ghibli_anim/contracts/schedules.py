@@ -16,11 +16,12 @@ of one keyframe separated by spaces::
     0:zoom=1.02 pan_x=0.01, 10:rotate=2
     zoom=1.02                a keyframe without a frame: the same move on every frame
 
-Each move (``zoom``, ``pan_x``, ``pan_y``, ``rotate``; DESIGN.md "Storyboard fields" units) is
-its own track, interpolated between the keyframes that name it. A move that the schedule names,
-but not at frame 0, starts from its still value at frame 0 (zoom 1, the others 0), so
-``0:zoom=1.02, 10:rotate=2`` turns the camera from 0 to 2 degrees over frames 0..10. A move the
-schedule never names stays still: a camera schedule replaces the storyboard's camera whole.
+Each move (``zoom``, ``pan_x``, ``pan_y``, ``rotate``; the storyboard's units,
+``contracts.storyboard.Camera``) is its own track, interpolated between the keyframes that name
+it. A move that the schedule names, but not at frame 0, starts from its still value at frame 0
+(zoom 1, the others 0), so ``0:zoom=1.02, 10:rotate=2`` turns the camera from 0 to 2 degrees
+over frames 0..10. A move the schedule never names stays still: a camera schedule replaces the
+storyboard's camera whole.
 
 Errors are :class:`ScheduleError` (a ``ValueError``) whose message names the field, the
 1-based character position and the problem, e.g.

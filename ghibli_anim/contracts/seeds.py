@@ -1,4 +1,4 @@
-"""Seed rules of DESIGN.md, in one place.
+"""How each frame's seed derives from the job seed, in one place.
 
 - increment (default): frame_seed = (job_seed + i) mod 2^32
 - fixed: frame_seed = job_seed

@@ -1,4 +1,4 @@
-"""Generate the Python protobuf and gRPC code from proto/ into common/pb.
+"""Generate the Python protobuf and gRPC code from proto/ into ghibli_anim/contracts/pb.
 
 `make proto` runs this; a test regenerates into a temporary folder and fails when
 the checked-in copy drifted. protoc writes imports such as

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import tenacity
 from tenacity import RetryCallState
@@ -56,10 +56,14 @@ def with_backoff(
     asked_wait_s: Callable[[BaseException], float | None] = lambda _exc: None,
     log: logging.Logger | None = None,
     what: str = "",
+    log_extra: Mapping[str, object] | None = None,
 ) -> tenacity.Retrying:
     """``retries`` more tries of failures of type ``retry_on``; the wait before retry n
     (from 0) is ``asked_wait_s(exc)`` when the failure carries one (a Retry-After), else
-    ``backoff_s * 2**n`` with up to 10% jitter, never more than ``max_wait_s``."""
+    ``backoff_s * 2**n`` with up to 10% jitter, never more than ``max_wait_s``.
+
+    Each retry logs a warning on ``log`` (when given) with the fields ``error`` and
+    ``wait_s``, plus ``log_extra`` (e.g. which backend failed)."""
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome
@@ -74,7 +78,7 @@ def with_backoff(
         retry=tenacity.retry_if_exception_type(retry_on),
         wait=wait,
         stop=tenacity.stop_after_attempt(retries + 1),
-        before_sleep=_log_retry(log, what) if log is not None else None,
+        before_sleep=_log_retry(log, what, log_extra) if log is not None else None,
     )
 
 
@@ -89,7 +93,12 @@ def on_conflict(
     )
 
 
-def _log_retry(log: logging.Logger, what: str) -> Callable[[RetryCallState], None]:
+def _log_retry(
+    log: logging.Logger, what: str, extra: Mapping[str, object] | None = None
+) -> Callable[[RetryCallState], None]:
+    """A ``before_sleep`` hook: one warning per retry, with structured fields for log
+    queries (``extra`` keys must not be LogRecord attributes, or logging refuses them)."""
+
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -100,6 +109,11 @@ def _log_retry(log: logging.Logger, what: str) -> Callable[[RetryCallState], Non
             str(error).splitlines()[0] if error and str(error) else "",
             state.attempt_number,
             wait,
+            extra={
+                **(extra or {}),
+                "error": str(error) if error is not None else "",
+                "wait_s": round(wait, 2),
+            },
         )
 
     return before_sleep

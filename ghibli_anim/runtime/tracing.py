@@ -6,7 +6,7 @@ carries the context of the span that published it in W3C trace-context headers
 (``traceparent``): ``bus.publish_work``/``publish_event`` inject it into the NATS
 headers, and ``bus.WorkConsumer`` extracts it and runs the handler in a span of
 its own (``render``, ``depth``, ``assemble``, ``conductor frame.rendered``...),
-so the chain of the DESIGN ("frame i+1 is triggered by frame i's completion")
+so the chain of the job ("frame i+1 is triggered by frame i's completion")
 is the chain of spans. gRPC calls carry the same header in their metadata, through
 OpenTelemetry's gRPC instrumentation: ``grpc_client_interceptors`` (on
 ``AnimationClient``'s channel) open a client span per call and send its context,

@@ -319,7 +319,7 @@ def test_zoom_and_rotate_move_known_points(camera: Camera) -> None:
     moved = warp_camera(img, camera)
     cx, cy = (W - 1) / 2, (H - 1) / 2
     src = np.array([(cx + ox, cy + oy) for ox, oy in BLOBS])
-    # Where each spot should land, from DESIGN.md's units (independent of the code's matrix).
+    # Where each spot should land, from the storyboard's units (independent of the code's matrix).
     theta = np.radians(camera.rotate)
     expected = []
     for ox, oy in BLOBS:

@@ -1,4 +1,4 @@
-"""Config, limits, keys, seeds and request validation: the contracts of DESIGN.md."""
+"""Config, limits, keys, seeds and request validation: the contracts every edge shares."""
 
 from __future__ import annotations
 

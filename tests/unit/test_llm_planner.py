@@ -11,6 +11,7 @@ The local backend runs a real transformers model: a tiny random GPT-2 built in t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_styl
 from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.services.planner.chat_backends import (
     DEFAULT_MODEL,
+    MAX_BACKOFF_S,
     HFBackend,
     LLMTimeout,
     LocalBackend,
@@ -262,6 +264,36 @@ def test_retry_after_is_honoured(counter):
         started = time.monotonic()
         plan("openai", server, counter)
     assert time.monotonic() - started >= 1.0
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The retry waits, recorded instead of slept (retries sleep through time.sleep)."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    return slept
+
+
+def test_retry_after_is_capped(counter, waits):
+    with ChatServer([Status(429, headers={"Retry-After": "3600"}), valid_reply]) as server:
+        plan("openai", server, counter)
+    assert waits == [MAX_BACKOFF_S] and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("kind", LLM_BACKENDS)
+def test_backoff_doubles_and_each_retry_is_logged(kind, counter, waits, caplog):
+    script = [Status(503, "busy"), Status(503, "busy"), valid_reply]
+    with ChatServer(script) as server, caplog.at_level(logging.WARNING):
+        plan(kind, server, counter)
+    # backend() sets backoff_s=0.05: 0.05 s, then 0.1 s, each with at most 10% jitter.
+    assert len(waits) == 2, waits
+    assert 0.05 <= waits[0] <= 0.055 and 0.1 <= waits[1] <= 0.11
+    logged = [r for r in caplog.records if r.name.endswith("planner.chat_backends")]
+    assert [r.wait_s for r in logged] == [round(w, 2) for w in waits]
+    for record in logged:
+        assert record.levelno == logging.WARNING
+        assert record.backend.startswith(f"{kind} backend (model {DEFAULT_MODEL}")
+        assert record.error == "HTTP 503: busy"
 
 
 @pytest.mark.parametrize("kind", LLM_BACKENDS)

@@ -1,5 +1,5 @@
 """Keyframe schedules: the parser, interpolation, validation at the edge, and how the planner
-turns schedules and storyboard hints into per-frame FrameSpecs (precedence of DESIGN.md)."""
+turns schedules and storyboard hints into per-frame FrameSpecs (request > storyboard hints > profile)."""
 
 from __future__ import annotations
 

@@ -56,6 +56,16 @@ ADVISORIES_CONSUMER = "advisories"
 # that was down still sees it.
 MAX_DELIVERIES_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{WORK_STREAM}.*"
 
+BOUND_BY: dict[str, str] = {
+    "plan": "planner",
+    "render": "renderer",
+    "depth": "depth",
+    "assemble": "assembler",
+    CONDUCTOR: "planner",
+    ADVISORIES_CONSUMER: "planner",
+}
+"""The service whose replicas share each durable consumer (scale by adding replicas)."""
+
 JOBS_BUCKET = "anim-jobs"
 IDEM_BUCKET = "anim-idem"
 

@@ -8,6 +8,8 @@ MaxDeliver updates streams and consumers in place (their pending messages stay).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
@@ -111,6 +113,17 @@ def work_consumer_config(step: str, ack_wait_s: float, max_deliver: int) -> api.
     )
 
 
+def advisories_consumer_config(ack_wait_s: float, max_deliver: int) -> api.ConsumerConfig:
+    """The planner's durable consumer of the max-deliveries advisories."""
+    return _durable_config(
+        ADVISORIES_CONSUMER,
+        MAX_DELIVERIES_SUBJECT,
+        ack_wait_s,
+        max_deliver,
+        "The planner: fails jobs whose work ran out of deliveries.",
+    )
+
+
 def conductor_consumer_config(ack_wait_s: float, max_deliver: int) -> api.ConsumerConfig:
     """The planner's durable pull consumer of the events the conductor acts on."""
     config = _durable_config(
@@ -136,20 +149,46 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.
         return await js.update_stream(config)
 
 
-async def _ensure_kv(
-    js: JetStreamContext,
-    bucket: str,
-    *,
-    history: int,
-    max_age_s: float | None,
-    replicas: int,
-    description: str,
-) -> None:
+@dataclass(frozen=True)
+class Bucket:
+    """A KV bucket ``bus init`` creates."""
+
+    name: str
+    history: int
+    max_age_s: float | None
+    description: str
+
+
+BUCKETS: tuple[Bucket, ...] = (
+    Bucket(JOBS_BUCKET, JOBS_HISTORY, None, "One JobState per job (compare-and-swap only)."),
+    Bucket(IDEM_BUCKET, 1, IDEM_MAX_AGE_S, "sha256(client, idempotency key) -> job id, for 24 h."),
+)
+
+
+def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
+    """Every stream ``bus init`` creates, in order."""
+    return [
+        work_stream_config(replicas),
+        events_stream_config(replicas),
+        advisories_stream_config(replicas),
+    ]
+
+
+def consumer_configs(ack_wait_s: float, max_deliver: int) -> list[tuple[str, api.ConsumerConfig]]:
+    """(stream, config) of every durable consumer ``bus init`` creates."""
+    return [
+        *((WORK_STREAM, work_consumer_config(s, ack_wait_s, max_deliver)) for s in STEPS),
+        (EVENTS_STREAM, conductor_consumer_config(ack_wait_s, max_deliver)),
+        (ADVISORIES_STREAM, advisories_consumer_config(ack_wait_s, max_deliver)),
+    ]
+
+
+async def _ensure_kv(js: JetStreamContext, bucket: Bucket, replicas: int) -> None:
     config = api.KeyValueConfig(
-        bucket=bucket,
-        description=description,
-        history=history,
-        ttl=max_age_s,
+        bucket=bucket.name,
+        description=bucket.description,
+        history=bucket.history,
+        ttl=bucket.max_age_s,
         storage=api.StorageType.FILE,
         replicas=replicas,
     )
@@ -159,14 +198,14 @@ async def _ensure_kv(
         if exc.err_code != _STREAM_EXISTS:
             raise
         # The bucket exists with other limits: update its stream in place.
-        info = await js.stream_info(f"KV_{bucket}")
+        info = await js.stream_info(f"KV_{bucket.name}")
         stream = info.config
-        stream.max_msgs_per_subject = history
-        stream.max_age = max_age_s or 0
+        stream.max_msgs_per_subject = bucket.history
+        stream.max_age = bucket.max_age_s or 0
         stream.num_replicas = replicas
-        stream.description = description
-        if max_age_s and stream.duplicate_window > max_age_s:
-            stream.duplicate_window = max_age_s
+        stream.description = bucket.description
+        if bucket.max_age_s and stream.duplicate_window > bucket.max_age_s:
+            stream.duplicate_window = bucket.max_age_s
         await js.update_stream(stream)
 
 
@@ -183,39 +222,13 @@ async def init_bus(
         raise ValueError(f"ack_wait_s: must be > 0, got {ack_wait_s!r}")
     if max_deliver < 1:
         raise ValueError(f"max_deliver: must be >= 1, got {max_deliver!r}")
-    await _ensure_stream(js, work_stream_config(replicas))
-    await _ensure_stream(js, events_stream_config(replicas))
-    await _ensure_kv(
-        js,
-        JOBS_BUCKET,
-        history=JOBS_HISTORY,
-        max_age_s=None,
-        replicas=replicas,
-        description="One JobState per job (compare-and-swap only).",
-    )
-    await _ensure_kv(
-        js,
-        IDEM_BUCKET,
-        history=1,
-        max_age_s=IDEM_MAX_AGE_S,
-        replicas=replicas,
-        description="sha256(client, idempotency key) -> job id, for 24 h.",
-    )
+    for stream in stream_configs(replicas):
+        await _ensure_stream(js, stream)
+    for bucket in BUCKETS:
+        await _ensure_kv(js, bucket, replicas)
     # CONSUMER.CREATE without an action creates or updates, so this is idempotent.
-    for step in STEPS:
-        await js.add_consumer(WORK_STREAM, work_consumer_config(step, ack_wait_s, max_deliver))
-    await js.add_consumer(EVENTS_STREAM, conductor_consumer_config(ack_wait_s, max_deliver))
-    await _ensure_stream(js, advisories_stream_config(replicas))
-    await js.add_consumer(
-        ADVISORIES_STREAM,
-        _durable_config(
-            ADVISORIES_CONSUMER,
-            MAX_DELIVERIES_SUBJECT,
-            ack_wait_s,
-            max_deliver,
-            "The planner: fails jobs whose work ran out of deliveries.",
-        ),
-    )
+    for stream_name, consumer in consumer_configs(ack_wait_s, max_deliver):
+        await js.add_consumer(stream_name, consumer)
 
 
 async def init_bus_from_settings(

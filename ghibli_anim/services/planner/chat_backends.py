@@ -31,7 +31,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ghibli_anim.contracts import model_refs
+from ghibli_anim.runtime.retry import RetryError, with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -93,34 +93,38 @@ class ChatBackend(Protocol):
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a backend retries 429, 5xx and unreachable servers; the wait rule itself is
+    :func:`ghibli_anim.runtime.retry.with_backoff`'s."""
+
     retries: int = 3
     """Tries after the first one, for retryable failures only."""
     backoff_s: float = 0.5
     """Wait before the first retry; doubles each time, up to MAX_BACKOFF_S."""
 
-    def delay(self, retry: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(max(retry_after_s, 0.0), MAX_BACKOFF_S)
-        # A little jitter keeps replicas that hit a rate limit together from retrying together.
-        base = min(self.backoff_s * 2**retry, MAX_BACKOFF_S)
-        return base * (1.0 + 0.1 * random.random())
+
+def _asked_wait_s(exc: BaseException) -> float | None:
+    """The wait a failed call's server asked for (its Retry-After), if any."""
+    return exc.retry_after_s if isinstance(exc, _Retryable) else None
 
 
 def _with_retries(call: Callable[[], T], policy: RetryPolicy, what: str) -> T:
-    retry = 0
-    while True:
-        try:
-            return call()
-        except _Retryable as exc:
-            if retry >= policy.retries:
-                raise LLMError(f"{what}: {exc} (after {retry + 1} tries)") from None
-            wait = policy.delay(retry, exc.retry_after_s)
-            log.warning(
-                "planner LLM call failed, retrying",
-                extra={"backend": what, "error": str(exc), "wait_s": round(wait, 2)},
-            )
-            time.sleep(wait)
-            retry += 1
+    """``call()``, retried on :class:`_Retryable` failures as ``policy`` says; LLMError naming
+    ``what`` and the number of tries once they run out. Other failures pass at once."""
+    retrying = with_backoff(
+        retry_on=_Retryable,
+        retries=policy.retries,
+        backoff_s=policy.backoff_s,
+        max_wait_s=MAX_BACKOFF_S,
+        asked_wait_s=_asked_wait_s,
+        log=log,
+        what="planner LLM call",
+        log_extra={"backend": what},
+    )
+    try:
+        return retrying(call)
+    except RetryError as exc:
+        last = exc.last_attempt
+        raise LLMError(f"{what}: {last.exception()} (after {last.attempt_number} tries)") from None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -1,6 +1,6 @@
 """Resolve a storyboard into one FrameSpec per frame, up front.
 
-Precedence of settings (DESIGN.md): request > storyboard hints > profile
+Precedence of settings: request > storyboard hints > profile
 defaults. Everything a renderer needs is in the spec, so workers never read the
 plan: the image a frame starts from (``source_key``), the depth map that guides
 it (``depth_key``), and the frame whose colours it keeps (``color_reference_key``).
@@ -10,7 +10,7 @@ strength: ``strength_schedule`` > ``strength`` > the shot's ``strength`` hint > 
 guidance: ``guidance_schedule`` > ``guidance`` > profile; sharpen: ``sharpen`` (else off);
 camera: the request's ``camera`` schedule > the shots' cameras.
 
-Camera: shot i's move is applied to frame i before it seeds frame i+1 (DESIGN.md). A renderer
+Camera: shot i's move is applied to frame i before it seeds frame i+1 (ARCHITECTURE.md). A renderer
 sees only frame i+1's spec, so ``FrameSpec.camera`` of frame i+1 carries the move of frame i:
 **a spec's camera is the move applied to its source image** (and to the depth map of that
 image) before img2img. Frame 0 and cuts start from no previous frame and carry a still camera;

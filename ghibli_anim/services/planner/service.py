@@ -1,6 +1,10 @@
-"""The planner service: AnimationService over gRPC, anim.request.create on the bus, the plan
-step (durable ``plan``), the conductor (durable ``conductor``) and its advisories (durable
-``advisories``), and the periodic housekeeping (time limit, retention, job counts)."""
+"""The planner service: the job API, the plan step, the conductor and the housekeeping.
+
+AnimationService over gRPC and ``anim.request.create`` on the bus (:mod:`.grpc_api` over
+:mod:`.jobs_api`), the plan step (durable ``plan``), the conductor (durable ``conductor``)
+and its advisories (durable ``advisories``), and the periodic housekeeping (time limit,
+retention, job counts).
+"""
 
 from __future__ import annotations
 

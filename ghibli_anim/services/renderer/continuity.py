@@ -14,7 +14,7 @@ calls (PNG bytes in and out go through :mod:`ghibli_anim.services.renderer.encod
 
 Images are ``H x W x 3`` ``uint8`` RGB arrays (PIL's layout) unless a docstring says otherwise.
 
-Camera units (DESIGN.md "Storyboard fields"). A move is the transform applied to the picture:
+Camera units (``contracts.storyboard.Camera``). A move is the transform applied to the picture:
 ``zoom`` scales it about the centre (> 1 moves in: the content grows), ``pan_x`` / ``pan_y``
 shift it by that fraction of the width / height (+x right, +y down: ``pan_x=0.1`` moves the
 content right by a tenth of the width), ``rotate`` turns it counter-clockwise as displayed, in
@@ -209,7 +209,7 @@ def _f32(value: float) -> float:
 
 @dataclass(frozen=True)
 class Camera:
-    """A camera move in DESIGN.md units (see the module docs); the defaults are still."""
+    """A camera move in the storyboard's units (see the module docs); the defaults are still."""
 
     zoom: float = 1.0
     pan_x: float = 0.0
@@ -220,7 +220,7 @@ class Camera:
     def of(cls, move: Any) -> Camera:
         """From a proto ``CameraMove`` (zoom 0 means 1), a mapping, or None (still).
 
-        Values outside DESIGN.md's ranges raise ValueError naming the move.
+        Values outside the storyboard's ranges raise ValueError naming the move.
         """
         if move is None:
             return cls()

@@ -1,7 +1,7 @@
 """What exactly ran: model revisions or file hashes, library versions, the device.
 
-Every frame record carries these (DESIGN.md "The manifest is the list of
-FrameSpecs plus what actually ran"), so a run can be audited and replayed:
+Every frame record carries these (the manifest is the list of FrameSpecs plus what
+actually ran: ``contracts.manifest``), so a run can be audited and replayed:
 
 * a hub model: its id and the commit the local Hugging Face cache resolved it to;
 * a single file (a checkpoint, a LoRA): its sha256;
