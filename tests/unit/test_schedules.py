@@ -1,5 +1,5 @@
 """Keyframe schedules: the parser, interpolation, validation at the edge, and how the planner
-turns schedules and storyboard hints into per-frame FrameSpecs (request > storyboard hints > profile)."""
+turns schedules and storyboard hints into per-frame FrameSpecs (request > hints > profile)."""
 
 from __future__ import annotations
 
