@@ -17,7 +17,8 @@ Bad input ends with ``error: <field>: <problem>`` and exit status 2; Ctrl-C with
 Command modules import their heavy dependencies (grpc, NATS, the S3 client, torch) inside
 the functions that run a command, not at the top: every command's parser is built at
 start-up, ``ghibli-anim probe`` runs every few seconds as a container health check, and
-``serve planner`` must start without torch (``tests/unit/cli`` checks both).
+``serve planner`` must start without torch (``tests/unit/cli/test_main.py`` and
+``tests/unit/services/planner/test_service.py`` check them).
 """
 
 from __future__ import annotations

@@ -215,9 +215,15 @@ def assembled(
     return True
 
 
-def failed(state: animation_pb2.JobState, reason: str, *, event_id: str = "") -> bool:
-    """An unfinished job -> FAILED with ``reason`` (a finished one stays as it is)."""
-    if is_terminal(state.status):
+def failed(
+    state: animation_pb2.JobState, reason: str, *, event_id: str = "", attempt: int = 0
+) -> bool:
+    """An unfinished job -> FAILED with ``reason`` (a finished one stays as it is).
+
+    With ``attempt``, a failure of an earlier attempt (work that ended after a resume)
+    leaves the current attempt alone.
+    """
+    if is_terminal(state.status) or 0 < attempt < state.attempt:
         return False
     state.status = FAILED
     state.error = reason

@@ -61,12 +61,43 @@ def idempotency_key(client_id: str, key: str) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
+class JobsBucket:
+    """The ``anim-jobs`` bucket, with key listing and deletes through the bucket's stream.
+
+    nats-py's ``KeyValue.keys()`` lists keys through an ordered consumer and can decide it
+    is done before the first keys arrive (it then finds no keys at all, now and then);
+    one stream-info request with a subjects filter lists them in one answer. A delete
+    purges the key's subject, leaving no delete marker behind, so every listed key is a
+    job (except keys deleted by ``KeyValue.purge`` before, whose marker stays: callers
+    skip an id whose ``get`` finds nothing). Everything else is the bucket's own.
+    """
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str = JOBS_BUCKET) -> None:
+        self._kv = kv
+        self._js = js
+        self._stream = f"KV_{bucket}"
+        self._prefix = f"$KV.{bucket}."
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._kv, name)
+
+    async def keys(self) -> list[str]:
+        info = await self._js.stream_info(self._stream, subjects_filter=self._prefix + ">")
+        subjects = info.state.subjects or {}
+        if not subjects:
+            raise nats.js.errors.NoKeysError
+        return [subject.removeprefix(self._prefix) for subject in subjects]
+
+    async def purge(self, key: str) -> bool:
+        return await self._js.purge_stream(self._stream, subject=self._prefix + key)
+
+
 class JobStore:
     """Jobs in KV ``anim-jobs`` and idempotency claims in KV ``anim-idem``."""
 
     def __init__(
         self,
-        jobs: KeyValue,
+        jobs: KeyValue | JobsBucket,
         idem: KeyValue | None = None,
         *,
         max_tries: int = DEFAULT_MAX_TRIES,
@@ -78,9 +109,8 @@ class JobStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, max_tries: int = DEFAULT_MAX_TRIES) -> JobStore:
         """Bind to both buckets (created by ``bus init``)."""
-        return cls(
-            await js.key_value(JOBS_BUCKET), await js.key_value(IDEM_BUCKET), max_tries=max_tries
-        )
+        jobs = JobsBucket(await js.key_value(JOBS_BUCKET), js)
+        return cls(jobs, await js.key_value(IDEM_BUCKET), max_tries=max_tries)
 
     # -- jobs --------------------------------------------------------------
 
@@ -186,7 +216,7 @@ class JobStore:
         return new, True
 
     async def list(self) -> list[str]:
-        """Ids of every stored job (ListAnimations), sorted."""
+        """Ids of the stored jobs (ListAnimations, housekeeping), sorted."""
         try:
             keys = await self.jobs.keys()
         except nats.js.errors.NoKeysError:
@@ -195,6 +225,7 @@ class JobStore:
 
     async def delete(self, job_id: str) -> None:
         """Remove the job and its history (DeleteAnimation); ``JobNotFound`` if absent."""
+        # Through JobsBucket, a purge of the key's subject: no delete marker stays behind.
         await self.get(job_id)
         await self.jobs.purge(job_id)
 

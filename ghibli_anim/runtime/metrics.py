@@ -7,7 +7,7 @@ fight over a port). The deploy files set 9090 in every container.
 
 What each service exports (all names start with ``anim_``):
 
-- every work consumer (``bus.WorkConsumer``), labelled ``consumer`` = its durable
+- every work consumer (``runtime.bus.consumer.WorkConsumer``), labelled ``consumer`` = its durable
   (plan, render, depth, assemble, conductor, advisories):
   ``anim_messages_handled_total{consumer,outcome}`` (outcome: ok, retry, failed,
   invalid, interrupted), ``anim_message_redeliveries_total`` (deliveries after

@@ -28,6 +28,8 @@ from ghibli_anim.runtime import metrics, tracing
 from ghibli_anim.runtime.auth import BearerAuth, Tokens, server_credentials
 from ghibli_anim.runtime.bus.connection import Bus, connect
 from ghibli_anim.runtime.bus.consumer import WorkConsumer, pending
+from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
+from ghibli_anim.runtime.bus.publish import new_event, publish_event
 from ghibli_anim.runtime.grpcserver import GrpcServer, ServiceBinding
 from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.runtime.store.open import open_store
@@ -61,12 +63,10 @@ class Service:
     async def emit(self, event_type: int, work, **fields):
         """Publish an event about ``work``: its job, frame (-1 for job-level work) and
         attempt, caused by what caused the work, from this service."""
-        from ghibli_anim.runtime.bus.publish import new_event, publish_event
-
         event = new_event(
             event_type,
             work.job_id,
-            getattr(work, "frame", -1),
+            getattr(work, "frame", JOB_LEVEL_FRAME),
             work.attempt,
             work.causation_id,
             service=self.name,

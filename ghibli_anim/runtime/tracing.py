@@ -3,8 +3,8 @@
 A job is one trace. The planner opens a ``job`` span when it creates the job
 (under the caller's span when the gRPC call carried one); every message then
 carries the context of the span that published it in W3C trace-context headers
-(``traceparent``): ``bus.publish_work``/``publish_event`` inject it into the NATS
-headers, and ``bus.WorkConsumer`` extracts it and runs the handler in a span of
+(``traceparent``): ``runtime.bus.publish`` injects it into the NATS headers, and
+``runtime.bus.consumer.WorkConsumer`` extracts it and runs the handler in a span of
 its own (``render``, ``depth``, ``assemble``, ``conductor frame.rendered``...),
 so the chain of the job ("frame i+1 is triggered by frame i's completion")
 is the chain of spans. gRPC calls carry the same header in their metadata, through

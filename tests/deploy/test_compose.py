@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_support import (
+from support.deploy import (
     COMPOSE_FILE,
     DOCKERFILE,
     MissingVariable,

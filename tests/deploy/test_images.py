@@ -13,9 +13,9 @@ import tomllib
 from importlib import metadata
 
 import pytest
-from deploy_support import DOCKERFILE, ROOT, dockerfile_stages, stage_lineage
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from support.deploy import DOCKERFILE, ROOT, dockerfile_stages, stage_lineage
 
 from ghibli_anim.contracts import config
 

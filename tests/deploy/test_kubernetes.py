@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_support import (
+from support.deploy import (
     KUSTOMIZATIONS,
     OVERLAYS,
     SCHEMAS,

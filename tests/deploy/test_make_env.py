@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from deploy_support import (
+from support.deploy import (
     DEPLOY,
     ENV_EXAMPLE,
     NATS_CONF,

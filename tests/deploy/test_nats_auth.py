@@ -287,7 +287,7 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
         await publish_event(conn.js, new_event(E.EVENT_TYPE_DEPTH_FAILED, job_id, 1))
         await no_violations(conn, errors)
     async with login(server, "assembler") as (conn, errors):
-        await publish_event(conn.js, new_event(E.EVENT_TYPE_JOB_FAILED, job_id))
+        await publish_event(conn.js, new_event(E.EVENT_TYPE_ASSEMBLY_FAILED, job_id))
         await no_violations(conn, errors)
 
     async with (

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_support import compose, filled_env
 from minio import Minio
 from minio.error import S3Error
+from support.deploy import compose, filled_env
 
 from ghibli_anim.contracts import config
 from ghibli_anim.devtools.seaweed import SeaweedS3

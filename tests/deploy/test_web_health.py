@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from deploy_support import compose, find, objects
 from grpc_health.v1 import health_pb2
+from support.deploy import compose, find, objects
 
 from ghibli_anim.contracts import config
 from ghibli_anim.services.web.service import run_web

@@ -1,8 +1,9 @@
 """Jobs planned by an LLM, end to end, in the embedded stack (real NATS, the four services).
 
-The hosted LLM API is replaced by a local HTTP server (``tests/llm_server.py``: ``http.server``
-in a thread on 127.0.0.1 with a free port) that speaks the OpenAI chat-completions protocol;
-the planner reaches it with ``ANIM_PLANNER_BACKEND=openai`` and ``ANIM_PLANNER_BASE_URL``.
+The hosted LLM API is replaced by a local HTTP server (``tests/support/llm_server.py``:
+``http.server`` in a thread on 127.0.0.1 with a free port) that speaks the OpenAI
+chat-completions protocol; the planner reaches it with ``ANIM_PLANNER_BACKEND=openai`` and
+``ANIM_PLANNER_BASE_URL``.
 The server's answers depend on the idea, so one stack serves every test. Profile ``tiny``
 (random weights): frames are noise; the tests check what was planned, stored and rendered.
 """
@@ -18,7 +19,15 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from llm_server import ChatServer, Reply, frames_asked, idea_of, storyboard, turn, valid_reply
+from support.llm_server import (
+    ChatServer,
+    Reply,
+    frames_asked,
+    idea_of,
+    storyboard,
+    turn,
+    valid_reply,
+)
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2

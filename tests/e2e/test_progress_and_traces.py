@@ -20,7 +20,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client.parser import text_string_to_metric_families
-from span_capture import capture_spans
+from support.spans import capture_spans
 
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.embedded import EmbeddedStack

@@ -14,8 +14,8 @@ import threading
 import grpc
 from PIL import Image
 
-from ghibli_anim.contracts import keys
-from ghibli_anim.contracts.pb import bus_pb2, depth_pb2, depth_pb2_grpc, types_pb2
+from ghibli_anim.contracts import events, keys, lifecycle
+from ghibli_anim.contracts.pb import bus_pb2, depth_pb2, depth_pb2_grpc
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.runtime import faults
 from ghibli_anim.runtime.bus.connection import Bus
@@ -78,7 +78,7 @@ class DepthService(Service):
             state, _ = await self.jobs.get(job_id)
         except JobNotFound:
             return
-        if state.status != types_pb2.JOB_STATUS_RENDERING:
+        if state.status != lifecycle.RENDERING:
             return
         image_key = keys.check_key(work.image_key, "image_key")
         output_key = keys.check_key(work.output_key, "output_key")
@@ -92,14 +92,14 @@ class DepthService(Service):
         except ValueError as exc:
             raise NonRetryable(str(exc)) from exc
         await self.emit(
-            bus_pb2.EVENT_TYPE_DEPTH_READY,
+            events.DEPTH_READY,
             work,
             key=output_key,
         )
 
     async def give_up(self, work: bus_pb2.DepthWork, failure: Failure) -> None:
         await self.emit(
-            bus_pb2.EVENT_TYPE_DEPTH_FAILED,
+            events.DEPTH_FAILED,
             work,
             reason=failure.reason,
             retryable=failure.retryable,

@@ -66,6 +66,12 @@ WORK_TYPES: dict[str, type[Message]] = {
     "assemble": bus_pb2.AssembleWork,
 }
 
+# The statuses in which job.created and job.planned start work.
+_STARTS = {
+    events.JOB_CREATED: frozenset({PENDING}),
+    events.JOB_PLANNED: frozenset({RENDERING, ASSEMBLING}),
+}
+
 # The failure event a worker would have sent for each step, had it lived to say so.
 _FAILURE_OF_STEP = {
     "plan": events.PLAN_FAILED,
@@ -199,7 +205,10 @@ class Conductor:
         kind = event.type
         if kind in (events.JOB_CREATED, events.JOB_PLANNED):
             state, _ = await self.jobs.get(event.job_id)
-            await self.publish(state, due_work(state, event.event_id))
+            # A late copy of an earlier attempt's event, or of one the job is past, starts
+            # nothing.
+            if state.attempt == event.attempt and state.status in _STARTS[kind]:
+                await self.publish(state, due_work(state, event.event_id))
         elif kind == events.FRAME_RENDERED:
             await self._frame_rendered(event)
         elif kind == events.DEPTH_READY:
@@ -211,11 +220,19 @@ class Conductor:
         elif kind == events.JOB_ASSEMBLED:
             await self._assembled(event)
         elif kind in events.STEP_FAILURES:
-            await self.fail_job(event.job_id, events.failure_reason(event), cause=event.event_id)
+            await self.fail_job(
+                event.job_id,
+                events.failure_reason(event),
+                cause=event.event_id,
+                attempt=event.attempt,
+            )
         elif kind == events.JOB_FAILED:
             # Already announced by whoever sent it: record it, announce nothing.
             await self.jobs.update(
-                event.job_id, lambda s: lifecycle.failed(s, event.reason, event_id=event.event_id)
+                event.job_id,
+                lambda s: lifecycle.failed(
+                    s, event.reason, event_id=event.event_id, attempt=event.attempt
+                ),
             )
 
     async def _frame_rendered(self, event: bus_pb2.Event) -> None:
@@ -246,17 +263,18 @@ class Conductor:
         await self._announce(events.JOB_COMPLETED, state, event.event_id)
         log.info("job completed", extra={"job_id": state.job_id})
 
-    async def fail_job(self, job_id: str, reason: str, *, cause: str) -> bool:
+    async def fail_job(self, job_id: str, reason: str, *, cause: str, attempt: int = 0) -> bool:
         """The one way a job fails: FAILED with ``reason``, then ``job.failed``.
 
         True when this call failed it. ``job.failed`` goes out whenever the job is
         FAILED afterwards, so a redelivered failure re-announces it (deduplicated by its
-        message id) if the first handler died between the write and the publish.
+        message id) if the first handler died between the write and the publish. A
+        failure of an earlier ``attempt`` (work that ended after a resume) changes nothing.
         """
         state, failed_now = await self.jobs.apply(
-            job_id, lambda s: lifecycle.failed(s, reason, event_id=cause)
+            job_id, lambda s: lifecycle.failed(s, reason, event_id=cause, attempt=attempt)
         )
-        if state.status == FAILED:
+        if state.status == FAILED and (failed_now or attempt in (0, state.attempt)):
             await self._announce(events.JOB_FAILED, state, cause, reason=state.error)
         if failed_now:
             log.warning("job failed", extra={"job_id": job_id, "reason": state.error[:500]})

@@ -124,7 +124,7 @@ def resolve_frames(
             spec.blend_prompt = specs[-1].prompt
             spec.blend_weight = limits.BLEND_WEIGHT
         if i == 0 and req.init_upload_id:
-            # Frame 0 is img2img from the job's validated init image (planner/core.py).
+            # Frame 0 is img2img from the job's validated init image (see jobs_api.create).
             spec.init_key = keys.init_key(job_id)
             spec.source_key = spec.init_key
             spec.continuity = types_pb2.CONTINUITY_CONTINUE

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.contracts.tokens import PromptTooLong
 
 BEATS = (
     "opening wide shot",
@@ -87,6 +88,8 @@ def plan_offline(
     ``fits(prompt_with_style)`` tells whether a prompt fits the tokenizer's 77
     tokens; shots drop their detail, then their beat, until they fit. A bare idea
     that does not fit is left as is: validation then fails the job with the count.
+    When the idea leaves no room for the beats of several frames, their prompts would
+    be the same: PromptTooLong says so, naming the first frame without room.
     """
     limits.FRAMES.check("frames", frames)
     idea = " ".join(idea.split())
@@ -103,6 +106,12 @@ def plan_offline(
             if fits is None or fits(f"{candidate}, {style}"):
                 prompt = candidate
                 break
+        if prompt == idea and frames > 1:
+            raise PromptTooLong(
+                f"frames[{i}].prompt: the idea leaves no room for the shot within CLIP's "
+                f"{limits.CLIP_MAX_TOKENS} tokens (with the style line), so the frames "
+                "would all be the same prompt; shorten the idea"
+            )
         shots.append({"prompt": prompt, "camera": _CAMERA.get(beat, {})})
     return Storyboard.model_validate(
         {

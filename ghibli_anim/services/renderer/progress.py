@@ -18,6 +18,7 @@ import time
 
 from nats.js import JetStreamContext
 
+from ghibli_anim.contracts import events
 from ghibli_anim.contracts.pb import bus_pb2
 from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.bus.publish import new_event, publish_event
@@ -70,7 +71,7 @@ class ProgressReporter:
         self._last_sent = now
         work = self._work
         event = new_event(
-            bus_pb2.EVENT_TYPE_FRAME_PROGRESS,
+            events.FRAME_PROGRESS,
             work.job_id,
             work.frame,
             work.attempt,

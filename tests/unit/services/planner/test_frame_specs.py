@@ -1,0 +1,180 @@
+"""services/planner/frame_specs.py: a job's FrameSpecs, request > storyboard hints > profile,
+keys chained frame to frame, seeds, prompt blends, schedules and camera moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from ghibli_anim.contracts import keys, seeds
+from ghibli_anim.contracts.lifecycle import needs_depth
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.profiles import load_profile
+from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.contracts.validate import validate_create
+from ghibli_anim.services.planner.frame_specs import resolve_frames
+
+JOB = "ab" * 16
+
+
+def _board(continuity=("continue",) * 4, palette=("keep",) * 4, strength=(None,) * 4):
+    return Storyboard.model_validate(
+        {
+            "title": "t",
+            "frames": [
+                {"prompt": f"shot {i}", "continuity": c, "palette": p, "strength": s}
+                for i, (c, p, s) in enumerate(zip(continuity, palette, strength, strict=True))
+            ],
+        }
+    )
+
+
+def test_resolve_follows_precedence_and_chains_keys(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(idea="x", frames=4, depth=True, steps=20)
+    board = _board(strength=(None, 0.3, None, None), palette=("keep", "keep", "shift", "keep"))
+    specs = resolve_frames(JOB, req, 100, board, profile)
+    assert [s.seed for s in specs] == [100, 101, 102, 103]
+    assert [s.steps for s in specs] == [20] * 4  # request beats profile
+    assert specs[1].strength == pytest.approx(0.3)  # storyboard hint beats profile
+    assert specs[2].strength == pytest.approx(profile.strength)
+    req.strength = 0.5
+    assert resolve_frames(JOB, req, 100, board, profile)[1].strength == pytest.approx(0.5)
+    assert specs[0].source_key == "" and specs[0].depth_key == ""
+    assert specs[0].continuity == types_pb2.CONTINUITY_CUT
+    for i in (1, 2, 3):
+        assert specs[i].source_key == keys.frame_key(JOB, i - 1)
+        assert specs[i].depth_key == keys.depth_key(JOB, i - 1)
+    assert [s.color_reference_key for s in specs] == [
+        keys.frame_key(JOB, 0),
+        keys.frame_key(JOB, 0),
+        keys.frame_key(JOB, 2),  # palette shift moves the reference
+        keys.frame_key(JOB, 2),
+    ]
+    assert all(s.prompt.endswith(", ghibli style") and s.profile.name == "tiny" for s in specs)
+
+
+def test_a_cut_renders_txt2img_and_resets_the_reference(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(
+        idea="x", frames=4, depth=True, seed_mode=types_pb2.SEED_MODE_FIXED
+    )
+    specs = resolve_frames(
+        JOB, req, 9, _board(continuity=("continue", "continue", "cut", "continue")), profile
+    )
+    assert specs[2].source_key == "" and specs[2].depth_key == ""
+    assert specs[3].color_reference_key == keys.frame_key(JOB, 2)
+    assert {s.seed for s in specs} == {seeds.frame_seed(9, 0, types_pb2.SEED_MODE_FIXED)}
+    assert [needs_depth(specs, i) for i in range(4)] == [True, False, True, False]
+
+
+def test_seed_mode_keyframes_switch_per_frame(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(
+        idea="x", frames=4, seed_mode_schedule="0:increment, 2:fixed"
+    )
+    specs = resolve_frames(JOB, req, 50, _board(), profile)
+    assert [s.seed for s in specs] == [50, 51, 50, 50]
+
+
+def test_blend_prompts_lean_each_frame_towards_the_previous_prompt(settings):
+    profile = load_profile("tiny", settings)
+    req = animation_pb2.CreateAnimationRequest(idea="x", frames=4, blend_prompts=True)
+    board = _board(continuity=("continue", "continue", "cut", "continue"))
+    specs = resolve_frames(JOB, req, 1, board, profile)
+    assert [s.blend_prompt for s in specs] == ["", specs[0].prompt, "", specs[2].prompt]
+    assert [s.blend_weight for s in specs if s.blend_prompt] == pytest.approx([0.35, 0.35])
+    req.blend_prompts = False
+    assert not any(s.blend_prompt for s in resolve_frames(JOB, req, 1, board, profile))
+
+
+# -- keyframe schedules and storyboard hints, over six validated frames -----------------------
+
+
+def _validate(**fields) -> animation_pb2.CreateAnimationRequest:
+    req = animation_pb2.CreateAnimationRequest(idea="a cat", frames=6, **fields)
+    return validate_create(req, profile_names={"tiny"}, default_profile="tiny")
+
+
+def _hinted_board(n: int = 6, **per_frame) -> Storyboard:
+    frames = []
+    for i in range(n):
+        frame = {"prompt": f"shot number {i}"}
+        for name, values in per_frame.items():
+            if values[i] is not None:
+                frame[name] = values[i]
+        frames.append(frame)
+    return Storyboard.model_validate({"title": "t", "frames": frames})
+
+
+def _specs(profile, board: Storyboard, **fields) -> list[types_pb2.FrameSpec]:
+    req = _validate(**fields)  # six frames, like the boards here
+    return resolve_frames(JOB, req, 5, board, profile)
+
+
+def test_strength_precedence_per_frame(profile) -> None:
+    hints = _hinted_board(strength=[None, 0.3, None, 0.6, None, None])
+    plain = _specs(profile, hints)
+    assert [round(s.strength, 6) for s in plain] == pytest.approx(
+        [profile.strength, 0.3, profile.strength, 0.6, profile.strength, profile.strength]
+    )
+    fixed = _specs(profile, hints, strength=0.5)
+    assert {round(s.strength, 6) for s in fixed} == {0.5}  # request beats storyboard hints
+    ramp = _specs(profile, hints, strength=0.5, strength_schedule="0:0.1, 5:0.6")
+    # The schedule beats both the request's plain strength and the hints.
+    assert [s.strength for s in ramp] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+
+
+def test_guidance_and_sharpen_schedules(profile) -> None:
+    board = _hinted_board()
+    specs = _specs(profile, board, guidance_schedule="2:6, 4:10")
+    assert [s.guidance for s in specs] == pytest.approx([6, 6, 6, 8, 10, 10])
+    assert {s.sharpen for s in specs} == {0.0}  # off unless asked
+    assert _specs(profile, board, guidance=9.0)[3].guidance == pytest.approx(9.0)
+    assert _specs(profile, board)[3].guidance == pytest.approx(profile.guidance)
+    sharp = _specs(profile, board, sharpen="0:0, 5:1")
+    assert [s.sharpen for s in sharp] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def _moves(specs) -> list[tuple[float, float, float, float]]:
+    return [
+        tuple(round(v, 5) for v in (s.camera.zoom, s.camera.pan_x, s.camera.pan_y, s.camera.rotate))
+        for s in specs
+    ]
+
+
+def test_a_spec_carries_the_previous_frames_camera_move(profile) -> None:
+    board = _hinted_board(
+        camera=[{"zoom": 1.1}, {"pan_x": 0.1}, {"rotate": 5}, None, {"pan_y": -0.2}, {"zoom": 0.9}],
+        continuity=[None, None, None, "cut", None, None],
+    )
+    specs = _specs(profile, board)
+    assert _moves(specs) == [
+        (1.0, 0, 0, 0),  # frame 0 starts from nothing
+        (1.1, 0, 0, 0),  # frame 0's zoom moves frame 0 before it seeds frame 1
+        (1.0, 0.1, 0, 0),
+        (1.0, 0, 0, 0),  # a cut starts fresh: frame 2's rotate seeds nothing
+        (1.0, 0, 0, 0),  # frame 3 was still
+        (1.0, 0, -0.2, 0),
+    ]  # frame 5's own zoom 0.9 would seed a frame 6 that does not exist
+
+
+def test_camera_schedule_replaces_the_storyboard_camera(profile) -> None:
+    board = _hinted_board(camera=[{"pan_x": 0.2}] * 6)
+    specs = _specs(profile, board, camera="0:zoom=1.02, 4:zoom=1.1 rotate=2")
+    assert _moves(specs) == [
+        (1.0, 0, 0, 0),
+        (1.02, 0, 0, 0),
+        (1.04, 0, 0, 0.5),
+        (1.06, 0, 0, 1.0),
+        (1.08, 0, 0, 1.5),
+        (1.1, 0, 0, 2.0),
+    ]
+
+
+def test_colour_mode_and_reference_in_every_spec(profile) -> None:
+    board = _hinted_board(palette=["keep", "keep", "keep", "shift", "keep", "keep"])
+    specs = _specs(profile, board)
+    assert {s.color_coherence for s in specs} == {"lab"}
+    refs = [s.color_reference_key for s in specs]
+    assert refs == [keys.frame_key(JOB, 0)] * 3 + [keys.frame_key(JOB, 3)] * 3
+    assert {s.color_coherence for s in _specs(profile, board, color_coherence="off")} == {"off"}

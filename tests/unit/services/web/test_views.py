@@ -1,0 +1,202 @@
+"""services/web/views.py: the web page's data and markup without a planner: views, the form,
+SSE messages, escaping."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pytest
+
+from ghibli_anim.contracts import keys
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.services.web import views
+from ghibli_anim.services.web.app import render
+
+JOB = "ab" * 16
+
+EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
+
+BOARD = {
+    "version": 1,
+    "title": f"title {EVIL}",
+    "style": f"ghibli style {EVIL}",
+    "frames": [
+        {"prompt": f"shot zero {EVIL}", "camera": {"zoom": 1.05, "pan_x": 0.01}},
+        {"prompt": "shot one", "continuity": "cut", "strength": 0.3},
+    ],
+    "planner": {"backend": "offline", "offline": True},
+}
+
+
+def _file(rel: str, url: str, **kw) -> types_pb2.OutputFile:
+    return types_pb2.OutputFile(name=rel.rsplit("/", 1)[-1], key=f"jobs/{JOB}/{rel}", url=url, **kw)
+
+
+def _animation(status=types_pb2.JOB_STATUS_RENDERING) -> animation_pb2.Animation:
+    anim = animation_pb2.Animation(
+        job_id=JOB,
+        status=status,
+        frames_total=2,
+        frames_done=1,
+        idea=EVIL,
+        title=f"title {EVIL}",
+        error=f"error {EVIL}",
+        storyboard_json=json.dumps(BOARD),
+        seed=7,
+        attempt=1,
+    )
+    anim.created_at.FromSeconds(1_800_000_000)
+    anim.frame_files.extend(
+        [
+            _file("frames/0001.png", "http://s3.example/b/jobs/1.png?X-Amz-Signature=1"),
+            _file("frames/0000.png", "https://s3.example/b/jobs/0.png?X-Amz-Signature=0"),
+            _file("depth/0000.png", "http://s3.example/b/jobs/d0.png"),
+            _file("frames/0000.json", "http://s3.example/b/jobs/0.json"),
+            # Never offered to a browser: a local-folder path and a script URL.
+            _file("depth/0001.png", "file:///runs/x/depth/0001.png"),
+            _file("plan.json", "javascript:alert(1)"),
+        ]
+    )
+    return anim
+
+
+def test_job_view_keeps_browser_urls_in_order():
+    view = views.job_view(_animation())
+    assert view["status"] == "RENDERING" and view["cancellable"] and not view["resumable"]
+    assert [f["index"] for f in view["frames"]] == [0, 1]
+    assert view["frames"][0]["url"].startswith("https://s3.example/")
+    assert view["depth"] == [{"index": 0, "url": "http://s3.example/b/jobs/d0.png"}]
+    assert view["unreachable"] == 2
+    assert view["outputs"] == []  # only a COMPLETED job's outputs are offered
+    assert view["created_at"] == "2027-01-15T08:00:00Z"
+    board = view["storyboard"]
+    assert board["planner"] == {"backend": "offline", "model": "", "offline": True}
+    assert [s["continuity"] for s in board["shots"]] == ["continue", "cut"]
+    assert board["shots"][0]["camera_text"] == "zoom x1.05, pan +0.01, +0"
+    assert board["shots"][1]["camera_text"] == "still" and board["shots"][1]["strength"] == 0.3
+
+
+def test_completed_outputs_in_page_order():
+    anim = _animation(types_pb2.JOB_STATUS_COMPLETED)
+    for name in ("manifest.json", "animation.mp4", "animation.gif", "frames.zip"):
+        anim.outputs.append(
+            _file(name, f"http://s3.example/{name}", size_bytes=10, sha256="0" * 64)
+        )
+    view = views.job_view(anim)
+    assert [o["kind"] for o in view["outputs"]] == ["gif", "mp4", "zip", "manifest"]
+    assert view["terminal"] and not view["cancellable"] and not view["resumable"]
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '{"frames": "nope"}'])
+def test_storyboard_view_never_breaks_on_odd_documents(text):
+    board = views.storyboard_view(text)
+    assert board is None or board["shots"] == []
+
+
+def test_browser_url_allows_http_only():
+    assert views.browser_url("http://a/b") == "http://a/b"
+    assert views.browser_url("HTTPS://a/b") == "HTTPS://a/b"
+    for bad in ("file:///x", "javascript:alert(1)", "data:text/html,x", "//a/b", "http://[::1"):
+        assert views.browser_url(bad) == ""
+
+
+def test_job_page_escapes_every_user_string():
+    page = render("job.html", job=views.job_view(_animation()))
+    assert "<script>alert" not in page and "<img src=x" not in page
+    escaped = html.escape(EVIL, quote=False)
+    for text in (escaped, f"title {escaped}", f"error {escaped}", f"shot zero {escaped}"):
+        assert text.replace('"', "&#34;") in page or text in page, text
+    # The only script is the page's own, from this origin.
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/job.js" defer>']
+
+
+def test_index_escapes_recent_jobs_and_form_values():
+    form = views.SubmitForm(idea=EVIL, frames='3"><b>', profile='"><svg onload=x>')
+    jobs = views.recent([_animation()], 5)
+    page = render(
+        "index.html", form=form, error=f"bad {EVIL}", jobs=jobs, list_error="", profiles=["tiny"]
+    )
+    assert "<script>alert" not in page and "<svg" not in page and '3"><b>' not in page
+    assert "bad &lt;script&gt;" in page
+    assert f'href="/jobs/{JOB}"' in page
+
+
+def test_sse_message_is_one_line_of_json_per_field():
+    data = {"reason": "two\nlines\r\nand data: fake\n\nid: 99", "frame": 3}
+    text = views.sse_message("frame.failed", data, event_id=12)
+    assert text.endswith("\n\n") and text.count("\n\n") == 1
+    lines = text.rstrip("\n").split("\n")
+    assert lines[0] == "id: 12" and lines[1] == "event: frame.failed"
+    assert lines[2].startswith("data: ") and len(lines) == 3
+    assert json.loads(lines[2][len("data: ") :]) == data
+    with pytest.raises(ValueError, match="event: must be lowercase"):
+        views.sse_message("evil\nid: 1", {})
+
+
+def test_event_view_names_every_field():
+    event = bus_pb2.Event(
+        event_id="e1",
+        type=bus_pb2.EVENT_TYPE_FRAME_PROGRESS,
+        job_id=JOB,
+        frame=2,
+        attempt=1,
+        sequence=41,
+        step=3,
+        steps=7,
+        service="renderer",
+        key=keys.frame_key(JOB, 2),
+    )
+    event.time.FromSeconds(1_800_000_000)
+    view = views.event_view(event)
+    assert view["type"] == "frame.progress" and (view["step"], view["steps"]) == (3, 7)
+    assert view["sequence"] == 41 and view["time"] == "2027-01-15T08:00:00Z"
+    assert view["key"] == f"jobs/{JOB}/frames/0002.png"
+
+
+@pytest.mark.parametrize(
+    ("header", "query", "after"),
+    [(None, None, 0), ("17", None, 17), (None, "5", 5), ("17", "5", 17), ("", "5", 5)],
+)
+def test_resume_point_prefers_last_event_id(header, query, after):
+    assert views.parse_after(header, query) == after
+
+
+@pytest.mark.parametrize(("header", "query"), [("-1", None), (None, "x"), ("9" * 21, None)])
+def test_resume_point_refuses_junk(header, query):
+    with pytest.raises(ValueError, match="must be a stream sequence"):
+        views.parse_after(header, query)
+
+
+def _form(**fields) -> views.SubmitForm:
+    base = {"idea": ["a cat"], "frames": ["4"], "format": ["gif", "mp4"]}
+    base.update({k: [v] if isinstance(v, str) else v for k, v in fields.items()})
+    return views.read_form(base)
+
+
+def test_form_builds_the_request():
+    req = views.build_request(_form(seed="42", depth="on", profile=" tiny ", idempotency_key="k-1"))
+    assert (req.idea, req.frames, req.profile, req.depth) == ("a cat", 4, "tiny", True)
+    assert req.HasField("seed") and req.seed == 42
+    assert list(req.formats) == ["gif", "mp4"] and req.idempotency_key == "k-1"
+    assert not views.build_request(_form()).HasField("seed")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"idea": "  "}, "idea: must not be empty"),
+        ({"idea": "x" * 1001}, "idea: must be at most 1000 characters"),
+        ({"frames": "abc"}, "frames: must be an integer in 1..120, got 'abc'"),
+        ({"frames": "121"}, "frames: must be an integer in 1..120, got 121"),
+        ({"seed": "-1"}, "seed: must be an integer in 0..4294967295, got -1"),
+        ({"format": []}, "format: choose at least one of gif, mp4, webp, zip, contact"),
+        ({"format": ["gif", "avi"]}, "format: must be a list of gif, mp4, webp, zip, contact"),
+        ({"idempotency_key": "a b"}, "idempotency_key: must be 1..128 letters"),
+    ],
+)
+def test_form_errors_name_the_field_and_range(fields, message):
+    with pytest.raises(ValueError) as info:
+        views.build_request(_form(**fields))
+    assert str(info.value).startswith(message)
