@@ -206,8 +206,8 @@ LAYOUT: tuple[KeyKind, ...] = (
     ),
     KeyKind(
         "jobs/{job_id}/manifest.json",
-        "planner (conductor), then the assembler",
-        "after each frame while rendering; the final one at the end",
+        "assembler",
+        "at the end: request, profile, every frame and what ran, every output",
         lambda ids: manifest_key(ids["job_id"]),
     ),
     *(

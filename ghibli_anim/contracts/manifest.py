@@ -6,15 +6,15 @@ assembler produced, and the job's status. A versioned JSON document with a JSON 
 (:mod:`ghibli_anim.contracts.documents`); ``generate --from-manifest`` re-renders a run
 from it alone.
 
-Two writers, never at once: the conductor rewrites the running manifest after each frame
-while the job renders (:func:`with_frame_json`), and the assembler writes the final one
-with the outputs (:func:`base`, :func:`frame_entry`, :func:`with_frame`). Both build it
-here from the same inputs: the job's KV state and the frame records.
+One writer: the assembler, once every frame is rendered, with the outputs (:func:`base`,
+:func:`frame_entry`, :func:`with_frame`, :func:`output_entry`), from the job's KV state
+and the frame records. A job that stops before that keeps its frames' records
+(``frames/{i:04d}.json``) and its storyboard; a resumed one gets its manifest when it
+completes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -77,8 +77,9 @@ class OutputFile(StrictModel):
 class Manifest(StrictModel):
     """Everything about a job: request, profile, planner, frames, outputs, status (version 1).
 
-    The conductor rewrites it after every frame and the assembler writes the final one, so any
-    job status is allowed and ``frames`` / ``outputs`` may be partial.
+    The assembler writes it when a job completes. The schema still accepts any status and
+    partial ``frames`` / ``outputs``: manifests written by earlier versions while a job was
+    running, or by other tools, read back as what they are.
     """
 
     version: Literal[1] = SCHEMA_VERSION
@@ -210,25 +211,6 @@ def frame_entry(state: animation_pb2.JobState, index: int, record: dict[str, Any
 def with_frame(manifest: Manifest, entry: ManifestFrame) -> Manifest:
     frames = [f for f in manifest.frames if f.index != entry.index] + [entry]
     return manifest.model_copy(update={"frames": sorted(frames, key=lambda f: f.index)})
-
-
-def with_frame_json(
-    current: bytes | None, state: animation_pb2.JobState, index: int, record: dict[str, Any]
-) -> bytes:
-    """The running manifest with frame ``index`` added, as JSON bytes.
-
-    Called after every frame, so it stays linear in the manifest's size: only the
-    new entry goes through the model; the rest, which this code wrote itself, is
-    carried as plain JSON (re-validating a 120-frame manifest per frame cost more
-    than the frame's orchestration). The assembler validates the final one whole.
-    """
-    entry = frame_entry(state, index, record).model_dump(mode="json")
-    doc = json.loads(current) if current is not None else base(state).model_dump(mode="json")
-    doc["status"] = lifecycle.status_name(state.status)
-    doc["title"] = state.title
-    frames = [f for f in doc.get("frames", []) if f.get("index") != index]
-    doc["frames"] = sorted([*frames, entry], key=lambda f: f["index"])
-    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
 
 
 def output_entry(job_id: str, fmt: str, size: int, sha256: str, content_type: str) -> OutputFile:

@@ -1,7 +1,7 @@
-"""The assembler service: anim.work.assemble -> animation.* + the final manifest -> job.assembled.
+"""The assembler service: anim.work.assemble -> animation.* + manifest.json -> job.assembled.
 
-The assembler is the one writer of the final ``manifest.json`` (with the outputs and
-status COMPLETED), and ``job.assembled`` carries the outputs it stored, so the conductor
+The assembler is the one writer of ``manifest.json`` (with the outputs and status
+COMPLETED), and ``job.assembled`` carries the outputs it stored, so the conductor
 completes the job without reading anything back. A give-up is ``assembly.failed``.
 """
 
@@ -75,7 +75,7 @@ class AssemblerService(Service):
     def assemble(
         self, state: animation_pb2.JobState, work: bus_pb2.AssembleWork
     ) -> list[manifest.OutputFile]:
-        """Every output of the job and its final manifest, stored; the outputs."""
+        """Every output of the job and its manifest, stored; the outputs."""
         job_id = state.job_id
         for key in [*work.frame_keys, *work.depth_keys]:
             if keys.job_id_of_key(keys.check_key(key)) != job_id:

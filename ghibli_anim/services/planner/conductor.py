@@ -10,8 +10,8 @@ ASSEMBLING for assembly. The :class:`Conductor` applies each event the planner's
 job.created            publish what the state calls for (planning)
 job.planned            the same: frame 0 after planning; after a resume, the first frame
                        not done, its predecessor's depth map, or assembly
-frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), the running
-                       manifest gets frame i, then publish what the state calls for
+frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), then publish what
+                       the state calls for
 depth.ready{i}         KV marks the depth map done, then publish what the state calls for
 job.assembled          COMPLETED with the outputs the event carries, then job.completed
 frame.failed,          FAILED with the reason, named by what failed (``frame 3: ...``),
@@ -27,15 +27,12 @@ for, then the message is acked. A redelivered event therefore re-publishes the s
 with the same ``Nats-Msg-Id`` (dropped as a duplicate), and KV, not the dedup window,
 says what is done.
 
-The manifest: the conductor writes the running ``manifest.json`` after each frame *before*
-the next frame's work goes out, and never once the job is ASSEMBLING, so the assembler's
-final manifest is never overwritten by a late running one.
+Between two frames the conductor does one KV update and one publish: nothing else is on
+the frame's critical path (the manifest is the assembler's, written once at the end).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -44,7 +41,7 @@ from dataclasses import dataclass
 import nats.js.errors
 from google.protobuf.message import DecodeError, Message
 
-from ghibli_anim.contracts import events, keys, lifecycle, manifest
+from ghibli_anim.contracts import events, keys, lifecycle
 from ghibli_anim.contracts.lifecycle import ASSEMBLING, COMPLETED, FAILED, PENDING, RENDERING
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
 from ghibli_anim.runtime import metrics
@@ -53,7 +50,6 @@ from ghibli_anim.runtime.bus.consumer import MaxDeliveries
 from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
 from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
-from ghibli_anim.runtime.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +186,6 @@ def due_work(state: animation_pb2.JobState, cause: str) -> list[Work]:
 class Conductor:
     bus: Bus
     jobs: JobStore
-    store: Store
 
     async def handle(self, event: bus_pb2.Event) -> None:
         if not keys.is_job_id(event.job_id):
@@ -243,10 +238,6 @@ class Conductor:
                 s, i, event_id=event.event_id, attempt=event.attempt
             ),
         )
-        if state.status == RENDERING and 0 <= i < len(state.frame_specs):
-            # Before the next frame's work: the last frame cannot be done (and the
-            # assembler cannot write the final manifest) while this write is in flight.
-            await asyncio.to_thread(self._write_manifest, state, i)
         await self.publish(state, due_work(state, event.event_id))
 
     async def _assembled(self, event: bus_pb2.Event) -> None:
@@ -337,15 +328,4 @@ class Conductor:
                 service=SERVICE,
                 **fields,
             ),
-        )
-
-    def _write_manifest(self, state: animation_pb2.JobState, index: int) -> None:
-        record = json.loads(self.store.get(keys.frame_record_key(state.job_id, index)))
-        key = keys.manifest_key(state.job_id)
-        try:
-            current = self.store.get(key)
-        except KeyError:
-            current = None
-        self.store.put(
-            key, manifest.with_frame_json(current, state, index, record), "application/json"
         )

@@ -62,7 +62,7 @@ class PlannerService(Service):
             settings=self.settings,
         )
         self.plan_step = PlanStep(bus=bus_, jobs=jobs, store=store, settings=self.settings)
-        self.conductor = Conductor(bus=bus_, jobs=jobs, store=store)
+        self.conductor = Conductor(bus=bus_, jobs=jobs)
         self.housekeeping = Housekeeping(jobs=jobs, api=self.api, conductor=self.conductor)
 
         async def on_plan(work: bus_pb2.PlanWork, delivery: Delivery) -> None:

@@ -120,7 +120,7 @@ async def test_time_out_counts_from_the_latest_resume(nats_server, local_store):
         await init_bus_from_settings(conn.js, settings)
         jobs = await JobStore.open(conn.js)
         api = JobsApi(conn, jobs, local_store, ["tiny"], "tiny")
-        house = Housekeeping(jobs, api, Conductor(conn, jobs, local_store))
+        house = Housekeeping(jobs, api, Conductor(conn, jobs))
         now = time.time()
         fresh = job_state(S.JOB_STATUS_PLANNING, age_s=10)
         # Created two hours ago, resumed (attempt 2) just now: its first event is recent.
@@ -166,7 +166,7 @@ async def test_expire_deletes_only_expired_finished_jobs(nats_server, local_stor
         await init_bus_from_settings(conn.js, settings)
         jobs = await JobStore.open(conn.js)
         api = JobsApi(conn, jobs, local_store, ["tiny"], "tiny")
-        house = Housekeeping(jobs, api, Conductor(conn, jobs, local_store))
+        house = Housekeeping(jobs, api, Conductor(conn, jobs))
         now = time.time()
         cases = {
             "old_done": (types_pb2.JOB_STATUS_COMPLETED, now - 10 * DAY),
