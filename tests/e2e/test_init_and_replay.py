@@ -27,15 +27,6 @@ from ghibli_anim.runtime.client import AnimationClient, put_presigned
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: one torch thread is faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_env(cache_dir: Path, **extra: str) -> dict[str, str]:
     """A CPU, float32 process on the session's tiny models (as tests/conftest.py's)."""
     return {

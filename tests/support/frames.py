@@ -27,3 +27,22 @@ def frame_spec(profile: types_pb2.Profile, **fields) -> types_pb2.FrameSpec:
     for name, value in fields.items():
         setattr(spec, name, value)
     return spec
+
+
+def ddim_spec(profile: types_pb2.Profile, **fields) -> types_pb2.FrameSpec:
+    """Frame 0, three DDIM steps at 64x64, seed 21; ``fields`` override."""
+    spec = types_pb2.FrameSpec(
+        index=0,
+        prompt=PROMPT,
+        seed=21,
+        guidance=7.5,
+        steps=3,
+        scheduler="DDIM",
+        width=64,
+        height=64,
+        continuity=types_pb2.CONTINUITY_CUT,
+        profile=profile,
+    )
+    for name, value in fields.items():
+        setattr(spec, name, value)
+    return spec

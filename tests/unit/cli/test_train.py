@@ -4,11 +4,9 @@ write and exit with."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from support.datasets import write_image_folder, write_training_images
 
@@ -17,15 +15,6 @@ from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.runtime.store.local import LocalStore
 from ghibli_anim.services.trainer.dataset import build_dataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: a busy 2-core machine makes two threads many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

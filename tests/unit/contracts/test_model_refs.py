@@ -9,38 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.profiles import PROFILE, client_settings, file_settings
 
-from ghibli_anim.contracts import config, model_refs, profiles
-from ghibli_anim.contracts.config import Settings
+from ghibli_anim.contracts import model_refs, profiles
 from ghibli_anim.devtools import tiny_models, tiny_tokenizer
-
-PROFILE = """
-[profiles.mine]
-base_model = "{base}"
-scheduler = "ddim"
-width = 96
-height = 64
-steps = 12
-guidance = 7
-strength = 0.3
-"""
-
-
-def _settings(tmp_path: Path, **extra: str) -> Settings:
-    env = {"ANIM_CACHE_DIR": str(tmp_path / "cache"), "ANIM_STORE": "local", **extra}
-    return config.load("client", env)
-
-
-def _file_settings(tmp_path: Path, text: str, **extra: str) -> Settings:
-    path = tmp_path / "profiles.toml"
-    path.write_text(text)
-    return _settings(tmp_path, ANIM_PROFILES_FILE=str(path), **extra)
 
 
 def test_local_path_inside_a_model_root(tmp_path: Path) -> None:
     root = tmp_path / "models"
     (root / "sd").mkdir(parents=True)
-    settings = _file_settings(
+    settings = file_settings(
         tmp_path, PROFILE.format(base=f"{root}/sd"), ANIM_MODEL_ROOTS=str(root)
     )
     p = profiles.load_profile("mine", settings)
@@ -54,7 +32,7 @@ def test_path_outside_the_model_roots_is_refused(tmp_path: Path) -> None:
     root.mkdir()
     (tmp_path / "elsewhere").mkdir()
     text = PROFILE.format(base=str(tmp_path / "elsewhere"))
-    settings = _file_settings(tmp_path, text, ANIM_MODEL_ROOTS=str(root))
+    settings = file_settings(tmp_path, text, ANIM_MODEL_ROOTS=str(root))
     with pytest.raises(ValueError, match=r"^profiles\.mine\.base_model: path .* is outside"):
         profiles.load_profile("mine", settings)
 
@@ -62,7 +40,7 @@ def test_path_outside_the_model_roots_is_refused(tmp_path: Path) -> None:
 def test_dot_dot_escape_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "models"
     root.mkdir()
-    settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
+    settings = client_settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
     with pytest.raises(ValueError) as info:
         model_refs.locate(f"{root}/../../etc", settings, field="profile.controlnet")
     message = str(info.value)
@@ -73,14 +51,14 @@ def test_symlink_escape_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "models"
     root.mkdir()
     (root / "link").symlink_to(tmp_path)
-    settings = _settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
+    settings = client_settings(tmp_path, ANIM_MODEL_ROOTS=str(root))
     with pytest.raises(ValueError, match=r"^depth_model: path .* is outside ANIM_MODEL_ROOTS"):
         model_refs.locate(f"{root}/link", settings, field="depth_model")
 
 
 def test_local_paths_need_model_roots(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^base_model: local path .* ANIM_MODEL_ROOTS names no"):
-        model_refs.locate(str(tmp_path), _settings(tmp_path), field="base_model")
+        model_refs.locate(str(tmp_path), client_settings(tmp_path), field="base_model")
 
 
 @pytest.mark.parametrize(
@@ -93,7 +71,7 @@ def test_local_paths_need_model_roots(tmp_path: Path) -> None:
     ],
 )
 def test_reference_kinds(tmp_path: Path, ref: str, kind: str) -> None:
-    assert model_refs.check_ref(ref, _settings(tmp_path), "ref", allow_store=True) == kind
+    assert model_refs.check_ref(ref, client_settings(tmp_path), "ref", allow_store=True) == kind
 
 
 @pytest.mark.parametrize(
@@ -101,11 +79,11 @@ def test_reference_kinds(tmp_path: Path, ref: str, kind: str) -> None:
 )
 def test_bad_references(tmp_path: Path, ref: str) -> None:
     with pytest.raises(ValueError, match=r"^ref: "):
-        model_refs.check_ref(ref, _settings(tmp_path), "ref")
+        model_refs.check_ref(ref, client_settings(tmp_path), "ref")
 
 
 def test_hub_ids_pass_through_and_store_refs_are_refused(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+    settings = client_settings(tmp_path)
     assert model_refs.locate("owner/name", settings) == "owner/name"
     with pytest.raises(ValueError, match=r"^lora: store:// references are allowed for LoRAs"):
         model_refs.locate("store://loras/x", settings, field="lora")
@@ -114,7 +92,7 @@ def test_hub_ids_pass_through_and_store_refs_are_refused(tmp_path: Path) -> None
 
 
 def test_tiny_references_build_on_first_use(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+    settings = client_settings(tmp_path)
     path = Path(model_refs.locate("tiny:tokenizer", settings))
     assert path == tmp_path / "cache" / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
     assert sorted(p.name for p in path.iterdir()) == sorted(tiny_tokenizer.tokenizer_files())

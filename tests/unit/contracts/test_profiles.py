@@ -7,42 +7,20 @@ from pathlib import Path
 
 import pytest
 from support.model_roots import roots_settings
+from support.profiles import PROFILE, client_settings, file_settings
 
 from ghibli_anim.contracts import config, profiles
-from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.contracts.profiles import load_profile, resolve_profile
 from ghibli_anim.devtools.tiny_models import SINGLE_FILE_NAME
 
-PROFILE = """
-[profiles.mine]
-base_model = "{base}"
-scheduler = "ddim"
-width = 96
-height = 64
-steps = 12
-guidance = 7
-strength = 0.3
-"""
-
-
-def _settings(tmp_path: Path, **extra: str) -> Settings:
-    env = {"ANIM_CACHE_DIR": str(tmp_path / "cache"), "ANIM_STORE": "local", **extra}
-    return config.load("client", env)
-
-
-def _file_settings(tmp_path: Path, text: str, **extra: str) -> Settings:
-    path = tmp_path / "profiles.toml"
-    path.write_text(text)
-    return _settings(tmp_path, ANIM_PROFILES_FILE=str(path), **extra)
-
 
 def test_built_in_names(tmp_path: Path) -> None:
-    assert profiles.profile_names(_settings(tmp_path)) == ["sd15-ghibli", "tiny"]
+    assert profiles.profile_names(client_settings(tmp_path)) == ["sd15-ghibli", "tiny"]
 
 
 def test_default_profile_is_the_papers(tmp_path: Path) -> None:
-    p = profiles.load_profile(None, _settings(tmp_path))
+    p = profiles.load_profile(None, client_settings(tmp_path))
     assert p.name == "sd15-ghibli"
     assert p.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert p.tokenizer == "stable-diffusion-v1-5/stable-diffusion-v1-5/tokenizer"
@@ -57,7 +35,7 @@ def test_default_profile_is_the_papers(tmp_path: Path) -> None:
 
 
 def test_tiny_profile_names_only_tiny_models(tmp_path: Path) -> None:
-    p = profiles.load_profile("tiny", _settings(tmp_path))
+    p = profiles.load_profile("tiny", client_settings(tmp_path))
     refs = [p.base_model, p.tokenizer, p.controlnet, p.depth_model]
     assert all(ref.startswith("tiny:") for ref in refs)
     assert (p.width, p.height, p.steps, p.fps, p.guidance) == (64, 64, 10, 8, 8.5)
@@ -66,16 +44,16 @@ def test_tiny_profile_names_only_tiny_models(tmp_path: Path) -> None:
 
 def test_unknown_profile(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
-        profiles.load_profile("x", _settings(tmp_path))
+        profiles.load_profile("x", client_settings(tmp_path))
     assert str(info.value) == "profile: must be one of sd15-ghibli, tiny, got 'x'"
 
 
 def test_anim_profile_picks_the_default(tmp_path: Path) -> None:
-    assert profiles.load_profile("", _settings(tmp_path, ANIM_PROFILE="tiny")).name == "tiny"
+    assert profiles.load_profile("", client_settings(tmp_path, ANIM_PROFILE="tiny")).name == "tiny"
 
 
 def test_file_override_replaces_the_built_in_file(tmp_path: Path) -> None:
-    settings = _file_settings(tmp_path, PROFILE.format(base="owner/model"))
+    settings = file_settings(tmp_path, PROFILE.format(base="owner/model"))
     assert profiles.profile_names(settings) == ["mine"]
     p = profiles.load_profile("mine", settings)
     assert (p.scheduler, p.width, p.guidance, p.fps, p.controlnet_scale) == ("DDIM", 96, 7.0, 8, 1)
@@ -103,7 +81,7 @@ def test_file_override_replaces_the_built_in_file(tmp_path: Path) -> None:
     ],
 )
 def test_bad_entries_name_the_field(tmp_path: Path, extra: str, message: str) -> None:
-    settings = _file_settings(tmp_path, PROFILE.format(base="owner/model") + extra + "\n")
+    settings = file_settings(tmp_path, PROFILE.format(base="owner/model") + extra + "\n")
     with pytest.raises(ValueError, match=message):
         profiles.load_profile("mine", settings)
 
@@ -120,15 +98,15 @@ def test_bad_entries_name_the_field(tmp_path: Path, extra: str, message: str) ->
 def test_bad_values_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
     text = PROFILE.format(base="owner/model").replace(old, new)
     with pytest.raises(ValueError, match=message):
-        profiles.load_profile("mine", _file_settings(tmp_path, text))
+        profiles.load_profile("mine", file_settings(tmp_path, text))
 
 
 def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, ANIM_PROFILES_FILE=str(tmp_path / "nope.toml"))
+    settings = client_settings(tmp_path, ANIM_PROFILES_FILE=str(tmp_path / "nope.toml"))
     with pytest.raises(ValueError, match=r"^ANIM_PROFILES_FILE: cannot read"):
         profiles.profile_names(settings)
     with pytest.raises(ValueError, match=r"^ANIM_PROFILES_FILE: invalid TOML"):
-        profiles.profile_names(_file_settings(tmp_path, "[profiles.x\n"))
+        profiles.profile_names(file_settings(tmp_path, "[profiles.x\n"))
 
 
 @pytest.mark.parametrize(

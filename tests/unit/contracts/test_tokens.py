@@ -3,12 +3,10 @@ the tokenizer never imports torch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.files import run_python, tree
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.profiles import load_profile
@@ -29,24 +27,6 @@ def test_token_counter_names_the_frame(counter):
         counter.check(["a cat, ghibli style", long_prompt])
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
-def _run(code: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_tokenizer_without_torch(tmp_path: Path) -> None:
     """The planner has no torch: locating and loading the tokenizer must not import it."""
     code = (
@@ -62,6 +42,6 @@ def test_tokenizer_without_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'load_tokenizer imported torch'\n"
         "print(path)\n"
     )
-    out = _run(code, {"ANIM_CACHE_DIR": str(tmp_path)}).strip().splitlines()[-1]
+    out = run_python(code, {"ANIM_CACHE_DIR": str(tmp_path)}).strip().splitlines()[-1]
     assert Path(out) == tmp_path / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
-    assert _tree(Path(out)) == tiny_tokenizer.tokenizer_files()
+    assert tree(Path(out)) == tiny_tokenizer.tokenizer_files()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from support.files import run_python, tree
 
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import tiny_dir
@@ -17,32 +16,14 @@ from ghibli_anim.devtools import tiny_models, tiny_tokenizer
 TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
-def _run(code: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_same_bytes_in_another_process(tiny_settings: Settings, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    _run(
+    run_python(
         "from pathlib import Path\n"
         "from ghibli_anim.devtools import tiny_models\n"
         f"tiny_models.write_tiny_models(Path({str(again)!r}))\n"
     )
-    first, second = _tree(tiny_dir(tiny_settings)), _tree(again)
+    first, second = tree(tiny_dir(tiny_settings)), tree(again)
     assert sorted({name.split("/")[0] for name in first}) == sorted(tiny_models.COMPONENTS)
     assert first.keys() == second.keys()
     differing = [name for name in first if first[name] != second[name]]
@@ -123,7 +104,7 @@ def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert [p.name for p in out.iterdir()] == ["tokenizer"]
-    assert _tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
+    assert tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
 
 
 def test_loser_of_a_race_discards_its_copy(tmp_path: Path, monkeypatch) -> None:
@@ -150,7 +131,7 @@ def test_existing_component_is_kept_unless_overwrite(tmp_path: Path) -> None:
     tiny_models.write_tiny_models(out, ["tokenizer"])
     assert (out / "tokenizer" / "extra.txt").exists()
     tiny_models.write_tiny_models(out, ["tokenizer"], overwrite=True)
-    assert _tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
+    assert tree(out / "tokenizer") == tiny_tokenizer.tokenizer_files()
 
 
 def test_unknown_component_is_refused(tmp_path: Path) -> None:

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+from support.storyboards import hinted_board, validated
+
 from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile
-from ghibli_anim.contracts.storyboard import Storyboard
-from ghibli_anim.contracts.validate import validate_create
 from ghibli_anim.services.planner.conductor import due_work
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.planner.offline_storyboard import plan_offline
@@ -113,28 +113,12 @@ def test_assembly_fps_comes_from_the_request_when_set(settings):
 # -- a validated request's assembly options --------------------------------------------------
 
 
-def _validate(**fields) -> animation_pb2.CreateAnimationRequest:
-    req = animation_pb2.CreateAnimationRequest(idea="a cat", frames=6, **fields)
-    return validate_create(req, profile_names={"tiny"}, default_profile="tiny")
-
-
-def _hinted_board(n: int = 6, **per_frame) -> Storyboard:
-    frames = []
-    for i in range(n):
-        frame = {"prompt": f"shot number {i}"}
-        for name, values in per_frame.items():
-            if values[i] is not None:
-                frame[name] = values[i]
-        frames.append(frame)
-    return Storyboard.model_validate({"title": "t", "frames": frames})
-
-
 def test_conductor_passes_interpolate_and_formats(profile) -> None:
-    req = _validate(interpolate=3)
+    req = validated(interpolate=3)
     state = animation_pb2.JobState(
         job_id=JOB, status=types_pb2.JOB_STATUS_ASSEMBLING, request=req, profile=profile
     )
-    state.frame_specs.extend(resolve_frames(JOB, req, 1, _hinted_board(), profile))
+    state.frame_specs.extend(resolve_frames(JOB, req, 1, hinted_board(), profile))
     state.frame_states.extend(
         types_pb2.FrameState(index=i, rendered=True, rendered_event_id=f"e{i}") for i in range(6)
     )

@@ -4,13 +4,13 @@ keys chained frame to frame, seeds, prompt blends, schedules and camera moves.""
 from __future__ import annotations
 
 import pytest
+from support.storyboards import hinted_board, validated
 
 from ghibli_anim.contracts import keys, seeds
 from ghibli_anim.contracts.lifecycle import needs_depth
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard
-from ghibli_anim.contracts.validate import validate_create
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 
 JOB = "ab" * 16
@@ -90,29 +90,13 @@ def test_blend_prompts_lean_each_frame_towards_the_previous_prompt(settings):
 # -- keyframe schedules and storyboard hints, over six validated frames -----------------------
 
 
-def _validate(**fields) -> animation_pb2.CreateAnimationRequest:
-    req = animation_pb2.CreateAnimationRequest(idea="a cat", frames=6, **fields)
-    return validate_create(req, profile_names={"tiny"}, default_profile="tiny")
-
-
-def _hinted_board(n: int = 6, **per_frame) -> Storyboard:
-    frames = []
-    for i in range(n):
-        frame = {"prompt": f"shot number {i}"}
-        for name, values in per_frame.items():
-            if values[i] is not None:
-                frame[name] = values[i]
-        frames.append(frame)
-    return Storyboard.model_validate({"title": "t", "frames": frames})
-
-
 def _specs(profile, board: Storyboard, **fields) -> list[types_pb2.FrameSpec]:
-    req = _validate(**fields)  # six frames, like the boards here
+    req = validated(**fields)  # six frames, like the boards here
     return resolve_frames(JOB, req, 5, board, profile)
 
 
 def test_strength_precedence_per_frame(profile) -> None:
-    hints = _hinted_board(strength=[None, 0.3, None, 0.6, None, None])
+    hints = hinted_board(strength=[None, 0.3, None, 0.6, None, None])
     plain = _specs(profile, hints)
     assert [round(s.strength, 6) for s in plain] == pytest.approx(
         [profile.strength, 0.3, profile.strength, 0.6, profile.strength, profile.strength]
@@ -125,7 +109,7 @@ def test_strength_precedence_per_frame(profile) -> None:
 
 
 def test_guidance_and_sharpen_schedules(profile) -> None:
-    board = _hinted_board()
+    board = hinted_board()
     specs = _specs(profile, board, guidance_schedule="2:6, 4:10")
     assert [s.guidance for s in specs] == pytest.approx([6, 6, 6, 8, 10, 10])
     assert {s.sharpen for s in specs} == {0.0}  # off unless asked
@@ -143,7 +127,7 @@ def _moves(specs) -> list[tuple[float, float, float, float]]:
 
 
 def test_a_spec_carries_the_previous_frames_camera_move(profile) -> None:
-    board = _hinted_board(
+    board = hinted_board(
         camera=[{"zoom": 1.1}, {"pan_x": 0.1}, {"rotate": 5}, None, {"pan_y": -0.2}, {"zoom": 0.9}],
         continuity=[None, None, None, "cut", None, None],
     )
@@ -159,7 +143,7 @@ def test_a_spec_carries_the_previous_frames_camera_move(profile) -> None:
 
 
 def test_camera_schedule_replaces_the_storyboard_camera(profile) -> None:
-    board = _hinted_board(camera=[{"pan_x": 0.2}] * 6)
+    board = hinted_board(camera=[{"pan_x": 0.2}] * 6)
     specs = _specs(profile, board, camera="0:zoom=1.02, 4:zoom=1.1 rotate=2")
     assert _moves(specs) == [
         (1.0, 0, 0, 0),
@@ -172,7 +156,7 @@ def test_camera_schedule_replaces_the_storyboard_camera(profile) -> None:
 
 
 def test_colour_mode_and_reference_in_every_spec(profile) -> None:
-    board = _hinted_board(palette=["keep", "keep", "keep", "shift", "keep", "keep"])
+    board = hinted_board(palette=["keep", "keep", "keep", "shift", "keep", "keep"])
     specs = _specs(profile, board)
     assert {s.color_coherence for s in specs} == {"lab"}
     refs = [s.color_reference_key for s in specs]

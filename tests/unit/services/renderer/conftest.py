@@ -5,7 +5,6 @@ attention-processor one)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.services.renderer import lora_files
 from ghibli_anim.services.renderer.pipelines import PipelineCache
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine: one torch thread is faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import io
 
 import pytest
 from PIL import Image
-from support.frames import PROMPT, frame_spec
+from support.frames import ddim_spec, frame_spec
 from support.model_roots import roots_settings
 
 from ghibli_anim.contracts import limits
@@ -155,25 +155,6 @@ def test_blended_prompt_embeddings(cache, profile, tiny_settings, frame0) -> Non
     assert plain.record["blend_prompt"] is None
 
 
-def _ddim_spec(profile: types_pb2.Profile, **fields) -> types_pb2.FrameSpec:
-    """Frame 0, three DDIM steps at 64x64, seed 21; ``fields`` override."""
-    spec = types_pb2.FrameSpec(
-        index=0,
-        prompt=PROMPT,
-        seed=21,
-        guidance=7.5,
-        steps=3,
-        scheduler="DDIM",
-        width=64,
-        height=64,
-        continuity=types_pb2.CONTINUITY_CUT,
-        profile=profile,
-    )
-    for name, value in fields.items():
-        setattr(spec, name, value)
-    return spec
-
-
 def test_fast_preset_stacks_lcm_on_the_style_lora(models, tiny_cache_dir) -> None:
     settings = roots_settings(models, tiny_cache_dir)
     req = animation_pb2.CreateAnimationRequest(
@@ -209,9 +190,9 @@ def test_prompts_over_77_tokens_are_refused_or_cut_and_recorded(tiny_settings) -
     profile = load_profile("tiny", tiny_settings)
     cache = PipelineCache(tiny_settings)
     with pytest.raises(ValueError, match=r"^prompt: \d+ CLIP tokens, the limit is 77"):
-        render_frame(_ddim_spec(profile, prompt=long_prompt), cache=cache, settings=tiny_settings)
+        render_frame(ddim_spec(profile, prompt=long_prompt), cache=cache, settings=tiny_settings)
     cut = render_frame(
-        _ddim_spec(profile, prompt=long_prompt, truncate_prompt=True),
+        ddim_spec(profile, prompt=long_prompt, truncate_prompt=True),
         cache=cache,
         settings=tiny_settings,
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.frames import PROMPT, frame_spec
+from support.frames import PROMPT, ddim_spec, frame_spec
 from support.model_roots import roots_settings
 
 from ghibli_anim.cli import main as cli
@@ -82,25 +82,6 @@ def _write_profiles(models: Path, extra: str = "") -> None:
     (models / "profiles.toml").write_text(tiny + "\n" + single + "\n" + extra)
 
 
-def _ddim_spec(profile: types_pb2.Profile, **fields) -> types_pb2.FrameSpec:
-    """Frame 0, three DDIM steps at 64x64, seed 21; ``fields`` override."""
-    spec = types_pb2.FrameSpec(
-        index=0,
-        prompt=PROMPT,
-        seed=21,
-        guidance=7.5,
-        steps=3,
-        scheduler="DDIM",
-        width=64,
-        height=64,
-        continuity=types_pb2.CONTINUITY_CUT,
-        profile=profile,
-    )
-    for name, value in fields.items():
-        setattr(spec, name, value)
-    return spec
-
-
 def test_single_file_checkpoint_renders_the_folders_bytes(models, tiny_cache_dir) -> None:
     exported = models / "tiny" / SINGLE_FILE_NAME
     first = exported.read_bytes()
@@ -118,9 +99,9 @@ def test_single_file_checkpoint_renders_the_folders_bytes(models, tiny_cache_dir
     single = load_profile("single", settings)
     assert single.tokenizer == f"{models}/tiny/pipeline/tokenizer"  # the config's
     cache = PipelineCache(settings, max_entries=2)
-    from_file = render_frame(_ddim_spec(single), cache=cache, settings=settings)
+    from_file = render_frame(ddim_spec(single), cache=cache, settings=settings)
     from_folder = render_frame(
-        _ddim_spec(load_profile("tiny", settings)), cache=cache, settings=settings
+        ddim_spec(load_profile("tiny", settings)), cache=cache, settings=settings
     )
     assert from_file.png == from_folder.png
     assert from_file.record["models"]["base_model"]["sha256"] == _sha256(exported)

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from support.datasets import gradient_image, write_image_folder
 
 from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.services.trainer.dataset import build_dataset, load_image_dataset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: a busy 2-core machine makes two threads many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

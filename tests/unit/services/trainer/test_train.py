@@ -42,15 +42,6 @@ from ghibli_anim.services.trainer.train import train_lora
 LORA_NAME = "tiny-style"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: a busy 2-core machine makes two threads many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory, tiny_settings: Settings) -> Path:
     """8 synthetic 64x64 images with captions, built by `dataset build --caption keep`."""
