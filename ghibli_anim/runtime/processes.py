@@ -306,10 +306,6 @@ class ChildServer:
         self.stop()
 
 
-# The name it had first; stack.py subclasses it under this name.
-_ChildServer = ChildServer
-
-
 class ProcessGroup:
     """Servers started together and stopped together, last started first.
 
