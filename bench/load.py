@@ -21,11 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ghibli_anim.contracts import config
-from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.devtools import tiny_models
-from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.runtime.client import AnimationClient
 
 IDEA = "a lantern festival by the river"
@@ -78,15 +75,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         work = Path(tmp)
-        env = {
-            "ANIM_CACHE_DIR": str(work / "cache"),
-            "ANIM_PROFILE": "tiny",
-            "ANIM_DEVICE": "cpu",
-            "ANIM_DTYPE": "float32",
-            "OMP_NUM_THREADS": str(args.threads),
-        }
-        settings = config.load("client", {**env, "ANIM_STORE": "local"})
-        tiny_models.write_tiny_models(tiny_dir(settings))
+        env = tiny_cpu_env(work / "cache", args.threads)
         stack = LocalStack(work / "stack", env=env, replicas={"renderer": args.renderers})
         print(f"starting the stack with {args.renderers} renderer(s)...", flush=True)
         with stack:

@@ -29,10 +29,8 @@ from pathlib import Path
 from PIL import Image
 
 from ghibli_anim.contracts import config
-from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.devtools import tiny_models
-from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
 
@@ -109,15 +107,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         work = Path(tmp)
-        env = {
-            "ANIM_CACHE_DIR": str(work / "cache"),
-            "ANIM_PROFILE": "tiny",
-            "ANIM_DEVICE": "cpu",
-            "ANIM_DTYPE": "float32",
-            "OMP_NUM_THREADS": str(args.threads),
-        }
+        env = tiny_cpu_env(work / "cache", args.threads)
         settings = config.load("client", {**env, "ANIM_STORE": "local"})
-        tiny_models.write_tiny_models(tiny_dir(settings))
         with LocalStack(work / "stack", env=env) as stack:
             print("warming up the distributed chain...", flush=True)
             asyncio.run(_distributed(stack.planner_target, _request(2, args.steps, 1)))

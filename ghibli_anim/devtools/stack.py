@@ -20,8 +20,11 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import SERVICES
+from ghibli_anim.contracts.model_refs import tiny_dir
 from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.devtools.tiny_models import write_tiny_models
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 from ghibli_anim.runtime.processes import (
@@ -162,6 +165,20 @@ class SecuredNats(NatsServer):
         return {**os.environ, **{nats_password_var(u): p for u, p in self.passwords.items()}}
 
 
+def tiny_cpu_env(cache_dir: Path, threads: int = 1) -> dict[str, str]:
+    """The variables of a stack on the ``tiny`` profile, on the CPU with ``threads`` torch
+    threads per process; the tiny models are written into ``cache_dir`` first."""
+    env = {
+        "ANIM_CACHE_DIR": str(cache_dir),
+        "ANIM_PROFILE": "tiny",
+        "ANIM_DEVICE": "cpu",
+        "ANIM_DTYPE": "float32",
+        "OMP_NUM_THREADS": str(threads),
+    }
+    write_tiny_models(tiny_dir(config.load("client", {**env, "ANIM_STORE": "local"})))
+    return env
+
+
 class LocalStack:
     """NATS + S3 + the services, each its own process, on loopback.
 
@@ -238,7 +255,6 @@ class LocalStack:
     def _init(self) -> None:
         import asyncio
 
-        from ghibli_anim.contracts import config
         from ghibli_anim.runtime.store.s3 import S3Store
 
         settings = config.load("client", {**self.env(), **self.login("bus-init")})

@@ -96,3 +96,28 @@ def new_event(
     event.event_id = uuid.uuid5(_EVENT_ID_NAMESPACE, event_msg_id(event)).hex
     event.time.GetCurrentTime()
     return event
+
+
+def job_event(
+    event_type: int, job_id: str, attempt: int, causation_id: str, *, service: str, **fields: Any
+) -> bus_pb2.Event:
+    """A job-level event (frame -1: ``job.*``, ``plan.failed``, ``assembly.failed``)."""
+    return new_event(
+        event_type, job_id, JOB_LEVEL_FRAME, attempt, causation_id, service=service, **fields
+    )
+
+
+async def announce(
+    js: JetStreamContext,
+    event_type: int,
+    job_id: str,
+    attempt: int,
+    causation_id: str,
+    *,
+    service: str,
+    **fields: Any,
+) -> bus_pb2.Event:
+    """Publish a job-level event (frame -1: ``job.*``, ``plan.failed``...); the event."""
+    event = job_event(event_type, job_id, attempt, causation_id, service=service, **fields)
+    await publish_event(js, event)
+    return event

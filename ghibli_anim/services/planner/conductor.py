@@ -48,7 +48,7 @@ from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import MaxDeliveries
 from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
-from ghibli_anim.runtime.bus.publish import new_event, publish_event, publish_work
+from ghibli_anim.runtime.bus.publish import announce, new_event, publish_event, publish_work
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,14 @@ class Conductor:
             metrics.planner().job_seconds.observe(
                 max(0.0, time.time() - state.created_at.ToNanoseconds() / 1e9)
             )
-        await self._announce(events.JOB_COMPLETED, state, event.event_id)
+        await announce(
+            self.bus.js,
+            events.JOB_COMPLETED,
+            state.job_id,
+            state.attempt,
+            event.event_id,
+            service=SERVICE,
+        )
         log.info("job completed", extra={"job_id": state.job_id})
 
     async def fail_job(self, job_id: str, reason: str, *, cause: str, attempt: int = 0) -> bool:
@@ -266,7 +273,15 @@ class Conductor:
             job_id, lambda s: lifecycle.failed(s, reason, event_id=cause, attempt=attempt)
         )
         if state.status == FAILED and (failed_now or attempt in (0, state.attempt)):
-            await self._announce(events.JOB_FAILED, state, cause, reason=state.error)
+            await announce(
+                self.bus.js,
+                events.JOB_FAILED,
+                state.job_id,
+                state.attempt,
+                cause,
+                service=SERVICE,
+                reason=state.error,
+            )
         if failed_now:
             log.warning("job failed", extra={"job_id": job_id, "reason": state.error[:500]})
         return failed_now
@@ -313,19 +328,3 @@ class Conductor:
                 frame=item.frame,
                 attempt=state.attempt,
             )
-
-    async def _announce(
-        self, event_type: int, state: animation_pb2.JobState, cause: str, **fields: object
-    ) -> None:
-        await publish_event(
-            self.bus.js,
-            new_event(
-                event_type,
-                state.job_id,
-                JOB_LEVEL_FRAME,
-                state.attempt,
-                cause,
-                service=SERVICE,
-                **fields,
-            ),
-        )

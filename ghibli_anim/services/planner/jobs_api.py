@@ -29,8 +29,8 @@ from ghibli_anim.contracts.validate import validate_create
 from ghibli_anim.runtime import tracing
 from ghibli_anim.runtime.auth import ANONYMOUS, current_client
 from ghibli_anim.runtime.bus.connection import Bus
-from ghibli_anim.runtime.bus.names import EVENTS_STREAM, JOB_LEVEL_FRAME, job_events_filter
-from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.names import EVENTS_STREAM, job_events_filter
+from ghibli_anim.runtime.bus.publish import announce
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.store.base import Store
@@ -191,12 +191,7 @@ class JobsApi:
             "job",
             {"anim.job_id": job_id, "anim.attempt": attempt, "anim.frames": state.frames},
         ):
-            await publish_event(
-                self.bus.js,
-                new_event(
-                    events.JOB_CREATED, job_id, JOB_LEVEL_FRAME, attempt, "", service=SERVICE
-                ),
-            )
+            await announce(self.bus.js, events.JOB_CREATED, job_id, attempt, "", service=SERVICE)
 
     async def _check_tokens(self, profile_name: str, board: Storyboard) -> None:
         """Refuse a storyboard whose prompt, style included, is over CLIP's 77 tokens.
@@ -312,17 +307,14 @@ class JobsApi:
                 "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled "
                 "(cancelling a CANCELLED job again is harmless)"
             )
-        await publish_event(
+        await announce(
             self.bus.js,
-            new_event(
-                events.JOB_CANCELLED,
-                job_id,
-                JOB_LEVEL_FRAME,
-                state.attempt,
-                state.last_event_id,
-                service=SERVICE,
-                reason=lifecycle.CANCELLED_BY_USER,
-            ),
+            events.JOB_CANCELLED,
+            job_id,
+            state.attempt,
+            state.last_event_id,
+            service=SERVICE,
+            reason=lifecycle.CANCELLED_BY_USER,
         )
         return self.view(state, files=False)
 
@@ -340,17 +332,14 @@ class JobsApi:
             await self._announce_created(state)
             return self.view(state, files=False)
         first = lifecycle.first_frame_not_rendered(state)
-        await publish_event(
+        await announce(
             self.bus.js,
-            new_event(
-                events.JOB_PLANNED,
-                job_id,
-                JOB_LEVEL_FRAME,
-                state.attempt,
-                state.last_event_id,
-                service=SERVICE,
-                reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
-            ),
+            events.JOB_PLANNED,
+            job_id,
+            state.attempt,
+            state.last_event_id,
+            service=SERVICE,
+            reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
         )
         log.info("job resumed", extra={"job_id": job_id, "frame": first})
         return self.view(state, files=False)

@@ -29,8 +29,7 @@ from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, promp
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
 from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import NonRetryable
-from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
-from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.publish import announce, job_event, publish_event
 from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.services.planner.frame_specs import resolve_frames
@@ -60,7 +59,14 @@ class PlanStep:
         state = await self.jobs.update(job_id, lifecycle.start_planning)
         if state.status in (lifecycle.RENDERING, lifecycle.ASSEMBLING) and state.frame_specs:
             # Planned before a crash; job.planned may not have gone out.
-            await self._announce_planned(state, work.causation_id, notice="")
+            await announce(
+                self.bus.js,
+                events.JOB_PLANNED,
+                job_id,
+                state.attempt,
+                work.causation_id,
+                service=SERVICE,
+            )
             return
         if state.status != lifecycle.PLANNING:
             log.info("plan skipped", extra={"job_id": job_id, "status": state.status})
@@ -72,18 +78,15 @@ class PlanStep:
 
     async def report_failure(self, work: bus_pb2.PlanWork, reason: str, retryable: bool) -> None:
         """``plan.failed`` with the reason (the conductor fails the job with it)."""
-        await publish_event(
+        await announce(
             self.bus.js,
-            new_event(
-                events.PLAN_FAILED,
-                work.job_id,
-                JOB_LEVEL_FRAME,
-                work.attempt,
-                work.causation_id,
-                service=SERVICE,
-                reason=reason,
-                retryable=retryable,
-            ),
+            events.PLAN_FAILED,
+            work.job_id,
+            work.attempt,
+            work.causation_id,
+            service=SERVICE,
+            reason=reason,
+            retryable=retryable,
         )
 
     async def _plan(self, state: animation_pb2.JobState, work: bus_pb2.PlanWork) -> None:
@@ -134,7 +137,15 @@ class PlanStep:
             counter.check(prompts_with_style(board))
         await asyncio.to_thread(self._write_plan, state.job_id, board, attempts)
         specs = resolve_frames(state.job_id, req, state.seed, board, profile)
-        planned = self._planned_event(state, work.causation_id, notice)
+        # Built first: the job's state records its id as the cause of the change.
+        planned = job_event(
+            events.JOB_PLANNED,
+            state.job_id,
+            state.attempt,
+            work.causation_id,
+            service=SERVICE,
+            reason=notice,
+        )
         state = await self.jobs.update(
             state.job_id,
             lambda s: lifecycle.planned(
@@ -150,24 +161,6 @@ class PlanStep:
             return  # cancelled while planning
         await publish_event(self.bus.js, planned)
         log.info("job planned", extra={"job_id": state.job_id, "backend": backend})
-
-    def _planned_event(
-        self, state: animation_pb2.JobState, cause: str, notice: str
-    ) -> bus_pb2.Event:
-        return new_event(
-            events.JOB_PLANNED,
-            state.job_id,
-            JOB_LEVEL_FRAME,
-            state.attempt,
-            cause,
-            service=SERVICE,
-            reason=notice,
-        )
-
-    async def _announce_planned(
-        self, state: animation_pb2.JobState, cause: str, notice: str
-    ) -> None:
-        await publish_event(self.bus.js, self._planned_event(state, cause, notice))
 
     def _write_plan(self, job_id: str, board: Storyboard, attempts: list[dict]) -> None:
         self.store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")
