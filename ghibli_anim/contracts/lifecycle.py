@@ -291,7 +291,6 @@ def time_out_reason(state: animation_pb2.JobState, limit_s: float, elapsed_s: fl
 
 
 def timed_out(state: animation_pb2.JobState, limit_s: float, elapsed_s: float) -> bool:
-    """An unfinished job past ``ANIM_JOB_TIMEOUT_S`` -> FAILED, saying where it was."""
-    if is_terminal(state.status):
-        return False
+    """An unfinished job past ``ANIM_JOB_TIMEOUT_S`` -> FAILED, saying where it was
+    (:func:`failed` leaves a finished one as it is)."""
     return failed(state, time_out_reason(state, limit_s, elapsed_s))

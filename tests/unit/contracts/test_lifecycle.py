@@ -327,3 +327,179 @@ def test_a_failure_of_an_earlier_attempt_leaves_the_current_one_alone() -> None:
     assert lifecycle.failed(job, "frame 1: now", attempt=2) and job.status == lifecycle.FAILED
     other = state(lifecycle.RENDERING)
     assert lifecycle.failed(other, "no attempt given")  # the time limit, a legacy event
+
+
+# -- exact errors -------------------------------------------------------------------------------
+
+
+def test_invalid_transition_message_and_attributes() -> None:
+    error = jobs.InvalidTransition(S.JOB_STATUS_RENDERING, S.JOB_STATUS_PENDING, JOB)
+    assert str(error) == (
+        f"job {JOB}: status cannot change from RENDERING to PENDING "
+        "(allowed: ASSEMBLING, CANCELLED, FAILED)"
+    )
+    assert (error.old, error.new) == (S.JOB_STATUS_RENDERING, S.JOB_STATUS_PENDING)
+    # Without a job id the message starts with the status change itself.
+    bare = jobs.InvalidTransition(S.JOB_STATUS_COMPLETED, S.JOB_STATUS_RENDERING)
+    assert str(bare) == "status cannot change from COMPLETED to RENDERING (allowed: none)"
+    assert (bare.old, bare.new) == (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_RENDERING)
+    unknown = jobs.InvalidTransition(42, S.JOB_STATUS_PENDING)
+    assert str(unknown) == "status cannot change from 42 to PENDING (allowed: none)"
+
+
+def test_check_transition_raises_the_exact_error() -> None:
+    with pytest.raises(jobs.InvalidTransition) as info:
+        jobs.check_transition(S.JOB_STATUS_FAILED, S.JOB_STATUS_COMPLETED)
+    assert str(info.value) == (
+        "status cannot change from FAILED to COMPLETED (allowed: ASSEMBLING, PENDING, RENDERING)"
+    )
+    assert (info.value.old, info.value.new) == (S.JOB_STATUS_FAILED, S.JOB_STATUS_COMPLETED)
+    with pytest.raises(jobs.InvalidTransition) as info:
+        jobs.check_transition(S.JOB_STATUS_PENDING, S.JOB_STATUS_ASSEMBLING, JOB)
+    assert str(info.value).startswith(f"job {JOB}: status cannot change from PENDING to ")
+
+
+def test_unexpected_status_message_and_attributes() -> None:
+    expected = [S.JOB_STATUS_ASSEMBLING, S.JOB_STATUS_RENDERING]  # named in status order
+    error = jobs.UnexpectedStatus(JOB, S.JOB_STATUS_CANCELLED, expected)
+    assert isinstance(error, jobs.InvalidTransition) and isinstance(error, ValueError)
+    assert str(error) == f"job {JOB}: status is CANCELLED, expected RENDERING or ASSEMBLING"
+    assert (error.old, error.new) == (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_CANCELLED)
+    assert error.expected == frozenset(expected)
+    one = jobs.UnexpectedStatus(JOB, S.JOB_STATUS_PENDING, {S.JOB_STATUS_PLANNING})
+    assert str(one) == f"job {JOB}: status is PENDING, expected PLANNING"
+    assert one.expected == frozenset({S.JOB_STATUS_PLANNING})
+
+
+# -- boundaries of the named transitions --------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_the_job_assembles_exactly_when_its_last_missing_frame_is_rendered(order) -> None:
+    # Frames finish in any order (several renderers); first, middle or last frame alike.
+    job = state(lifecycle.RENDERING)
+    for n, index in enumerate(order, start=1):
+        assert lifecycle.frame_rendered(job, index, event_id=f"r{index}", attempt=1) is True
+        done = job.frame_states[index]
+        assert (done.rendered, done.rendered_event_id, done.attempt) == (True, f"r{index}", 1)
+        assert job.last_event_id == f"r{index}"
+        expect = lifecycle.ASSEMBLING if n == 3 else lifecycle.RENDERING
+        assert job.status == expect, (order, n)
+    assert [f.rendered for f in job.frame_states] == [True, True, True]
+
+
+def test_a_repeated_frame_event_returns_false_and_changes_nothing() -> None:
+    job = state(lifecycle.RENDERING)
+    assert lifecycle.frame_rendered(job, 0, event_id="r0", attempt=1) is True
+    before = animation_pb2.JobState()
+    before.CopyFrom(job)
+    assert lifecycle.frame_rendered(job, 0, event_id="again", attempt=2) is False
+    assert job == before
+
+
+def test_a_redelivered_event_moves_a_fully_rendered_job_on() -> None:
+    # Every frame is recorded but the job still says RENDERING (the move was lost): the next
+    # frame event, even a repeat, must move it to ASSEMBLING rather than leave it hanging.
+    job = state(lifecycle.RENDERING)
+    for f in job.frame_states:
+        f.rendered = True
+    assert lifecycle.frame_rendered(job, 2, event_id="again", attempt=1) is True
+    assert job.status == lifecycle.ASSEMBLING
+    assert job.frame_states[2].rendered_event_id == ""  # the record itself is untouched
+
+
+@pytest.mark.parametrize("status", sorted(set(lifecycle.STATUSES) - {lifecycle.RENDERING}))
+def test_frame_and_depth_events_outside_rendering_change_nothing(status: int) -> None:
+    job = state(status)
+    before = animation_pb2.JobState()
+    before.CopyFrom(job)
+    assert lifecycle.frame_rendered(job, 0, event_id="x", attempt=1) is False
+    assert lifecycle.depth_ready(job, 0, event_id="x") is False
+    assert job == before
+
+
+@pytest.mark.parametrize("index", [-1, 3, 4])
+def test_frame_and_depth_events_out_of_range_change_nothing(index: int) -> None:
+    # One past the last frame included: it must be refused, not raise an IndexError.
+    job = state(lifecycle.RENDERING, depth=True)
+    before = animation_pb2.JobState()
+    before.CopyFrom(job)
+    assert lifecycle.frame_rendered(job, index, event_id="x", attempt=1) is False
+    assert lifecycle.depth_ready(job, index, event_id="x") is False
+    assert job == before
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_depth_ready_marks_first_middle_and_last_frame(index: int) -> None:
+    job = state(lifecycle.RENDERING, depth=True)
+    assert lifecycle.depth_ready(job, index, event_id=f"d{index}") is True
+    done = job.frame_states[index]
+    assert (done.depth_ready, done.depth_event_id, job.last_event_id) == (
+        True,
+        f"d{index}",
+        f"d{index}",
+    )
+    assert [f.depth_ready for f in job.frame_states].count(True) == 1
+    assert job.status == lifecycle.RENDERING and not done.rendered
+
+
+def test_failed_without_an_event_id_keeps_the_last_one() -> None:
+    job = state(lifecycle.RENDERING)
+    job.last_event_id = "r1"
+    assert lifecycle.failed(job, "boom") is True
+    assert (job.status, job.error, job.last_event_id) == (lifecycle.FAILED, "boom", "r1")
+
+
+def test_failed_attempt_guard_boundaries() -> None:
+    # Work of the current attempt, or of a later one, fails the job; only an earlier
+    # attempt's late failure is ignored.
+    for attempt, fails in [(0, True), (1, False), (2, True), (3, True)]:
+        job = state(lifecycle.RENDERING)
+        job.attempt = 2
+        assert lifecycle.failed(job, "boom", attempt=attempt) is fails, attempt
+        assert job.status == (lifecycle.FAILED if fails else lifecycle.RENDERING)
+        assert job.error == ("boom" if fails else "")
+
+
+def test_the_time_limit_fails_a_resumed_job_too() -> None:
+    # A job on its third attempt that runs past the limit must still fail, or it hangs.
+    job = state(lifecycle.RENDERING)
+    job.attempt = 3
+    job.last_event_id = "r0"
+    assert lifecycle.timed_out(job, 60, 61) is True
+    assert job.status == lifecycle.FAILED and job.attempt == 3
+    assert (
+        job.error
+        == "job exceeded ANIM_JOB_TIMEOUT_S=60 while RENDERING at frame 0 (started 61 s ago)"
+    )
+    assert job.last_event_id == "r0"
+
+
+@pytest.mark.parametrize("status", sorted(lifecycle.TERMINAL))
+def test_the_time_limit_leaves_a_finished_job_alone(status: int) -> None:
+    job = state(status)
+    job.error = "earlier"
+    assert lifecycle.timed_out(job, 60, 100) is False
+    assert (job.status, job.error) == (status, "earlier")
+
+
+def test_resumed_needs_both_the_png_and_the_record_of_a_frame() -> None:
+    # Exactly the two keys, nothing else stored: the frame is done.
+    job = state(lifecycle.FAILED, frames=1)
+    assert lifecycle.resumed(job, {keys.frame_key(JOB, 0), keys.frame_record_key(JOB, 0)})
+    assert job.frame_states[0].rendered and job.status == lifecycle.ASSEMBLING
+    for only in (keys.frame_key(JOB, 0), keys.frame_record_key(JOB, 0)):
+        job = state(lifecycle.CANCELLED, frames=1)
+        assert lifecycle.resumed(job, [only])
+        assert not job.frame_states[0].rendered and job.status == lifecycle.RENDERING
+
+
+def test_resumed_forgets_what_is_no_longer_stored() -> None:
+    # A record of a frame or a depth map whose PNG is gone is redone, not trusted.
+    job = state(lifecycle.FAILED, frames=2, depth=True)
+    for f in job.frame_states:
+        f.rendered = f.depth_ready = True
+    stored = [keys.frame_key(JOB, 1), keys.frame_record_key(JOB, 1), keys.depth_key(JOB, 1)]
+    assert lifecycle.resumed(job, stored)
+    assert [(f.rendered, f.depth_ready) for f in job.frame_states] == [(False, False), (True, True)]
+    assert job.status == lifecycle.RENDERING and lifecycle.first_frame_not_rendered(job) == 0
