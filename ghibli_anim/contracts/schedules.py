@@ -30,9 +30,11 @@ Errors are :class:`ScheduleError` (a ``ValueError``) whose message names the fie
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ghibli_anim.contracts import limits
 
@@ -46,11 +48,13 @@ CAMERA_MOVES: dict[str, tuple[limits.FloatRange, float]] = {
 
 MAX_KEYFRAME = limits.FRAMES.hi - 1
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_FRAME = re.compile(r"\d+")
+# ASCII digits only: without re.ASCII, \d also takes other scripts' digits ("٣", "３"),
+# which int() and float() would quietly read as numbers.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_FRAME = re.compile(r"\d+", re.ASCII)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEYFRAME_START = re.compile(r"\d+[ \t]*:")
-_SIGNED_FRAME = re.compile(r"[+-]\d+[ \t]*:")
+_KEYFRAME_START = re.compile(r"\d+[ \t]*:", re.ASCII)
+_SIGNED_FRAME = re.compile(r"[+-]\d+[ \t]*:", re.ASCII)
 _SPACE = " \t"
 
 
@@ -83,8 +87,10 @@ class Schedule:
         first_frame, first_value = self.keyframes[0]
         if frame <= first_frame:
             return first_value
-        for (f0, v0), (f1, v1) in zip(self.keyframes, self.keyframes[1:], strict=False):
-            if frame <= f1:
+        for (f0, v0), (f1, v1) in pairwise(self.keyframes):
+            # Strictly before f1: on a keyframe's own frame the next segment (or the hold
+            # after the last) gives its value exactly, where v0 + (v1 - v0) could be an ulp off.
+            if frame < f1:
                 return v0 + (v1 - v0) * (frame - f0) / (f1 - f0)
         return self.keyframes[-1][1]
 
@@ -162,9 +168,11 @@ class _Scanner:
                 bound.check("x", value)
             except ValueError:
                 raise self.error(f"must be {bound.describe()}, got {raw}", start) from None
+        elif not math.isfinite(value):  # "1e999" overflows to inf
+            raise self.error(f"must be a finite number, got {raw}", start)
         return value
 
-    def frame(self, hint: str = "") -> int:
+    def frame(self, hint: str) -> int:
         start = self.pos
         raw = self.match(_FRAME)
         if raw is None:
@@ -191,16 +199,16 @@ def _check_text(text: object, field: str) -> str:
     return text
 
 
-def _keyframes(
-    scanner: _Scanner, parse_body, *, allow_plain: bool, hint: str = ""
-) -> list[tuple[int, object]]:
-    """``FRAME:BODY, FRAME:BODY ...`` (or one plain BODY) -> [(frame, body)]."""
+def _keyframes(scanner: _Scanner, parse_body, hint: str = "") -> list[tuple[int, object]]:
+    """``FRAME:BODY, FRAME:BODY ...`` (or one plain BODY) -> [(frame, body)].
+
+    ``hint`` follows "expected a frame number": that can only happen after a comma, since
+    text that does not start with a frame and a colon is read as one plain BODY."""
     out: list[tuple[int, object]] = []
     scanner.skip_space()
     # "0.2" is a plain value, "0:0.2" a keyframe: digits followed by a colon start a keyframe.
     plain = (
-        allow_plain
-        and _KEYFRAME_START.match(scanner.text, scanner.pos) is None
+        _KEYFRAME_START.match(scanner.text, scanner.pos) is None
         and _SIGNED_FRAME.match(scanner.text, scanner.pos) is None
     )
     if plain:
@@ -216,7 +224,7 @@ def _keyframes(
     while True:
         scanner.skip_space()
         start = scanner.pos
-        frame = scanner.frame(hint if out else "")
+        frame = scanner.frame(hint)
         if previous is not None and frame <= previous:
             raise scanner.error(
                 f"frame {frame} does not come after frame {previous}; "
@@ -248,7 +256,7 @@ def parse_schedule(
     def value(s: _Scanner) -> float:
         return s.number("as the value", bound)
 
-    pairs = _keyframes(scanner, value, allow_plain=True)
+    pairs = _keyframes(scanner, value)
     return Schedule(tuple((frame, float(v)) for frame, v in pairs))  # type: ignore[arg-type]
 
 
@@ -281,7 +289,6 @@ def parse_camera_schedule(text: str, field: str = "camera") -> CameraSchedule:
     pairs = _keyframes(
         scanner,
         moves,
-        allow_plain=True,
         hint=" (separate one keyframe's moves with spaces, keyframes with commas)",
     )
     tracks: dict[str, list[tuple[int, float]]] = {}
@@ -321,7 +328,7 @@ def parse_choice_schedule(text: str, field: str, choices: tuple[str, ...]) -> Ch
             raise s.error(f"expected one of {', '.join(choices)}, got {got}", start)
         return raw.lower()
 
-    pairs = _keyframes(scanner, name, allow_plain=True)
+    pairs = _keyframes(scanner, name)
     return ChoiceSchedule(tuple((frame, str(v)) for frame, v in pairs))
 
 

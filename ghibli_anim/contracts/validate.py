@@ -56,9 +56,9 @@ def validate_create(
         seeds.mode_schedule(req.seed_mode_schedule)  # ScheduleError names the position
     for name, bound in _OPTIONAL_RANGES:
         if req.HasField(name):
-            value = getattr(req, name)
-            # float32 on the wire: compare what the caller most likely meant.
-            bound.check(name, round(value, 6) if isinstance(value, float) else value)
+            # float32 on the wire: compare what the caller most likely meant (1.0000001 is
+            # 1); round() gives an int back unchanged.
+            bound.check(name, round(getattr(req, name), 6))
     out.negative_prompt = limits.check_text(
         "negative_prompt", req.negative_prompt, limits.NEGATIVE_PROMPT_CHARS, required=False
     )
