@@ -12,10 +12,11 @@ PROFILE ?= sd15-ghibli
 IDEA ?= a dragon glides over a medieval town at dusk
 FRAMES ?= 8
 PYTEST_ARGS ?=
+MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup proto lint format test bench demo up down logs up-local clean docs
+.PHONY: help setup proto lint format test mutation bench demo up down logs up-local clean docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ format: setup ## ruff format + autofix
 
 test: setup ## run the whole test suite (real nats-server and SeaweedFS, tiny models)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+mutation: setup ## mutation score of the core modules with their unit tests (not in CI; ~5 min)
+	$(PY) -m ghibli_anim.devtools.mutation $(MUTATION_ARGS)
 
 docs: setup ## regenerate the tables of README.md and ARCHITECTURE.md from the code
 	$(PY) -m ghibli_anim.devtools.docs
@@ -72,4 +76,4 @@ up-local: setup ## the distributed topology as local processes (no Docker)
 	$(VENV)/bin/ghibli-anim up-local
 
 clean: ## remove caches and runs (keeps .venv)
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache mutants

@@ -17,8 +17,8 @@ _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # LoRA names under loras/{name}/: a short slug (1-64 characters). check_key's loras/
 # shape uses the same pattern, so every name check_name accepts makes a valid key.
-_NAME = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
-_NAME_RE = re.compile(_NAME)
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"
+_NAME_RE = re.compile(NAME_PATTERN)
 
 MAX_FRAME_INDEX = 9999  # frames/{i:04d} keeps four digits
 
@@ -135,7 +135,7 @@ def job_id_of_key(key: str) -> str | None:
 _VALID_KEY_RE = re.compile(
     r"^(jobs/[0-9a-f]{32}/[a-z0-9_]+(/[0-9]{4})?\.[a-z0-9]+"
     r"|uploads/[0-9a-f]{32}"
-    rf"|loras/{_NAME}/[A-Za-z0-9_.-]+)$"
+    rf"|loras/{NAME_PATTERN}/[A-Za-z0-9_.-]+)$"
 )
 
 

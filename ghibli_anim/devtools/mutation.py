@@ -185,12 +185,13 @@ def configured_modules(pyproject: Path) -> list[str]:
     return [p.removesuffix(".py").replace("/", ".") for p in config["only_mutate"]]
 
 
-def run_mutmut(root: Path) -> int:
+def run_mutmut(root: Path, only: str | None = None) -> int:
     # A fresh copy every time: mutmut keeps results between runs, and a result
     # cached from before a test changed would be a score of the wrong suite.
     shutil.rmtree(root / MUTANTS_DIR, ignore_errors=True)
     mutmut = Path(sys.executable).with_name("mutmut")
-    return subprocess.run([str(mutmut), "run"], cwd=root, check=False).returncode
+    names = [f"{only}.*"] if only else []
+    return subprocess.run([str(mutmut), "run", *names], cwd=root, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,22 +202,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="report the last run's results; run nothing"
     )
+    parser.add_argument(
+        "--module",
+        metavar="MODULE",
+        help="one configured module only, e.g. ghibli_anim.contracts.keys (while working on it)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.min_score <= 100.0:
         parser.error(f"--min-score must be within 0..100, got {args.min_score}")
+    modules = configured_modules(REPO_ROOT / "pyproject.toml")
+    if args.module is not None:
+        if args.module not in modules:
+            parser.error(f"--module must be one of {', '.join(modules)}; got {args.module!r}")
+        modules = [args.module]
 
-    if not args.report_only and run_mutmut(REPO_ROOT) != 0:
+    if not args.report_only and run_mutmut(REPO_ROOT, args.module) != 0:
         print("mutmut failed (see its output above)", file=sys.stderr)
         return 2
-    codes = read_results(REPO_ROOT / MUTANTS_DIR)
+    results = read_results(REPO_ROOT / MUTANTS_DIR)
+    codes = {n: c for n, c in results.items() if module_of(n) in modules}
     if not codes:
         print(
             f"no results under {REPO_ROOT / MUTANTS_DIR}; run without --report-only",
             file=sys.stderr,
         )
         return 2
-    equivalent = read_equivalent(REPO_ROOT / EQUIVALENT_FILE)
-    rows, problems = score(codes, equivalent, configured_modules(REPO_ROOT / "pyproject.toml"))
+    equivalent = {
+        n: why
+        for n, why in read_equivalent(REPO_ROOT / EQUIVALENT_FILE).items()
+        if module_of(n) in modules
+    }
+    rows, problems = score(codes, equivalent, modules)
 
     survivors = sorted(
         n for n, c in codes.items() if outcome(c) in (SURVIVED, NO_TESTS) and n not in equivalent

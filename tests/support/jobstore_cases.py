@@ -23,6 +23,7 @@ __all__ = [
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
     "test_a_mutation_that_changes_nothing_writes_nothing",
+    "test_a_release_keeps_a_claim_taken_over_meanwhile",
     "test_a_replacement_state_is_written",
     "test_a_status_change_the_table_refuses_is_refused",
     "test_always_losing_the_race_gives_up",
@@ -35,6 +36,23 @@ __all__ = [
     "test_list_and_delete",
     "test_update_applies_a_transition_and_writes_once",
 ]
+
+
+class TakenOverBeforeDelete:
+    """An idempotency bucket in which, just before each delete, another job takes the
+    claim over (as a claim that expired and was claimed again would)."""
+
+    def __init__(self, inner, new_owner: str) -> None:
+        self.inner = inner
+        self.new_owner = new_owner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def delete(self, key, last=None):
+        entry = await self.inner.get(key)
+        await self.inner.update(key, self.new_owner.encode(), last=entry.revision)
+        return await self.inner.delete(key, last=last)
 
 
 class Racing:
@@ -84,8 +102,9 @@ async def test_create_refuses_a_taken_id(jobs_kv, idem_kv):
 
 async def test_get_of_a_missing_or_malformed_id(jobs_kv, idem_kv):
     store = JobStore(jobs_kv, idem_kv)
-    with pytest.raises(JobNotFound):
-        await store.get(keys.new_job_id())
+    missing = keys.new_job_id()
+    with pytest.raises(JobNotFound, match=f"^job {missing}: not found$"):
+        await store.get(missing)
     with pytest.raises(ValueError, match="job_id: must be 32 lowercase hex"):
         await store.get("../x")
 
@@ -121,7 +140,9 @@ async def test_a_status_change_the_table_refuses_is_refused(jobs_kv, idem_kv):
     def reopen(s: animation_pb2.JobState) -> None:
         s.status = lifecycle.RENDERING
 
-    with pytest.raises(InvalidTransition, match="from COMPLETED to RENDERING"):
+    with pytest.raises(
+        InvalidTransition, match=f"job {state.job_id}: .*from COMPLETED to RENDERING"
+    ):
         await store.update(state.job_id, reopen)
     assert (await store.get(state.job_id))[1] == before
 
@@ -130,7 +151,9 @@ async def test_expect_status_guards_the_update(jobs_kv, idem_kv):
     store = JobStore(jobs_kv, idem_kv)
     state = new_state(lifecycle.PLANNING)
     await store.create(state)
-    with pytest.raises(UnexpectedStatus, match="status is PLANNING, expected PENDING"):
+    with pytest.raises(
+        UnexpectedStatus, match=f"job {state.job_id}: status is PLANNING, expected PENDING"
+    ):
         await store.update(state.job_id, lifecycle.cancelled, expect_status=lifecycle.PENDING)
     done = await store.update(
         state.job_id,
@@ -214,7 +237,7 @@ async def test_idempotency_claims(jobs_kv, idem_kv):
     assert await store.claim_idempotency("alice", "k1", second) == first  # the first one won
     assert await store.claim_idempotency("bob", "k1", second) == second  # another client
     assert await store.claim_idempotency("alice", "k2", second) == second  # another key
-    with pytest.raises(ValueError, match="idempotency_key: must not be empty"):
+    with pytest.raises(ValueError, match=r"^idempotency_key: must not be empty to claim it$"):
         await store.claim_idempotency("alice", "", first)
     with pytest.raises(ValueError, match="job_id"):
         await store.claim_idempotency("alice", "k3", "not-an-id")
@@ -229,3 +252,13 @@ async def test_an_idempotency_claim_is_released_only_by_its_owner(jobs_kv, idem_
     assert await store.release_idempotency("alice", "k", owner) is True
     assert await store.release_idempotency("alice", "k", owner) is False  # nothing left
     assert await store.claim_idempotency("alice", "k", other) == other
+
+
+async def test_a_release_keeps_a_claim_taken_over_meanwhile(jobs_kv, idem_kv):
+    owner, new_owner = keys.new_job_id(), keys.new_job_id()
+    store = JobStore(jobs_kv, TakenOverBeforeDelete(idem_kv, new_owner))
+    await store.claim_idempotency("alice", "k", owner)
+    # The delete is conditional on the revision the owner check read: it fails, and the
+    # new owner's claim stays.
+    assert await store.release_idempotency("alice", "k", owner) is False
+    assert await JobStore(jobs_kv, idem_kv).claim_idempotency("alice", "k", owner) == new_owner

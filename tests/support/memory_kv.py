@@ -3,7 +3,8 @@
 For unit tests of the job store without a server. It keeps only what the job store uses
 (``create``, ``get``, ``update(last=)``, ``delete(last=)``, ``purge``, ``keys``) with the
 server's semantics: one revision counter per bucket, ``KeyWrongLastSequenceError`` on a
-stale or taken revision, ``KeyNotFoundError`` for a missing or deleted key. The same
+stale or taken revision (for a delete, the server's plain ``BadRequestError``), and
+``KeyNotFoundError`` for a missing or deleted key. The same
 contract tests run against a real bucket (tests/integration/runtime/test_jobstore.py),
 so the two cannot drift apart unnoticed.
 """
@@ -70,8 +71,10 @@ class MemoryKV:
     async def delete(self, key: str, last: int | None = None) -> bool:
         current = self._values.get(key)
         if current is not None and last is not None and current[1] != last:
-            raise nats.js.errors.KeyWrongLastSequenceError(
-                description=f"wrong last sequence: {current[1]}"
+            # nats-py turns a stale revision into KeyWrongLastSequenceError for updates
+            # only; a delete raises the server's plain API error.
+            raise nats.js.errors.BadRequestError(
+                code=400, err_code=10071, description=f"wrong last sequence: {current[1]}"
             )
         self._values.pop(key, None)
         self._next()

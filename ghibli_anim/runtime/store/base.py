@@ -14,6 +14,8 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ghibli_anim.contracts import keys
+
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # S3 refuses presigned URLs that live longer than seven days.
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600
@@ -50,7 +52,7 @@ class StoreUnavailable(StoreError):
 _PREFIX_RE = re.compile(
     r"^(jobs/[0-9a-f]{32}/[a-z0-9_./]*"
     r"|uploads/[0-9a-f]*"
-    r"|loras/([a-z0-9._-]*|[a-z0-9][a-z0-9._-]{0,62}/[A-Za-z0-9_.-]*))$"
+    rf"|loras/([a-z0-9._-]*|{keys.NAME_PATTERN}/[A-Za-z0-9_.-]*))$"
 )
 
 

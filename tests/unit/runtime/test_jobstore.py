@@ -4,10 +4,17 @@ bucket in tests/integration/runtime/test_jobstore.py)."""
 
 from __future__ import annotations
 
+import hashlib
+
+import nats.js.errors
 import pytest
 from support.jobstore_cases import *  # noqa: F403 (the shared contract tests)
+from support.jobstore_cases import Racing
+from support.memory_js import MemoryJetStream
 from support.memory_kv import MemoryKV
 
+from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime import jobstore
 
 
@@ -29,3 +36,100 @@ def test_idempotency_key_is_stable_and_unambiguous() -> None:
     assert key != jobstore.idempotency_key("other", "key-1")
     # A separator inside either part cannot make two pairs collide.
     assert jobstore.idempotency_key("a|b", "c") != jobstore.idempotency_key("a", "b|c")
+
+
+def test_idempotency_keys_hash_the_json_of_the_pair() -> None:
+    # Stored claims outlive an upgrade (24 h): the key of a pair must never change.
+    # Compact JSON, non-ASCII kept as UTF-8 (not \u escapes).
+    for client, key, joined in [
+        ("client", "key-1", '["client","key-1"]'),
+        ("c", "clé, ünïcode", '["c","clé, ünïcode"]'),
+    ]:
+        expected = hashlib.sha256(joined.encode("utf-8")).hexdigest()
+        assert jobstore.idempotency_key(client, key) == expected
+
+
+async def test_open_binds_both_buckets_and_passes_max_tries() -> None:
+    js = MemoryJetStream()
+    store = await jobstore.JobStore.open(js, max_tries=2)
+    assert store.max_tries == 2 and store.idem is js.buckets["anim-idem"]
+    assert (await jobstore.JobStore.open(js)).max_tries == jobstore.DEFAULT_MAX_TRIES == 20
+    state = animation_pb2.JobState(job_id=keys.new_job_id(), status=lifecycle.PENDING)
+    await store.create(state)
+    racing = jobstore.JobStore(Racing(store.jobs, races=5), store.idem, max_tries=2)
+    with pytest.raises(
+        jobstore.ConcurrentUpdateError,
+        match=f"^job {state.job_id}: update lost the compare-and-swap race 2 times$",
+    ):
+        await racing.update(state.job_id, lifecycle.start_planning)
+
+
+async def test_a_job_whose_entry_is_empty_is_not_found(jobs_kv) -> None:
+    # An emptied entry (what a delete marker reads as) is no job.
+    job_id = keys.new_job_id()
+    jobs_kv.write_behind(job_id, b"")
+    with pytest.raises(jobstore.JobNotFound, match=f"^job {job_id}: not found$"):
+        await jobstore.JobStore(jobs_kv).get(job_id)
+
+
+async def test_idempotency_needs_its_bucket(jobs_kv) -> None:
+    store = jobstore.JobStore(jobs_kv)
+    message = "^JobStore was opened without the anim-idem bucket$"
+    with pytest.raises(RuntimeError, match=message):
+        await store.claim_idempotency("c", "k", keys.new_job_id())
+    with pytest.raises(RuntimeError, match=message):
+        await store.release_idempotency("c", "k", keys.new_job_id())
+
+
+class _AlwaysExpiring:
+    """An idempotency bucket whose claim is always taken and always gone when read."""
+
+    def __init__(self) -> None:
+        self.creates = 0
+
+    async def create(self, key, value):
+        self.creates += 1
+        raise nats.js.errors.KeyWrongLastSequenceError
+
+    async def get(self, key):
+        raise nats.js.errors.KeyNotFoundError
+
+
+async def test_a_claim_that_keeps_vanishing_gives_up_after_three_tries(jobs_kv) -> None:
+    idem = _AlwaysExpiring()
+    store = jobstore.JobStore(jobs_kv, idem)  # type: ignore[arg-type]
+    with pytest.raises(
+        jobstore.ConcurrentUpdateError, match=r"^idempotency key 'k': could not be claimed$"
+    ):
+        await store.claim_idempotency("c", "k", keys.new_job_id())
+    assert idem.creates == 3
+
+
+class _DeleteFails:
+    """An idempotency bucket whose conditional delete fails with the server's error."""
+
+    def __init__(self, inner: MemoryKV, err_code: int) -> None:
+        self.inner, self.err_code = inner, err_code
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def delete(self, key, last=None):
+        raise nats.js.errors.BadRequestError(code=400, err_code=self.err_code, description="x")
+
+
+@pytest.mark.parametrize(
+    ("err_code", "released"),
+    [(10071, False), (10164, False), (10003, None)],  # stale revision (both codes), other
+)
+async def test_a_release_reads_the_servers_stale_revision_errors(
+    jobs_kv, idem_kv, err_code, released
+) -> None:
+    job_id = keys.new_job_id()
+    await jobstore.JobStore(jobs_kv, idem_kv).claim_idempotency("c", "k", job_id)
+    store = jobstore.JobStore(jobs_kv, _DeleteFails(idem_kv, err_code))  # type: ignore[arg-type]
+    if released is None:
+        with pytest.raises(nats.js.errors.BadRequestError):
+            await store.release_idempotency("c", "k", job_id)
+    else:
+        assert await store.release_idempotency("c", "k", job_id) is released

@@ -108,6 +108,11 @@ def test_assembly_fps_comes_from_the_request_when_set(settings):
     state.status = types_pb2.JOB_STATUS_ASSEMBLING
     [assemble] = due_work(state, "x")
     assert assemble.message.fps == 24 and assemble.message.interpolate == 3
+    # Without one, the profile's; a profile without one (an older job) plays at 8 fps.
+    state.ClearField("request")
+    assert due_work(state, "x")[0].message.fps == state.profile.fps
+    state.profile.ClearField("fps")
+    assert due_work(state, "x")[0].message.fps == 8
 
 
 # -- a validated request's assembly options --------------------------------------------------
