@@ -15,8 +15,13 @@ unread pipe fills up and blocks the server).
 Children run in their own session so a Ctrl-C in the terminal reaches only this
 process, which then stops them in order (the embedded mode drains before NATS
 goes away). They are stopped when the interpreter exits (atexit) or when the
-launcher object is garbage collected; a SIGKILL of this process leaves them
-running, which nothing can prevent portably.
+launcher object is garbage collected. On Linux they also die with this process
+however it ends, SIGKILL included: each child starts through a small shim that
+asks the kernel for a SIGKILL when its parent dies (``PR_SET_PDEATHSIG``). The
+kernel sends it when the *thread* that started the child ends, so every child is
+started from one long-lived daemon thread (:func:`spawn`), never from a worker
+thread that may end first (an asyncio executor's, say). Elsewhere (macOS) a
+SIGKILL of this process leaves them running.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -111,6 +119,69 @@ def _log_since(path: Path, offset: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+# -- children that die with their parent ---------------------------------------
+
+# On Linux each child starts through this shim: it asks for SIGKILL on its parent's
+# death (prctl PR_SET_PDEATHSIG = 1), which survives the exec into the real command,
+# and exits at once if the parent died already. A shim rather than subprocess's
+# preexec_fn: running Python between fork and exec in a process with threads
+# (torch's, grpc's) can deadlock or crash the child.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _dying_with(parent: int, cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so that the child dies with ``parent`` (Linux; as it is elsewhere)."""
+    if sys.platform != "linux":
+        return cmd
+    program = cmd[0] if os.sep in cmd[0] else (shutil.which(cmd[0]) or cmd[0])
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(parent), program, *cmd[1:]]
+
+
+class _Spawner:
+    """One daemon thread that starts every child (see the module docs for why).
+
+    A daemon thread ends only with the process, after the atexit handlers have
+    stopped the children gracefully, so the death signal never cuts one short.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[Future, list[str], dict]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def popen(self, cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        with self._lock:
+            # After a fork, the child process has the object but not the thread.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="spawner", daemon=True)
+                self._thread.start()
+        done: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((done, cmd, kwargs))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            done, cmd, kwargs = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(_dying_with(os.getpid(), cmd), **kwargs))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd, **kwargs)`` for a child that dies with this process."""
+    return _SPAWNER.popen(cmd, **kwargs)
 
 
 # Children still running, stopped at interpreter exit in reverse start order,
@@ -231,7 +302,7 @@ class ChildServer:
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- {time.strftime('%H:%M:%S')} start: {' '.join(cmd)}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
+            self._proc = spawn(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

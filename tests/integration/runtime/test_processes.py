@@ -1,18 +1,21 @@
 """runtime/processes.py: real nats-server children started, killed and restarted; free ports,
-binaries from the venv, process groups."""
+binaries from the venv, process groups; children that die with their launcher."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats
 import pytest
 from nats.js.api import StreamConfig
-from support.processes import answers, port_taken, starts
+from support.processes import alive, answers, descendants, port_taken, starts, wait_until_gone
 
 from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.runtime import processes as launcher
@@ -129,3 +132,41 @@ def test_process_group_stops_the_started_on_failure(tmp_path: Path) -> None:
         servers = [group.start(NatsServer(tmp_path / name)) for name in ("c", "d")]
         assert all(s.running for s in servers)
     assert not any(s.running for s in servers)
+
+
+# A launcher that starts two nats-servers, one from a worker thread that ends right
+# after, says so, and waits to be killed.
+_LAUNCHER = """
+import sys, threading, time
+from pathlib import Path
+from ghibli_anim.runtime.processes import NatsServer
+root = Path(sys.argv[1])
+first = NatsServer(root / "main-thread").start()
+servers = []
+worker = threading.Thread(target=lambda: servers.append(NatsServer(root / "thread").start()))
+worker.start()
+worker.join()
+print(first.pid, servers[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_children_die_with_their_launcher(tmp_path: Path, how: signal.Signals) -> None:
+    launcher_proc = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pids = {int(p) for p in launcher_proc.stdout.readline().split()}
+        assert len(pids) == 2 and descendants(launcher_proc.pid) == pids
+        # The server started from a thread that has ended is still up: the death
+        # signal follows the process, not the thread that forked.
+        time.sleep(0.3)
+        assert alive(pids) == pids
+        launcher_proc.send_signal(how)  # SIGTERM: no handler, the default action
+        launcher_proc.wait(timeout=10)
+        assert wait_until_gone(pids) == set()
+    finally:
+        launcher_proc.kill()
+        launcher_proc.wait()
