@@ -5,9 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# torch goes in first and pinned: an unpinned torch pulls a multi-GB CUDA build
-# on machines that do not need one. Override on GPU boxes if you like.
-TORCH_SPEC ?= torch==2.13.0
+# torch goes in first and pinned. Which build: ghibli_anim/devtools/torch_choice.py asks nvidia-smi
+# and prints pip's arguments: a CUDA build from download.pytorch.org that the driver and GPU run, or
+# torch==$(TORCH_VERSION) from the default index (no NVIDIA GPU; on Linux x86_64 PyPI's wheel is itself
+# the CUDA 13 build, which needs driver R580+). TORCH_SPEC and/or TORCH_INDEX skip the detection:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_VERSION := 2.13.0
+TORCH_SPEC ?=
+TORCH_INDEX ?=
 PROFILE ?= sd15-ghibli
 IDEA ?= a dragon glides over a medieval town at dusk
 FRAMES ?= 8
@@ -24,11 +29,20 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	@spec='$(TORCH_SPEC)'; index='$(TORCH_INDEX)'; \
+	if [ -n "$$spec$$index" ]; then \
+	  set -- "$${spec:-torch==$(TORCH_VERSION)}"; \
+	  if [ -n "$$index" ]; then set -- "$$@" --index-url "$$index"; fi; \
+	else \
+	  choice=$$($(PYTHON) ghibli_anim/devtools/torch_choice.py --torch $(TORCH_VERSION)) || exit 1; \
+	  set -- $$choice; \
+	fi; \
+	echo "$(PIP) install -q $$*"; \
+	$(PIP) install -q "$$@"
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv and install everything (torch pinned first)
+setup: $(VENV)/.installed ## create .venv and install everything (torch pinned first, the build for this machine)
 
 proto: setup ## regenerate ghibli_anim/contracts/pb from proto/
 	$(PY) -m ghibli_anim.devtools.protogen

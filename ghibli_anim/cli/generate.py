@@ -90,10 +90,14 @@ def _warn_if_slow(profile: str) -> None:
         return
     import torch  # only for a real profile: it renders in this process
 
+    from ghibli_anim.runtime.devices import cuda_problem
+
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        # A GPU that this torch cannot use is worth fixing before waiting minutes per frame.
+        problem = cuda_problem()
         print(
-            f"profile {profile}: no GPU found; Stable Diffusion 1.5 on a CPU takes minutes per "
-            "frame (try --steps 20 or a smaller --width/--height)",
+            f"profile {profile}: {problem or 'no GPU found'}; Stable Diffusion 1.5 on a CPU "
+            "takes minutes per frame (try --steps 20 or a smaller --width/--height)",
             file=sys.stderr,
         )
 

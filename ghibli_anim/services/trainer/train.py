@@ -25,6 +25,7 @@ from typing import Any
 
 from ghibli_anim.contracts import profiles
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.runtime import devices
 from ghibli_anim.services.trainer import publish
 from ghibli_anim.services.trainer.checkpoints import (
     checked_resume,
@@ -144,10 +145,7 @@ def _accelerator(mixed_precision: str, settings: Settings) -> Any:
     from accelerate.state import AcceleratorState
 
     device = settings["ANIM_DEVICE"]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("ANIM_DEVICE: cuda requested, but torch sees no CUDA device")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("ANIM_DEVICE: mps requested, but torch sees no MPS device")
+    devices.pick_device(settings)  # a named device must exist; a GPU torch cannot use is reported
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if mixed_precision == "fp16" and (cpu or device == "mps"):
         raise ValueError("--mixed-precision: fp16 needs a CUDA device; use bf16 or no here")
