@@ -86,6 +86,8 @@ class Progress:
                 self.bar = tqdm(total=frames_total, unit="frame", desc="rendering", file=sys.stderr)
         elif kind == events.FRAME_RENDERED and ev.frame not in self.frames_done:
             self.frames_done.add(ev.frame)
+            if ev.reason:  # e.g. the frame was re-rendered in float32
+                self._say(f"notice: {ev.reason}")
             if self.bar is not None:
                 self.bar.update(1)
         elif kind == events.FRAME_PROGRESS and self.bar is not None:

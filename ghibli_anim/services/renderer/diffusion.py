@@ -13,15 +13,29 @@ dtype. The record returned with the PNG says what actually ran: the requested
 and effective steps (counted, not computed), the scheduler, the models with
 their revisions or hashes, each LoRA's file hash, format and attached layers,
 the library versions and the device.
+
+A frame that comes out with NaN/inf pixels or black (float16 overflow: GTX 16xx
+cards, some VAEs) must not seed the next one. Normal frames pay for the check
+only with one pass over the decoded pixels, already on the CPU. A failed frame
+is re-rendered once in float32, from the same seed: only the VAE decode when the
+final latents are finite, else the whole pipeline. The modules are cast to
+float32 for that and back afterwards (exact: every float16 or bfloat16 value is
+a float32), so later frames keep their bytes. The record says what ran
+(``float32_retry``) and the frame.rendered event carries a notice suggesting
+``ANIM_DTYPE=float32``. A frame still NaN or black in float32 fails with
+:class:`FrameFailed`, which a retry of the same spec would not change.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -43,6 +57,17 @@ from ghibli_anim.services.renderer.pipelines import (
 
 StepCallback = Callable[[int, int], None]
 
+BLACK_MAX = 2 / 255
+"""A decoded frame (0..1) whose brightest pixel is below this (at most 1/255 everywhere
+in the PNG) is black: nothing is left for img2img to continue from. Black frames are
+also how float16 NaN decodes usually show once cast to 8 bits."""
+
+
+class FrameFailed(ValueError):
+    """The rendered image is NaN/inf or black in float32 (the models' dtype, or the
+    re-render after a float16/bfloat16 one): the same spec would give the same image,
+    so the frame fails instead of seeding the next one."""
+
 
 @dataclass(frozen=True)
 class RenderResult:
@@ -56,14 +81,22 @@ class RenderResult:
     steps_effective (denoising steps actually run), scheduler, scheduler_class,
     preset, controlnet_scale (None without ControlNet), width, height, source_key,
     device, device_name, dtype, attention, low_vram, compile, elapsed_s (the
-    pipeline call), load_s (getting the pipeline: loading models the first time), profile,
+    pipeline call, a float32 re-render included), load_s (getting the pipeline:
+    loading models the first time), profile,
     base_model, loras (source, scale, weight_name, file, sha256, revision,
     format, pairs, modules, adapter, active), lora_fused, controlnet,
-    tiny_autoencoder, models (provenance of each model), versions.
+    tiny_autoencoder, models (provenance of each model), versions, float32_retry
+    (None, or how a NaN/black frame was re-rendered in float32: part vae | pipeline,
+    from_dtype, reason nan | black, latents_finite, elapsed_s). ``dtype`` is the models' dtype
+    (what ``ANIM_DTYPE`` chose), also for a frame re-rendered in float32.
+
+    ``notice`` is for the user (the frame.rendered event's reason): empty unless the
+    frame was re-rendered in float32.
     """
 
     png: bytes
     record: dict[str, Any]
+    notice: str = ""
 
 
 def _f32(value: float) -> float:
@@ -139,6 +172,102 @@ def _blended_embeds(
     return out
 
 
+FLAWS = {"nan": "has NaN or inf pixels", "black": "is black"}
+"""What :func:`image_flaw` returns, and how messages say it."""
+
+
+def image_flaw(images: np.ndarray) -> str | None:
+    """Why decoded frames (floats in 0..1, as ``output_type="np"`` gives them) are
+    unusable: ``"nan"`` (NaN or inf pixels), ``"black"``, or None when they are fine."""
+    if not np.isfinite(images).all():
+        return "nan"
+    if float(images.max()) < BLACK_MAX:
+        return "black"
+    return None
+
+
+@contextmanager
+def in_float32(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Run with every float16/bfloat16 parameter and buffer of ``modules`` in float32;
+    each is put back in its own dtype afterwards, bit for bit."""
+    changed: list[tuple[torch.Tensor, torch.dtype]] = []
+    with torch.no_grad():
+        for module in modules:
+            for tensor in chain(module.parameters(), module.buffers()):
+                if tensor.dtype in (torch.float16, torch.bfloat16):
+                    changed.append((tensor, tensor.dtype))
+                    tensor.data = tensor.data.float()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, dtype in changed:
+                tensor.data = tensor.data.to(dtype)
+
+
+def _modules(pipe: Any) -> list[torch.nn.Module]:
+    return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+
+
+@torch.no_grad()
+def _decode(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    """Final latents to images as the pipeline decodes them (``output_type="np"``)."""
+    vae = pipe.vae
+    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    images = pipe.image_processor.postprocess(decoded, output_type="np")
+    pipe.maybe_free_model_hooks()  # with model CPU offload: the VAE back to the CPU
+    return images
+
+
+_PARTS = {"vae": "its VAE decode", "pipeline": "the whole frame"}  # float32_retry.part
+
+
+def _retry_float32(
+    pipe: Any,
+    dtype: torch.dtype,
+    flaw: str,
+    latents: torch.Tensor | None,
+    run: Callable[[], tuple[np.ndarray, torch.Tensor | None]],
+    spec: types_pb2.FrameSpec,
+) -> tuple[np.ndarray, dict[str, Any], str]:
+    """Re-render a frame whose image is ``flaw`` once in float32: the images, the
+    record's ``float32_retry`` and the notice. Raises FrameFailed when that cannot help."""
+    blame = f"the base model, VAE or a LoRA of profile {spec.profile.name!r} produces it"
+    if dtype == torch.float32:
+        raise FrameFailed(
+            f"frame {spec.index}: the rendered image {FLAWS[flaw]} in float32; {blame}"
+        )
+    # Only checked here: on the normal path this would be an extra device sync.
+    latents_finite = latents is not None and bool(torch.isfinite(latents).all())
+    part = "vae" if latents_finite else "pipeline"
+    started = time.perf_counter()
+    if latents_finite:
+        with in_float32([pipe.vae]):
+            images = _decode(pipe, latents)
+    else:
+        with in_float32(_modules(pipe)):
+            images, _ = run()
+    again = image_flaw(images)
+    name = dtype_name(dtype)
+    if again is not None:
+        raise FrameFailed(
+            f"frame {spec.index}: the rendered image {FLAWS[flaw]} in {name}, and still "
+            f"{FLAWS[again]} after re-rendering {_PARTS[part]} in float32; {blame}"
+        )
+    retry = {
+        "part": part,
+        "from_dtype": name,
+        "reason": flaw,
+        "latents_finite": latents_finite,
+        "elapsed_s": round(time.perf_counter() - started, 4),
+    }
+    notice = (
+        f"frame {spec.index}: the rendered image {FLAWS[flaw]} in {name}, so {_PARTS[part]} "
+        "was re-rendered in float32; set ANIM_DTYPE=float32 if this keeps happening"
+    )
+    return images, retry, notice
+
+
 def render_frame(
     spec: types_pb2.FrameSpec,
     *,
@@ -197,10 +326,13 @@ def render_frame(
             )
 
     steps_run = 0
+    final: dict[str, Any] = {}
 
     def count_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
         nonlocal steps_run
         steps_run += 1
+        # A reference, no copy: the last step's latents, for a float32 VAE retry.
+        final["latents"] = tensors.get("latents")
         if on_step is not None:
             on_step(steps_run, int(pipe.num_timesteps))
         return tensors
@@ -220,25 +352,44 @@ def render_frame(
                 "blend_prompt", spec.blend_prompt, limits.PROMPT_CHARS, required=True
             )
             counter.fit(blend, "blend_prompt", spec.truncate_prompt)
-            call.update(_blended_embeds(pipe, prompt, blend, negative, spec.blend_weight, guidance))
-        else:
-            call.update(prompt=prompt, negative_prompt=negative or None)
+
+        def run() -> tuple[np.ndarray, torch.Tensor | None]:
+            nonlocal steps_run
+            steps_run = 0
+            final.clear()
+            if blend is not None:  # embedded per run: a float32 retry re-encodes in float32
+                text = _blended_embeds(pipe, prompt, blend, negative, spec.blend_weight, guidance)
+            else:
+                text = {"prompt": prompt, "negative_prompt": negative or None}
+            # "np", not "pil": the same pixels, still floats, so NaN can be told from black.
+            result = pipe(
+                num_inference_steps=steps_called,
+                guidance_scale=guidance,
+                generator=torch.Generator("cpu").manual_seed(spec.seed),
+                callback_on_step_end=count_step,
+                output_type="np",
+                **call,
+                **text,
+            )
+            return result.images, final.get("latents")
+
         started = time.perf_counter()
-        result = pipe(
-            num_inference_steps=steps_called,
-            guidance_scale=guidance,
-            generator=torch.Generator("cpu").manual_seed(spec.seed),
-            callback_on_step_end=count_step,
-            output_type="pil",
-            **call,
-        )
+        images, latents = run()
+        float32_retry: dict[str, Any] | None = None
+        notice = ""
+        flaw = image_flaw(images)
+        if flaw is not None:
+            images, float32_retry, notice = _retry_float32(
+                pipe, models.dtype, flaw, latents, run, spec
+            )
+        final.clear()
         elapsed = time.perf_counter() - started
         loras = _lora_record(models, spec.profile, pipe)
         described = dict(models.models)
         if mode == CONTROLNET_IMG2IMG:
             described["controlnet"] = models.controlnets[spec.profile.controlnet][1]
         attention = _attention(pipe)
-    image = result.images[0]
+    image = pipe.image_processor.numpy_to_pil(images)[0]
     record = {
         "index": spec.index,
         "mode": mode,
@@ -278,5 +429,6 @@ def render_frame(
         "tiny_autoencoder": spec.profile.tiny_autoencoder or None,
         "models": described,
         "versions": provenance.versions(),
+        "float32_retry": float32_retry,
     }
-    return RenderResult(png=encode_image(image), record=record)
+    return RenderResult(png=encode_image(image), record=record, notice=notice)

@@ -360,8 +360,9 @@ class PipelineCache:
         class_name, extra = _SCHEDULERS[scheduler]
         # A scheduler per pipeline: some keep step state between calls.
         sched = getattr(diffusers, class_name).from_config(models.base.scheduler.config, **extra)
-        # vae passed explicitly: from_pipe drops an AutoencoderTiny otherwise.
-        common = {"scheduler": sched, "vae": models.base.vae}
+        # vae passed explicitly: from_pipe drops an AutoencoderTiny otherwise. dtype too:
+        # without it from_pipe casts the shared modules to float32 (diffusers issue 12754).
+        common = {"scheduler": sched, "vae": models.base.vae, "dtype": models.dtype}
         if mode == TXT2IMG:
             pipe = diffusers.StableDiffusionPipeline.from_pipe(models.base, **common)
         elif mode == IMG2IMG:

@@ -10,6 +10,11 @@ services/planner/frame_specs.py) before img2img; the new frame is sharpened (``s
 and colour-matched to ``spec.color_reference_key`` before it is stored, so what
 seeds the next frame is the matched frame. The record says which reference, mode
 and camera were used and the CIEDE2000 distances left.
+
+A frame re-rendered in float32 (NaN or black in float16, see
+:mod:`ghibli_anim.services.renderer.diffusion`) is logged, and its frame.rendered
+event's ``reason`` tells the user, suggesting ``ANIM_DTYPE=float32``; one still
+NaN or black in float32 fails without retries.
 """
 
 from __future__ import annotations
@@ -175,15 +180,18 @@ class RendererService(Service):
         with timer.time("store"):
             await self._write(job_id, i, result.png, record)
         timer.observe(record["mode"])
+        if result.notice:
+            log.warning(result.notice, extra={"job_id": job_id, "frame": i})
         await self.emit(
             events.FRAME_RENDERED,
             work,
             key=keys.frame_key(job_id, i),
+            reason=result.notice,  # the user's notice: a re-render in float32
         )
 
     def _render(self, spec, source, depth, reference, on_step=None, timer=None):
         from ghibli_anim.services.renderer import continuity as coherence
-        from ghibli_anim.services.renderer.diffusion import render_frame
+        from ghibli_anim.services.renderer.diffusion import FrameFailed, render_frame
 
         timer = timer or metrics.FrameTimer(self.name)
         try:
@@ -211,6 +219,9 @@ class RendererService(Service):
                     mode=spec.color_coherence,
                     sharpen=spec.sharpen,
                 )
+        except FrameFailed as exc:
+            # NaN or black even in float32: the same spec would give the same image.
+            raise NonRetryable(str(exc)) from exc
         except (ValueError, OSError) as exc:
             # A bad spec or a missing model will not get better on retry.
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc

@@ -1,22 +1,38 @@
 """services/renderer/diffusion.py: one frame with the tiny models in every mode, its record,
-determinism, counted steps, prompt blends, the fast preset and prompts over 77 tokens."""
+determinism, counted steps, prompt blends, the fast preset, prompts over 77 tokens, and
+frames that come out NaN or black in float16 (re-rendered once in float32) or in float32
+(failed)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from support.frames import ddim_spec, frame_spec
 from support.model_roots import roots_settings
 
-from ghibli_anim.contracts import limits
+from ghibli_anim.contracts import config, limits
+from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile, resolve_profile
 from ghibli_anim.contracts.storyboard import parse_storyboard
 from ghibli_anim.services.depth.estimate import DepthEstimator
 from ghibli_anim.services.planner.frame_specs import resolve_frames
-from ghibli_anim.services.renderer.diffusion import RenderResult, img2img_steps, render_frame
+from ghibli_anim.services.renderer.diffusion import (
+    BLACK_MAX,
+    FrameFailed,
+    RenderResult,
+    image_flaw,
+    img2img_steps,
+    in_float32,
+    render_frame,
+)
 from ghibli_anim.services.renderer.pipelines import PipelineCache
 
 
@@ -199,3 +215,272 @@ def test_prompts_over_77_tokens_are_refused_or_cut_and_recorded(tiny_settings) -
     assert cut.record["prompt_tokens"] > limits.CLIP_MAX_TOKENS
     dropped = cut.record["prompt_dropped"].replace(" ,", ",")  # CLIP decodes "tree ,"
     assert dropped and long_prompt.endswith(dropped)
+
+
+# --- frames that come out NaN or black ------------------------------------------------------
+#
+# These run the tiny models in real float16 on the CPU (torch runs their kernels there).
+# float16 is made to fail the way it fails on GPUs: a first convolution whose largest
+# weight is 6e4, still a float16 number, makes sums past float16's 65504, so the activations
+# overflow (inf, then NaN further on); the same weights in float32 give finite values. A NaN
+# weight fails in every dtype. Forward hooks only watch: which module ran, how often, in
+# which dtype. What this cannot show: that a given GPU's float16 kernels fail this way.
+
+
+def _half_cache(tiny_cache_dir: Path) -> tuple[PipelineCache, Settings]:
+    settings = config.load(
+        "client",
+        {
+            "ANIM_CACHE_DIR": str(tiny_cache_dir),
+            "ANIM_STORE": "local",
+            "ANIM_DEVICE": "cpu",
+            "ANIM_DTYPE": "float16",
+        },
+    )
+    return PipelineCache(settings), settings
+
+
+def _base(cache: PipelineCache, profile, settings):
+    """The loaded models (every pipeline of the cache shares their modules)."""
+    return cache.pipeline(profile, "txt2img", "DDIM", settings)[1].base
+
+
+def _overflow_in_float16(conv: torch.nn.Conv2d) -> None:
+    with torch.no_grad():
+        scale = 6e4 / conv.weight.abs().max().item()  # a Python float: no float16 overflow
+        conv.weight.copy_((conv.weight.float() * scale).to(conv.weight.dtype))
+    assert torch.isfinite(conv.weight).all() and conv.weight.abs().max() == 6e4
+
+
+def _nan_weight(conv: torch.nn.Conv2d) -> None:
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = float("nan")
+
+
+@contextmanager
+def _calls(**modules: torch.nn.Module) -> Iterator[dict[str, list[torch.dtype]]]:
+    """For each module, the dtype of its weights at each forward call."""
+    seen: dict[str, list[torch.dtype]] = {name: [] for name in modules}
+    handles = [
+        module.register_forward_hook(
+            lambda m, args, out, name=name: seen[name].append(next(m.parameters()).dtype)
+        )
+        for name, module in modules.items()
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same_weights(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    now = module.state_dict()
+    return now.keys() == before.keys() and all(
+        now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in before.items()
+    )
+
+
+def _pixels(result: RenderResult) -> np.ndarray:
+    return np.asarray(_image(result), dtype=np.float64) / 255.0
+
+
+F16 = torch.float16
+F32 = torch.float32
+
+
+@pytest.mark.parametrize(
+    ("images", "flaw"),
+    [
+        (np.full((1, 4, 4, 3), 0.5), None),
+        (np.zeros((1, 4, 4, 3)), "black"),
+        (np.full((1, 4, 4, 3), BLACK_MAX * 0.99), "black"),
+        (np.full((1, 4, 4, 3), BLACK_MAX), None),  # dark, not black
+        (np.where(np.arange(48).reshape(1, 4, 4, 3) == 7, np.nan, 0.5), "nan"),
+        (np.where(np.arange(48).reshape(1, 4, 4, 3) == 7, np.inf, 0.5), "nan"),
+        (np.where(np.arange(48).reshape(1, 4, 4, 3) == 7, np.nan, 0.0), "nan"),
+    ],
+)
+def test_image_flaw(images: np.ndarray, flaw: str | None) -> None:
+    assert image_flaw(images.astype(np.float32)) == flaw
+
+
+def test_in_float32_restores_every_tensor_bit_for_bit() -> None:
+    module = torch.nn.Sequential(
+        torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    )
+    module[0].half()
+    module[1].bfloat16()
+    module.register_buffer("steps", torch.arange(3))
+    module.register_buffer("scale", torch.tensor([1 / 3], dtype=torch.float64))
+    before = _weights(module)
+    with in_float32([module]):
+        assert {p.dtype for p in module.parameters()} == {F32}
+        assert module.steps.dtype == torch.int64 and module.scale.dtype == torch.float64
+    assert _same_weights(module, before)
+    assert [module[i].weight.dtype for i in range(3)] == [F16, torch.bfloat16, F32]
+    with pytest.raises(RuntimeError, match="inside"), in_float32([module]):
+        raise RuntimeError("inside")
+    assert _same_weights(module, before)
+
+
+def test_a_normal_float16_frame_runs_once(tiny_cache_dir, profile) -> None:
+    cache, settings = _half_cache(tiny_cache_dir)
+    base = _base(cache, profile, settings)
+    with _calls(unet=base.unet, decoder=base.vae.decoder) as seen:
+        result = render_frame(ddim_spec(profile), cache=cache, settings=settings)
+    assert result.record["dtype"] == "float16" and result.record["float32_retry"] is None
+    assert result.notice == ""
+    assert seen == {"unet": [F16] * 3, "decoder": [F16]}
+
+
+def test_a_vae_overflowing_float16_is_decoded_again_in_float32(tiny_cache_dir, profile) -> None:
+    """Finite latents, NaN decode: only the VAE runs again, in float32, once; the UNet's
+    float16 latents are kept. The VAE is float16 again afterwards, bit for bit."""
+    cache, settings = _half_cache(tiny_cache_dir)
+    base = _base(cache, profile, settings)
+    _overflow_in_float16(base.vae.decoder.conv_in)
+    vae = _weights(base.vae)
+    with _calls(unet=base.unet, decoder=base.vae.decoder) as seen:
+        result = render_frame(ddim_spec(profile), cache=cache, settings=settings)
+    assert seen == {"unet": [F16] * 3, "decoder": [F16, F32]}
+    retry = result.record["float32_retry"]
+    assert retry.pop("elapsed_s") > 0
+    assert retry == {
+        "part": "vae",
+        "from_dtype": "float16",
+        "reason": "nan",
+        "latents_finite": True,
+    }
+    assert result.record["dtype"] == "float16" and result.record["steps_effective"] == 3
+    assert result.notice == (
+        "frame 0: the rendered image has NaN or inf pixels in float16, so its VAE decode was "
+        "re-rendered in float32; set ANIM_DTYPE=float32 if this keeps happening"
+    )
+    pixels = _pixels(result)
+    assert pixels.max() >= BLACK_MAX and pixels.std() > 0
+    assert _same_weights(base.vae, vae)
+    again = render_frame(ddim_spec(profile), cache=cache, settings=settings)
+    assert again.png == result.png and again.record["float32_retry"]["part"] == "vae"
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_a_unet_overflowing_float16_reruns_the_frame_in_float32(
+    tiny_cache_dir, profile, blend: bool
+) -> None:
+    """NaN latents: the whole frame runs again in float32 from the same seed (text encoder
+    too, blended prompts included), once; every module is float16 again afterwards."""
+    cache, settings = _half_cache(tiny_cache_dir)
+    base = _base(cache, profile, settings)
+    _overflow_in_float16(base.unet.conv_in)
+    modules = {"unet": base.unet, "vae": base.vae, "text_encoder": base.text_encoder}
+    before = {name: _weights(m) for name, m in modules.items()}
+    spec = ddim_spec(profile)
+    if blend:
+        spec.blend_prompt, spec.blend_weight = "a storm at sea", 0.4
+    watched = {"unet": base.unet, "decoder": base.vae.decoder, "text": base.text_encoder}
+    with _calls(**watched) as seen:
+        result = render_frame(spec, cache=cache, settings=settings)
+    texts = 3 if blend else 2  # prompt, negative prompt (and the blend's prompt)
+    assert seen == {
+        "unet": [F16] * 3 + [F32] * 3,
+        "decoder": [F16, F32],
+        "text": [F16] * texts + [F32] * texts,
+    }
+    retry = result.record["float32_retry"]
+    assert (retry["part"], retry["reason"], retry["latents_finite"]) == ("pipeline", "nan", False)
+    assert result.record["steps_effective"] == 3
+    assert "so the whole frame was re-rendered in float32" in result.notice
+    assert _pixels(result).max() >= BLACK_MAX
+    assert all(_same_weights(m, before[name]) for name, m in modules.items())
+    assert render_frame(spec, cache=cache, settings=settings).png == result.png
+
+
+def test_a_controlnet_frame_reruns_with_its_controlnet_in_float32(tiny_cache_dir, profile) -> None:
+    """ControlNet img2img: the ControlNet and the VAE encoder of the source image run in
+    float32 too on the rerun, and are float16 again afterwards."""
+    cache, settings = _half_cache(tiny_cache_dir)
+    spec = _next(profile, steps=20, depth_key="jobs/" + "0" * 32 + "/depth/0000.png")
+    spec.scheduler = "DDIM"
+    pipe, models = cache.pipeline(profile, "controlnet_img2img", "DDIM", settings)
+    _overflow_in_float16(models.base.unet.conv_in)
+    rng = np.random.default_rng(5)
+    source = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    depth = Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    watched = {"controlnet": pipe.controlnet, "encoder": pipe.vae.encoder, "unet": pipe.unet}
+    with _calls(**watched) as seen:
+        result = render_frame(spec, source=source, depth=depth, cache=cache, settings=settings)
+    steps = result.record["steps_effective"]
+    assert result.record["mode"] == "controlnet_img2img" and steps == 3
+    assert seen == {
+        "controlnet": [F16] * steps + [F32] * steps,
+        "encoder": [F16, F32],
+        "unet": [F16] * steps + [F32] * steps,
+    }
+    assert result.record["float32_retry"]["part"] == "pipeline"
+    assert _dtypes(models.base) | {p.dtype for p in pipe.controlnet.parameters()} == {F16}
+
+
+def _dtypes(base) -> set[torch.dtype]:
+    modules = [m for m in base.components.values() if isinstance(m, torch.nn.Module)]
+    return {p.dtype for m in modules for p in m.parameters()}
+
+
+@pytest.mark.parametrize(
+    ("where", "part", "unet"),
+    [("vae", "its VAE decode", [F16] * 3), ("unet", "the whole frame", [F16] * 3 + [F32] * 3)],
+)
+def test_still_nan_in_float32_fails_the_frame(
+    tiny_cache_dir, profile, where: str, part: str, unet: list[torch.dtype]
+) -> None:
+    """One float32 retry, then a failure naming both attempts; no loop."""
+    cache, settings = _half_cache(tiny_cache_dir)
+    base = _base(cache, profile, settings)
+    _nan_weight(base.vae.decoder.conv_in if where == "vae" else base.unet.conv_in)
+    watched = _calls(unet=base.unet, decoder=base.vae.decoder)
+    with watched as seen, pytest.raises(FrameFailed) as failed:
+        render_frame(ddim_spec(profile), cache=cache, settings=settings)
+    assert str(failed.value) == (
+        "frame 0: the rendered image has NaN or inf pixels in float16, and still has NaN or "
+        f"inf pixels after re-rendering {part} in float32; the base model, VAE or a LoRA of "
+        "profile 'tiny' produces it"
+    )
+    assert seen == {"unet": unet, "decoder": [F16, F32]}
+    assert _dtypes(base) == {F16}
+
+
+def _black_vae(vae) -> None:
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.zero_()
+        vae.decoder.conv_out.bias.fill_(-2.0)  # (x + 1) / 2 clamped: every pixel 0
+
+
+def test_a_black_frame_fails_in_float32_without_a_retry(tiny_settings, profile) -> None:
+    cache = PipelineCache(tiny_settings)  # its own: the VAE is broken below
+    base = _base(cache, profile, tiny_settings)
+    _black_vae(base.vae)
+    with _calls(decoder=base.vae.decoder) as seen, pytest.raises(FrameFailed) as failed:
+        render_frame(ddim_spec(profile), cache=cache, settings=tiny_settings)
+    assert str(failed.value) == (
+        "frame 0: the rendered image is black in float32; the base model, VAE or a LoRA of "
+        "profile 'tiny' produces it"
+    )
+    assert seen == {"decoder": [F32]}
+
+
+def test_a_black_float16_frame_is_decoded_again_then_fails(tiny_cache_dir, profile) -> None:
+    cache, settings = _half_cache(tiny_cache_dir)
+    base = _base(cache, profile, settings)
+    _black_vae(base.vae)
+    with _calls(decoder=base.vae.decoder) as seen, pytest.raises(FrameFailed) as failed:
+        render_frame(ddim_spec(profile), cache=cache, settings=settings)
+    assert str(failed.value) == (
+        "frame 0: the rendered image is black in float16, and still is black after "
+        "re-rendering its VAE decode in float32; the base model, VAE or a LoRA of profile "
+        "'tiny' produces it"
+    )
+    assert seen == {"decoder": [F16, F32]}

@@ -36,6 +36,34 @@ def test_device_choice_follows_settings(tiny_settings: Settings) -> None:
             choose_device(config.load("client", {"ANIM_DEVICE": "cuda"}))
 
 
+def test_derived_pipelines_keep_the_chosen_dtype(tiny_cache_dir, profile) -> None:
+    """from_pipe casts the shared modules to float32 unless given a dtype (diffusers issue
+    12754): every pipeline of a float16 model set, and its modules, stay float16."""
+    settings = config.load(
+        "client",
+        {
+            "ANIM_CACHE_DIR": str(tiny_cache_dir),
+            "ANIM_STORE": "local",
+            "ANIM_DEVICE": "cpu",
+            "ANIM_DTYPE": "float16",
+        },
+    )
+    cache = PipelineCache(settings)
+    for mode in ("txt2img", "img2img", "controlnet_img2img"):
+        pipe, models = cache.pipeline(profile, mode, "DDIM")
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        assert {p.dtype for m in modules for p in m.parameters()} == {torch.float16}, mode
+        assert len(modules) == (4 if mode == "controlnet_img2img" else 3)
+    assert models.dtype == torch.float16
+    base = {
+        p.dtype
+        for m in models.base.components.values()
+        if isinstance(m, torch.nn.Module)
+        for p in m.parameters()
+    }
+    assert base == {torch.float16}
+
+
 def test_lora_changes_the_frame(cache, profile, tiny_settings) -> None:
     lcm = types_pb2.Profile()
     lcm.CopyFrom(profile)
