@@ -291,8 +291,10 @@ VARS: tuple[Var, ...] = (
     ),
     _v(
         "ANIM_PLANNER_MODEL",
-        "mistralai/Mistral-7B-Instruct-v0.3",
-        "Model the hf and openai planner backends ask for (a hub id, or the server's name).",
+        "openai/gpt-oss-20b",
+        "Model the hf and openai planner backends ask for (a hub id, or the server's name); "
+        "the default is served by Hugging Face Inference Providers. The seed paper's: "
+        "mistralai/Mistral-7B-Instruct-v0.3 (on a server that serves it: ANIM_PLANNER_BASE_URL).",
     ),
     _v(
         "ANIM_PLANNER_PROVIDER",

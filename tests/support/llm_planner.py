@@ -3,7 +3,12 @@ the storyboard and chat-backend tests plan."""
 
 from __future__ import annotations
 
-from ghibli_anim.services.planner.chat_backends import HFBackend, OpenAIBackend, RetryPolicy
+from ghibli_anim.services.planner.chat_backends import (
+    DEFAULT_MODEL,
+    HFBackend,
+    OpenAIBackend,
+    RetryPolicy,
+)
 from ghibli_anim.services.planner.storyboard_llm import Storyboarder
 from support.llm_server import ChatServer
 
@@ -13,11 +18,15 @@ STYLE = "ghibli style"
 LLM_BACKENDS = ("openai", "hf")
 
 
-def backend(kind: str, server: ChatServer, *, timeout_s: float = 10.0):
+def backend(kind: str, server: ChatServer, *, timeout_s: float = 10.0, model: str = DEFAULT_MODEL):
     retry = RetryPolicy(retries=2, backoff_s=0.05)
     if kind == "openai":
-        return OpenAIBackend(server.base_url, api_key="sk-test", timeout_s=timeout_s, retry=retry)
-    return HFBackend(base_url=server.base_url, token="hf_test", timeout_s=timeout_s, retry=retry)
+        return OpenAIBackend(
+            server.base_url, model, api_key="sk-test", timeout_s=timeout_s, retry=retry
+        )
+    return HFBackend(
+        model, base_url=server.base_url, token="hf_test", timeout_s=timeout_s, retry=retry
+    )
 
 
 def plan(kind, server, counter, *, frames=5, idea=IDEA, repairs=2, fallback="fail", **kw):

@@ -9,7 +9,10 @@ backend as well, through ``InferenceClient(base_url=...)``, which sends the same
 
 What it answers is scripted. A script is either a list of steps taken in order, one per
 request (the last step repeats), or a function of the request body that returns a step; every
-request is recorded (path, headers with lower-case names, body).
+request is recorded (path, headers with lower-case names, body). Error answers of the hosted
+APIs, copied from what they send, are in ``support/llm_errors.py``: :class:`Error` replays one,
+:class:`Refuse` replays one only to requests holding a given field, as a server that does not
+take that field does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Reply:
     """200 with this assistant content."""
 
     content: str
+    finish_reason: str = "stop"
 
 
 @dataclass
@@ -54,7 +58,26 @@ class RejectResponseFormat:
     then: Any
 
 
-Step = Reply | Status | Hang | RejectResponseFormat
+@dataclass
+class Error:
+    """An error answer sent as it is: ``answer.status`` with ``answer.body`` (an
+    :class:`support.llm_errors.ErrorAnswer`)."""
+
+    answer: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Refuse:
+    """``answer`` (an :class:`support.llm_errors.ErrorAnswer`) when the request holds the field
+    ``name``; otherwise ``then`` (a step, or a function of the request body that returns one)."""
+
+    name: str
+    answer: Any
+    then: Any
+
+
+Step = Reply | Status | Hang | RejectResponseFormat | Error | Refuse
 Script = Sequence[Step] | Callable[[dict[str, Any]], Step]
 
 
@@ -121,11 +144,17 @@ class ChatServer:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 step = server._step(body)
-                while isinstance(step, RejectResponseFormat):
-                    if "response_format" in body:
+                while isinstance(step, RejectResponseFormat | Refuse):
+                    if isinstance(step, Refuse) and step.name in body:
+                        self._send(step.answer.status, step.answer.body)
+                        return
+                    if isinstance(step, RejectResponseFormat) and "response_format" in body:
                         self._send(400, {"error": {"message": "response_format not supported"}})
                         return
                     step = step.then(body) if callable(step.then) else step.then
+                if isinstance(step, Error):
+                    self._send(step.answer.status, step.answer.body, step.headers)
+                    return
                 if isinstance(step, Hang):
                     server._released.wait(step.seconds)
                     self.close_connection = True
@@ -144,7 +173,7 @@ class ChatServer:
                             {
                                 "index": 0,
                                 "message": {"role": "assistant", "content": step.content},
-                                "finish_reason": "stop",
+                                "finish_reason": step.finish_reason,
                             }
                         ],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},

@@ -8,22 +8,30 @@ worker thread) and bounded:
 * every request has a time limit (``ANIM_PLANNER_TIMEOUT_S``); one that runs past it raises
   :class:`LLMTimeout` and is not retried (a hung server rarely recovers within a job's time);
 * an answer 429 or 5xx, or a server that cannot be reached, is retried
-  ``ANIM_PLANNER_RETRIES`` times with exponential backoff (``Retry-After`` is honoured, capped);
-* any other failure raises :class:`LLMError` naming the backend, model and endpoint.
+  ``ANIM_PLANNER_RETRIES`` times with exponential backoff (``Retry-After`` is honoured, capped),
+  except a 429 that says the account is out of quota;
+* any other failure raises :class:`LLMError` naming the backend, model and endpoint, what went
+  wrong (its ``kind``) and the variable to set: a model the server does not serve, a key it
+  refuses, an account without credits, a parameter it refuses, any other refused request.
 
 Backends:
 
 * ``hf``: ``huggingface_hub.InferenceClient(...).chat_completion`` with ``ANIM_PLANNER_MODEL``
-  (default ``mistralai/Mistral-7B-Instruct-v0.3``) through ``ANIM_PLANNER_PROVIDER``, or through
-  the endpoint ``ANIM_PLANNER_BASE_URL`` (a dedicated endpoint, a TGI server).
-* ``openai``: any OpenAI-compatible ``/chat/completions`` server (vLLM, TGI, llama.cpp,
-  Ollama) by ``ANIM_PLANNER_BASE_URL``, over plain HTTP from the standard library.
+  (default ``openai/gpt-oss-20b``) through ``ANIM_PLANNER_PROVIDER``, or through the endpoint
+  ``ANIM_PLANNER_BASE_URL`` (a dedicated endpoint, a TGI server).
+* ``openai``: OpenAI's API or any OpenAI-compatible ``/chat/completions`` server (vLLM, TGI,
+  llama.cpp, Ollama) by ``ANIM_PLANNER_BASE_URL``, over plain HTTP from the standard library.
 * ``local``: a transformers causal language model (``ANIM_PLANNER_LOCAL_MODEL``, a hub id or a
   folder under ``ANIM_MODEL_ROOTS``) with its chat template. torch is imported only when this
   backend loads its model, so the planner starts without torch with every other backend.
 
-hf and openai ask for a JSON object (``response_format``); a server that refuses the option
-with 400 or 422 is asked again without it, and is not asked with it again.
+hf and openai ask for a JSON object (``response_format``) at a low temperature. A server that
+refuses an optional part of the request (400 or 422 naming ``response_format`` or
+``temperature``, as OpenAI's reasoning models do for ``temperature``) is asked again without it,
+once, and is not asked with it again; a server that refuses ``max_tokens`` for
+``max_completion_tokens`` (or the other way round) is asked again with the other one. Each such
+change is noted in the attempt's record. A 400 or 422 that names nothing, to a request with
+``response_format``, is taken as a refusal of JSON mode, as older servers answer.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -43,36 +52,193 @@ from ghibli_anim.runtime.retry import RetryError, with_backoff
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+# Served for chat completion, with structured outputs, by Hugging Face Inference Providers
+# (https://huggingface.co/docs/inference-providers/guides/gpt-oss; the groq and ovhcloud
+# provider pages list it). The seed paper's mistralai/Mistral-7B-Instruct-v0.3 is one
+# setting away: ANIM_PLANNER_MODEL, with ANIM_PLANNER_BASE_URL where no provider serves it.
+DEFAULT_MODEL = "openai/gpt-oss-20b"
+# An example for errors about models on OpenAI's own API (one of its chat models).
+OPENAI_EXAMPLE_MODEL = "gpt-5-mini"
+OPENAI_API_HOST = "api.openai.com"
+HF_ROUTER_HOST = "router.huggingface.co"
 # Low temperature: the reply must be strict JSON, and repairs should converge.
 TEMPERATURE = 0.3
+# Hosted APIs (OpenAI's, Hugging Face's providers) serve reasoning models, whose thinking
+# counts against the token limit: with only the reply's budget they can stop before writing
+# anything. The limit is a cap, not a cost; self-hosted servers get the bare budget, since
+# some refuse a limit beyond their context.
+REASONING_ROOM_TOKENS = 4096
 # Longest backoff between two tries, and the most a Retry-After header may ask for.
 MAX_BACKOFF_S = 30.0
 # A reply larger than this is not a storyboard (the schema caps one at 64 KiB).
 MAX_REPLY_BYTES = 4 * 1024 * 1024
+
+# What went wrong (LLMError.kind, and ``error_kind`` in an attempt's record).
+MODEL_UNAVAILABLE = "model_unavailable"
+AUTH = "auth"
+NO_CREDITS = "no_credits"
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+UNREACHABLE = "unreachable"
+TIMEOUT = "timeout"
+JSON_MODE_REFUSED = "json_mode_refused"
+PARAMETER_REFUSED = "parameter_refused"
+REQUEST_REFUSED = "request_refused"
+TRUNCATED = "truncated"
+BAD_ANSWER = "bad_answer"
 
 Message = dict[str, str]
 T = TypeVar("T")
 
 
 class LLMError(RuntimeError):
-    """A chat call failed; the message names the backend, the model and the endpoint."""
+    """A chat call failed; the message names the backend, the model and the endpoint, what went
+    wrong and, where a setting can fix it, which one."""
+
+    def __init__(self, message: str, kind: str = BAD_ANSWER) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class LLMTimeout(LLMError):
     """A chat call ran past its time limit."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, TIMEOUT)
+
 
 class _Retryable(Exception):
     """A failure worth another try (429, 5xx, unreachable server)."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, kind: str = "") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.kind = kind or SERVER_ERROR
 
 
-class _RejectsJsonMode(Exception):
-    """The server refused ``response_format`` (400/422 with it set)."""
+@dataclass(frozen=True)
+class ServerError:
+    """An HTTP error answer as the server explained it (OpenAI's ``{"error": {...}}`` shape,
+    a bare ``{"error": "text"}``, vLLM's top-level fields, FastAPI's ``detail``, or text)."""
+
+    status: int
+    message: str
+    """The server's message, whitespace collapsed, at most 300 characters."""
+    code: str = ""
+    """A machine code such as ``model_not_found`` or ``unsupported_parameter`` (if any)."""
+    param: str = ""
+    """The request field the server objects to (if it says)."""
+    type: str = ""
+
+    def describe(self) -> str:
+        return f"HTTP {self.status}: {self.message}"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def parse_error(status: int, body: bytes) -> ServerError:
+    """The error answer ``body`` of an HTTP ``status``, whatever shape the server gave it."""
+    text = body.decode("utf-8", "replace")
+    fields: dict[str, Any] = {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data))
+        if isinstance(err, dict):
+            fields = err
+            text = _text(err.get("message")) or json.dumps(err)
+        elif isinstance(err, str):
+            fields = data
+            text = err
+        else:
+            text = json.dumps(err)
+    message = " ".join(text.split())[:300]
+    return ServerError(
+        status,
+        message,
+        code=_text(fields.get("code")),
+        param=_text(fields.get("param")),
+        type=_text(fields.get("type") or fields.get("error_type")),
+    )
+
+
+_MODEL_RE = re.compile(
+    r"\bmodel\b.*\b(not supported|not found|does not exist|not available|unknown|not served)",
+    re.I,
+)
+_UNSUPPORTED_RE = re.compile(r"unsupported|not supported|unknown|not allowed|extra|invalid", re.I)
+# Fields every request needs: a refusal naming them is about their value, not the option.
+_CORE_FIELDS = ("model", "messages")
+
+
+def refused_field(err: ServerError, sent: Collection[str]) -> str:
+    """The request field a refusal names (its ``param``, or a field its message calls
+    unsupported), or ''. ``model`` and ``messages`` do not count."""
+    fields = [f for f in sent if f not in _CORE_FIELDS]
+    if err.param in fields:
+        return err.param
+    if not _UNSUPPORTED_RE.search(err.message):
+        return ""
+    for name in fields:
+        if re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", err.message):
+            return name
+    return ""
+
+
+def classify(err: ServerError, sent: Collection[str]) -> str:
+    """What a refused request means (a kind), from the status and the server's own words;
+    ``sent`` are the fields of the request."""
+    if err.status in (401, 403):
+        return AUTH
+    if err.status == 402 or "insufficient_quota" in (err.code, err.type):
+        return NO_CREDITS
+    if err.status == 429:
+        return RATE_LIMITED
+    if err.status >= 500:
+        return SERVER_ERROR
+    # A named field first: "'max_tokens' is not supported with this model" is about the
+    # field, not the model.
+    field = refused_field(err, sent)
+    if field == "response_format":
+        return JSON_MODE_REFUSED
+    if field:
+        return PARAMETER_REFUSED
+    if (
+        err.code in ("model_not_found", "model_not_supported")
+        or err.param == "model"
+        or (err.status == 404 and "model" in err.message.lower())
+        or _MODEL_RE.search(err.message)
+    ):
+        return MODEL_UNAVAILABLE
+    if err.status in (400, 422) and "response_format" in sent and not err.param:
+        return JSON_MODE_REFUSED  # older servers refuse the field without naming it
+    return REQUEST_REFUSED
+
+
+class _Refused(Exception):
+    """A 4xx the backend may get past by changing its request."""
+
+    def __init__(self, err: ServerError, kind: str, param: str) -> None:
+        super().__init__(err.describe())
+        self.err = err
+        self.kind = kind
+        self.param = param
+
+
+# OpenAI keys (sk-..., shown masked as sk-abcd***wxyz) and Hugging Face tokens (hf_...).
+_SECRET_RE = re.compile(r"\b(?:sk-[A-Za-z0-9*_-]{4,}|hf_[A-Za-z0-9*]{4,})")
+
+
+def _redact(text: str, key: str) -> str:
+    """``text`` without the key, or anything shaped like one (servers echo keys, masked or
+    not, in their 401s)."""
+    if key:
+        text = text.replace(key, "***")
+    return _SECRET_RE.sub("***", text)
 
 
 class ChatBackend(Protocol):
@@ -86,8 +252,13 @@ class ChatBackend(Protocol):
         """Backend, model and endpoint, for errors and records (no secrets)."""
         ...
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str:
-        """The assistant's reply to ``messages``; raises LLMError or LLMTimeout."""
+    def chat(
+        self, messages: Sequence[Message], *, max_tokens: int, notes: list[str] | None = None
+    ) -> str:
+        """The assistant's reply to ``messages``; raises LLMError or LLMTimeout.
+
+        ``notes`` receives one line per change made to get an answer (a parameter left out
+        after the server refused it, a reply cut at the token limit)."""
         ...
 
 
@@ -124,7 +295,13 @@ def _with_retries(call: Callable[[], T], policy: RetryPolicy, what: str) -> T:
         return retrying(call)
     except RetryError as exc:
         last = exc.last_attempt
-        raise LLMError(f"{what}: {last.exception()} (after {last.attempt_number} tries)") from None
+        failure = last.exception()
+        kind = failure.kind if isinstance(failure, _Retryable) else SERVER_ERROR
+        message = f"{what}: {failure} (after {last.attempt_number} tries)"
+        if kind == RATE_LIMITED:
+            message += "; the server is limiting requests: try again later, or raise "
+            message += "ANIM_PLANNER_RETRIES"
+        raise LLMError(message, kind) from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -137,10 +314,6 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _is_retryable_status(status: int) -> bool:
-    return status == 429 or 500 <= status <= 599
-
-
 def _safe_url(url: str) -> str:
     """The URL without user info, query or fragment (safe to log and record)."""
     parts = urlsplit(url)
@@ -150,32 +323,78 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _reply_text(data: Any, what: str) -> str:
-    """``choices[0].message.content`` of a chat-completions answer."""
-    try:
-        content = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise LLMError(f"{what}: the answer has no choices[0].message.content") from None
-    if content is None:
-        return ""
-    if not isinstance(content, str):
-        raise LLMError(f"{what}: choices[0].message.content is not text")
+def _finished(content: str, finish_reason: Any, limit: int, what: str, notes: list[str]) -> str:
+    """The reply text; a reply cut at the token limit before any text is an error (a reasoning
+    model spent the budget thinking), one cut later is noted and checked as it is."""
+    if finish_reason == "length":
+        if not content.strip():
+            raise LLMError(
+                f"{what}: the reply reached the limit of {limit} tokens before any text (a "
+                "reasoning model may have spent them thinking); set ANIM_PLANNER_MODEL to "
+                "a model that answers within it",
+                TRUNCATED,
+            )
+        notes.append(f"the reply was cut at the limit of {limit} tokens")
     return content
 
 
-def _error_detail(body: bytes) -> str:
-    """The server's own error message, if it gave one, shortened."""
-    text = body.decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict):
-            err = data.get("error", data.get("detail", data.get("message", text)))
-            if isinstance(err, dict):
-                err = err.get("message", err)
-            text = str(err)
-    except json.JSONDecodeError:
-        pass
-    return " ".join(text.split())[:300]
+def _served_by(base_url: str) -> str:
+    return f"set ANIM_PLANNER_MODEL to a model the server at {_safe_url(base_url)} serves"
+
+
+class _Adaptive:
+    """What the hf and openai backends share: the optional parts of a request, left out once
+    a server refuses them, and the errors that say what to set."""
+
+    name: str
+    model: str
+    # Fields the backend may leave out (or swap) to get past a refusal.
+    optional: tuple[str, ...] = ("response_format", "temperature")
+
+    def _init_adaptive(self) -> None:
+        self._left_out: set[str] = set()
+        self._lock_adapt = threading.Lock()
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _adapt(self, refused: _Refused) -> str | None:
+        """Change the request to get past ``refused``; the note saying so, or None when no
+        change can help (the refusal is then the call's error)."""
+        param = "response_format" if refused.kind == JSON_MODE_REFUSED else refused.param
+        if refused.kind not in (JSON_MODE_REFUSED, PARAMETER_REFUSED):
+            return None
+        with self._lock_adapt:
+            if param in self._left_out or param not in self.optional:
+                return None
+            self._left_out.add(param)
+        what = "JSON mode (response_format)" if param == "response_format" else param
+        return f"the server refused {what} ({refused.err.describe()}); asked again without it"
+
+    def advice(self, kind: str) -> str:
+        """The setting that fixes a failure of this kind, as one clause (or '')."""
+        raise NotImplementedError
+
+    def _refusal_error(self, refused: _Refused, key: str) -> LLMError:
+        kind = refused.kind
+        what = {
+            MODEL_UNAVAILABLE: "the model is not available",
+            AUTH: "the key was refused",
+            NO_CREDITS: "the account is out of credits or quota",
+            JSON_MODE_REFUSED: "the server refused JSON mode (response_format)",
+            PARAMETER_REFUSED: f"the server refused the parameter {refused.param}",
+        }.get(kind, "the server refused the request")
+        text = f"{self.describe()}: {what} ({_redact(refused.err.describe(), key)})"
+        advice = self.advice(kind)
+        return LLMError(f"{text}; {advice}" if advice else text, kind)
+
+
+def _classified(err: ServerError, sent: Collection[str], retry_after: str | None) -> Exception:
+    """The exception for an error answer: retryable (429, 5xx) or a refusal."""
+    kind = classify(err, sent)
+    if kind in (RATE_LIMITED, SERVER_ERROR):
+        return _Retryable(err.describe(), _retry_after(retry_after), kind)
+    return _Refused(err, kind, refused_field(err, sent) if kind == PARAMETER_REFUSED else "")
 
 
 # ---------------------------------------------------------------------------
@@ -183,7 +402,7 @@ def _error_detail(body: bytes) -> str:
 # ---------------------------------------------------------------------------
 
 
-class OpenAIBackend:
+class OpenAIBackend(_Adaptive):
     """``POST {base_url}/chat/completions`` (the OpenAI protocol) with a bearer key."""
 
     name = "openai"
@@ -207,38 +426,101 @@ class OpenAIBackend:
         self._api_key = api_key
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._json_mode = True  # until the server refuses response_format
         self._url = urlsplit(self.base_url + "/chat/completions")
+        self._init_adaptive()
+        self.openai_api = parts.hostname == OPENAI_API_HOST
+        # OpenAI's API takes max_completion_tokens: max_tokens is deprecated there and refused by
+        # its reasoning models. Other servers get max_tokens: some read only that one and would
+        # ignore the limit (Ollama's documented fields; llama.cpp's server before
+        # ggml-org/llama.cpp#19831). A refusal naming either swaps them, once.
+        self._token_field = "max_completion_tokens" if self.openai_api else "max_tokens"
+        self._swapped = False
 
     def describe(self) -> str:
         return f"openai backend (model {self.model}, server {_safe_url(self.base_url)})"
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str:
-        payload: dict[str, Any] = {
+    def token_limit(self, max_tokens: int) -> int:
+        """The limit sent for a reply budget of ``max_tokens`` (room to think on OpenAI's API)."""
+        return max_tokens + REASONING_ROOM_TOKENS if self.openai_api else max_tokens
+
+    def request_body(self, messages: Sequence[Message], *, max_tokens: int) -> dict[str, Any]:
+        """The request as it would be sent now (fields the server refused are left out)."""
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [dict(m) for m in messages],
-            "max_tokens": max_tokens,
-            "temperature": TEMPERATURE,
+            self._token_field: self.token_limit(max_tokens),
             "stream": False,
         }
+        if "temperature" not in self._left_out:
+            body["temperature"] = TEMPERATURE
+        if "response_format" not in self._left_out:
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    def _adapt(self, refused: _Refused) -> str | None:
+        field = refused.param
+        if refused.kind == PARAMETER_REFUSED and field in ("max_tokens", "max_completion_tokens"):
+            with self._lock_adapt:
+                if self._swapped or field != self._token_field:
+                    return None
+                other = (
+                    "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+                )
+                self._token_field, self._swapped = other, True
+            return (
+                f"the server refused {field} ({refused.err.describe()}); asked again with {other}"
+            )
+        return super()._adapt(refused)
+
+    def advice(self, kind: str) -> str:
+        if kind == MODEL_UNAVAILABLE:
+            if self.openai_api:
+                example = OPENAI_EXAMPLE_MODEL
+                return f"set ANIM_PLANNER_MODEL to a model your key can use, e.g. {example}"
+            return _served_by(self.base_url)
+        if kind == AUTH:
+            if self.openai_api:
+                return "set ANIM_PLANNER_API_KEY to an OpenAI API key with access to the model"
+            return "set ANIM_PLANNER_API_KEY to a key the server accepts"
+        if kind == NO_CREDITS:
+            return "add credits to the account, or plan with another ANIM_PLANNER_BACKEND"
+        return ""
+
+    def chat(
+        self, messages: Sequence[Message], *, max_tokens: int, notes: list[str] | None = None
+    ) -> str:
+        noted = notes if notes is not None else []
 
         def once() -> dict[str, Any]:
-            deadline = time.monotonic() + self.timeout_s  # per request, like the hf client's
-            body = dict(payload)
-            if self._json_mode:
-                body["response_format"] = {"type": "json_object"}
-            try:
-                return self._post(body, deadline)
-            except _RejectsJsonMode:
-                # Older servers (and some llama.cpp builds) reject the option: ask again without.
-                log.info("chat server refused response_format; asking without it")
-                self._json_mode = False
-                return self._post(payload, deadline)
+            while True:
+                body = self.request_body(messages, max_tokens=max_tokens)
+                try:
+                    return self._post(body)
+                except _Refused as refused:
+                    note = self._adapt(refused)
+                    if note is None:
+                        raise self._refusal_error(refused, self._api_key) from None
+                    log.info("chat server refused part of the request", extra={"note": note})
+                    noted.append(note)
 
         data = _with_retries(once, self.retry, self.describe())
-        return _reply_text(data, self.describe())
+        try:
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise LLMError(
+                f"{self.describe()}: the answer has no choices[0].message.content"
+            ) from None
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise LLMError(f"{self.describe()}: choices[0].message.content is not text")
+        limit = self.token_limit(max_tokens)
+        return _finished(content, choice.get("finish_reason"), limit, self.describe(), noted)
 
-    def _post(self, body: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s  # per request, like the hf client's
+
         def left() -> float:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -275,20 +557,13 @@ class OpenAIBackend:
         except TimeoutError:
             raise LLMTimeout(f"{self.describe()}: no answer within {self.timeout_s:g} s") from None
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Retryable(f"cannot reach the server: {exc}") from None
+            raise _Retryable(f"cannot reach the server: {exc}", kind=UNREACHABLE) from None
         finally:
             conn.close()
         data = b"".join(chunks)
-        status = resp.status
-        if status >= 400:
-            detail = _error_detail(data)
-            if _is_retryable_status(status):
-                raise _Retryable(
-                    f"HTTP {status}: {detail}", _retry_after(resp.getheader("Retry-After"))
-                )
-            if status in (400, 422) and "response_format" in body:
-                raise _RejectsJsonMode()
-            raise LLMError(f"{self.describe()}: HTTP {status}: {detail}")
+        if resp.status >= 400:
+            err = parse_error(resp.status, data)
+            raise _classified(err, body, resp.getheader("Retry-After"))
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -300,7 +575,7 @@ class OpenAIBackend:
 # ---------------------------------------------------------------------------
 
 
-class HFBackend:
+class HFBackend(_Adaptive):
     """``InferenceClient.chat_completion`` on a provider, or on an endpoint by base URL."""
 
     name = "hf"
@@ -322,7 +597,10 @@ class HFBackend:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._json_mode = True
+        self._token = token
+        self._init_adaptive()
+        # Hugging Face's router (a provider, or the router's URL) serves reasoning models too.
+        self.hosted = not self.base_url or urlsplit(self.base_url).hostname == HF_ROUTER_HOST
         if self.base_url:
             # With a URL the client talks to that server alone; the provider plays no part.
             self._client = InferenceClient(
@@ -339,49 +617,85 @@ class HFBackend:
             where += self.provider
         return f"hf backend (model {self.model}, {where})"
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str:
+    def token_limit(self, max_tokens: int) -> int:
+        """The limit sent for a reply budget of ``max_tokens`` (room to think when hosted)."""
+        return max_tokens + REASONING_ROOM_TOKENS if self.hosted else max_tokens
+
+    def advice(self, kind: str) -> str:
+        if kind == MODEL_UNAVAILABLE:
+            if not self.hosted:
+                return _served_by(self.base_url)
+            example = "" if self.model == DEFAULT_MODEL else f", e.g. {DEFAULT_MODEL}"
+            return (
+                f"set ANIM_PLANNER_MODEL to a model that Inference Providers serve{example} "
+                "(https://huggingface.co/models?inference_provider=all&other=conversational), "
+                "or enable a provider that serves it at "
+                "https://huggingface.co/settings/inference-providers"
+            )
+        if kind == AUTH:
+            if not self.hosted:
+                return "set ANIM_PLANNER_API_KEY (or HF_TOKEN) to a key the server accepts"
+            return (
+                "set HF_TOKEN (or ANIM_PLANNER_API_KEY, which overrides it) to a fine-grained "
+                "token with the 'Make calls to Inference Providers' permission"
+            )
+        if kind == NO_CREDITS:
+            return (
+                "add credits to the Hugging Face account, or plan with another ANIM_PLANNER_BACKEND"
+            )
+        return ""
+
+    def chat(
+        self, messages: Sequence[Message], *, max_tokens: int, notes: list[str] | None = None
+    ) -> str:
+        noted = notes if notes is not None else []
+
         def once() -> Any:
-            try:
-                return self._call(messages, max_tokens, json_mode=self._json_mode)
-            except _RejectsJsonMode:
-                log.info("inference server refused response_format; asking without it")
-                self._json_mode = False
-                return self._call(messages, max_tokens, json_mode=False)
+            while True:
+                try:
+                    return self._call(messages, max_tokens)
+                except _Refused as refused:
+                    note = self._adapt(refused)
+                    if note is None:
+                        raise self._refusal_error(refused, self._token) from None
+                    log.info("inference server refused part of the request", extra={"note": note})
+                    noted.append(note)
 
         out = _with_retries(once, self.retry, self.describe())
         try:
-            content = out.choices[0].message.content
+            choice = out.choices[0]
+            content = choice.message.content
         except (AttributeError, IndexError, TypeError):
             raise LLMError(f"{self.describe()}: the answer has no choices[0].message") from None
-        return content or ""
+        limit = self.token_limit(max_tokens)
+        return _finished(content or "", choice.finish_reason, limit, self.describe(), noted)
 
-    def _call(self, messages: Sequence[Message], max_tokens: int, *, json_mode: bool) -> Any:
+    def _call(self, messages: Sequence[Message], max_tokens: int) -> Any:
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
+        sent = {"model", "messages", "max_tokens"} | (set(self.optional) - self._left_out)
         started = time.monotonic()
         try:
             return self._client.chat_completion(
                 [dict(m) for m in messages],
                 model=self.model,
-                max_tokens=max_tokens,
-                temperature=TEMPERATURE,
-                response_format={"type": "json_object"} if json_mode else None,
+                max_tokens=self.token_limit(max_tokens),
+                temperature=None if "temperature" in self._left_out else TEMPERATURE,
+                response_format=(
+                    None if "response_format" in self._left_out else {"type": "json_object"}
+                ),
             )
         except InferenceTimeoutError:
             raise LLMTimeout(f"{self.describe()}: no answer within {self.timeout_s:g} s") from None
         except HfHubHTTPError as exc:
             response = getattr(exc, "response", None)
             status = getattr(response, "status_code", 0) or 0
-            detail = _error_detail(response.content) if response is not None else str(exc)
-            if _is_retryable_status(status):
-                headers = getattr(response, "headers", {}) or {}
-                raise _Retryable(
-                    f"HTTP {status}: {detail}", _retry_after(headers.get("Retry-After"))
-                ) from None
-            if status in (400, 422) and json_mode:
-                raise _RejectsJsonMode() from None
-            raise LLMError(f"{self.describe()}: HTTP {status}: {detail}") from None
+            if response is None:
+                raise LLMError(f"{self.describe()}: {exc}", REQUEST_REFUSED) from None
+            headers = getattr(response, "headers", {}) or {}
+            err = parse_error(status, response.content)
+            raise _classified(err, sent, headers.get("Retry-After")) from None
         except httpx2.TimeoutException:
             raise LLMTimeout(f"{self.describe()}: no answer within {self.timeout_s:g} s") from None
         except httpx2.TransportError as exc:
@@ -389,7 +703,7 @@ class HFBackend:
                 raise LLMTimeout(
                     f"{self.describe()}: no answer within {self.timeout_s:g} s"
                 ) from None
-            raise _Retryable(f"cannot reach the server: {exc}") from None
+            raise _Retryable(f"cannot reach the server: {exc}", kind=UNREACHABLE) from None
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +797,9 @@ class LocalBackend:
                 )
             raise
 
-    def chat(self, messages: Sequence[Message], *, max_tokens: int) -> str:
+    def chat(
+        self, messages: Sequence[Message], *, max_tokens: int, notes: list[str] | None = None
+    ) -> str:
         with self._lock:  # one generation at a time: the model is shared
             tokenizer, model, device = self._load()
             import torch
@@ -519,6 +835,7 @@ class LocalBackend:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "REASONING_ROOM_TOKENS",
     "ChatBackend",
     "HFBackend",
     "LLMError",
@@ -527,4 +844,8 @@ __all__ = [
     "Message",
     "OpenAIBackend",
     "RetryPolicy",
+    "ServerError",
+    "classify",
+    "parse_error",
+    "refused_field",
 ]

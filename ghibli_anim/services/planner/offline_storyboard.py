@@ -69,7 +69,8 @@ def _beat(index: int, frames: int) -> str:
     return BEATS[round(segment * (len(BEATS) - 1) / (segments - 1))]
 
 
-def _title(idea: str) -> str:
+def title_from_idea(idea: str) -> str:
+    """The idea's first eight words, capitalised, at most TITLE_CHARS characters."""
     words = idea.strip().rstrip(".!?").split()
     title = " ".join(words[:8])
     title = title[:1].upper() + title[1:]
@@ -115,7 +116,7 @@ def plan_offline(
         shots.append({"prompt": prompt, "camera": _CAMERA.get(beat, {})})
     return Storyboard.model_validate(
         {
-            "title": _title(idea),
+            "title": title_from_idea(idea),
             "style": style,
             "frames": shots,
             "planner": {"backend": "offline", "model": "", "offline": True},

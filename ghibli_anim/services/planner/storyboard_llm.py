@@ -6,14 +6,18 @@ with the list of problems and a request to fix them, up to ``ANIM_PLANNER_REPAIR
 no valid storyboard comes (or the backend fails), ``ANIM_PLANNER_FALLBACK`` decides: ``offline``
 plans with the deterministic offline planner and says so (the job.planned event's reason carries
 the warning), ``fail`` fails the job with the reason. Every try is recorded (messages sent,
-reply, errors, latency): the planner stores the records as ``jobs/{id}/plan_attempts.json``.
+reply, errors, latency, the backend's notes such as a parameter the server refused, and for a
+failed call the kind of failure): the planner stores the records as
+``jobs/{id}/plan_attempts.json``. A failed call's reason names what went wrong and the variable
+to set (a model the server does not serve, a refused key, ...).
 
 A reply is accepted when it holds one JSON object (bare, inside a markdown fence, or inside
 prose) that is a valid storyboard (:func:`ghibli_anim.contracts.storyboard.parse_storyboard`:
 exactly N frames, no unknown fields, bounded numbers, no empty or duplicate prompts, text
 cleaned of markup and control characters) and every prompt with the style line fits CLIP's 77
 tokens with the profile's tokenizer. The style line and the provenance (``style``,
-``planner``) come from the profile and the planner, never from the reply.
+``planner``) come from the profile and the planner, never from the reply. A storyboard without
+a title gets one from the idea (its first words) rather than a repair round.
 
 The idea is untrusted text: it goes into the conversation as a JSON string between two marker
 lines, and the system prompt says that it is data to illustrate, never instructions. The reply
@@ -33,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ghibli_anim.contracts import config, limits, model_refs
+from ghibli_anim.contracts.documents import clean_text
 from ghibli_anim.contracts.storyboard import (
     Storyboard,
     StoryboardError,
@@ -48,7 +53,7 @@ from ghibli_anim.services.planner.chat_backends import (
     OpenAIBackend,
     RetryPolicy,
 )
-from ghibli_anim.services.planner.offline_storyboard import NOTICE, plan_offline
+from ghibli_anim.services.planner.offline_storyboard import NOTICE, plan_offline, title_from_idea
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +216,11 @@ def extract_json(reply: str) -> dict[str, Any]:
     )
 
 
+def _lacks_title(obj: dict[str, Any]) -> bool:
+    title = obj.get("title")
+    return title is None or (isinstance(title, str) and not clean_text(title))
+
+
 def check_reply(
     reply: str,
     frames: int,
@@ -218,12 +228,22 @@ def check_reply(
     style: str,
     counter: TokenCount,
     planner: dict[str, Any],
+    idea: str = "",
+    notes: list[str] | None = None,
 ) -> tuple[Storyboard | None, list[str]]:
-    """The storyboard in ``reply``, or None and one ``path: problem`` line per problem."""
+    """The storyboard in ``reply``, or None and one ``path: problem`` line per problem.
+
+    With ``idea``, a reply without a title (or with an empty one) gets the idea's first words
+    as its title, noted in ``notes``: a missing title is not worth a repair round.
+    """
     try:
         obj = extract_json(reply)
     except StoryboardError as exc:
         return None, exc.errors
+    if idea and _lacks_title(obj) and title_from_idea(idea):
+        obj = {**obj, "title": title_from_idea(idea)}
+        if notes is not None:
+            notes.append("title: missing or empty in the reply; derived from the idea")
     # The profile sets the style and the planner its provenance; the reply has no say.
     obj = {**obj, "style": style, "planner": planner}
     try:
@@ -326,6 +346,7 @@ class Storyboarder:
         ]
         errors: list[str] = []
         for n in range(1, self.repairs + 2):
+            notes: list[str] = []
             record: dict[str, Any] = {
                 "attempt": n,
                 "backend": backend.name,
@@ -333,11 +354,12 @@ class Storyboarder:
                 "endpoint": backend.describe(),
                 "started_at": _now(),
                 "messages": [dict(m) for m in messages],
+                "notes": notes,
             }
             attempts.append(record)
             started = time.monotonic()
             try:
-                reply = backend.chat(messages, max_tokens=max_reply_tokens(frames))
+                reply = backend.chat(messages, max_tokens=max_reply_tokens(frames), notes=notes)
             except Exception as exc:  # an LLMError, or a client library's own failure
                 text = (
                     str(exc)
@@ -349,11 +371,18 @@ class Storyboarder:
                     reply="",
                     errors=[text],
                     accepted=False,
+                    error_kind=exc.kind if isinstance(exc, LLMError) else "client_error",
                 )
                 # The call failed, not the content: a repair would only repeat it.
                 return f"the {text}"
             board, errors = check_reply(
-                reply, frames, style=style, counter=counter, planner=planner
+                reply,
+                frames,
+                style=style,
+                counter=counter,
+                planner=planner,
+                idea=idea,
+                notes=notes,
             )
             record.update(
                 latency_s=round(time.monotonic() - started, 4),

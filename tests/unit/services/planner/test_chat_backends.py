@@ -1,30 +1,63 @@
 """services/planner/chat_backends.py: retries, back-off, timeouts, response_format, errors
-that name the model and provider, and the local backend (a tiny random GPT-2 built in the
-test: it writes gibberish, which exercises rejection and repair, not the happy path).
+that name the model and provider and say what to set, parameters left out or swapped when a
+server refuses them, and the local backend (a tiny random GPT-2 built in the test: it writes
+gibberish, which exercises rejection and repair, not the happy path).
 
-The openai and hf backends talk to a local stand-in server (``support/llm_server.py``)."""
+Hosted LLM APIs cannot be reached from the tests: the openai and hf backends talk to a local
+stand-in server (``support/llm_server.py``) that speaks their protocol and replays the error
+answers the hosted APIs send (``support/llm_errors.py``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import llm_errors as errors
 from support.llm_planner import IDEA, INJECTION, LLM_BACKENDS, STYLE, backend, plan
-from support.llm_server import ChatServer, Hang, RejectResponseFormat, Status, valid_reply
+from support.llm_server import (
+    ChatServer,
+    Error,
+    Hang,
+    Refuse,
+    RejectResponseFormat,
+    Reply,
+    Status,
+    storyboard,
+    valid_reply,
+)
 
 from ghibli_anim.contracts import config
 from ghibli_anim.services.planner.chat_backends import (
+    AUTH,
     DEFAULT_MODEL,
+    JSON_MODE_REFUSED,
     MAX_BACKOFF_S,
+    MODEL_UNAVAILABLE,
+    NO_CREDITS,
+    PARAMETER_REFUSED,
+    RATE_LIMITED,
+    REASONING_ROOM_TOKENS,
+    REQUEST_REFUSED,
+    SERVER_ERROR,
+    TRUNCATED,
     HFBackend,
     LLMTimeout,
     LocalBackend,
     OpenAIBackend,
+    ServerError,
+    classify,
+    parse_error,
+    refused_field,
 )
-from ghibli_anim.services.planner.storyboard_llm import PlanningFailed, Storyboarder
+from ghibli_anim.services.planner.storyboard_llm import (
+    PlanningFailed,
+    Storyboarder,
+    max_reply_tokens,
+)
 
 # -- transport: retries, timeouts, response_format ------------------------------------------
 
@@ -120,7 +153,9 @@ def test_unauthorised_is_not_retried_and_names_model_and_provider(counter):
         plan("hf", server, counter)
     assert len(server.requests) == 1
     assert str(info.value) == (
-        f"the hf backend (model {DEFAULT_MODEL}, endpoint {server.base_url}): HTTP 401: invalid key"
+        f"the hf backend (model {DEFAULT_MODEL}, endpoint {server.base_url}): the key was refused "
+        "(HTTP 401: invalid key); set ANIM_PLANNER_API_KEY (or HF_TOKEN) to a key the server "
+        "accepts"
     )
 
 
@@ -135,6 +170,254 @@ def test_hf_backend_names_its_provider(counter):
         "the hf backend (model owner/model, provider no-such-provider): ValueError: "
     )
     assert "not supported" in str(info.value)
+
+
+# -- refusals: the hosted APIs' own error answers (support/llm_errors.py) ---------------------
+
+MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer"),
+    [
+        ("hf", errors.hf_model_not_supported(MISTRAL)),
+        ("hf", errors.hf_model_not_supported_text(MISTRAL)),
+        ("hf", errors.HF_MODEL_NOT_BY_PROVIDER),
+        ("openai", errors.openai_model_not_found(MISTRAL)),
+    ],
+)
+@pytest.mark.parametrize("fallback", ["fail", "offline"])
+def test_a_model_the_server_does_not_serve_is_named_not_taken_for_json_mode(
+    kind, answer, fallback, counter
+):
+    with ChatServer([Error(answer), valid_reply]) as server:
+        if fallback == "fail":
+            with pytest.raises(PlanningFailed) as info:
+                plan(kind, server, counter, model=MISTRAL, fallback=fallback)
+            reason, attempts = str(info.value), info.value.attempts
+        else:
+            out = plan(kind, server, counter, model=MISTRAL, fallback=fallback)
+            reason, attempts = out.notice, out.attempts
+            assert out.backend == "offline" and len(out.board.frames) == 5
+            assert reason.endswith("; the offline planner wrote the storyboard instead")
+    # One request: not retried, and not asked again without response_format.
+    assert len(server.requests) == 1 and "response_format" in server.bodies[0]
+    message = parse_error(answer.status, json.dumps(answer.body).encode()).message
+    assert reason.startswith(
+        f"the {kind} backend (model {MISTRAL}, "
+        + ("endpoint" if kind == "hf" else "server")
+        + f" {server.base_url}): the model is not available (HTTP {answer.status}: {message}); "
+        f"set ANIM_PLANNER_MODEL to a model the server at {server.base_url} serves"
+    )
+    assert attempts[0]["error_kind"] == MODEL_UNAVAILABLE and not attempts[0]["accepted"]
+
+
+def test_hf_on_inference_providers_suggests_a_served_model_and_the_provider_settings():
+    advice = HFBackend(MISTRAL, token="hf_x").advice(MODEL_UNAVAILABLE)
+    assert advice == (
+        f"set ANIM_PLANNER_MODEL to a model that Inference Providers serve, e.g. {DEFAULT_MODEL} "
+        "(https://huggingface.co/models?inference_provider=all&other=conversational), or enable "
+        "a provider that serves it at https://huggingface.co/settings/inference-providers"
+    )
+    # The router's own URL is Inference Providers too; the default needs no example of itself.
+    router = HFBackend(base_url="https://router.huggingface.co/v1", token="hf_x")
+    assert router.advice(MODEL_UNAVAILABLE).startswith(
+        "set ANIM_PLANNER_MODEL to a model that Inference Providers serve (https://"
+    )
+    assert "'Make calls to Inference Providers' permission" in router.advice(AUTH)
+    openai = OpenAIBackend("https://api.openai.com/v1", "o3")
+    assert openai.advice(MODEL_UNAVAILABLE) == (
+        "set ANIM_PLANNER_MODEL to a model your key can use, e.g. gpt-5-mini"
+    )
+
+
+def test_the_default_model_is_the_configured_one():
+    assert config.load("client", {})["ANIM_PLANNER_MODEL"] == DEFAULT_MODEL
+    assert DEFAULT_MODEL == "openai/gpt-oss-20b"
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer", "kind_of_error", "advice"),
+    [
+        ("hf", errors.HF_INVALID_TOKEN, AUTH, "set ANIM_PLANNER_API_KEY (or HF_TOKEN)"),
+        ("hf", errors.HF_TOKEN_WITHOUT_PERMISSION, AUTH, "set ANIM_PLANNER_API_KEY (or HF_TOKEN)"),
+        ("openai", errors.openai_invalid_key("sk-test"), AUTH, "set ANIM_PLANNER_API_KEY"),
+        ("openai", errors.openai_invalid_key("sk-inval***c66a"), AUTH, "set ANIM_PLANNER_API_KEY"),
+        ("hf", errors.HF_NO_CREDITS, NO_CREDITS, "add credits to the Hugging Face account"),
+        ("openai", errors.OPENAI_NO_QUOTA, NO_CREDITS, "add credits to the account"),
+    ],
+)
+def test_keys_and_credits_are_not_retried_and_say_what_to_set(
+    kind, answer, kind_of_error, advice, counter, waits
+):
+    with ChatServer([Error(answer), valid_reply]) as server, pytest.raises(PlanningFailed) as info:
+        plan(kind, server, counter)
+    # A 429 for quota is not waited on: waiting does not add credits.
+    assert len(server.requests) == 1 and waits == []
+    (attempt,) = info.value.attempts
+    assert attempt["error_kind"] == kind_of_error
+    what = "the key was refused" if kind_of_error == AUTH else "the account is out of credits"
+    assert f"): {what}" in str(info.value) and f"; {advice}" in str(info.value)
+    # The key the server echoed, whole or masked, is not repeated in the reason or the records.
+    for shown in ("sk-test", "sk-inval", "c66a"):
+        assert shown not in str(info.value) and shown not in json.dumps(attempt)
+
+
+@pytest.mark.parametrize("kind", LLM_BACKENDS)
+@pytest.mark.parametrize(
+    "answer", [errors.openai_temperature_value(0.3), errors.OPENAI_TEMPERATURE_PARAMETER]
+)
+def test_a_refused_temperature_is_left_out_once_and_recorded(kind, answer, counter):
+    script = [Refuse("temperature", answer, valid_reply)]
+    with ChatServer(script) as server:
+        sb = Storyboarder(backend(kind, server), repairs=0, fallback="fail")
+        first = sb.plan(IDEA, 3, style=STYLE, counter=counter)
+        second = sb.plan(IDEA, 3, style=STYLE, counter=counter)
+    assert ["temperature" in b for b in server.bodies] == [True, False, False]
+    # Only temperature went: JSON mode stays on.
+    assert all(b["response_format"] == {"type": "json_object"} for b in server.bodies)
+    (attempt,) = first.attempts
+    assert attempt["accepted"] and first.backend == kind
+    message = parse_error(400, json.dumps(answer.body).encode()).message
+    assert attempt["notes"] == [
+        f"the server refused temperature (HTTP 400: {message}); asked again without it"
+    ]
+    assert second.attempts[0]["notes"] == []  # remembered: not refused again
+
+
+def test_openai_api_gets_max_completion_tokens_with_room_to_think():
+    msgs = [{"role": "user", "content": "hi"}]
+    body = OpenAIBackend("https://api.openai.com/v1", "gpt-5-mini").request_body(
+        msgs, max_tokens=500
+    )
+    assert body["max_completion_tokens"] == 500 + REASONING_ROOM_TOKENS
+    assert "max_tokens" not in body
+    # Other servers get max_tokens, the reply's budget alone (some refuse a limit past their
+    # context).
+    local = OpenAIBackend("http://127.0.0.1:1/v1").request_body(msgs, max_tokens=500)
+    assert local["max_tokens"] == 500 and "max_completion_tokens" not in local
+
+
+def test_a_server_refusing_max_tokens_gets_max_completion_tokens(counter):
+    # An OpenAI reasoning model behind a proxy: refuses max_tokens, then temperature.
+    script = [
+        Refuse(
+            "max_tokens",
+            errors.OPENAI_MAX_TOKENS,
+            Refuse("temperature", errors.openai_temperature_value(0.3), valid_reply),
+        )
+    ]
+    with ChatServer(script) as server:
+        sb = Storyboarder(backend("openai", server), repairs=0, fallback="fail")
+        out = sb.plan(IDEA, 3, style=STYLE, counter=counter)
+        sb.plan(IDEA, 3, style=STYLE, counter=counter)
+    budget = max_reply_tokens(3)
+    sent = [
+        (b.get("max_tokens"), b.get("max_completion_tokens"), "temperature" in b)
+        for b in server.bodies
+    ]
+    assert sent == [
+        (budget, None, True),
+        (None, budget, True),
+        (None, budget, False),
+        (None, budget, False),  # the next plan asks the way that worked
+    ]
+    notes = out.attempts[0]["notes"]
+    assert len(notes) == 2
+    assert notes[0].startswith("the server refused max_tokens (HTTP 400: Unsupported parameter:")
+    assert notes[0].endswith("asked again with max_completion_tokens")
+    assert notes[1].startswith("the server refused temperature (HTTP 400: Unsupported value:")
+
+
+def test_a_refusal_of_what_was_already_left_out_is_the_error(counter):
+    # A server that refuses every request naming temperature, even without it (a broken proxy).
+    answer = errors.openai_temperature_value(0.3)
+    with ChatServer([Error(answer)]) as server, pytest.raises(PlanningFailed) as info:
+        plan("openai", server, counter)
+    assert ["temperature" in b for b in server.bodies] == [True, False]
+    assert "the server refused the request (HTTP 400: Unsupported value: " in str(info.value)
+    assert info.value.attempts[0]["error_kind"] == REQUEST_REFUSED
+
+
+@pytest.mark.parametrize("kind", LLM_BACKENDS)
+def test_a_reply_cut_before_any_text_is_an_error_not_a_repair(kind, counter):
+    # A reasoning model that spent the whole limit thinking.
+    with (
+        ChatServer([Reply("", finish_reason="length")]) as server,
+        pytest.raises(PlanningFailed) as info,
+    ):
+        plan(kind, server, counter, frames=2)
+    assert len(server.requests) == 1
+    assert f"the reply reached the limit of {max_reply_tokens(2)} tokens before any text" in str(
+        info.value
+    )
+    assert info.value.attempts[0]["error_kind"] == TRUNCATED
+
+
+def test_a_reply_cut_after_some_text_is_noted_and_repaired(counter):
+    cut = json.dumps(storyboard(2))[:40]
+    with ChatServer([Reply(cut, finish_reason="length"), valid_reply]) as server:
+        out = plan("openai", server, counter, frames=2)
+    first, second = out.attempts
+    assert first["notes"] == [f"the reply was cut at the limit of {max_reply_tokens(2)} tokens"]
+    assert not first["accepted"] and second["accepted"] and second["notes"] == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (errors.hf_model_not_supported(MISTRAL), MODEL_UNAVAILABLE),
+        (errors.hf_model_not_supported_text(MISTRAL), MODEL_UNAVAILABLE),
+        (errors.HF_MODEL_NOT_BY_PROVIDER, MODEL_UNAVAILABLE),
+        (errors.openai_model_not_found("gpt-x"), MODEL_UNAVAILABLE),
+        (errors.HF_INVALID_TOKEN, AUTH),
+        (errors.HF_TOKEN_WITHOUT_PERMISSION, AUTH),
+        (errors.openai_invalid_key("sk-te***"), AUTH),
+        (errors.HF_NO_CREDITS, NO_CREDITS),
+        (errors.OPENAI_NO_QUOTA, NO_CREDITS),
+        (errors.OPENAI_MAX_TOKENS, PARAMETER_REFUSED),
+        (errors.openai_temperature_value(0.3), PARAMETER_REFUSED),
+        (errors.OPENAI_TEMPERATURE_PARAMETER, PARAMETER_REFUSED),
+    ],
+)
+def test_classify_the_recorded_answers(answer, kind):
+    sent = ("model", "messages", "max_tokens", "temperature", "response_format", "stream")
+    err = parse_error(answer.status, json.dumps(answer.body).encode())
+    assert classify(err, sent) == kind
+    if kind == PARAMETER_REFUSED:
+        assert refused_field(err, sent) == answer.body["error"]["param"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sent", "kind"),
+    [
+        # Older servers refuse response_format without naming it: JSON mode off, as before.
+        (400, {"error": {"message": "bad request"}}, ("response_format",), JSON_MODE_REFUSED),
+        (422, {"error": "grammar is not supported"}, ("response_format",), JSON_MODE_REFUSED),
+        (400, {"error": {"message": "bad request"}}, ("temperature",), REQUEST_REFUSED),
+        # vLLM's shape (fields at the top level) and a 404 naming the model.
+        (
+            404,
+            {"object": "error", "message": "The model `x` does not exist.", "code": 404},
+            ("response_format",),
+            MODEL_UNAVAILABLE,
+        ),
+        (429, {"error": {"message": "slow down"}}, (), RATE_LIMITED),
+        (503, {"detail": "overloaded"}, (), SERVER_ERROR),
+    ],
+)
+def test_classify_other_shapes(status, body, sent, kind):
+    assert classify(parse_error(status, json.dumps(body).encode()), sent) == kind
+
+
+def test_parse_error_reads_every_shape():
+    assert parse_error(400, b'{"error": {"message": "a  b", "param": "p", "code": "c"}}') == (
+        ServerError(400, "a b", code="c", param="p")
+    )
+    assert parse_error(401, b'{"error": "nope"}') == ServerError(401, "nope")
+    assert parse_error(422, b'{"detail": [{"loc": ["x"]}]}').message == '[{"loc": ["x"]}]'
+    assert parse_error(502, b"<html>Bad Gateway</html>").message == "<html>Bad Gateway</html>"
+    assert len(parse_error(500, b"x" * 1000).message) == 300
 
 
 # -- local backend: a tiny random GPT-2 -------------------------------------------------------

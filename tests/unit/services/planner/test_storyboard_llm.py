@@ -67,7 +67,7 @@ def test_valid_reply_is_the_storyboard(kind, counter):
     assert attempt["accepted"] and attempt["errors"] == []
     assert attempt["messages"] == body["messages"]
     assert json.loads(attempt["reply"]) == storyboard(5)
-    assert attempt["latency_s"] >= 0 and attempt["backend"] == kind
+    assert attempt["latency_s"] >= 0 and attempt["backend"] == kind and attempt["notes"] == []
     assert "sk-test" not in json.dumps(out.attempts) and "hf_test" not in json.dumps(out.attempts)
 
 
@@ -106,6 +106,40 @@ def test_invalid_reply_goes_back_with_its_errors_in_the_same_conversation(kind, 
     a1, a2 = out.attempts
     assert not a1["accepted"] and "frames: expected exactly 5 frames, got 6" in a1["errors"]
     assert a2["accepted"] and a2["errors"] == [] and a2["messages"] == second["messages"]
+
+
+@pytest.mark.parametrize("kind", LLM_BACKENDS)
+@pytest.mark.parametrize("title", [None, "", "  <b></b> "], ids=["absent", "empty", "blank"])
+def test_a_storyboard_lacking_only_its_title_gets_one_from_the_idea(kind, title, counter):
+    def script(body):
+        board = storyboard(frames_asked(body))
+        if title is None:
+            del board["title"]
+        else:
+            board["title"] = title
+        return Reply(json.dumps(board))
+
+    with ChatServer(script) as server:
+        out = plan(kind, server, counter, frames=3)
+    assert len(server.requests) == 1  # no repair round
+    assert out.backend == kind and out.notice == ""
+    assert out.board.title == "A lantern festival on a river at dusk"
+    (attempt,) = out.attempts
+    assert attempt["accepted"] and attempt["errors"] == []
+    assert attempt["notes"] == ["title: missing or empty in the reply; derived from the idea"]
+
+
+def test_a_missing_title_does_not_hide_other_problems(counter):
+    def script(body):
+        board = storyboard(frames_asked(body) + 1)
+        del board["title"]
+        return Reply(json.dumps(board)) if turn(body) == 0 else valid_reply(body)
+
+    with ChatServer(script) as server:
+        out = plan("openai", server, counter, frames=3)
+    first, second = out.attempts
+    assert first["errors"] == ["frames: expected exactly 3 frames, got 4"]
+    assert second["accepted"] and out.board.title == storyboard(3)["title"]
 
 
 def test_a_prompt_over_77_tokens_is_repaired(counter):
