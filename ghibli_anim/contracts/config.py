@@ -218,9 +218,11 @@ VARS: tuple[Var, ...] = (
         "ANIM_MAX_DELIVER", "5", "Deliveries of a work message before the job fails.", _positive_int
     ),
     _v(
-        "ANIM_SHUTDOWN_GRACE_S",
-        "60",
-        "Seconds to finish the message in hand on SIGTERM.",
+        "ANIM_DRAIN_S",
+        "20",
+        "Seconds a stopping service (SIGTERM) gives the work in hand before handing it back "
+        "(nak) and exiting 0; with the rest of the shutdown (~5 s) it must fit the platform's "
+        "grace period (Kubernetes' default: 30 s).",
         _positive_float,
     ),
     _v("ANIM_PROFILE", "sd15-ghibli", "Default profile when a request names none."),

@@ -10,7 +10,9 @@ exactly where the test wants it. The variable holds rules separated by ``;``::
 - FRAME: the frame index, or ``*`` for every frame.
 - ACTION: ``pause`` (hold the message until the process is killed),
   ``retry`` (a retryable error on every delivery), ``fail`` (a non-retryable
-  error), ``crash`` (the process exits at once with status 1, like an OOM kill).
+  error), ``crash`` (the process exits at once with status 1, like an OOM kill),
+  ``slow`` (render only: every denoising step of the frame takes two seconds
+  more, in the torch thread, as a slow GPU would).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ghibli_anim.runtime.bus.consumer import NonRetryable, Retryable
 log = logging.getLogger(__name__)
 
 POINTS = ("render", "depth", "assemble")
-ACTIONS = ("pause", "retry", "fail", "crash")
+ACTIONS = ("pause", "retry", "fail", "crash", "slow")
+SLOW_STEP_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,11 @@ async def hit(point: str, frame: int) -> None:
             raise NonRetryable(f"injected fault at {point} frame {frame}")
         elif fault.action == "crash":
             os._exit(1)
+
+
+def step_delay(point: str, frame: int) -> float:
+    """Seconds to add to every denoising step of (point, frame): ``slow``, else 0."""
+    hit_slow = any(
+        f.point == point and f.frame in (None, frame) and f.action == "slow" for f in _FAULTS
+    )
+    return SLOW_STEP_S if hit_slow else 0.0

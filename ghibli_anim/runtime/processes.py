@@ -269,6 +269,12 @@ class ChildServer:
         return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
+    def exit_code(self) -> int | None:
+        """How the last run ended (negative: the signal that ended it); None while running
+        or before the first start."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

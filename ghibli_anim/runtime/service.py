@@ -7,7 +7,7 @@ mode runs several with ``run_service`` on one event loop.
 
 Shutdown (SIGTERM, SIGINT, or the stop event): health turns NOT_SERVING, the
 consumers stop fetching, the message in hand finishes (or is nakked after
-ANIM_SHUTDOWN_GRACE_S), the gRPC server stops, NATS drains, exit 0.
+ANIM_DRAIN_S), the gRPC server stops, NATS drains, exit 0.
 
 Observability: with ANIM_METRICS_PORT set, Prometheus metrics are served on
 that port (metrics.py), including gauges asked of NATS at scrape time (each
@@ -116,7 +116,7 @@ async def run_service(
     tracing.setup(service.name, settings["OTEL_EXPORTER_OTLP_ENDPOINT"])
     bus = await connect(settings, f"{service.name}")
     store = open_store(settings)
-    grace = settings["ANIM_SHUTDOWN_GRACE_S"]
+    grace = settings["ANIM_DRAIN_S"]
     server: GrpcServer | None = None
     metrics_port = settings["ANIM_METRICS_PORT"]
     metrics_host = settings["ANIM_GRPC_HOST"]

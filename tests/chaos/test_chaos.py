@@ -38,7 +38,7 @@ def chaos_stack(tmp_path, tiny_cache_dir):
         "ANIM_PROFILE": "tiny",
         "ANIM_ACK_WAIT_S": "2",
         "ANIM_MAX_DELIVER": "3",
-        "ANIM_SHUTDOWN_GRACE_S": "5",
+        "ANIM_DRAIN_S": "5",
         "OMP_NUM_THREADS": "1",
     }
     stack = LocalStack(tmp_path, services=BASE, env=env)
@@ -119,6 +119,37 @@ def test_renderer_killed_mid_frame(chaos_stack):
             return job.job_id, events, anim, reference.job_id, ref_anim
 
     job_id, events, anim, ref_id, ref_anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
+    assert ref_anim.status == types_pb2.JOB_STATUS_COMPLETED
+    assert_exactly_once(chaos_stack, job_id, events, 6)
+    assert frames_of(chaos_stack, job_id, 6) == frames_of(chaos_stack, ref_id, 6)
+
+
+def test_renderer_stopped_mid_frame_hands_it_back_and_exits(chaos_stack):
+    """SIGTERM a renderer whose frame 2 is slower than its drain: the frame is handed back,
+    the render ends at its next step, the process exits 0 long before the frame would have
+    ended, and another renderer finishes the job to the same bytes."""
+    slow = chaos_stack.add("renderer", env={"ANIM_FAULT": "render:2:slow", "ANIM_DRAIN_S": "2"})
+
+    async def main():
+        async with AnimationClient(chaos_stack.planner_target) as client:
+            job = await client.create(request())
+            await wait_event(client, job.job_id, E.EVENT_TYPE_FRAME_PROGRESS, 2)
+            began = time.monotonic()
+            await asyncio.to_thread(slow.stop, 60)  # SIGTERM, then up to 60 s
+            stopped_s = time.monotonic() - began
+            chaos_stack.add("renderer")
+            events, anim = await finish(client, job.job_id)
+            reference = await client.create(request())
+            _, ref_anim = await finish(client, reference.job_id)
+            return stopped_s, job.job_id, events, anim, reference.job_id, ref_anim
+
+    stopped_s, job_id, events, anim, ref_id, ref_anim = asyncio.run(main())
+    # Frame 2 alone would take 2 s a step for 5 to 10 steps; the stop took the drain
+    # (2 s), at most one more step, and the rest of the shutdown.
+    log = slow.log_path.read_text()
+    assert slow.exit_code == 0 and stopped_s < 9, (slow.exit_code, stopped_s, log[-3000:])
+    assert "cancelling and nakking" in log and "render stopped: the frame was handed back" in log
     assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
     assert ref_anim.status == types_pb2.JOB_STATUS_COMPLETED
     assert_exactly_once(chaos_stack, job_id, events, 6)

@@ -37,7 +37,7 @@ def web_port(health_server) -> Iterator[int]:
             "ANIM_PLANNER_TARGET": target,
             "ANIM_WEB_HOST": "127.0.0.1",
             "ANIM_WEB_PORT": "0",
-            "ANIM_SHUTDOWN_GRACE_S": "5",
+            "ANIM_DRAIN_S": "5",
         },
     )
     bound = threading.Event()

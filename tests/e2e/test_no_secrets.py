@@ -65,7 +65,7 @@ def secret_stack(tmp_path: Path, tiny_cache_dir: Path):
         "ANIM_CACHE_DIR": str(tiny_cache_dir),
         "ANIM_PROFILE": "tiny",
         "ANIM_ACK_WAIT_S": "10",
-        "ANIM_SHUTDOWN_GRACE_S": "5",
+        "ANIM_DRAIN_S": "5",
         "ANIM_S3_ACCESS_KEY": S3_ACCESS,
         "ANIM_S3_SECRET_KEY": S3_SECRET,
         "ANIM_AUTH_TOKENS_FILE": str(tokens),

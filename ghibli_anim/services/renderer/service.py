@@ -15,6 +15,10 @@ A frame re-rendered in float32 (NaN or black in float16, see
 :mod:`ghibli_anim.services.renderer.diffusion`) is logged, and its frame.rendered
 event's ``reason`` tells the user, suggesting ``ANIM_DTYPE=float32``; one still
 NaN or black in float32 fails without retries.
+
+A stop (SIGTERM) that waited ``ANIM_DRAIN_S`` for the frame in hand hands its message
+back (another replica renders it, to the same bytes) and ends the render at its next
+denoising step, so the process exits within the drain plus one step.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +55,10 @@ from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
+
+
+class FrameAbandoned(Exception):
+    """Raised in the torch thread to end a render whose message was handed back."""
 
 
 def _image(data: bytes, field: str) -> Image.Image:
@@ -161,10 +170,30 @@ class RendererService(Service):
             reference = await self._reference(job_id, i, spec)
         # frame.progress events from the torch thread, all out before frame.rendered.
         progress = ProgressReporter(self.bus.js, work, self.name, started=started)
+        abandoned = threading.Event()
+        slow_s = faults.step_delay("render", i)
+
+        def on_step(done: int, total: int) -> None:
+            # In the torch thread, after every denoising step. A stop that stopped
+            # waiting for this frame (ANIM_DRAIN_S) has handed it back already:
+            # end the render here, so the process exits now, not when it finishes.
+            if slow_s:
+                time.sleep(slow_s)
+            if abandoned.is_set():
+                log.warning(
+                    "render stopped: the frame was handed back",
+                    extra={"job_id": job_id, "frame": i, "step": done, "steps": total},
+                )
+                raise FrameAbandoned(f"frame {i}: handed back at step {done} of {total}")
+            progress.on_step(done, total)
+
         try:
             result = await asyncio.to_thread(
-                self._render, spec, source, depth, reference, progress.on_step, timer
+                self._render, spec, source, depth, reference, on_step, timer
             )
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
         finally:
             await progress.close()
         record = {

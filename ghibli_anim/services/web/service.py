@@ -8,7 +8,7 @@ once the planner is SERVING.
 
 On SIGTERM or SIGINT it ends every event stream first (browsers reconnect to
 another replica and resume after the last event they had), then lets requests
-in flight finish for up to ``ANIM_SHUTDOWN_GRACE_S``.
+in flight finish for up to ``ANIM_DRAIN_S``.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ async def run_web(
             lifespan="off",
             log_config=None,  # the service's own logging setup (JSON lines)
             access_log=False,
-            timeout_graceful_shutdown=max(1, int(settings["ANIM_SHUTDOWN_GRACE_S"])),
+            timeout_graceful_shutdown=max(1, int(settings["ANIM_DRAIN_S"])),
         )
     )
     port = sock.getsockname()[1]

@@ -47,7 +47,7 @@ async def web(
             "ANIM_WEB_HOST": "127.0.0.1",
             "ANIM_WEB_PORT": "0",
             "ANIM_CACHE_DIR": str(tiny_cache_dir),
-            "ANIM_SHUTDOWN_GRACE_S": "5",
+            "ANIM_DRAIN_S": "5",
             **extra,
         },
     )
