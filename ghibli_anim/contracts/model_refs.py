@@ -12,6 +12,12 @@ A profile, a request or a setting names each model by a reference, one of:
 * for LoRA sources only, ``store://loras/NAME``: a LoRA in the object store, which the
   caller fetches (``locate`` refuses it).
 
+Which files of a hub repository a load reads (``ghibli-anim models fetch`` downloads only
+those) is decided here too, from the repository's file listing: :func:`pipeline_files`
+(the folders ``model_index.json`` names, without the safety checker),
+:func:`folder_files` (one model or tokenizer folder), :func:`lora_file`,
+:func:`subfolder_files` and :func:`single_file_config_files`.
+
 Nothing here imports torch: the planner locates tokenizers without it. Building the tiny
 models is a development tool (``ghibli_anim.devtools.tiny_models``) that this package never
 imports; an entry point that wants missing ``tiny:`` components built on first use passes a
@@ -22,7 +28,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ghibli_anim.contracts import config, keys
@@ -231,3 +238,185 @@ def default_tokenizer(base_model: str) -> str:
     if base_model == TINY_PREFIX + "pipeline":
         return TINY_PREFIX + "tokenizer"
     return base_model.rstrip("/") + "/tokenizer"
+
+
+# ---------------------------------------------------------------------------
+# Which files of a hub repository a load reads
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a hub repository as its listing gives it (``HfApi.list_repo_tree``)."""
+
+    path: str
+    size: int
+
+
+SKIPPED_COMPONENTS: tuple[str, ...] = ("safety_checker",)
+"""Pipeline components the renderer never loads (it passes ``safety_checker=None``)."""
+
+LORA_WEIGHT_NAMES: tuple[str, ...] = (
+    "pytorch_lora_weights.safetensors",
+    "pytorch_lora_weights.bin",
+)
+"""The LoRA files the renderer looks for when no ``weight_name`` is given, in its order."""
+
+# Top-level files diffusers' DiffusionPipeline.download takes besides the component folders.
+_PIPELINE_TOP_FILES = (
+    "model_index.json",
+    "scheduler_config.json",
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+# Weights from_pretrained reads: diffusers' and transformers' safetensors names, with an
+# optional variant (fp16, non_ema, ...) and shard number.
+_WEIGHTS_RE = re.compile(
+    r"^(?:diffusion_pytorch_model|model)(?:\.(?P<variant>[A-Za-z0-9_]+))?"
+    r"(?:-\d{5}-of-\d{5})?\.safetensors$"
+)
+_INDEX_RE = re.compile(
+    r"^(?:diffusion_pytorch_model|model)\.safetensors\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$"
+)
+# Any checkpoint format: a folder holding one is a model folder, whose weights must be
+# safetensors (pickle formats run code when loaded).
+_ANY_WEIGHTS_RE = re.compile(
+    r"\.(safetensors|bin|ckpt|pt|pth|pkl|msgpack|h5|onnx|onnx_data|pb|gguf)$"
+)
+# A model folder's configs, tokenizer and image-processor files.
+_SIDE_SUFFIXES = (".json", ".txt", ".model")
+
+
+def total_size(files: Iterable[HubFile]) -> int:
+    """Bytes of ``files``."""
+    return sum(f.size for f in files)
+
+
+def _prefix(folder: str) -> str:
+    return f"{folder.strip('/')}/" if folder.strip("/") else ""
+
+
+def subfolder_files(
+    listing: Iterable[HubFile], folder: str, *, where: str = "model"
+) -> list[HubFile]:
+    """Everything under ``folder``: what :func:`locate` downloads for ``owner/name/folder``."""
+    prefix = _prefix(folder)
+    files = sorted((f for f in listing if f.path.startswith(prefix)), key=lambda f: f.path)
+    if not prefix or not files:
+        raise ValueError(f"{where}: the repository has no folder {folder!r}")
+    return files
+
+
+def folder_files(
+    listing: Iterable[HubFile],
+    folder: str = "",
+    *,
+    variant: str | None = None,
+    weights: bool = True,
+    where: str = "model",
+) -> list[HubFile]:
+    """What ``from_pretrained`` reads from one folder ("" = the repository's top).
+
+    A folder without weights (a scheduler, a tokenizer) is read whole. From a model
+    folder: its configs and tokenizer files, and its safetensors weights, in ``variant``
+    when the folder has that variant (else the plain ones, as diffusers does), never
+    another format or variant; ``weights=False`` takes the configs only. Raises ValueError
+    naming ``where`` when the folder is empty or its weights are not safetensors.
+    """
+    listing = list(listing)
+    prefix = _prefix(folder)
+    direct = {f.path[len(prefix) :]: f for f in listing if f.path.startswith(prefix)}
+    direct = {name: f for name, f in direct.items() if "/" not in name}
+    shown = f"{where}: folder {folder!r}" if prefix else f"{where}:"
+    if not direct:
+        raise ValueError(f"{shown} holds no files")
+    if not any(_ANY_WEIGHTS_RE.search(name) for name in direct):
+        return sorted((f for f in listing if f.path.startswith(prefix)), key=lambda f: f.path)
+    picked = [f for n, f in direct.items() if n.endswith(_SIDE_SUFFIXES) and ".index" not in n]
+    if weights:
+        by_variant: dict[str | None, list[HubFile]] = {}
+        for name, f in direct.items():
+            if m := _WEIGHTS_RE.match(name):
+                by_variant.setdefault(m["variant"], []).append(f)
+        chosen = variant if variant in by_variant else None
+        if chosen not in by_variant:
+            found = ", ".join(sorted(n for n in direct if _ANY_WEIGHTS_RE.search(n)))
+            wanted = f" (or their {variant} variant)" if variant else ""
+            raise ValueError(
+                f"{shown} has neither diffusion_pytorch_model.safetensors nor "
+                f"model.safetensors{wanted}; it has {found}"
+            )
+        picked += by_variant[chosen]
+        picked += [
+            f for n, f in direct.items() if (m := _INDEX_RE.match(n)) and m["variant"] == chosen
+        ]
+    return sorted(picked, key=lambda f: f.path)
+
+
+def pipeline_components(model_index: Mapping[str, object]) -> list[str]:
+    """The component folders of a diffusers ``model_index.json`` that the renderer loads:
+    every entry naming a library and a class, but the safety checker."""
+    out = []
+    for name, value in model_index.items():
+        if name.startswith("_") or name in SKIPPED_COMPONENTS:
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(value):
+            out.append(name)
+    return sorted(out)
+
+
+def pipeline_files(
+    listing: Iterable[HubFile],
+    model_index: Mapping[str, object],
+    *,
+    variant: str | None = None,
+    where: str = "base_model",
+) -> list[HubFile]:
+    """What ``StableDiffusionPipeline.from_pretrained(REPO, safety_checker=None)`` reads
+    from a diffusers repository: ``model_index.json`` (and the few other top-level files
+    diffusers takes) and, for each component it names (see :func:`pipeline_components`),
+    that folder's files (see :func:`folder_files`)."""
+    listing = list(listing)
+    picked = [f for f in listing if f.path in _PIPELINE_TOP_FILES]
+    if not any(f.path == "model_index.json" for f in picked):
+        raise ValueError(f"{where}: model_index.json is not in the repository")
+    for component in pipeline_components(model_index):
+        picked += folder_files(listing, component, variant=variant, where=f"{where} ({component})")
+    return sorted(picked, key=lambda f: f.path)
+
+
+def single_file_config_files(listing: Iterable[HubFile]) -> list[HubFile]:
+    """What ``from_single_file(PATH, config=REPO)`` downloads from REPO (diffusers'
+    patterns): every ``.json`` and ``.txt`` file, and the ``.model`` files in folders."""
+    return sorted(
+        (
+            f
+            for f in listing
+            if f.path.endswith((".json", ".txt")) or ("/" in f.path and f.path.endswith(".model"))
+        ),
+        key=lambda f: f.path,
+    )
+
+
+def lora_file(listing: Iterable[HubFile], weight_name: str = "", *, where: str = "lora") -> HubFile:
+    """The one file a LoRA at the top of a hub repository loads: ``weight_name``, else the
+    first of :data:`LORA_WEIGHT_NAMES` the repository has, else its only ``.safetensors``."""
+    files = {f.path: f for f in listing}
+    if weight_name:
+        if weight_name not in files:
+            raise ValueError(f"{where}: the repository has no file {weight_name!r}")
+        return files[weight_name]
+    for name in LORA_WEIGHT_NAMES:
+        if name in files:
+            return files[name]
+    candidates = sorted(p for p in files if p.endswith(SINGLE_FILE_SUFFIX))
+    if len(candidates) == 1:
+        return files[candidates[0]]
+    raise ValueError(
+        f"{where}: the repository holds {len(candidates)} .safetensors files and none named "
+        f"{LORA_WEIGHT_NAMES[0]}; name one with weight_name"
+    )

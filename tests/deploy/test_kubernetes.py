@@ -348,7 +348,7 @@ def test_gpu_overlay_shares_prefetched_models() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     fetch = find(docs, "Job", "models-fetch")
     (container,) = fetch["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["models", "fetch", "$(ANIM_PROFILE)"]
+    assert container["args"] == ["models", "fetch", "$(ANIM_PROFILE)", "--all"]
     for name in ("planner", "renderer", "depth"):
         volumes = find(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
         models = next(v for v in volumes if v["name"] == "models")
