@@ -122,9 +122,10 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
     runs_dir = Path(settings["ANIM_RUNS_DIR"])
     profile = request.profile or settings["ANIM_PROFILE"]
     _warn_if_slow(profile)
-    # Download the profile's models once (cached in HF_HOME), before any service starts:
+    # Download the models this run reads once (cached in HF_HOME; the ControlNet and the
+    # depth model only with --depth), before any service starts:
     # an offline machine hears so at once, with what to do. tiny is built locally.
-    if profile != "tiny" and fetch(profile) != 0:
+    if profile != "tiny" and fetch(profile, depth=request.depth) != 0:
         return 1
     async with EmbeddedStack() as stack:
         install_stop_signals(stack.stop)
