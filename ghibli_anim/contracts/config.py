@@ -201,6 +201,20 @@ VARS: tuple[Var, ...] = (
     ),
     _v("ANIM_WEB_HOST", "0.0.0.0", "Web: address the HTTP server binds."),
     _v("ANIM_WEB_PORT", str(WEB_PORT), "Web: HTTP port of the page.", _port),
+    _v(
+        "ANIM_GRPC_KEEPALIVE_S",
+        "10",
+        "gRPC keepalive: servers and clients ping an idle connection this often and drop it "
+        "when no answer comes within as long again, so a dead peer is noticed in twice this.",
+        _positive_float,
+    ),
+    _v(
+        "ANIM_WATCH_HEARTBEAT_S",
+        "15",
+        "Planner: WatchAnimation sends a heartbeat after this many quiet seconds (clients "
+        "resume a stream that stays silent for 4 times as long).",
+        _positive_float,
+    ),
     _v("ANIM_MAX_CONCURRENT_RPCS", "256", "Concurrent gRPC calls a server accepts.", _positive_int),
     _v(
         "ANIM_MAX_JOBS_PER_CLIENT",

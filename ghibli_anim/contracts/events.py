@@ -24,6 +24,7 @@ DEPTH_READY = bus_pb2.EVENT_TYPE_DEPTH_READY
 DEPTH_FAILED = bus_pb2.EVENT_TYPE_DEPTH_FAILED
 PLAN_FAILED = bus_pb2.EVENT_TYPE_PLAN_FAILED
 ASSEMBLY_FAILED = bus_pb2.EVENT_TYPE_ASSEMBLY_FAILED
+WATCH_HEARTBEAT = bus_pb2.EVENT_TYPE_WATCH_HEARTBEAT
 
 
 def _name_of(value: int) -> str:
@@ -68,6 +69,7 @@ EMITTED_BY: Mapping[int, str] = {
     DEPTH_FAILED: "depth (planner's advisories for a depth worker that died)",
     PLAN_FAILED: "planner (plan step)",
     ASSEMBLY_FAILED: "assembler (planner's advisories for an assembler that died)",
+    WATCH_HEARTBEAT: "planner (WatchAnimation only, while a job is quiet; never on the bus)",
 }
 """Who publishes each event."""
 

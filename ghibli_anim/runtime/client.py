@@ -25,6 +25,33 @@ from ghibli_anim.contracts.uploads import read_image_file
 from ghibli_anim.runtime import tracing
 
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_KEEPALIVE_S = 10.0
+"""Ping an idle connection this often; a peer that does not answer within as long is dead."""
+DEFAULT_WATCH_IDLE_S = 60.0
+"""A watch that hears nothing, not even a heartbeat (15 s apart), this long is reopened."""
+WATCH_RESUMES = 5
+"""Reopenings in a row without hearing from the planner before a watch gives up."""
+
+
+def channel_keepalive(seconds: float) -> list[tuple[str, int]]:
+    """Channel options: ping every ``seconds`` even when no call is active and however long
+    no data flows (a quiet watch carries none), and drop the connection when a ping gets
+    no answer within ``seconds``: a dead peer is noticed in about twice ``seconds``."""
+    ms = max(1000, int(seconds * 1000))
+    return [
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", ms),
+        # Channels share connections process-wide by default: a channel opened to get
+        # away from a silent connection would be handed that same connection.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
+class _Silent(Exception):
+    """A watch heard nothing for ``watch_idle_s``."""
 
 
 class DownloadError(RuntimeError):
@@ -39,10 +66,16 @@ class AnimationClient:
     tls_ca: str = ""  # PEM path: use TLS and trust this CA
     tls_cert: str = ""  # PEM paths of a client certificate (mutual TLS)
     tls_key: str = ""
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+    watch_idle_s: float = DEFAULT_WATCH_IDLE_S
 
     def __post_init__(self) -> None:
+        self._open_channel()
+
+    def _open_channel(self) -> None:
         # The caller's span, if any, continues into the planner (and the job's trace).
         interceptors = tracing.grpc_client_interceptors()
+        options = channel_keepalive(self.keepalive_s)
         if self.tls_ca or self.tls_cert:
 
             def read(path: str) -> bytes | None:
@@ -51,10 +84,20 @@ class AnimationClient:
             creds = grpc.ssl_channel_credentials(
                 read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
             )
-            self.channel = grpc.aio.secure_channel(self.target, creds, interceptors=interceptors)
+            self.channel = grpc.aio.secure_channel(
+                self.target, creds, options=options, interceptors=interceptors
+            )
         else:
-            self.channel = grpc.aio.insecure_channel(self.target, interceptors=interceptors)
+            self.channel = grpc.aio.insecure_channel(
+                self.target, options=options, interceptors=interceptors
+            )
         self.stub = animation_pb2_grpc.AnimationServiceStub(self.channel)
+
+    async def _reconnect(self) -> None:
+        """A new channel (a new connection): the old one went silent without failing."""
+        old = self.channel
+        self._open_channel()
+        await old.close(grace=None)
 
     @classmethod
     def from_env(cls, target: str, **kwargs) -> AnimationClient:
@@ -68,7 +111,7 @@ class AnimationClient:
             tls_ca=settings["ANIM_CLIENT_TLS_CA"],
             tls_cert=settings["ANIM_CLIENT_TLS_CERT"],
             tls_key=settings["ANIM_CLIENT_TLS_KEY"],
-            **kwargs,
+            **{"keepalive_s": settings["ANIM_GRPC_KEEPALIVE_S"], **kwargs},
         )
 
     def _metadata(self):
@@ -146,14 +189,57 @@ class AnimationClient:
         so it has none unless ``timeout_s`` is given. It is still bounded: the planner
         fails every job that runs past ANIM_JOB_TIMEOUT_S, and that terminal event
         ends the stream.
+
+        A stream that breaks (the connection dropped, or a peer that stopped answering
+        keepalive pings) or stays silent for ``watch_idle_s`` (no event, no heartbeat:
+        dead somewhere the pings do not reach, such as behind a proxy) is reopened after
+        the last event received, so no event is lost or repeated; after
+        ``WATCH_RESUMES`` reopenings in a row without hearing from the planner, the
+        error rises. Heartbeats are not yielded.
         """
-        call = self.stub.WatchAnimation(
-            animation_pb2.WatchAnimationRequest(job_id=job_id, after_sequence=after_sequence),
-            timeout=timeout_s,
-            metadata=self._metadata(),
-        )
-        async for event in call:
-            yield event
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        last, failures = after_sequence, 0
+        while True:
+            left = None if deadline is None else max(0.001, deadline - loop.time())
+            call = self.stub.WatchAnimation(
+                animation_pb2.WatchAnimationRequest(job_id=job_id, after_sequence=last),
+                timeout=left,
+                metadata=self._metadata(),
+            )
+            try:
+                while True:
+                    try:
+                        event = await asyncio.wait_for(call.read(), self.watch_idle_s)
+                    except TimeoutError:
+                        raise _Silent from None
+                    if event is grpc.aio.EOF:
+                        return
+                    failures = 0
+                    if event.type == bus_pb2.EVENT_TYPE_WATCH_HEARTBEAT:
+                        continue
+                    last = event.sequence or last
+                    yield event
+            except (_Silent, grpc.aio.AioRpcError) as exc:
+                silent = isinstance(exc, _Silent)
+                failures += 1
+                if silent and failures > WATCH_RESUMES:
+                    raise TimeoutError(
+                        f"watch of job {job_id}: nothing heard for {self.watch_idle_s:g} s, "
+                        f"{failures} times in a row"
+                    ) from None
+                if not silent and (
+                    exc.code() != grpc.StatusCode.UNAVAILABLE or failures > WATCH_RESUMES
+                ):
+                    raise
+                if silent:
+                    # The connection may look alive to the channel (a proxy answers its
+                    # pings): the next try goes over a new one.
+                    call.cancel()
+                    await self._reconnect()
+                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
+            finally:
+                call.cancel()
 
 
 def _fetch(url: str, dest: Path) -> None:

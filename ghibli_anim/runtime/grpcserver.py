@@ -58,6 +58,23 @@ class ServiceBinding:
     servicer: object
 
 
+def server_keepalive(seconds: float) -> list[tuple[str, int]]:
+    """Channel options: ping clients every ``seconds`` (a dead one is dropped after twice
+    that), and accept clients' own pings however often they come (down to one a second)
+    without ever sending GOAWAY for them: a watch stream carries no data while its job
+    is quiet, and the client's pings are what keep a NAT or a proxy from dropping it."""
+    ms = max(1000, int(seconds * 1000))
+    return [
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_time_between_pings_ms", ms),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 @dataclass
 class GrpcServer:
     host: str
@@ -68,6 +85,8 @@ class GrpcServer:
     max_concurrent_rpcs: int | None = None
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
     credentials: grpc.ServerCredentials | None = None  # TLS / mTLS; None = plaintext
+    keepalive_s: float = 10.0
+    """Ping each client connection this often; drop it when no answer comes within as long."""
 
     def __post_init__(self) -> None:
         self.health = HealthServicer()
@@ -82,7 +101,10 @@ class GrpcServer:
         self.server = grpc.aio.server(
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
             interceptors=list(self.interceptors),
-            options=[("grpc.max_receive_message_length", 1024 * 1024)],
+            options=[
+                ("grpc.max_receive_message_length", 1024 * 1024),
+                *server_keepalive(self.keepalive_s),
+            ],
         )
         for binding in self.bindings:
             binding.add(binding.servicer, self.server)

@@ -134,6 +134,7 @@ async def run_service(
         server = GrpcServer(
             host=settings["ANIM_GRPC_HOST"],
             port=settings.grpc_port(),
+            keepalive_s=settings["ANIM_GRPC_KEEPALIVE_S"],
             bindings=service.bindings(),
             checks={"nats": lambda: _nats_check(bus), "store": store_check, **service.checks()},
             max_concurrent_rpcs=settings["ANIM_MAX_CONCURRENT_RPCS"],

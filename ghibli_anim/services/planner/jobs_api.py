@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ghibli_anim.contracts import events, keys, lifecycle, limits, seeds
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile, resolve_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import TokenCounter
@@ -79,6 +79,8 @@ class JobsApi:
     default_profile: str
     presign_ttl_s: int = 900
     max_jobs_per_client: int = 0  # 0 = no cap
+    watch_heartbeat_s: float = 15.0
+    """WatchAnimation sends a heartbeat after this many quiet seconds."""
     settings: Settings | None = None
     """The service's settings: with them, a user storyboard's prompts are token-checked at
     creation with the profile's tokenizer."""
@@ -381,7 +383,9 @@ class JobsApi:
     # -- watch --------------------------------------------------------------
 
     async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator:
-        """The job's events in order, from after_sequence, until its terminal event."""
+        """The job's events in order, from after_sequence, until its terminal event; a
+        heartbeat (``watch.heartbeat``, never stored) after every ``watch_heartbeat_s``
+        without one, so the client can tell a quiet job from a dead stream."""
         keys.check_job_id(job_id)
         state, _ = await self.jobs.get(job_id)  # NOT_FOUND before streaming anything
         if lifecycle.is_terminal(state.status):
@@ -391,8 +395,15 @@ class JobsApi:
                 yield event
             return
         watch = await watch_job_events(self.bus.js, job_id, after_sequence=after_sequence)
+        last = after_sequence
         try:
-            async for event in watch:
+            while True:
+                try:
+                    event = await watch.next(timeout=self.watch_heartbeat_s)
+                except TimeoutError:
+                    yield bus_pb2.Event(type=events.WATCH_HEARTBEAT, job_id=job_id, sequence=last)
+                    continue
+                last = event.sequence or last
                 yield event
                 # A resumed job has terminal events of earlier attempts behind it.
                 if event.type in events.TERMINAL and event.attempt >= state.attempt:

@@ -59,6 +59,7 @@ class PlannerService(Service):
             default_profile=self.settings["ANIM_PROFILE"],
             presign_ttl_s=self.settings["ANIM_PRESIGN_TTL_S"],
             max_jobs_per_client=self.settings["ANIM_MAX_JOBS_PER_CLIENT"],
+            watch_heartbeat_s=self.settings["ANIM_WATCH_HEARTBEAT_S"],
             settings=self.settings,
         )
         self.plan_step = PlanStep(bus=bus_, jobs=jobs, store=store, settings=self.settings)
