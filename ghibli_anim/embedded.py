@@ -110,7 +110,7 @@ class EmbeddedStack:
         except BaseException:
             for w in waits:
                 w.cancel()
-            await self.__aexit__(None, None, None)
+            await self.__aexit__(*sys.exc_info())
             raise
         return self
 
@@ -120,7 +120,8 @@ class EmbeddedStack:
             results = await asyncio.gather(*self.tasks, return_exceptions=True)
             self.tasks = []
             for r in results:
-                if isinstance(r, Exception):
+                # The one being raised is reported by whoever catches it, once.
+                if isinstance(r, Exception) and r is not exc[1]:
                     print(f"warning: a service stopped with {r!r}", file=sys.stderr)
         await asyncio.to_thread(self.nats.stop)
         if self._tmp is not None:

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from ghibli_anim.contracts import config, limits
 
 COMMANDS = ("bus", "store", "config", "limits")
+# How long `bus init` and `store init` wait for their server: in compose they may start
+# while it is still starting.
+BUS_TIMEOUT_S = 15.0
+STORE_TIMEOUT_S = 30.0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -30,21 +34,41 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="copies of each stream and bucket: 1, or 3 (or 5) in a NATS cluster",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=BUS_TIMEOUT_S,
+        help=f"seconds to wait for NATS to answer (default {BUS_TIMEOUT_S:g})",
+    )
     store = sub.add_parser("store", help="the object store")
     store_sub = store.add_subparsers(dest="store_command", required=True)
-    store_sub.add_parser("init", help="create the bucket ANIM_S3_BUCKET if it does not exist")
+    p = store_sub.add_parser("init", help="create the bucket ANIM_S3_BUCKET if it does not exist")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=STORE_TIMEOUT_S,
+        help=f"seconds to keep retrying an S3 server that does not answer "
+        f"(default {STORE_TIMEOUT_S:g})",
+    )
     sub.add_parser("config", help="print every ANIM_* variable (secrets masked)")
     sub.add_parser("limits", help="print the limits every edge enforces")
 
 
+def _check_timeout(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"--timeout: must be > 0 seconds, got {value:g}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "bus":
-        return asyncio.run(_bus_init(args.url, args.replicas))
+        return asyncio.run(_bus_init(args.url, args.replicas, _check_timeout(args.timeout)))
     if args.command == "store":
         from ghibli_anim.runtime.store.open import open_store
 
+        timeout = _check_timeout(args.timeout)
         settings = config.load("client", {**os.environ, "ANIM_STORE": "s3"})
-        open_store(settings).ensure_bucket()
+        open_store(settings, retry_budget_s=timeout).ensure_bucket()
         print(f"bucket {settings['ANIM_S3_BUCKET']} ready at {settings['ANIM_S3_ENDPOINT']}")
         return 0
     if args.command == "config":
@@ -54,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _bus_init(url: str, replicas: int = 1) -> int:
+async def _bus_init(url: str, replicas: int = 1, timeout_s: float = BUS_TIMEOUT_S) -> int:
     """Streams, KV buckets and durables, created or updated in place."""
     from ghibli_anim.runtime.bus.connection import connect
     from ghibli_anim.runtime.bus.names import EVENTS_STREAM, IDEM_BUCKET, JOBS_BUCKET, WORK_STREAM
     from ghibli_anim.runtime.bus.topology import init_bus_from_settings
 
     settings = config.load("client", {**os.environ, "ANIM_NATS_URL": url})
-    conn = await connect(settings, "bus-init", first_connect_timeout_s=15)
+    conn = await connect(settings, "bus-init", first_connect_timeout_s=timeout_s)
     try:
         await init_bus_from_settings(conn.js, settings, replicas=replicas)
     finally:

@@ -1,7 +1,10 @@
 """`ghibli-anim generate`: an animation on this machine, with the real services.
 
-The request is validated before anything starts; a real profile's models are fetched
-first (an offline machine hears so at once); then the embedded stack
+The request is validated before anything starts, and so is everything a user can get
+wrong about this machine: the --init-image file, a writable --out, the local models
+(paths under ANIM_MODEL_ROOTS, the tiny models written on first use) and the hub models
+of the profile with the request's overrides, fetched first (an offline machine hears so
+at once, in one line). Then the embedded stack
 (:mod:`ghibli_anim.embedded`) runs every service on one event loop and this command
 drives the job through the planner's gRPC API, with the same progress bars as
 ``submit --wait``. Ctrl-C drains like SIGTERM.
@@ -50,8 +53,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import grpc
-
     from ghibli_anim.runtime import logs
 
     _renderer_env(args)
@@ -61,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
         level=settings["ANIM_LOG_LEVEL"] if "ANIM_LOG_LEVEL" in os.environ else "WARNING",
         fmt="text",
     )
-    try:
-        rc = asyncio.run(_generate(args, settings))
-    except grpc.aio.AioRpcError as exc:
-        print(f"error: {exc.details()}", file=sys.stderr)
-        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
-    return compare_replay(args, rc)
+    return compare_replay(args, asyncio.run(_generate(args, settings)))
 
 
 def _renderer_env(args: argparse.Namespace) -> None:
@@ -102,10 +98,34 @@ def _warn_if_slow(profile: str) -> None:
         )
 
 
+def _check_models(profile, settings: config.Settings, depth: bool) -> None:
+    """Every local model the job loads exists (ValueError naming the field); missing
+    ``tiny:`` models are written now rather than by the first service that needs one."""
+    from ghibli_anim.contracts import model_refs, profiles
+
+    refs = [
+        ("base_model", profile.base_model),
+        ("tokenizer", profile.tokenizer),
+        ("tiny_autoencoder", profile.tiny_autoencoder),
+        *((f"loras[{i}]", lora.source) for i, lora in enumerate(profile.loras)),
+    ]
+    if model_refs.is_single_file(profile.base_model):
+        refs.append(("config", profiles.single_file_config(profile)))
+    if depth:
+        refs += [("controlnet", profile.controlnet), ("depth_model", profile.depth_model)]
+    for field, ref in refs:
+        if not ref:
+            continue
+        kind = model_refs.check_ref(ref, settings, field, allow_store=True)
+        if kind in ("path", "tiny"):  # hub models were fetched; store LoRAs are the renderer's
+            model_refs.locate(ref, settings, field=field)
+
+
 async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
     from ghibli_anim.cli.jobs import follow
-    from ghibli_anim.cli.models import fetch
-    from ghibli_anim.contracts.profiles import profile_names
+    from ghibli_anim.cli.models import fetch_profile
+    from ghibli_anim.contracts.profiles import profile_names, resolve_profile
+    from ghibli_anim.contracts.uploads import read_image_file
     from ghibli_anim.contracts.validate import validate_create
     from ghibli_anim.embedded import EmbeddedStack
     from ghibli_anim.runtime.client import AnimationClient
@@ -120,13 +140,19 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
         settings=settings,
     )
     runs_dir = Path(settings["ANIM_RUNS_DIR"])
-    profile = request.profile or settings["ANIM_PROFILE"]
-    _warn_if_slow(profile)
+    profile = resolve_profile(request, settings)  # the profile with the request's overrides
+    _warn_if_slow(profile.name)
+    if args.init_image is not None:
+        read_image_file(args.init_image)  # a bad file fails now, not after start-up
+    for folder in (runs_dir, args.out):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)  # PermissionError before rendering
     # Download the models this run reads once (cached in HF_HOME; the ControlNet and the
-    # depth model only with --depth), before any service starts:
-    # an offline machine hears so at once, with what to do. tiny is built locally.
-    if profile != "tiny" and fetch(profile, depth=request.depth) != 0:
+    # depth model only with --depth), before any service starts: an offline machine hears
+    # so at once, with what to do. Local models must exist.
+    if fetch_profile(profile, depth=request.depth) != 0:
         return 1
+    _check_models(profile, settings, request.depth)
     async with EmbeddedStack() as stack:
         install_stop_signals(stack.stop)
         async with AnimationClient(stack.planner_target) as client:

@@ -161,6 +161,8 @@ async def _run(args: argparse.Namespace) -> int:
         cmd = args.command
         if cmd == "submit":
             request = build_request(args)
+            if args.wait and args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)  # PermissionError before the job
             await attach_init_image(request, args, client)  # --init-image via CreateUpload
             resp = await client.create(request)
             note = " (existing job for this idempotency key)" if resp.existing else ""
@@ -208,10 +210,5 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import grpc
-
-    try:
-        return compare_replay(args, asyncio.run(_run(args)))
-    except grpc.aio.AioRpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+    # gRPC errors end as one line in cli/errors.py (UNAVAILABLE names --server).
+    return compare_replay(args, asyncio.run(_run(args)))

@@ -13,6 +13,9 @@ resume delete list``
 =============================  ============================================================
 
 Bad input ends with ``error: <field>: <problem>`` and exit status 2; Ctrl-C with 130.
+Every other expected failure (a missing file, a folder without write permission, no
+network, a server that does not answer) is one ``error:`` line too, with exit status 1
+(:mod:`.errors`); only bugs show a traceback.
 
 Command modules import their heavy dependencies (grpc, NATS, the S3 client, torch) inside
 the functions that run a command, not at the top: every command's parser is built at
@@ -24,12 +27,14 @@ start-up, ``ghibli-anim probe`` runs every few seconds as a container health che
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from ghibli_anim.cli import admin, generate, jobs, local, models, plan, serve, train
+from ghibli_anim.cli import admin, errors, generate, jobs, local, models, plan, serve, train
 from ghibli_anim.contracts import model_refs
 
 GROUPS: tuple[ModuleType, ...] = (generate, plan, jobs, serve, local, admin, models, train)
@@ -53,19 +58,37 @@ def _build_tiny(out_dir: Path, components: Sequence[str]) -> Path:
     return write_tiny_models(out_dir, components)
 
 
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``ghibli-anim list | head -1``): nothing to say.
+    stdout goes to devnull, as Python's documentation advises, so that the flush at exit
+    cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return errors.FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     # `--profile tiny` works on a fresh machine: missing tiny models are written on first use.
     model_refs.use_tiny_builder(_build_tiny)
     args = build_parser().parse_args(argv)
     group = next(g for g in GROUPS if args.command in g.COMMANDS)
     try:
-        return group.run(args)
+        status = group.run(args)
+        sys.stdout.flush()  # a reader gone away fails here, not at interpreter exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except ValueError as exc:  # validation errors name the field
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # stdout's: a socket's broken pipe comes wrapped by its library
+        return _stdout_gone()
+    except Exception as exc:
+        explained = errors.explain(exc, args)
+        if explained is None:
+            raise  # a bug: its traceback is the report
+        if os.environ.get("ANIM_LOG_LEVEL", "").upper() == "DEBUG":
+            traceback.print_exc()
+        print(f"error: {explained.message}", file=sys.stderr)
+        return explained.status
 
 
 if __name__ == "__main__":

@@ -144,15 +144,21 @@ def _is_cached(repo: str, path: str) -> bool:
 
 def fetch(profile_name: str, *, depth: bool = False, everything: bool = False) -> int:
     """Download the hub files a profile's renders read into the Hugging Face cache (HF_HOME)."""
-    from huggingface_hub import snapshot_download
-
     from ghibli_anim.contracts import profiles
 
-    settings = config.load("client")
-    profile = profiles.load_profile(profile_name, settings)
+    profile = profiles.load_profile(profile_name, config.load("client"))
+    if not _hub_refs(profile, depth=depth, everything=everything):
+        print(f"profile {profile.name}: no hub models to fetch (local or tiny models only)")
+        return 0
+    return fetch_profile(profile, depth=depth, everything=everything)
+
+
+def fetch_profile(profile, *, depth: bool = False, everything: bool = False) -> int:
+    """:func:`fetch` for a loaded profile (a request's --base/--lora overrides applied)."""
+    from huggingface_hub import snapshot_download
+
     refs = _hub_refs(profile, depth=depth, everything=everything)
     if not refs:
-        print(f"profile {profile.name}: no hub models to fetch (local or tiny models only)")
         return 0
     weight_names = {f"loras[{i}]": lora.weight_name for i, lora in enumerate(profile.loras)}
     try:

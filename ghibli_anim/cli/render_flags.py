@@ -176,7 +176,8 @@ def build_request(args: argparse.Namespace):
         try:
             req.storyboard_json = args.plan.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--plan: cannot read {args.plan}: {exc}") from None
+            why = getattr(exc, "strerror", None) or exc  # the path once, not twice
+            raise ValueError(f"--plan: cannot read {args.plan} ({why})") from None
     return req
 
 

@@ -36,7 +36,8 @@ def load_manifest(path: Path) -> Manifest:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--from-manifest: cannot read {path} ({exc})") from None
+        why = getattr(exc, "strerror", None) or exc  # the path once, not twice
+        raise ValueError(f"--from-manifest: cannot read {path} ({why})") from None
     try:
         return parse_manifest(text)
     except ValueError as exc:

@@ -47,15 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(name: str) -> int:
     """One bus service until SIGTERM or SIGINT; 0 after a graceful stop."""
-    from ghibli_anim.runtime import logs, metrics, tracing
+    from ghibli_anim.runtime import logs
     from ghibli_anim.runtime.service import install_stop_signals, run_service
     from ghibli_anim.services.registry import build
 
-    try:
-        settings = config.load(name)
-    except config.ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+    settings = config.load(name)  # a ConfigError names the variable (exit 2)
     logs.setup_from_settings(name, settings)
 
     async def main() -> None:
@@ -63,12 +59,9 @@ def serve(name: str) -> int:
         install_stop_signals(stop)
         await run_service(build(name, settings), stop)
 
-    try:
-        asyncio.run(main())
-    except (tracing.TracingConfigError, metrics.MetricsPortError) as exc:
-        # A collector asked for without the SDK, a metrics port already taken.
-        print(f"error: {exc}")
-        return 2
+    # A collector asked for without the SDK (TracingConfigError, exit 2), a metrics port
+    # already taken (MetricsPortError, exit 1): one line each, from cli/errors.py.
+    asyncio.run(main())
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,17 +134,14 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `dataset build` or `train-lora`; ValueError means a bad flag (exit 2)."""
+    """Run `dataset build` or `train-lora`; ValueError means a bad flag (exit 2), an
+    OSError or a diverged loss (FloatingPointError) exit 1 (cli/errors.py)."""
     from ghibli_anim.contracts import config
 
     settings = config.load("trainer", os.environ)
-    try:
-        if args.command == "dataset":
-            return _dataset_build(args, settings)
-        return _train(args, settings)
-    except (OSError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "dataset":
+        return _dataset_build(args, settings)
+    return _train(args, settings)
 
 
 def _dataset_build(args: argparse.Namespace, settings: Any) -> int:

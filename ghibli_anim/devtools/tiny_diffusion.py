@@ -220,6 +220,9 @@ def write_taesd(folder: Path) -> None:
 
 def write_lcm_lora(folder: Path) -> None:
     """Write a random LoRA on the tiny UNet's attention, in diffusers format."""
+    from ghibli_anim.runtime import image_processors
+
+    image_processors.use_pil_classes()  # before diffusers' pipelines import them
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig

@@ -54,6 +54,14 @@ class _Silent(Exception):
     """A watch heard nothing for ``watch_idle_s``."""
 
 
+# The variables from_env reads the TLS files from: errors name both.
+_TLS_VARS = {
+    "tls_ca": "ANIM_CLIENT_TLS_CA",
+    "tls_cert": "ANIM_CLIENT_TLS_CERT",
+    "tls_key": "ANIM_CLIENT_TLS_KEY",
+}
+
+
 class DownloadError(RuntimeError):
     """A downloaded file does not match the size or sha256 the server announced."""
 
@@ -78,12 +86,18 @@ class AnimationClient:
         options = channel_keepalive(self.keepalive_s)
         if self.tls_ca or self.tls_cert:
 
-            def read(path: str) -> bytes | None:
-                return Path(path).read_bytes() if path else None
+            def read(field: str) -> bytes | None:
+                path = getattr(self, field)
+                if not path:
+                    return None
+                try:
+                    return Path(path).read_bytes()
+                except OSError as exc:
+                    raise ValueError(
+                        f"{field} ({_TLS_VARS[field]}): cannot read {path} ({exc.strerror or exc})"
+                    ) from None
 
-            creds = grpc.ssl_channel_credentials(
-                read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
-            )
+            creds = grpc.ssl_channel_credentials(read("tls_ca"), read("tls_key"), read("tls_cert"))
             self.channel = grpc.aio.secure_channel(
                 self.target, creds, options=options, interceptors=interceptors
             )

@@ -19,6 +19,7 @@ call and one per handled message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,23 @@ async def _scrape(service: Service, bus: Bus) -> list[metrics.Sample]:
     return samples + await service.collect_metrics()
 
 
+async def _connect_unless_stopped(settings: Settings, name: str, stop: asyncio.Event) -> Bus | None:
+    """``connect`` (which waits for NATS as long as it takes: a service may start first),
+    or None once ``stop`` is set: a service that never reached NATS still stops on
+    SIGTERM or Ctrl-C."""
+    connecting = asyncio.ensure_future(connect(settings, name))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+    return None if connecting.cancelled() else connecting.result()
+
+
 async def run_service(
     service: Service,
     stop: asyncio.Event,
@@ -114,7 +132,11 @@ async def run_service(
     """Run ``service`` until ``stop`` is set, then shut it down gracefully."""
     settings = service.settings
     tracing.setup(service.name, settings["OTEL_EXPORTER_OTLP_ENDPOINT"])
-    bus = await connect(settings, f"{service.name}")
+    bus = await _connect_unless_stopped(settings, service.name, stop)
+    if bus is None:
+        tracing.shutdown(service.name)
+        log.info("stopped before NATS answered")
+        return
     store = open_store(settings)
     grace = settings["ANIM_DRAIN_S"]
     server: GrpcServer | None = None

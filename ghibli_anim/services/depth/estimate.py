@@ -23,7 +23,7 @@ from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import locate
 from ghibli_anim.contracts.pb import types_pb2
-from ghibli_anim.runtime import devices, logs
+from ghibli_anim.runtime import devices, image_processors, logs
 
 # Model types whose output grows with distance (metric depth), not with nearness.
 _METRIC_MODEL_TYPES = frozenset({"zoedepth", "glpn", "depth_pro"})
@@ -47,7 +47,8 @@ class DepthEstimator:
         self.model_ref = ref
         path = locate(ref, settings, field="depth_model")
         self.device = devices.pick_device(settings)
-        self.processor = AutoImageProcessor.from_pretrained(path)
+        # The same preprocessing with or without torchvision installed.
+        self.processor = AutoImageProcessor.from_pretrained(path, backend=image_processors.BACKEND)
         # float32 on every device: depth models are small and fp16 bands the map.
         self.model = AutoModelForDepthEstimation.from_pretrained(path).to(self.device).eval()
         config_ = self.model.config

@@ -47,6 +47,11 @@ TIMEOUT_CHECK_MAX_INTERVAL_S = 60.0
 
 class PlannerService(Service):
     name = "planner"
+    # What close() releases; None until start() got that far (start can fail early,
+    # e.g. when NATS does not answer, and close() must then report that, not itself).
+    _sweeper: asyncio.Task | None = None
+    _timer: asyncio.Task | None = None
+    _request_sub = None
 
     async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
@@ -90,11 +95,9 @@ class PlannerService(Service):
         self._request_sub = await bus_.nc.subscribe(
             REQUEST_CREATE, queue=PLANNER_QUEUE, cb=on_request
         )
-        self._sweeper: asyncio.Task | None = None
         days = self.settings["ANIM_RETENTION_DAYS"]
         if days > 0:
             self._sweeper = asyncio.create_task(self._sweep(days * 86400.0), name="retention")
-        self._timer: asyncio.Task | None = None
         limit = self.settings["ANIM_JOB_TIMEOUT_S"]
         if limit > 0:
             self._timer = asyncio.create_task(self._time_out(limit), name="job-timeout")
@@ -141,8 +144,9 @@ class PlannerService(Service):
         for task in (self._sweeper, self._timer):
             if task is not None:
                 task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
+        if self._request_sub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
 
 
 SERVICE = PlannerService

@@ -37,7 +37,7 @@ from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import is_single_file, locate
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import single_file_config
-from ghibli_anim.runtime import devices, logs
+from ghibli_anim.runtime import devices, image_processors, logs
 from ghibli_anim.services.renderer import lora_files, provenance
 
 log = logging.getLogger(__name__)
@@ -216,13 +216,16 @@ class PipelineCache:
     def _load(
         self, profile: types_pb2.Profile, settings: Settings | None, device: str, dtype: torch.dtype
     ) -> LoadedModels:
+        image_processors.use_pil_classes()  # before diffusers' pipelines import them
         from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
         opts = _settings(settings)
         started = time.perf_counter()
         kwargs: dict[str, Any] = {
             "dtype": dtype,
+            # No safety checker, hence no use for its CLIP feature extractor: neither loads.
             "safety_checker": None,
+            "feature_extractor": None,
             "requires_safety_checker": False,
         }
         described: dict[str, Any] = {}

@@ -37,6 +37,7 @@ from typing import Any
 
 from ghibli_anim.contracts import model_refs, tokens
 from ghibli_anim.contracts.config import Settings
+from ghibli_anim.runtime import image_processors
 from ghibli_anim.services.trainer import publish
 from ghibli_anim.services.trainer.checkpoints import write_state
 from ghibli_anim.services.trainer.images import square_crop, to_rgb
@@ -91,6 +92,7 @@ class TrainingRun:
         work_dir: Path,
         echo: Callable[[str], None],
     ) -> None:
+        image_processors.use_pil_classes()  # before diffusers' pipelines import them
         import diffusers
         import torch
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -124,12 +124,12 @@ async def run_web(
 
 
 def serve() -> int:
-    """``ghibli-anim serve web``: exit 0 after a graceful stop, 2 on bad configuration."""
-    try:
-        settings = config.load("web")
-    except config.ConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+    """``ghibli-anim serve web``: exit 0 after a graceful stop.
+
+    A bad setting (ConfigError) or an address that cannot be listened on (BindError)
+    is raised: the ``ghibli-anim`` command prints it as one ``error:`` line.
+    """
+    settings = config.load("web")
     logs.setup_from_settings("web", settings)
 
     async def main() -> None:
@@ -139,9 +139,5 @@ def serve() -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_web(settings, stop)
 
-    try:
-        asyncio.run(main())
-    except BindError as exc:
-        print(f"error: {exc}")
-        return 2
+    asyncio.run(main())
     return 0

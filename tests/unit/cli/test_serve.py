@@ -23,4 +23,4 @@ def test_serve_web_names_a_missing_variable(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 2
-    assert done.stdout.startswith("error: ANIM_PLANNER_TARGET: required for web but not set")
+    assert done.stderr.startswith("error: ANIM_PLANNER_TARGET: required for web but not set")

@@ -20,3 +20,8 @@ def test_depth_map_is_normalised_and_deterministic(tiny_settings) -> None:
     # Near = bright: the map rises with the model's (inverse-depth) output.
     raw = estimator.predict(image)
     assert np.corrcoef(raw.ravel(), values.ravel().astype(np.float32))[0, 1] > 0.99
+
+
+def test_preprocessing_is_the_pil_backend(tiny_settings) -> None:
+    """Asked for by name: the same depth maps whether torchvision is installed or not."""
+    assert DepthEstimator("tiny:depth", tiny_settings).processor.backend == "pil"
