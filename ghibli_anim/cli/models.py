@@ -22,8 +22,6 @@ from pathlib import Path
 from ghibli_anim.contracts import config, model_refs
 from ghibli_anim.contracts.model_refs import HubFile
 
-_CHECK = "check the network, HF_TOKEN for gated models, and HF_HOME"
-
 # The renderer's from_pretrained passes no variant, so it reads the plain (fp32)
 # safetensors in every dtype; the fp16 files pay off only once it asks for them.
 PIPELINE_VARIANT: str | None = None
@@ -162,12 +160,11 @@ def fetch_profile(profile, *, depth: bool = False, everything: bool = False) -> 
         return 0
     weight_names = {f"loras[{i}]": lora.weight_name for i, lora in enumerate(profile.loras)}
     try:
+        # An OSError (offline, gated, no such repository) goes up with the hub's error as
+        # its cause: cli/errors.py says what to do about each.
         planned = plan(refs, weight_names)
     except ValueError as exc:
         print(f"error: profile {profile.name}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: profile {profile.name}: {exc}; {_CHECK}", file=sys.stderr)
         return 1
     by_repo: dict[str, dict[str, HubFile]] = {}
     for p in planned:
@@ -193,11 +190,8 @@ def fetch_profile(profile, *, depth: bool = False, everything: bool = False) -> 
         try:
             # Exact names: a name with * ? [ stays literal.
             path = snapshot_download(repo, allow_patterns=[glob.escape(n) for n in sorted(files)])
-        except Exception as exc:
-            print(
-                f"error: cannot download {repo!r} ({_first_line(exc)}); {_CHECK}", file=sys.stderr
-            )
-            return 1
+        except OSError as exc:  # the hub's errors are OSErrors
+            raise OSError(f"cannot download {repo!r} ({_first_line(exc)})") from exc
         print(f"  {repo} -> {path}", file=sys.stderr)
     return 0
 

@@ -95,7 +95,11 @@ CASES = [
     Case(
         "generate-offline-profile",
         ("generate", "a dragon", "--frames", "2", "--profile", "sd15-ghibli"),
-        ("base_model: cannot download 'stable-diffusion-v1-5/stable-diffusion-v1-5'", FETCH_HINT),
+        (
+            "base_model (stable-diffusion-v1-5/stable-diffusion-v1-5): "
+            "cannot list its files on the hub",
+            FETCH_HINT,
+        ),
     ),
     Case(
         "generate-bad-frames",
@@ -127,18 +131,18 @@ CASES = [
     Case(
         "generate-lora-not-cached",
         ("generate", "a dragon", "--frames", "2", "--profile", "tiny", "--lora", "acme/style"),
-        ("loras[0]: cannot download 'acme/style'", FETCH_HINT),
+        ("loras[0] (acme/style): cannot list its files on the hub", FETCH_HINT),
     ),
     Case(
         "generate-gated-lora",
         ("generate", "a dragon", "--frames", "2", "--profile", "tiny", "--lora", "acme/gated"),
-        ("loras[0]: cannot download 'acme/gated'", "gated", "HF_TOKEN"),
+        ("loras[0] (acme/gated): cannot list its files on the hub", "gated", "HF_TOKEN"),
         env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "{hub}"},
     ),
     Case(
         "generate-missing-repository",
         ("generate", "a dragon", "--frames", "2", "--profile", "tiny", "--lora", "acme/missing"),
-        ("loras[0]: cannot download 'acme/missing'", "check the model id"),
+        ("loras[0] (acme/missing): cannot list its files on the hub", "check the model id"),
         env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "{hub}"},
     ),
     Case(
@@ -273,7 +277,11 @@ CASES = [
     Case(
         "models-fetch-offline",
         ("models", "fetch", "sd15-ghibli"),
-        ("base_model: cannot download 'stable-diffusion-v1-5/stable-diffusion-v1-5'", FETCH_HINT),
+        (
+            "base_model (stable-diffusion-v1-5/stable-diffusion-v1-5): "
+            "cannot list its files on the hub",
+            FETCH_HINT,
+        ),
     ),
     Case(
         "models-fetch-unknown-profile",
