@@ -219,7 +219,8 @@ VARS: tuple[Var, ...] = (
     _v(
         "ANIM_MAX_JOBS_PER_CLIENT",
         "16",
-        "Unfinished jobs one client may have; more get RESOURCE_EXHAUSTED.",
+        "Unfinished jobs one client may have; more get RESOURCE_EXHAUSTED (exact under "
+        "concurrent creates; a check reads at most this many jobs).",
         _positive_int,
     ),
     _v(

@@ -9,25 +9,46 @@ read. Nothing ever overwrites a job blindly.
 
 Idempotency keys live in the bucket ``anim-idem`` (24 h): the first
 ``claim_idempotency`` for a (client, key) wins and later ones get its job id.
+
+The per-client cap on unfinished jobs is a *slot record* per client in ``anim-jobs``
+(key ``slots.<sha256 of the client id>``, never a job id): the ids of the client's jobs
+that hold a slot, each with when it claimed it. ``claim_slot`` adds one by
+compare-and-swap, so concurrent creates can never admit more than the cap, after
+dropping the members that no longer hold one: finished jobs, and claims whose job was
+never written (a planner that died between the claim and the create) once they are
+``SLOT_GRACE_S`` old. Nothing else has to release a slot, and a check reads at most
+the cap's number of jobs, however many jobs the store keeps.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Collection
 
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from ghibli_anim.contracts.keys import check_job_id
-from ghibli_anim.contracts.lifecycle import JobStatus, UnexpectedStatus, check_transition
+from ghibli_anim.contracts.keys import check_job_id, is_job_id
+from ghibli_anim.contracts.lifecycle import (
+    JobStatus,
+    UnexpectedStatus,
+    check_transition,
+    is_terminal,
+)
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime import retry
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
+SLOT_GRACE_S = 60.0
+"""How long a claimed slot whose job does not exist yet is kept (the create follows the
+claim within milliseconds; a planner that died in between leaks the slot this long)."""
+SLOT_MAX_TRIES = 200
+"""Compare-and-swap tries of one slot claim: a burst of creates of one client all race
+for the same record."""
 
 
 class JobNotFound(LookupError):
@@ -40,6 +61,18 @@ class JobExists(ValueError):
 
 class ConcurrentUpdateError(RuntimeError):
     """``update`` lost the compare-and-swap race too many times in a row."""
+
+
+class SlotsTaken(RuntimeError):
+    """``claim_slot``: the client holds every slot of its cap already."""
+
+    def __init__(self, client_id: str, held: int, limit: int) -> None:
+        super().__init__(
+            f"client {client_id}: {held} unfinished jobs, the limit is {limit}; "
+            "retry when one finishes"
+        )
+        self.held = held
+        self.limit = limit
 
 
 Mutation = Callable[[animation_pb2.JobState], object]
@@ -59,6 +92,11 @@ def idempotency_key(client_id: str, key: str) -> str:
     """
     joined = json.dumps([client_id, key], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def slot_key(client_id: str) -> str:
+    """KV key of a client's slot record in ``anim-jobs`` (never a valid job id)."""
+    return "slots." + hashlib.sha256(client_id.encode()).hexdigest()
 
 
 class JobsBucket:
@@ -221,13 +259,67 @@ class JobStore:
             keys = await self.jobs.keys()
         except nats.js.errors.NoKeysError:
             return []
-        return sorted(keys)
+        return sorted(k for k in keys if is_job_id(k))  # not the slot records
 
     async def delete(self, job_id: str) -> None:
         """Remove the job and its history (DeleteAnimation); ``JobNotFound`` if absent."""
         # Through JobsBucket, a purge of the key's subject: no delete marker stays behind.
         await self.get(job_id)
         await self.jobs.purge(job_id)
+
+    # -- the per-client cap ---------------------------------------------------
+
+    async def claim_slot(
+        self, client_id: str, job_id: str, limit: int, *, grace_s: float = SLOT_GRACE_S
+    ) -> int:
+        """Take one of the client's ``limit`` slots for ``job_id`` (again: a no-op); the
+        slots it holds now. ``SlotsTaken`` when every slot is held by an unfinished job."""
+        check_job_id(job_id)
+        if limit < 1:
+            raise ValueError(f"limit: must be >= 1, got {limit}")
+        key = slot_key(client_id)
+        try:
+            async for attempt in retry.on_conflict(retry_on=_LostRace, tries=SLOT_MAX_TRIES):
+                with attempt:
+                    return await self._try_claim(key, client_id, job_id, limit, grace_s)
+        except retry.RetryError:
+            pass
+        raise ConcurrentUpdateError(f"client {client_id}: could not claim a slot")
+
+    async def _try_claim(
+        self, key: str, client_id: str, job_id: str, limit: int, grace_s: float
+    ) -> int:
+        try:
+            entry = await self.jobs.get(key)
+            held: dict[str, float] = json.loads(entry.value or b"{}").get("jobs", {})
+            revision: int | None = entry.revision
+        except nats.js.errors.KeyNotFoundError:
+            held, revision = {}, None
+        if job_id in held:
+            return len(held)
+        now = time.time()
+        kept = {}
+        for other, claimed_at in held.items():
+            try:
+                state, _ = await self.get(other)
+            except JobNotFound:
+                if now - claimed_at < grace_s:
+                    kept[other] = claimed_at  # its create is still to come
+                continue
+            if not is_terminal(state.status):
+                kept[other] = claimed_at
+        if len(kept) >= limit:
+            raise SlotsTaken(client_id, len(kept), limit)
+        kept[job_id] = now
+        value = json.dumps({"client": client_id, "jobs": kept}).encode()
+        try:
+            if revision is None:
+                await self.jobs.create(key, value)
+            else:
+                await self.jobs.update(key, value, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise _LostRace from None  # another claim wrote first: count again
+        return len(kept)
 
     # -- idempotency ---------------------------------------------------------
 

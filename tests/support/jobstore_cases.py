@@ -17,6 +17,7 @@ from ghibli_anim.runtime.jobstore import (
     JobExists,
     JobNotFound,
     JobStore,
+    SlotsTaken,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "test_a_mutation_that_changes_nothing_writes_nothing",
     "test_a_release_keeps_a_claim_taken_over_meanwhile",
     "test_a_replacement_state_is_written",
+    "test_a_slot_whose_job_never_came_is_freed_after_the_grace",
     "test_a_status_change_the_table_refuses_is_refused",
     "test_always_losing_the_race_gives_up",
     "test_an_idempotency_claim_is_released_only_by_its_owner",
@@ -34,6 +36,8 @@ __all__ = [
     "test_get_of_a_missing_or_malformed_id",
     "test_idempotency_claims",
     "test_list_and_delete",
+    "test_slot_records_are_not_jobs",
+    "test_slots_cap_a_clients_unfinished_jobs",
     "test_update_applies_a_transition_and_writes_once",
 ]
 
@@ -262,3 +266,43 @@ async def test_a_release_keeps_a_claim_taken_over_meanwhile(jobs_kv, idem_kv):
     # new owner's claim stays.
     assert await store.release_idempotency("alice", "k", owner) is False
     assert await JobStore(jobs_kv, idem_kv).claim_idempotency("alice", "k", owner) == new_owner
+
+
+async def test_slots_cap_a_clients_unfinished_jobs(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    first, second, third = (new_state(lifecycle.RENDERING) for _ in range(3))
+    assert await store.claim_slot("alice", first.job_id, 2) == 1
+    await store.create(first)
+    assert await store.claim_slot("alice", second.job_id, 2) == 2
+    await store.create(second)
+    assert await store.claim_slot("alice", second.job_id, 2) == 2  # again: no change
+    with pytest.raises(
+        SlotsTaken, match=r"^client alice: 2 unfinished jobs, the limit is 2; retry when one"
+    ) as refused:
+        await store.claim_slot("alice", third.job_id, 2)
+    assert (refused.value.held, refused.value.limit) == (2, 2)
+    assert await store.claim_slot("bob", third.job_id, 2) == 1  # a cap per client
+    # A finished job holds no slot: the next claim drops it and takes its place.
+    await store.update(first.job_id, lambda s: lifecycle.failed(s, "gone"))
+    assert await store.claim_slot("alice", third.job_id, 2) == 2
+    with pytest.raises(ValueError, match=r"^limit: must be >= 1, got 0$"):
+        await store.claim_slot("alice", third.job_id, 0)
+
+
+async def test_a_slot_whose_job_never_came_is_freed_after_the_grace(jobs_kv, idem_kv):
+    # A planner that died between the claim and the create: the slot is not leaked for
+    # good, and not taken from a create that is merely a moment behind its claim.
+    store = JobStore(jobs_kv, idem_kv)
+    lost, later = keys.new_job_id(), keys.new_job_id()
+    await store.claim_slot("alice", lost, 1)
+    with pytest.raises(SlotsTaken):
+        await store.claim_slot("alice", later, 1, grace_s=60)
+    assert await store.claim_slot("alice", later, 1, grace_s=0) == 1
+
+
+async def test_slot_records_are_not_jobs(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.claim_slot("alice", state.job_id, 3)
+    await store.create(state)
+    assert await store.list() == [state.job_id]

@@ -160,7 +160,13 @@ class Bucket:
 
 
 BUCKETS: tuple[Bucket, ...] = (
-    Bucket(JOBS_BUCKET, JOBS_HISTORY, None, "One JobState per job (compare-and-swap only)."),
+    Bucket(
+        JOBS_BUCKET,
+        JOBS_HISTORY,
+        None,
+        "One JobState per job, and one slot record per client (slots.<sha256>): "
+        "compare-and-swap only.",
+    ),
     Bucket(IDEM_BUCKET, 1, IDEM_MAX_AGE_S, "sha256(client, idempotency key) -> job id, for 24 h."),
 )
 

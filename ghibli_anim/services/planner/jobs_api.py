@@ -32,7 +32,7 @@ from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM, job_events_filter
 from ghibli_anim.runtime.bus.publish import announce
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
-from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, SlotsTaken
 from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.services.planner.uploads import load_upload
 
@@ -48,15 +48,6 @@ class FailedPrecondition(ValueError):
 
 class QuotaExceeded(RuntimeError):
     """The client has too many unfinished jobs (RESOURCE_EXHAUSTED)."""
-
-
-def count_unfinished(states: Iterable[animation_pb2.JobState], client_id: str) -> int:
-    """How many of ``states`` belong to ``client_id`` and are not finished."""
-    return sum(
-        1
-        for s in states
-        if s.request.client_id == client_id and not lifecycle.is_terminal(s.status)
-    )
 
 
 def is_output(job_id: str, key: str) -> bool:
@@ -131,7 +122,7 @@ class JobsApi:
                     # The first request died between its claim and its create:
                     # this retry finishes what it started, under the same id.
                     job_id = claimed
-        await self._check_quota(req.client_id)
+        await self._claim_slot(req.client_id, job_id)
         if not req.HasField("seed"):
             req.seed = seeds.new_job_seed()
         now = Timestamp()
@@ -170,19 +161,15 @@ class JobsApi:
             upload_id=upload_id, key=key, put_url=url, expires_at=expires
         )
 
-    async def _check_quota(self, client_id: str) -> None:
+    async def _claim_slot(self, client_id: str, job_id: str) -> None:
+        """One of the client's ANIM_MAX_JOBS_PER_CLIENT slots for the job (exact under
+        concurrency, O(cap) reads: see :meth:`JobStore.claim_slot`)."""
         if self.max_jobs_per_client <= 0:
             return
-        states = []
-        for job_id in await self.jobs.list():
-            with contextlib.suppress(JobNotFound):
-                states.append((await self.jobs.get(job_id))[0])
-        unfinished = count_unfinished(states, client_id)
-        if unfinished >= self.max_jobs_per_client:
-            raise QuotaExceeded(
-                f"client {client_id}: {unfinished} unfinished jobs, the limit is "
-                f"{self.max_jobs_per_client}; retry when one finishes"
-            )
+        try:
+            await self.jobs.claim_slot(client_id, job_id, self.max_jobs_per_client)
+        except SlotsTaken as exc:
+            raise QuotaExceeded(str(exc)) from None
 
     async def _announce_created(self, state: animation_pb2.JobState) -> None:
         """``job.created`` (idempotent by message id); the conductor then publishes the plan
@@ -326,6 +313,8 @@ class JobsApi:
         keys.check_job_id(job_id)
         state, _ = await self.jobs.get(job_id)
         self._check_resumable(state)
+        # Unfinished again: it takes a slot of its client's cap again.
+        await self._claim_slot(state.request.client_id, job_id)
         stored = await asyncio.to_thread(self.store.list, keys.job_prefix(job_id))
         state, resumed_now = await self.jobs.apply(job_id, lambda s: lifecycle.resumed(s, stored))
         if not resumed_now:

@@ -12,7 +12,7 @@ import pytest
 from support.bus import JOB, OTHER_JOB, settings_for
 from support.jobstore_cases import *  # noqa: F403 (the shared contract tests)
 
-from ghibli_anim.contracts import lifecycle
+from ghibli_anim.contracts import keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.runtime import jobstore as jobs
 from ghibli_anim.runtime.bus.connection import Bus, connect
@@ -116,3 +116,23 @@ async def test_idempotency_claim(nbus: Bus) -> None:
     assert not await store.release_idempotency("alice", "k1", OTHER_JOB)  # not the owner
     assert await store.release_idempotency("alice", "k1", JOB)
     assert await store.claim_idempotency("alice", "k1", OTHER_JOB) == OTHER_JOB
+
+
+async def test_a_burst_of_claims_admits_exactly_the_cap(nbus: Bus) -> None:
+    """40 creates of one client at once with a cap of 16: exactly 16 jobs, every time."""
+    store = await jobs.JobStore.open(nbus.js)
+
+    async def create() -> bool:
+        state = animation_pb2.JobState(
+            job_id=keys.new_job_id(), status=types_pb2.JOB_STATUS_PENDING, frames=1
+        )
+        try:
+            await store.claim_slot("burst", state.job_id, 16)
+        except jobs.SlotsTaken:
+            return False
+        await store.create(state)
+        return True
+
+    admitted = await asyncio.gather(*(create() for _ in range(40)))
+    assert sum(admitted) == 16
+    assert len(await store.list()) == 16

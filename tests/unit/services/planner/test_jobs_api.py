@@ -1,27 +1,15 @@
-"""The job API's own rules, without a server: the per-client cap, which files are outputs,
-the order of pages, and when a job's current attempt began."""
+"""The job API's own rules, without a server: which files are outputs, the order of pages,
+and when a job's current attempt began (the per-client cap is the job store's:
+tests/support/jobstore_cases.py)."""
 
 from __future__ import annotations
 
-from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.services.planner.housekeeping import started_at_cheaply
-from ghibli_anim.services.planner.jobs_api import count_unfinished, is_output, page_after
+from ghibli_anim.services.planner.jobs_api import is_output, page_after
 
 JOB = "0123456789abcdef0123456789abcdef"
-
-
-def job(client: str, status: int) -> animation_pb2.JobState:
-    state = animation_pb2.JobState(job_id=keys.new_job_id(), status=status)
-    state.request.client_id = client
-    return state
-
-
-def test_count_unfinished_counts_one_clients_running_jobs() -> None:
-    states = [job("alice", s) for s in lifecycle.STATUSES] + [job("bob", lifecycle.RENDERING)]
-    assert count_unfinished(states, "alice") == len(lifecycle.UNFINISHED) == 4
-    assert count_unfinished(states, "bob") == 1
-    assert count_unfinished(states, "carol") == 0
 
 
 def test_outputs_are_the_animations_the_sheet_the_zip_and_the_manifest() -> None:
