@@ -68,6 +68,7 @@ docs: setup ## regenerate the tables of README.md and ARCHITECTURE.md from the c
 bench: setup ## benchmarks: print figures and ratios
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
+	$(PY) bench/history.py
 
 demo: setup ## render an animation in embedded mode (PROFILE=tiny for the offline smoke run)
 	$(VENV)/bin/ghibli-anim generate "$(IDEA)" --frames $(FRAMES) --profile $(PROFILE)
