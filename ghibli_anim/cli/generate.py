@@ -101,21 +101,10 @@ def _warn_if_slow(profile: str) -> None:
 def _check_models(profile, settings: config.Settings, depth: bool) -> None:
     """Every local model the job loads exists (ValueError naming the field); missing
     ``tiny:`` models are written now rather than by the first service that needs one."""
-    from ghibli_anim.contracts import model_refs, profiles
+    from ghibli_anim.cli.models import model_fields
+    from ghibli_anim.contracts import model_refs
 
-    refs = [
-        ("base_model", profile.base_model),
-        ("tokenizer", profile.tokenizer),
-        ("tiny_autoencoder", profile.tiny_autoencoder),
-        *((f"loras[{i}]", lora.source) for i, lora in enumerate(profile.loras)),
-    ]
-    if model_refs.is_single_file(profile.base_model):
-        refs.append(("config", profiles.single_file_config(profile)))
-    if depth:
-        refs += [("controlnet", profile.controlnet), ("depth_model", profile.depth_model)]
-    for field, ref in refs:
-        if not ref:
-            continue
+    for field, ref in model_fields(profile, depth=depth):
         kind = model_refs.check_ref(ref, settings, field, allow_store=True)
         if kind in ("path", "tiny"):  # hub models were fetched; store LoRAs are the renderer's
             model_refs.locate(ref, settings, field=field)

@@ -27,8 +27,13 @@ from ghibli_anim.contracts.model_refs import HubFile
 PIPELINE_VARIANT: str | None = None
 
 
-def _hub_refs(profile, *, depth: bool = False, everything: bool = False) -> list[tuple[str, str]]:
-    """(field, hub id) of every model of a profile that a render reads from the hub."""
+def model_fields(
+    profile, *, depth: bool = False, everything: bool = False
+) -> list[tuple[str, str]]:
+    """(field, model reference) of every model a render with ``profile`` reads: the base
+    model, tokenizer, tiny autoencoder, LoRAs (and a single-file model's configs); the
+    ControlNet and depth model with ``depth``; with ``everything`` also what --preset fast,
+    --tiny-vae and `dataset build --caption blip` add. Unset references are left out."""
     from ghibli_anim.contracts import profiles
 
     refs = [
@@ -43,16 +48,20 @@ def _hub_refs(profile, *, depth: bool = False, everything: bool = False) -> list
         refs += [("controlnet", profile.controlnet), ("depth_model", profile.depth_model)]
     if everything:
         refs += [
-            # What --preset fast, --tiny-vae and `dataset build --caption blip` add.
             ("lcm_lora", profiles.profile_option(profile.name, "lcm_lora")),
             ("taesd", profiles.profile_option(profile.name, "taesd")),
             ("captioner", profiles.load_captioner(profile.name)),
         ]
-    out = []
-    for field, ref in refs:
-        if ref and model_refs.check_ref(ref, None, field, allow_store=True) == "hub":
-            out.append((field, ref))
-    return out
+    return [(field, ref) for field, ref in refs if ref]
+
+
+def _hub_refs(profile, *, depth: bool = False, everything: bool = False) -> list[tuple[str, str]]:
+    """(field, hub id) of every model of a profile that a render reads from the hub."""
+    return [
+        (field, ref)
+        for field, ref in model_fields(profile, depth=depth, everything=everything)
+        if model_refs.check_ref(ref, None, field, allow_store=True) == "hub"
+    ]
 
 
 @dataclass(frozen=True)
