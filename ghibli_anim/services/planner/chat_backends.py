@@ -375,6 +375,22 @@ class _Adaptive:
         """The setting that fixes a failure of this kind, as one clause (or '')."""
         raise NotImplementedError
 
+    def _sending(self, send: Callable[[], T], key: str, notes: list[str]) -> T:
+        """``send()`` again after each refusal the request can be changed to get past (the
+        change noted in ``notes``); a refusal it cannot get past is the call's error."""
+        while True:
+            try:
+                return send()
+            except _Refused as refused:
+                note = self._adapt(refused)
+                if note is None:
+                    raise self._refusal_error(refused, key) from None
+                log.info(
+                    "the server refused part of the request",
+                    extra={"backend": self.name, "note": note},
+                )
+                notes.append(note)
+
     def _refusal_error(self, refused: _Refused, key: str) -> LLMError:
         kind = refused.kind
         what = {
@@ -492,16 +508,12 @@ class OpenAIBackend(_Adaptive):
         noted = notes if notes is not None else []
 
         def once() -> dict[str, Any]:
-            while True:
-                body = self.request_body(messages, max_tokens=max_tokens)
-                try:
-                    return self._post(body)
-                except _Refused as refused:
-                    note = self._adapt(refused)
-                    if note is None:
-                        raise self._refusal_error(refused, self._api_key) from None
-                    log.info("chat server refused part of the request", extra={"note": note})
-                    noted.append(note)
+            # The body is built again on every try: a refusal changes what goes in it.
+            return self._sending(
+                lambda: self._post(self.request_body(messages, max_tokens=max_tokens)),
+                self._api_key,
+                noted,
+            )
 
         data = _with_retries(once, self.retry, self.describe())
         try:
@@ -651,15 +663,7 @@ class HFBackend(_Adaptive):
         noted = notes if notes is not None else []
 
         def once() -> Any:
-            while True:
-                try:
-                    return self._call(messages, max_tokens)
-                except _Refused as refused:
-                    note = self._adapt(refused)
-                    if note is None:
-                        raise self._refusal_error(refused, self._token) from None
-                    log.info("inference server refused part of the request", extra={"note": note})
-                    noted.append(note)
+            return self._sending(lambda: self._call(messages, max_tokens), self._token, noted)
 
         out = _with_retries(once, self.retry, self.describe())
         try:
