@@ -29,7 +29,11 @@ IDEA = "a lantern festival by the river"
 
 
 def _request(frames: int, seed: int) -> animation_pb2.CreateAnimationRequest:
-    return animation_pb2.CreateAnimationRequest(idea=IDEA, frames=frames, seed=seed, profile="tiny")
+    # One creator per job: the per-client cap (ANIM_MAX_JOBS_PER_CLIENT, 16) holds exactly
+    # under concurrent creates, and this measures throughput, not the cap.
+    return animation_pb2.CreateAnimationRequest(
+        idea=IDEA, frames=frames, seed=seed, profile="tiny", client_id=f"load-{seed}"
+    )
 
 
 async def _run_jobs(target: str, jobs: int, frames: int, seed: int) -> tuple[int, float]:

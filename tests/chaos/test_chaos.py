@@ -314,8 +314,13 @@ def test_load_twenty_jobs_two_renderers(chaos_stack):
 
     async def main():
         async with AnimationClient(chaos_stack.planner_target, timeout_s=60) as client:
+            # Five creators of four jobs each: within the per-client cap (16), which holds
+            # exactly under concurrent creates.
             created = await asyncio.gather(
-                *(client.create(request(frames=frames, seed=i)) for i in range(jobs))
+                *(
+                    client.create(request(frames=frames, seed=i, client_id=f"load-{i % 5}"))
+                    for i in range(jobs)
+                )
             )
             results = await asyncio.gather(*(finish(client, c.job_id, 200) for c in created))
             return created, results
