@@ -406,3 +406,19 @@ def test_dev_s3_identities_are_the_compose_ones(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "s3.json").read_text())
     assert written == json.loads(compose(secrets)["configs"]["seaweedfs-s3"]["content"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaled_deployments_leave_their_replica_count_to_the_autoscaler(overlay: str) -> None:
+    """A Deployment that an HPA or KEDA's ScaledObject scales has no spec.replicas: every
+    `kubectl apply` would otherwise reset it (renderers back to one, mid-job)."""
+    docs = objects(f"overlays/{overlay}")
+    targets = {
+        doc["spec"]["scaleTargetRef"]["name"]
+        for doc in docs
+        if doc["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+        and doc["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    }
+    assert targets, "no autoscaler found"
+    for name in targets:
+        assert "replicas" not in find(docs, "Deployment", name)["spec"], f"{overlay}: {name}"
