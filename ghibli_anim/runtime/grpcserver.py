@@ -3,7 +3,8 @@
 Health (``grpc.health.v1``) reports SERVING only while every dependency check
 passes (NATS connected, store reachable, models loaded...); checks run every few
 seconds in the background. On shutdown the status turns NOT_SERVING first, so
-load balancers stop sending work before the server goes away.
+load balancers stop sending work before the server goes away. The health service
+``liveness`` is SERVING as long as the process answers at all (liveness probes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ Check = Callable[[], Awaitable[None]]  # raises when the dependency is unhealthy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS = "liveness"
+"""The health service name liveness probes ask: SERVING while this process answers gRPC,
+whatever its dependencies say and through a drain. ``""`` and the bound services' names
+report readiness: NATS and the store answer, and the service is not stopping. An outage
+of NATS or S3 must make pods unready, never restart them (a renderer would reload its
+models)."""
 
 
 def rewrap_handler(
@@ -126,6 +133,7 @@ class GrpcServer:
         if self.bound_port == 0:
             raise OSError(f"ANIM_GRPC_PORT: cannot bind {self.host}:{self.port}")
         await self.server.start()
+        await self.health.set(LIVENESS, SERVING)
         await self.refresh_health()
         self._monitor = asyncio.create_task(self._watch_health(), name="grpc-health")
         log.info("grpc listening", extra={"port": self.bound_port, "services": ",".join(names)})

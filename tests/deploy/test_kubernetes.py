@@ -422,3 +422,23 @@ def test_autoscaled_deployments_leave_their_replica_count_to_the_autoscaler(over
     assert targets, "no autoscaler found"
     for name in targets:
         assert "replicas" not in find(docs, "Deployment", name)["spec"], f"{overlay}: {name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_liveness_asks_the_process_and_readiness_its_dependencies(overlay: str) -> None:
+    """Liveness probes ask the health service "liveness" (the process answers); readiness
+    asks the overall status (NATS and the store answer), so an outage unreadies pods but
+    never restarts them."""
+    docs = objects(f"overlays/{overlay}")
+    checked = 0
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            live, ready = container.get("livenessProbe", {}), container.get("readinessProbe", {})
+            if "grpc" not in live:
+                continue  # the web page's HTTP probes: /healthz and /readyz
+            assert live["grpc"].get("service") == "liveness", doc["metadata"]["name"]
+            assert ready["grpc"].get("service", "") == "", doc["metadata"]["name"]
+            checked += 1
+    assert checked >= 4

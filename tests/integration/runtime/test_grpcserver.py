@@ -1,0 +1,43 @@
+"""runtime/grpcserver.py: readiness follows the dependency checks and the drain; liveness
+(the health service "liveness") only says the process answers."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ghibli_anim.runtime.grpcserver import LIVENESS, NOT_SERVING, SERVING, GrpcServer
+
+
+async def _status(port: int, service: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return reply.status
+
+
+async def test_liveness_ignores_dependencies_and_the_drain() -> None:
+    healthy = {"nats": True}
+
+    async def nats() -> None:
+        if not healthy["nats"]:
+            raise ConnectionError("nats: no servers available")
+
+    server = GrpcServer(host="127.0.0.1", port=0, bindings=[], checks={"nats": nats})
+    port = await server.start()
+    try:
+        assert await _status(port, "") == SERVING
+        assert await _status(port, LIVENESS) == SERVING
+        healthy["nats"] = False  # NATS away: unready, still alive
+        assert await server.refresh_health() is False
+        assert await _status(port, "") == NOT_SERVING
+        assert await _status(port, LIVENESS) == SERVING
+        healthy["nats"] = True
+        await server.refresh_health()
+        assert await _status(port, "") == SERVING
+        await server.mark_not_serving()  # draining: unready, and no restart mid-drain
+        assert await _status(port, "") == NOT_SERVING
+        assert await _status(port, LIVENESS) == SERVING
+    finally:
+        await server.stop(grace_s=0.1)
