@@ -159,13 +159,22 @@ def test_pods_run_locked_down(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_expose_their_grpc_port_with_native_grpc_probes(overlay: str) -> None:
     docs = objects(f"overlays/{overlay}")
+    (settings,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and "ANIM_METRICS_PORT" in d.get("data", {})
+    ]
+    metrics_port = int(settings["data"]["ANIM_METRICS_PORT"])
     for name in config.SERVICES:
         port = config.GRPC_PORTS[name]
         deployment = find(docs, "Deployment", name)
         spec = deployment["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         assert container["args"] == ["serve", name]
-        assert [p["containerPort"] for p in container["ports"]] == [port]
+        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+            ("grpc", port),
+            ("metrics", metrics_port),  # declared, as the scrape annotations name it
+        ]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics_port)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
         service = find(docs, "Service", name)
