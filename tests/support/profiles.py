@@ -30,3 +30,14 @@ def file_settings(tmp_path: Path, text: str, **extra: str) -> Settings:
     path = tmp_path / "profiles.toml"
     path.write_text(text)
     return client_settings(tmp_path, ANIM_PROFILES_FILE=str(path), **extra)
+
+
+def half_settings(cache_dir: Path) -> Settings:
+    """Float16 on the CPU, tiny models cached in ``cache_dir``, the local store."""
+    env = {
+        "ANIM_CACHE_DIR": str(cache_dir),
+        "ANIM_STORE": "local",
+        "ANIM_DEVICE": "cpu",
+        "ANIM_DTYPE": "float16",
+    }
+    return config.load("client", env)

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from support.frames import ddim_spec, frame_spec
 from support.model_roots import roots_settings
+from support.profiles import half_settings
 
-from ghibli_anim.contracts import config, limits
+from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile, resolve_profile
@@ -228,15 +229,7 @@ def test_prompts_over_77_tokens_are_refused_or_cut_and_recorded(tiny_settings) -
 
 
 def _half_cache(tiny_cache_dir: Path) -> tuple[PipelineCache, Settings]:
-    settings = config.load(
-        "client",
-        {
-            "ANIM_CACHE_DIR": str(tiny_cache_dir),
-            "ANIM_STORE": "local",
-            "ANIM_DEVICE": "cpu",
-            "ANIM_DTYPE": "float16",
-        },
-    )
+    settings = half_settings(tiny_cache_dir)
     return PipelineCache(settings), settings
 
 

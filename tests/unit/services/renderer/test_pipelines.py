@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.frames import PROMPT, ddim_spec, frame_spec
+from support.frames import ddim_spec, frame_spec
 from support.model_roots import roots_settings
+from support.profiles import half_settings
 
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import config
@@ -39,15 +40,7 @@ def test_device_choice_follows_settings(tiny_settings: Settings) -> None:
 def test_derived_pipelines_keep_the_chosen_dtype(tiny_cache_dir, profile) -> None:
     """from_pipe casts the shared modules to float32 unless given a dtype (diffusers issue
     12754): every pipeline of a float16 model set, and its modules, stay float16."""
-    settings = config.load(
-        "client",
-        {
-            "ANIM_CACHE_DIR": str(tiny_cache_dir),
-            "ANIM_STORE": "local",
-            "ANIM_DEVICE": "cpu",
-            "ANIM_DTYPE": "float16",
-        },
-    )
+    settings = half_settings(tiny_cache_dir)
     cache = PipelineCache(settings)
     for mode in ("txt2img", "img2img", "controlnet_img2img"):
         pipe, models = cache.pipeline(profile, mode, "DDIM")
@@ -161,18 +154,7 @@ def settings(lora_root: Path, tiny_settings: Settings) -> Settings:
 def _spec_with_loras(
     profile: types_pb2.Profile, *sources: tuple[str, float]
 ) -> types_pb2.FrameSpec:
-    spec = types_pb2.FrameSpec(
-        index=0,
-        prompt=PROMPT,
-        seed=7,
-        guidance=7.5,
-        steps=3,
-        scheduler="DDIM",
-        width=64,
-        height=64,
-        continuity=types_pb2.CONTINUITY_CUT,
-        profile=profile,
-    )
+    spec = ddim_spec(profile, seed=7)
     del spec.profile.loras[:]
     for source, scale in sources:
         spec.profile.loras.add(source=source, scale=scale)

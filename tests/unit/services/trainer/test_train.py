@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from support.datasets import CAPTIONS, write_training_images
+from support.frames import ddim_spec
 
 from ghibli_anim.cli import train as trainer_cli
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.model_refs import locate
-from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.runtime.store.local import LocalStore
@@ -239,18 +239,7 @@ def test_renderer_loads_the_trained_lora_from_the_store(
     runs, s3: S3Store, tiny_settings: Settings, tmp_path: Path
 ) -> None:
     profile = load_profile("tiny", tiny_settings)
-    spec = types_pb2.FrameSpec(
-        index=0,
-        prompt="ghibli style, a red house on a hill",
-        seed=11,
-        guidance=7.5,
-        steps=4,
-        scheduler="DDIM",
-        width=64,
-        height=64,
-        continuity=types_pb2.CONTINUITY_CUT,
-        profile=profile,
-    )
+    spec = ddim_spec(profile, prompt="ghibli style, a red house on a hill", seed=11, steps=4)
     resolver = store_lora_resolver(s3, tmp_path / "lora-cache")
     cache = PipelineCache(tiny_settings, lora_resolver=resolver, max_entries=2)
     plain = render_frame(spec, cache=cache, settings=tiny_settings)
