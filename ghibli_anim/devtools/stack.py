@@ -57,12 +57,21 @@ class ServiceProcess(ChildServer):
 
     stop_grace_s = 30.0
 
-    def __init__(self, name: str, folder: Path, env: Mapping[str, str], port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        env: Mapping[str, str],
+        port: int,
+        *,
+        module: str = "ghibli_anim.cli",
+    ) -> None:
         if name not in SERVICES:
             raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
         super().__init__(folder, f"{name}.log")
         self.name = name
         self.port = port
+        self.module = module  # what ``python -m`` runs: the CLI, or a benchmark's wrapper of it
         self.env = {**env, "ANIM_GRPC_PORT": str(port), "ANIM_GRPC_HOST": LOOPBACK}
 
     @property
@@ -70,7 +79,7 @@ class ServiceProcess(ChildServer):
         return f"{LOOPBACK}:{self.port}"
 
     def _command(self) -> list[str]:
-        return [sys.executable, "-m", "ghibli_anim.cli", "serve", self.name]
+        return [sys.executable, "-m", self.module, "serve", self.name]
 
     def _env(self) -> dict[str, str]:
         return dict(self.env)
@@ -185,7 +194,9 @@ class LocalStack:
     ``services`` may also name ``web`` (not started unless asked): the page,
     talking to the first planner over gRPC. With ``nats_auth``, NATS runs the
     deployment's nats.conf and each service logs in as its own user with a fresh
-    random password, so a permission missing from auth.conf shows up here too.
+    random password, so a permission missing from auth.conf shows up here too. With
+    ``standin``, the services run with instant stand-ins for the model forward calls
+    (:mod:`ghibli_anim.devtools.standin`: benchmarks of the chain's own cost only).
     """
 
     def __init__(
@@ -196,8 +207,10 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         replicas: Mapping[str, int] | None = None,
         nats_auth: bool = False,
+        standin: bool = False,
     ) -> None:
         self.work_dir = Path(work_dir)
+        self.module = "ghibli_anim.devtools.standin" if standin else "ghibli_anim.cli"
         self.nats_passwords = (
             # Letters first, hex after: nats-server reads env values like config values.
             {user: "pw" + secrets.token_hex(16) for user in NATS_USERS} if nats_auth else {}
@@ -290,7 +303,11 @@ class LocalStack:
             proc = WebProcess(folder, web_env, port, self.planner_target)
         else:
             proc = ServiceProcess(
-                name, folder, {**self.env(), **self.login(name), **(env or {})}, port
+                name,
+                folder,
+                {**self.env(), **self.login(name), **(env or {})},
+                port,
+                module=self.module,
             )
         self.processes.setdefault(name, []).append(proc)
         if start:
