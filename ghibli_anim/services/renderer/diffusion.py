@@ -32,9 +32,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -45,7 +47,7 @@ from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import PRESETS, check_scheduler
 from ghibli_anim.contracts.tokens import TokenCounter
 from ghibli_anim.services.renderer import provenance
-from ghibli_anim.services.renderer.encoding import encode_image
+from ghibli_anim.services.renderer.encoding import encode_png
 from ghibli_anim.services.renderer.pipelines import (
     CONTROLNET_IMG2IMG,
     IMG2IMG,
@@ -71,7 +73,7 @@ class FrameFailed(ValueError):
 
 @dataclass(frozen=True)
 class RenderResult:
-    """A rendered frame: PNG bytes and the record of what ran.
+    """A rendered frame: its pixels (``H x W x 3`` uint8 RGB) and the record of what ran.
 
     ``record`` keys: index, mode (txt2img | img2img | controlnet_img2img),
     prompt, negative_prompt, prompt_tokens, prompt_dropped (text cut at 77 CLIP
@@ -94,9 +96,15 @@ class RenderResult:
     frame was re-rendered in float32.
     """
 
-    png: bytes
+    pixels: np.ndarray
     record: dict[str, Any]
     notice: str = ""
+
+    @cached_property
+    def png(self) -> bytes:
+        """The pixels as the PNG the renderer stores (encoded on first use: the renderer
+        itself encodes only after colour matching)."""
+        return encode_png(self.pixels)
 
 
 def _f32(value: float) -> float:
@@ -111,8 +119,10 @@ def _mode(spec: types_pb2.FrameSpec) -> str:
     return CONTROLNET_IMG2IMG if spec.depth_key else IMG2IMG
 
 
-def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    image = image.convert("RGB")
+def _fit(image: Image.Image | np.ndarray, width: int, height: int) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image = image if image.mode == "RGB" else image.convert("RGB")
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
@@ -271,8 +281,8 @@ def _retry_float32(
 def render_frame(
     spec: types_pb2.FrameSpec,
     *,
-    source: Image.Image | None = None,
-    depth: Image.Image | None = None,
+    source: Image.Image | np.ndarray | None = None,
+    depth: Image.Image | np.ndarray | None = None,
     cache: PipelineCache,
     settings: Settings | None = None,
     on_step: StepCallback | None = None,
@@ -389,7 +399,10 @@ def render_frame(
         if mode == CONTROLNET_IMG2IMG:
             described["controlnet"] = models.controlnets[spec.profile.controlnet][1]
         attention = _attention(pipe)
-    image = pipe.image_processor.numpy_to_pil(images)[0]
+    # What the pipeline's numpy_to_pil gives ((x * 255).round() as uint8, half to even; the
+    # values are in 0..1), in one OpenCV pass instead of three numpy ones.
+    pixels = cv2.addWeighted(images[0], 255.0, images[0], 0.0, 0.0, dtype=cv2.CV_8U)
+    height_px, width_px = pixels.shape[:2]
     record = {
         "index": spec.index,
         "mode": mode,
@@ -410,8 +423,8 @@ def render_frame(
         "scheduler_class": type(pipe.scheduler).__name__,
         "preset": spec.preset,
         "controlnet_scale": controlnet_scale,
-        "width": image.width,
-        "height": image.height,
+        "width": width_px,
+        "height": height_px,
         "source_key": spec.source_key if mode != TXT2IMG else None,
         "device": models.device,
         "device_name": provenance.device_name(models.device),
@@ -431,4 +444,4 @@ def render_frame(
         "versions": provenance.versions(),
         "float32_retry": float32_retry,
     }
-    return RenderResult(png=encode_image(image), record=record, notice=notice)
+    return RenderResult(pixels=pixels, record=record, notice=notice)

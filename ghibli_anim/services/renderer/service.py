@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
 
 from ghibli_anim.contracts import events, keys, lifecycle
 from ghibli_anim.contracts.pb import bus_pb2
@@ -52,6 +51,8 @@ from ghibli_anim.runtime.bus.consumer import (
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.service import Service
 from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
+from ghibli_anim.services.renderer import continuity as coherence
+from ghibli_anim.services.renderer.encoding import decode_png, encode_png
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,33 @@ class FrameAbandoned(Exception):
     """Raised in the torch thread to end a render whose message was handed back."""
 
 
-def _image(data: bytes, field: str) -> Image.Image:
+def _pixels(data: np.ndarray | bytes | None, field: str) -> np.ndarray | None:
+    """RGB pixels of stored PNG bytes (pixels already decoded pass through)."""
+    if data is None or isinstance(data, np.ndarray):
+        return data
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        return decode_png(data, field)
     except Exception as exc:
         raise NonRetryable(f"{field}: not a readable image ({exc})") from None
-    return image.convert("RGB")
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """What a frame starts from: pixels from memory, or PNG bytes the torch thread decodes."""
+
+    source: np.ndarray | bytes | None
+    depth: np.ndarray | bytes | None
+    reference: coherence.Reference | bytes | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rendered:
+    """A finished frame: the pixels kept in memory, the PNG stored, its record."""
+
+    pixels: np.ndarray
+    png: bytes
+    record: dict
+    notice: str = ""
 
 
 def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
@@ -165,9 +186,13 @@ class RendererService(Service):
         if spec.source_key:
             source_read = "memory" if spec.source_key in self.recent else "store"
         with timer.time("load"):
-            source = await self._load(spec.source_key, "source_key") if spec.source_key else None
-            depth = await self._load(spec.depth_key, "depth_key") if spec.depth_key else None
-            reference = await self._reference(job_id, i, spec)
+            # The inputs' store reads run side by side; what this replica stored is in memory.
+            source, depth, reference = await asyncio.gather(
+                self._read(spec.source_key, "source_key"),
+                self._read(spec.depth_key, "depth_key"),
+                self._read_reference(job_id, i, spec),
+            )
+        inputs = _Inputs(source, depth, reference)
         # frame.progress events from the torch thread, all out before frame.rendered.
         progress = ProgressReporter(self.bus.js, work, self.name, started=started)
         abandoned = threading.Event()
@@ -188,14 +213,14 @@ class RendererService(Service):
             progress.on_step(done, total)
 
         try:
-            result = await asyncio.to_thread(
-                self._render, spec, source, depth, reference, on_step, timer
-            )
+            result = await asyncio.to_thread(self._render, spec, inputs, on_step, timer)
         except asyncio.CancelledError:
             abandoned.set()
             raise
         finally:
             await progress.close()
+        if isinstance(inputs.reference, coherence.Reference):  # decoded once, kept
+            self.references.put(spec.color_reference_key, inputs.reference)
         record = {
             **result.record,
             "job_id": job_id,
@@ -207,7 +232,7 @@ class RendererService(Service):
             "source_read": source_read,
         }
         with timer.time("store"):
-            await self._write(job_id, i, result.png, record)
+            await self._write(job_id, i, result, record)
         timer.observe(record["mode"])
         if result.notice:
             log.warning(result.notice, extra={"job_id": job_id, "frame": i})
@@ -218,16 +243,24 @@ class RendererService(Service):
             reason=result.notice,  # the user's notice: a re-render in float32
         )
 
-    def _render(self, spec, source, depth, reference, on_step=None, timer=None):
-        from ghibli_anim.services.renderer import continuity as coherence
+    def _render(self, spec, inputs: _Inputs, on_step=None, timer=None) -> _Rendered:
+        """Frame ``spec`` from its inputs, in the torch thread: decode what came from the
+        store, move the seed by the camera, render, sharpen and colour-match, encode."""
         from ghibli_anim.services.renderer.diffusion import FrameFailed, render_frame
 
         timer = timer or metrics.FrameTimer(self.name)
         try:
             camera = coherence.Camera.of(spec.camera)
+            with timer.time("decode"):
+                source = _pixels(inputs.source, "source_key")
+                depth = _pixels(inputs.depth, "depth_key")
+                if isinstance(inputs.reference, bytes):
+                    inputs.reference = coherence.Reference(
+                        _pixels(inputs.reference, "color_reference_key")
+                    )
             if source is not None:
-                source, depth = coherence.prepare_seed(source, depth, camera)
-            rendering = time.perf_counter()
+                with timer.time("warp"):
+                    source, depth = coherence.prepare_seed(source, depth, camera)
             result = render_frame(
                 spec,
                 source=source,
@@ -236,18 +269,18 @@ class RendererService(Service):
                 settings=self.settings,
                 on_step=on_step,
             )
-            # Models count as load, the pipeline call as denoise, the rest (PNG) as encode.
-            load_s, denoise_s = result.record["load_s"], result.record["elapsed_s"]
-            timer.add("load", load_s)
-            timer.add("denoise", denoise_s)
-            timer.add("encode", time.perf_counter() - rendering - load_s - denoise_s)
-            with timer.time("encode"):
-                png, extra = coherence.finish_frame(
-                    result.png,
-                    reference=reference,
+            # Models count as load, the pipeline call as denoise.
+            timer.add("load", result.record["load_s"])
+            timer.add("denoise", result.record["elapsed_s"])
+            with timer.time("color"):
+                pixels, extra = coherence.finish_frame(
+                    result.pixels,
+                    reference=inputs.reference,
                     mode=spec.color_coherence,
                     sharpen=spec.sharpen,
                 )
+            with timer.time("encode"):
+                png = encode_png(pixels)
         except FrameFailed as exc:
             # NaN or black even in float32: the same spec would give the same image.
             raise NonRetryable(str(exc)) from exc
@@ -256,9 +289,27 @@ class RendererService(Service):
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
         extra["color"]["reference_key"] = spec.color_reference_key
         extra["camera"] = camera.as_record() if source is not None else None
-        return dataclasses.replace(result, png=png, record={**result.record, **extra})
+        return _Rendered(
+            pixels=pixels,
+            png=png,
+            record={**result.record, **extra},
+            notice=result.notice,
+        )
 
-    async def _reference(self, job_id: str, i: int, spec) -> Image.Image | None:
+    async def _read(self, key: str, field: str) -> np.ndarray | bytes | None:
+        """The pixels of ``key`` if this replica has them in memory, else its stored bytes
+        (decoded in the torch thread); None for no key."""
+        if not key:
+            return None
+        keys.check_key(key, field)
+        pixels = self.recent.get(key)  # what this replica stored, if still in memory
+        if pixels is not None:
+            return pixels
+        return await self._load_bytes(key, field)
+
+    async def _read_reference(
+        self, job_id: str, i: int, spec
+    ) -> coherence.Reference | bytes | None:
         """Frame i's colour reference; None when it is its own (frame 0, a cut, a shift)."""
         key = spec.color_reference_key
         if not key or key == keys.frame_key(job_id, i):
@@ -266,38 +317,35 @@ class RendererService(Service):
         if keys.job_id_of_key(keys.check_key(key, "color_reference_key")) != job_id:
             raise NonRetryable(f"color_reference_key: {key} is not a key of job {job_id}")
         # A reference serves many frames: kept apart from the recent frames, whose
-        # window it soon leaves, so each frame does not read it back from the store.
-        data = self.references.get(key)
-        if data is None:
-            data = await self._load_bytes(key, "color_reference_key")
-            self.references.put(key, data)
-        return _image(data, "color_reference_key")
+        # window it soon leaves, with its colour statistics computed once.
+        reference = self.references.get(key)
+        if reference is not None:
+            return reference
+        pixels = self.recent.get(key)
+        if pixels is not None:
+            return await asyncio.to_thread(coherence.Reference, pixels)
+        return await self._load_bytes(key, "color_reference_key")
 
     async def _load_bytes(self, key: str, field: str) -> bytes:
-        keys.check_key(key, field)
-        data = self.recent.get(key)  # the bytes this replica stored, if still in memory
-        if data is None:
-            try:
-                data = await asyncio.to_thread(self.store.get, key)
-            except NotFound:
-                # The previous frame should exist; it may be mid-write on a slow store.
-                raise Retryable(f"{field}: {key} is not in the store yet") from None
-        return data
+        try:
+            return await asyncio.to_thread(self.store.get, key)
+        except NotFound:
+            # The previous frame should exist; it may be mid-write on a slow store.
+            raise Retryable(f"{field}: {key} is not in the store yet") from None
 
-    async def _load(self, key: str, field: str) -> Image.Image:
-        return _image(await self._load_bytes(key, field), field)
-
-    async def _write(self, job_id: str, i: int, png: bytes, record: dict) -> None:
+    async def _write(self, job_id: str, i: int, result: _Rendered, record: dict) -> None:
         frame_key = keys.frame_key(job_id, i)
         record_json = json.dumps(record, indent=2, sort_keys=True).encode()
         # PNG and record side by side: one store round trip on the critical path, not two.
         await asyncio.gather(
-            asyncio.to_thread(self.store.put, frame_key, png, "image/png"),
+            asyncio.to_thread(self.store.put, frame_key, result.png, "image/png"),
             asyncio.to_thread(
                 self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
             ),
         )
-        self.recent.put(frame_key, png)
+        # The stored PNG decodes to exactly these pixels (PNG is lossless): the next
+        # frame on this replica starts from them, as it would from the store.
+        self.recent.put(frame_key, result.pixels)
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         metrics.renderer().failed(failure.retryable)

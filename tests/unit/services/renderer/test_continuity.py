@@ -21,7 +21,9 @@ from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.renderer.continuity import (
+    DISTANCE_SIDE,
     Camera,
+    Reference,
     color_distance,
     finish_frame,
     match_colors,
@@ -172,21 +174,51 @@ def _decode(png: bytes) -> np.ndarray:
 def test_finish_frame_records_distances() -> None:
     reference = Image.fromarray(texture(0))
     drifted = cast(texture(SHIFT * 4), 4)
-    png, record = finish_frame(_png(drifted), reference=reference, mode="lab", sharpen=0.0)
+    matched, record = finish_frame(drifted, reference=reference, mode="lab", sharpen=0.0)
     color = record["color"]
     assert color["mode"] == "lab" and record["sharpen"] == 0.0
     assert color["delta_e_mean_color_before"] > 5 * color["delta_e_mean_color"]
-    got = color_distance(_decode(png), reference)
+    got = color_distance(matched, reference)
     assert color["delta_e_mean_color"] == pytest.approx(got.mean_color, abs=1e-3)
     assert color["delta_e_pixels"] == pytest.approx(got.per_pixel, abs=1e-3)
-    # off: the bytes stay, the distance is still measured.
-    original = _png(drifted)
-    same, off = finish_frame(original, reference=reference, mode="off", sharpen=0.0)
-    assert same == original
+    # Measured on a copy shrunk to DISTANCE_SIDE on its longer side, as the record says.
+    assert color["delta_e_pixels_size"] == [DISTANCE_SIDE, DISTANCE_SIDE * H // W]
+    # off: the pixels stay, the distance is still measured.
+    same, off = finish_frame(drifted, reference=reference, mode="off", sharpen=0.0)
+    assert np.array_equal(same, drifted)
     assert off["color"]["delta_e_mean_color"] == off["color"]["delta_e_mean_color_before"] > 5
     # Its own reference (frame 0, a cut, a palette shift): nothing to match.
-    own, rec = finish_frame(original, reference=None, mode="lab", sharpen=0.0)
-    assert own == original and rec["color"]["delta_e_mean_color"] == 0.0
+    own, rec = finish_frame(drifted, reference=None, mode="lab", sharpen=0.0)
+    assert np.array_equal(own, drifted) and rec["color"]["delta_e_mean_color"] == 0.0
+    assert rec["color"]["delta_e_pixels_size"] is None
+
+
+def test_distance_on_the_shrunk_copy_tracks_the_full_size_one() -> None:
+    """The per-pixel CIEDE2000 on the shrunk copies stays close to the full-size measure,
+    for a global cast (where both are the same) and for motion plus a cast."""
+    big = cv2.resize(texture(0), (4 * W, 4 * H), interpolation=cv2.INTER_CUBIC)
+    moved = cv2.resize(cast(texture(SHIFT), 3), (4 * W, 4 * H), interpolation=cv2.INTER_CUBIC)
+    for image in (cast(big, 3), moved):
+        shrunk = color_distance(image, big)
+        full = deltaE_ciede2000(rgb_to_lab(image), rgb_to_lab(big)).mean()
+        assert shrunk.pixels_size == (DISTANCE_SIDE, DISTANCE_SIDE * H // W)
+        assert shrunk.per_pixel == pytest.approx(full, rel=0.25)
+        assert shrunk.mean_color == pytest.approx(
+            float(deltaE_ciede2000(mean_lab(image), mean_lab(big))), abs=1e-6
+        )
+    # An image already within the side is measured as it is.
+    assert color_distance(texture(0), texture(0)).pixels_size == (W, H)
+
+
+def test_a_prepared_reference_matches_like_the_raw_one() -> None:
+    reference = texture(0)
+    prepared = Reference(reference)
+    drifted = cast(texture(SHIFT * 2), 2)
+    for mode in ("lab", "rgb", "hsv"):
+        assert np.array_equal(
+            match_colors(drifted, prepared, mode), match_colors(drifted, reference, mode)
+        )
+    assert color_distance(drifted, prepared) == color_distance(drifted, reference)
 
 
 def test_palette_shift_moves_the_reference_through_a_chain(tmp_path) -> None:
@@ -211,8 +243,8 @@ def test_palette_shift_moves_the_reference_through_a_chain(tmp_path) -> None:
         raw[i] = cast(texture(SHIFT * i), i)
         own = spec.color_reference_key == keys.frame_key(job, i)
         reference = None if own else Image.fromarray(stored[spec.color_reference_key])
-        png, _ = finish_frame(_png(raw[i]), reference=reference, mode="lab", sharpen=0.0)
-        stored[keys.frame_key(job, i)] = _decode(png)
+        pixels, _ = finish_frame(raw[i], reference=reference, mode="lab", sharpen=0.0)
+        stored[keys.frame_key(job, i)] = _decode(encode_png(pixels))
     frame = [stored[keys.frame_key(job, i)] for i in range(n)]
     assert np.array_equal(frame[shift_at], raw[shift_at])  # its own reference: untouched
     for i in range(1, shift_at):
@@ -337,17 +369,17 @@ def test_zoom_and_rotate_move_known_points(camera: Camera) -> None:
 
 def test_borders_reflect_and_depth_moves_with_the_frame() -> None:
     rgb = texture(0)
-    depth = Image.fromarray(lightness(rgb).astype(np.uint8))  # mode "L"
+    depth = lightness(rgb).astype(np.uint8)  # a grey map
     cam = Camera(zoom=0.85, rotate=12.0, pan_x=0.1)
-    seed, moved_depth = prepare_seed(Image.fromarray(rgb), depth, cam)
+    seed, moved_depth = prepare_seed(rgb, depth, cam)
     arr = np.asarray(seed)
-    assert seed.mode == "RGB" and moved_depth is not None and moved_depth.mode == "L"
+    assert seed.shape == rgb.shape and moved_depth is not None and moved_depth.shape == depth.shape
     # A zoom out and a turn uncover the corners: they are filled with picture, not black.
     assert arr[:4, :4].mean() > 40 and arr[-4:, -4:].mean() > 40
     # The depth map followed exactly the same move.
     expected = warp_camera(np.asarray(depth), cam)
     assert np.array_equal(np.asarray(moved_depth), expected)
-    still_seed, still_depth = prepare_seed(Image.fromarray(rgb), depth, Camera())
+    still_seed, still_depth = prepare_seed(rgb, depth, Camera())
     assert np.array_equal(np.asarray(still_seed), rgb) and still_depth is depth
 
 
