@@ -167,13 +167,19 @@ def planned(
 
 
 def frame_rendered(
-    state: animation_pb2.JobState, index: int, *, event_id: str, attempt: int
+    state: animation_pb2.JobState,
+    index: int,
+    *,
+    event_id: str,
+    attempt: int,
+    with_depth: bool = False,
 ) -> bool:
-    """Frame ``index`` is stored; the last frame moves the job to ASSEMBLING."""
+    """Frame ``index`` is stored (``with_depth``: and its depth map, which the renderer
+    made with it); the last frame moves the job to ASSEMBLING."""
     if state.status != RENDERING or not 0 <= index < len(state.frame_states):
         return False
     done = state.frame_states[index]
-    changed = False
+    changed = with_depth and depth_ready(state, index, event_id=event_id)
     if not done.rendered:
         done.rendered = True
         done.rendered_event_id = event_id

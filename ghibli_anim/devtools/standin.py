@@ -28,7 +28,7 @@ only when started as ``python -m ghibli_anim.devtools.standin serve NAME``, whic
 from __future__ import annotations
 
 import functools
-import sys
+import runpy
 from types import SimpleNamespace
 from typing import Any
 
@@ -152,13 +152,12 @@ def install() -> None:
     _installed = True
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> None:
     """``python -m ghibli_anim.devtools.standin ARGS``: ``ghibli-anim ARGS`` with stand-ins."""
     install()
-    from ghibli_anim.cli.main import main as cli
-
-    return cli(argv if argv is not None else sys.argv[1:])
+    # Run as a module, not imported: the dev tools sit below the CLI, which imports them.
+    runpy.run_module("ghibli_anim.cli", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

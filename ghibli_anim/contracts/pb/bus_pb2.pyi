@@ -57,18 +57,20 @@ class PlanWork(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ...) -> None: ...
 
 class RenderWork(_message.Message):
-    __slots__ = ("job_id", "frame", "attempt", "causation_id", "spec")
+    __slots__ = ("job_id", "frame", "attempt", "causation_id", "spec", "depth_output_key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     frame: int
     attempt: int
     causation_id: str
     spec: _types_pb2.FrameSpec
-    def __init__(self, job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., spec: _Optional[_Union[_types_pb2.FrameSpec, _Mapping]] = ...) -> None: ...
+    depth_output_key: str
+    def __init__(self, job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., spec: _Optional[_Union[_types_pb2.FrameSpec, _Mapping]] = ..., depth_output_key: _Optional[str] = ...) -> None: ...
 
 class DepthWork(_message.Message):
     __slots__ = ("job_id", "frame", "attempt", "causation_id", "image_key", "output_key", "profile")
@@ -111,7 +113,7 @@ class AssembleWork(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., frame_keys: _Optional[_Iterable[str]] = ..., depth_keys: _Optional[_Iterable[str]] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., interpolate: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "type", "job_id", "frame", "attempt", "causation_id", "time", "sequence", "reason", "key", "step", "steps", "service", "retryable", "outputs")
+    __slots__ = ("event_id", "type", "job_id", "frame", "attempt", "causation_id", "time", "sequence", "reason", "key", "step", "steps", "service", "retryable", "outputs", "depth_key")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,7 @@ class Event(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_KEY_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: EventType
     job_id: str
@@ -142,4 +145,5 @@ class Event(_message.Message):
     service: str
     retryable: bool
     outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.OutputFile]
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., key: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., service: _Optional[str] = ..., retryable: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ...) -> None: ...
+    depth_key: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., job_id: _Optional[str] = ..., frame: _Optional[int] = ..., attempt: _Optional[int] = ..., causation_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., key: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., service: _Optional[str] = ..., retryable: _Optional[bool] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., depth_key: _Optional[str] = ...) -> None: ...

@@ -47,7 +47,7 @@ class DepthService(Service):
         ]
 
     def _estimator(self, model_ref: str):
-        from ghibli_anim.services.depth.estimate import DepthEstimator
+        from ghibli_anim.runtime.depth_maps import DepthEstimator
 
         with self._lock:
             if model_ref not in self._estimators:

@@ -1,17 +1,19 @@
 """The conductor: the one place that decides what runs next for a job.
 
 The decision is a pure function of the job's state, :func:`due_work`: PENDING calls for
-planning; RENDERING for the step after the last frame in the chain (the depth map of
-frame i when frame i+1 needs it, else frame i+1; frame 0 right after planning); and
-ASSEMBLING for assembly. The :class:`Conductor` applies each event the planner's durable
-``conductor`` receives (only the events it acts on reach it):
+planning; RENDERING for the step after the last frame in the chain (frame i+1, or the
+depth map of frame i when frame i+1 needs it and the renderer did not make it with frame
+i; frame 0 right after planning); and ASSEMBLING for assembly. A render work asks the
+renderer for the frame's depth map when the next frame needs one (``depth_output_key``).
+The :class:`Conductor` applies each event the planner's durable ``conductor`` receives
+(only the events it acts on reach it):
 
 =====================  =====================================================================
 job.created            publish what the state calls for (planning)
 job.planned            the same: frame 0 after planning; after a resume, the first frame
                        not done, its predecessor's depth map, or assembly
-frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), then publish what
-                       the state calls for
+frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), and its depth map
+                       when the event names it, then publish what the state calls for
 depth.ready{i}         KV marks the depth map done, then publish what the state calls for
 job.assembled          COMPLETED with the outputs the event carries, then job.completed
 frame.failed,          FAILED with the reason, named by what failed (``frame 3: ...``),
@@ -102,6 +104,9 @@ def plan_work(state: animation_pb2.JobState, cause: str) -> Work:
 
 
 def render_work(state: animation_pb2.JobState, index: int, cause: str) -> Work:
+    # The renderer makes the depth map the next frame needs while the frame is in its
+    # memory: no store read, decode and second round trip through the bus (ARCHITECTURE.md).
+    wanted = lifecycle.needs_depth(state.frame_specs, index)
     return Work(
         "render",
         bus_pb2.RenderWork(
@@ -110,6 +115,7 @@ def render_work(state: animation_pb2.JobState, index: int, cause: str) -> Work:
             attempt=state.attempt,
             causation_id=cause,
             spec=state.frame_specs[index],
+            depth_output_key=keys.depth_key(state.job_id, index) if wanted else "",
         ),
     )
 
@@ -232,10 +238,13 @@ class Conductor:
 
     async def _frame_rendered(self, event: bus_pb2.Event) -> None:
         i = event.frame
+        # A depth_key is the depth map the render work asked for, stored with the frame;
+        # without one (a renderer that made none), due_work asks the depth service.
+        with_depth = event.depth_key == keys.depth_key(event.job_id, i)
         state = await self.jobs.update(
             event.job_id,
             lambda s: lifecycle.frame_rendered(
-                s, i, event_id=event.event_id, attempt=event.attempt
+                s, i, event_id=event.event_id, attempt=event.attempt, with_depth=with_depth
             ),
         )
         await self.publish(state, due_work(state, event.event_id))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -33,9 +34,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
 from ghibli_anim.contracts.pb import bus_pb2
@@ -56,6 +61,8 @@ from ghibli_anim.services.renderer.encoding import decode_png, encode_png
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class FrameAbandoned(Exception):
@@ -82,13 +89,28 @@ class _Inputs:
 
 
 @dataclasses.dataclass(frozen=True)
+class _DepthMap:
+    """A frame's depth map: as the next frame reads it (RGB pixels) and as stored (PNG)."""
+
+    pixels: np.ndarray
+    png: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class _Rendered:
-    """A finished frame: the pixels kept in memory, the PNG stored, its record."""
+    """A finished frame: the pixels kept in memory, the PNG stored, its record, and its
+    depth map when the work asked for one."""
 
     pixels: np.ndarray
     png: bytes
     record: dict
     notice: str = ""
+    depth: _DepthMap | None = None
+
+
+def _timed(timer: metrics.FrameTimer, stage: str, fn: Callable[..., T], *args) -> T:
+    with timer.time(stage):
+        return fn(*args)
 
 
 def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
@@ -156,6 +178,10 @@ class RendererService(Service):
             self.settings, lora_resolver=store_lora_resolver(store, loras_dir)
         )
         self.jobs = await JobStore.open(bus_.js)
+        self._estimators: dict[str, object] = {}  # depth model ref -> DepthEstimator
+        self._estimators_lock = threading.Lock()
+        # The frame's PNG is encoded here while the torch thread makes its depth map.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renderer-encode")
         self.consumers = [
             work_consumer(
                 bus_.js, "render", bus_pb2.RenderWork, self.handle, on_give_up=self.give_up
@@ -212,8 +238,15 @@ class RendererService(Service):
                 raise FrameAbandoned(f"frame {i}: handed back at step {done} of {total}")
             progress.on_step(done, total)
 
+        depth_key = ""
+        if work.depth_output_key:
+            depth_key = keys.check_key(work.depth_output_key, "depth_output_key")
+            if keys.job_id_of_key(depth_key) != job_id:
+                raise NonRetryable(f"depth_output_key: {depth_key} is not a key of job {job_id}")
         try:
-            result = await asyncio.to_thread(self._render, spec, inputs, on_step, timer)
+            result = await asyncio.to_thread(
+                self._render, spec, inputs, on_step, timer, bool(depth_key)
+            )
         except asyncio.CancelledError:
             abandoned.set()
             raise
@@ -232,7 +265,7 @@ class RendererService(Service):
             "source_read": source_read,
         }
         with timer.time("store"):
-            await self._write(job_id, i, result, record)
+            await self._write(job_id, i, result, record, depth_key)
         timer.observe(record["mode"])
         if result.notice:
             log.warning(result.notice, extra={"job_id": job_id, "frame": i})
@@ -240,12 +273,16 @@ class RendererService(Service):
             events.FRAME_RENDERED,
             work,
             key=keys.frame_key(job_id, i),
+            depth_key=depth_key,
             reason=result.notice,  # the user's notice: a re-render in float32
         )
 
-    def _render(self, spec, inputs: _Inputs, on_step=None, timer=None) -> _Rendered:
+    def _render(
+        self, spec, inputs: _Inputs, on_step=None, timer=None, with_depth: bool = False
+    ) -> _Rendered:
         """Frame ``spec`` from its inputs, in the torch thread: decode what came from the
-        store, move the seed by the camera, render, sharpen and colour-match, encode."""
+        store, move the seed by the camera, render, sharpen and colour-match, then encode
+        the PNG while (``with_depth``) the frame's depth map is made."""
         from ghibli_anim.services.renderer.diffusion import FrameFailed, render_frame
 
         timer = timer or metrics.FrameTimer(self.name)
@@ -279,8 +316,14 @@ class RendererService(Service):
                     mode=spec.color_coherence,
                     sharpen=spec.sharpen,
                 )
-            with timer.time("encode"):
-                png = encode_png(pixels)
+            encoding = self._encoder.submit(
+                contextvars.copy_context().run, _timed, timer, "encode", encode_png, pixels
+            )
+            depth = None
+            if with_depth:
+                with timer.time("depth"):
+                    depth = self._depth_map(spec.profile.depth_model, pixels)
+            png = encoding.result()
         except FrameFailed as exc:
             # NaN or black even in float32: the same spec would give the same image.
             raise NonRetryable(str(exc)) from exc
@@ -294,7 +337,23 @@ class RendererService(Service):
             png=png,
             record={**result.record, **extra},
             notice=result.notice,
+            depth=depth,
         )
+
+    def _depth_map(self, model_ref: str, pixels: np.ndarray) -> _DepthMap:
+        """The depth map of a frame's pixels, with its PNG; the model is loaded once."""
+        from ghibli_anim.runtime.depth_maps import DepthEstimator
+
+        if not model_ref:
+            raise ValueError("depth_model: the profile names no depth model")
+        with self._estimators_lock:
+            estimator = self._estimators.get(model_ref)
+            if estimator is None:
+                estimator = self._estimators[model_ref] = DepthEstimator(model_ref, self.settings)
+        gray = np.asarray(estimator.estimate(Image.fromarray(pixels)))
+        # Kept as the RGB pixels the stored PNG decodes to, which is what a depth map
+        # read from the store gives the next frame: both paths guide it the same.
+        return _DepthMap(pixels=cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), png=encode_png(gray))
 
     async def _read(self, key: str, field: str) -> np.ndarray | bytes | None:
         """The pixels of ``key`` if this replica has them in memory, else its stored bytes
@@ -333,19 +392,29 @@ class RendererService(Service):
             # The previous frame should exist; it may be mid-write on a slow store.
             raise Retryable(f"{field}: {key} is not in the store yet") from None
 
-    async def _write(self, job_id: str, i: int, result: _Rendered, record: dict) -> None:
+    async def _write(
+        self, job_id: str, i: int, result: _Rendered, record: dict, depth_key: str = ""
+    ) -> None:
         frame_key = keys.frame_key(job_id, i)
         record_json = json.dumps(record, indent=2, sort_keys=True).encode()
-        # PNG and record side by side: one store round trip on the critical path, not two.
-        await asyncio.gather(
+        writes = [
             asyncio.to_thread(self.store.put, frame_key, result.png, "image/png"),
             asyncio.to_thread(
                 self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
             ),
-        )
-        # The stored PNG decodes to exactly these pixels (PNG is lossless): the next
+        ]
+        if depth_key and result.depth is not None:
+            writes.append(
+                asyncio.to_thread(self.store.put, depth_key, result.depth.png, "image/png")
+            )
+        # Side by side: one store round trip on the critical path, not two or three.
+        await asyncio.gather(*writes)
+        # The stored PNGs decode to exactly these pixels (PNG is lossless): the next
         # frame on this replica starts from them, as it would from the store.
+        result.pixels.setflags(write=False)
         self.recent.put(frame_key, result.pixels)
+        if depth_key and result.depth is not None:
+            self.recent.put(depth_key, result.depth.pixels)
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         metrics.renderer().failed(failure.retryable)

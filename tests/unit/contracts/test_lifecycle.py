@@ -212,6 +212,25 @@ def test_frame_rendered_marks_once_and_the_last_frame_moves_to_assembling() -> N
     assert not lifecycle.frame_rendered(state(lifecycle.CANCELLED), 0, event_id="x", attempt=1)
 
 
+def test_frame_rendered_with_its_depth_map_marks_both_once() -> None:
+    job = state(lifecycle.RENDERING)
+    assert lifecycle.frame_rendered(job, 0, event_id="r0", attempt=1, with_depth=True)
+    done = job.frame_states[0]
+    assert (done.rendered, done.depth_ready) == (True, True)
+    assert (done.rendered_event_id, done.depth_event_id, job.last_event_id) == ("r0",) * 3
+    # Without it, the depth map stays to be made; a later event with it marks only that.
+    assert lifecycle.frame_rendered(job, 1, event_id="r1", attempt=1)
+    assert not job.frame_states[1].depth_ready
+    assert lifecycle.frame_rendered(job, 1, event_id="late", attempt=1, with_depth=True)
+    assert job.frame_states[1].depth_ready and job.frame_states[1].rendered_event_id == "r1"
+    assert not lifecycle.frame_rendered(job, 1, event_id="again", attempt=1, with_depth=True)
+    assert job.frame_states[1].depth_event_id == "late"
+    # Not rendering: neither.
+    cancelled = state(lifecycle.CANCELLED)
+    assert not lifecycle.frame_rendered(cancelled, 0, event_id="x", attempt=1, with_depth=True)
+    assert not cancelled.frame_states[0].depth_ready
+
+
 def test_depth_ready_marks_once_while_rendering() -> None:
     job = state(lifecycle.RENDERING, depth=True)
     assert lifecycle.depth_ready(job, 0, event_id="d0")

@@ -292,6 +292,40 @@ async def test_with_depth_each_frame_waits_for_its_predecessors_depth_map(js, st
     ]
 
 
+async def test_with_depth_the_renderer_makes_each_depth_map_with_its_frame(js, store, conductor):
+    """The render work asks for the depth map the next frame needs; a frame.rendered that
+    names it marks it ready too, and the next frame follows with no depth work."""
+    n = 3
+    state = job_state(n, depth=True)
+    await store.create(state)
+    await conductor.handle(event(events.JOB_PLANNED))
+    for i in range(n):
+        step, message = (await work(js))[-1]
+        assert step == "render" and message.frame == i
+        wanted = keys.depth_key(JOB, i) if i + 1 < n else ""
+        assert message.depth_output_key == wanted
+        done = event(events.FRAME_RENDERED, frame=i, depth_key=wanted)
+        await conductor.handle(done)
+        now = await stored(store)
+        assert now.frame_states[i].rendered
+        assert now.frame_states[i].depth_ready == (i + 1 < n)
+        if i + 1 < n:
+            assert now.frame_states[i].depth_event_id == done.event_id
+            assert (await work(js))[-1][1].causation_id == done.event_id
+    assert [s for s, _ in await work(js)] == ["render"] * n + ["assemble"]
+
+
+@pytest.mark.parametrize("depth_key", ["", keys.depth_key(JOB, 1), keys.frame_key(JOB, 0)])
+async def test_a_frame_rendered_without_its_depth_map_asks_the_depth_service(
+    js, store, conductor, depth_key
+):
+    await store.create(job_state(3, depth=True))
+    await conductor.handle(event(events.FRAME_RENDERED, frame=0, depth_key=depth_key))
+    assert not (await stored(store)).frame_states[0].depth_ready
+    [(step, message)] = await work(js)
+    assert (step, message.frame, message.output_key) == ("depth", 0, keys.depth_key(JOB, 0))
+
+
 async def test_a_repeated_frame_rendered_changes_nothing_and_republishes_the_same_work(
     js, store, conductor
 ):

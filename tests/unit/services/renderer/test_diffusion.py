@@ -23,7 +23,7 @@ from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.profiles import load_profile, resolve_profile
 from ghibli_anim.contracts.storyboard import parse_storyboard
-from ghibli_anim.services.depth.estimate import DepthEstimator
+from ghibli_anim.runtime.depth_maps import DepthEstimator
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.renderer.diffusion import (
     BLACK_MAX,

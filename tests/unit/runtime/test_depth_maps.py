@@ -1,11 +1,11 @@
-"""services/depth/estimate.py: depth maps from the tiny model, normalised and deterministic."""
+"""runtime/depth_maps.py: depth maps from the tiny model, normalised and deterministic."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from ghibli_anim.services.depth.estimate import DepthEstimator
+from ghibli_anim.runtime.depth_maps import DepthEstimator
 
 
 def test_depth_map_is_normalised_and_deterministic(tiny_settings) -> None:

@@ -1,5 +1,10 @@
 """Depth maps for ControlNet: a transformers depth model, loaded once.
 
+Two services use it: the renderer, which makes the depth map of a frame the next frame is
+guided by right after rendering it (the frame is still in its memory), and the depth
+service (gRPC ``EstimateDepth``, and ``anim.work.depth`` for a frame whose renderer made
+none).
+
 ``DepthEstimator(profile_or_ref).estimate(image)`` returns a grayscale ("L")
 image of the input's size, normalised to 0..255 with near = bright: the
 convention of SD-1.5's depth ControlNet, whose training maps came from MiDaS
