@@ -242,6 +242,15 @@ def test_planner_is_published_on_its_port_and_the_renderer_gets_a_gpu() -> None:
     assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
 
 
+def test_seaweedfs_is_the_default_s3_server_and_minio_one_profile_away() -> None:
+    defaults = set(env_example()["COMPOSE_PROFILES"].split(","))
+    assert defaults == {"seaweedfs", "gpu"}
+    active = active_services(compose(), defaults)
+    assert "seaweedfs" in active and "minio" not in active and "minio-init" not in active
+    with_minio = active_services(compose(), {"minio", "gpu"})
+    assert {"minio", "minio-init"} <= set(with_minio) and "seaweedfs" not in with_minio
+
+
 def test_images_agree_with_kubernetes_and_the_version() -> None:
     version = project_version()
     doc = compose()
@@ -258,10 +267,11 @@ def test_images_agree_with_kubernetes_and_the_version() -> None:
             assert repo == f"ghibli-anim/{svc['build']['target']}", name
             assert tag in (version, f"{version}-cpu"), name
             assert image in k8s_images, f"{name}: {image} not deployed by any overlay"
-    # Third-party images: exact tags, the same in compose and Kubernetes.
+    # Third-party images: the same in compose and Kubernetes (each of them checked to
+    # be published: test_image_references.py).
     assert doc["services"]["nats"]["image"] in k8s_images
     assert doc["services"]["seaweedfs"]["image"] in k8s_images
-    assert doc["services"]["minio"]["image"] == "quay.io/minio/minio:RELEASE.2025-10-15T17-29-55Z"
+    assert doc["services"]["minio-init"]["image"] == doc["services"]["minio"]["image"]
     assert DOCKERFILE.exists()
 
 
