@@ -42,7 +42,6 @@ RUNS = {
     "renderer": "renderer",
     "renderer-cpu": "renderer",
     "depth": "depth",
-    "depth-cpu": "depth",
     "assembler": "assembler",
 }
 
@@ -240,6 +239,20 @@ def test_planner_is_published_on_its_port_and_the_renderer_gets_a_gpu() -> None:
     cpu = doc["services"]["renderer-cpu"]
     assert "deploy" not in cpu and service_environment(cpu)["ANIM_DEVICE"] == "cpu"
     assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def gpu_requests(svc: dict) -> list[dict]:
+    return svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_depth_runs_on_cpus_in_every_variant_from_its_cpu_image() -> None:
+    doc = compose()
+    depth = doc["services"]["depth"]
+    assert "profiles" not in depth and not gpu_requests(depth)
+    assert service_environment(depth)["ANIM_DEVICE"] == "cpu"
+    # One depth image: the Dockerfile's depth target takes CPU torch without build args.
+    assert depth["build"]["target"] == "depth" and "args" not in depth["build"]
+    assert "depth-cpu" not in doc["services"]
 
 
 def test_seaweedfs_is_the_default_s3_server_and_minio_one_profile_away() -> None:

@@ -318,7 +318,7 @@ def test_shared_settings_agree_with_the_code(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_images_are_the_projects_at_its_version(overlay: str) -> None:
     version = project_version()
-    suffix = {"dev": {"renderer": "-cpu", "depth": "-cpu"}, "gpu": {}}[overlay]
+    suffix = {"dev": {"renderer": "-cpu"}, "gpu": {}}[overlay]
     for where, spec in pod_specs(objects(f"overlays/{overlay}")):
         for container in spec["containers"]:
             image = container["image"]
