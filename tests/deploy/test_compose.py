@@ -40,6 +40,7 @@ COMBINATIONS = [set(c) for c in itertools.product(S3_PROFILES, RUN_PROFILES)]
 RUNS = {
     "planner": "planner",
     "renderer": "renderer",
+    "renderer-gpu1": "renderer",
     "renderer-cpu": "renderer",
     "depth": "depth",
     "assembler": "assembler",
@@ -113,6 +114,9 @@ def test_each_profile_combination_is_a_complete_stack(profiles: set[str]) -> Non
     active = active_services(doc, profiles)
     runs = sorted(RUNS[name] for name in active if name in RUNS)
     assert runs == sorted(config.SERVICES)
+    # With a second GPU: the same stack and one more renderer.
+    more = active_services(doc, profiles | {"gpu1"})
+    assert set(more) - set(active) == {"renderer-gpu1"}
     # Exactly one S3 server, reachable as s3:9000 like ANIM_S3_ENDPOINT says.
     s3 = [
         n
@@ -230,19 +234,35 @@ def test_nats_server_gets_every_users_password_and_the_config() -> None:
     assert service_environment(bus_init)["ANIM_NATS_USER"] == "bus-init"
 
 
-def test_planner_is_published_on_its_port_and_the_renderer_gets_a_gpu() -> None:
-    doc = compose()
-    assert doc["services"]["planner"]["ports"] == ["127.0.0.1:50051:50051"]
-    devices = doc["services"]["renderer"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert service_environment(doc["services"]["renderer"])["ANIM_DEVICE"] == "cuda"
-    cpu = doc["services"]["renderer-cpu"]
-    assert "deploy" not in cpu and service_environment(cpu)["ANIM_DEVICE"] == "cpu"
-    assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-
-
 def gpu_requests(svc: dict) -> list[dict]:
     return svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_planner_is_published_on_its_port_and_each_gpu_renderer_gets_its_own_gpu() -> None:
+    doc = compose()
+    services = doc["services"]
+    assert services["planner"]["ports"] == ["127.0.0.1:50051:50051"]
+    # moby gives every replica of a service the same devices (count or device_ids
+    # alike): GPUs are spread by one service per GPU, each naming its GPU.
+    gpus: dict[str, str] = {}
+    for name, svc in services.items():
+        for request in gpu_requests(svc):
+            assert request["driver"] == "nvidia" and request["capabilities"] == ["gpu"]
+            assert "count" not in request, f"{name}: name the GPU with device_ids, not count"
+            for gpu in request["device_ids"]:
+                assert gpu not in gpus, f"GPU {gpu}: {gpus[gpu]} and {name}"
+                gpus[gpu] = name
+    assert gpus == {"0": "renderer", "1": "renderer-gpu1"}
+    gpu0, gpu1 = services["renderer"], services["renderer-gpu1"]
+    for svc in (gpu0, gpu1):
+        assert service_environment(svc)["ANIM_DEVICE"] == "cuda"
+    # The second GPU's renderer is the first one on another GPU, in its own profile.
+    differ = {k for k in set(gpu0) | set(gpu1) if gpu0.get(k) != gpu1.get(k)}
+    assert differ == {"profiles", "deploy"}
+    assert (gpu0["profiles"], gpu1["profiles"]) == (["gpu"], ["gpu1"])
+    cpu = services["renderer-cpu"]
+    assert "deploy" not in cpu and service_environment(cpu)["ANIM_DEVICE"] == "cpu"
+    assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
 
 
 def test_depth_runs_on_cpus_in_every_variant_from_its_cpu_image() -> None:
