@@ -15,7 +15,10 @@ import jsonschema
 import pytest
 import yaml
 from support.deploy import (
+    ALL_KUSTOMIZATIONS,
+    INIT_SELECTOR,
     KUSTOMIZATIONS,
+    ONE_OFF,
     OVERLAYS,
     SCHEMAS,
     SECRET_NAME,
@@ -28,6 +31,7 @@ from support.deploy import (
     kustomize,
     nats_users,
     objects,
+    overlay_objects,
     pod_specs,
     project_version,
     venv_tool,
@@ -58,11 +62,70 @@ def validate_strict(tmp_path: Path, text: str) -> subprocess.CompletedProcess[st
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_kustomization_renders(path: str) -> None:
     kinds = {doc["kind"] for doc in objects(path)}
-    assert {"Deployment", "Service", "ConfigMap", "Job", "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget"} <= kinds
+
+
+@pytest.mark.parametrize("path", ALL_KUSTOMIZATIONS)
+def test_no_secret_is_written_in_manifests(path: str) -> None:
+    kinds = {doc["kind"] for doc in objects(path)}
     assert "Secret" not in kinds, "secrets are referenced, never written in manifests"
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_always_applied_sets_hold_no_job(path: str) -> None:
+    """A Job's pod template is immutable and ours name the hash-suffixed ConfigMap and the
+    image tags: in the set that `kubectl apply -k` re-applies on every upgrade, a Job would
+    fail the apply ("field is immutable") after any change of settings or images."""
+    kinds = {doc["kind"] for doc in objects(path)}
+    assert not kinds & {"Job", "CronJob", "Pod"}, f"{path}: {kinds}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_jobs_live_in_their_own_kustomizations_with_the_overlays_settings(overlay: str) -> None:
+    always = objects(f"overlays/{overlay}")
+    (settings,) = [d for d in always if d["metadata"]["name"].startswith("ghibli-anim-config-")]
+    namespace = NAMESPACES[overlay]
+    jobs = []
+    for path in ONE_OFF[overlay]:
+        docs = objects(path)
+        # The same ConfigMap (name, hash and data) as the always-applied set: applying the
+        # Jobs re-applies it unchanged, and they read what the services read.
+        (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert cm == settings, path
+        assert {d["metadata"].get("namespace") for d in docs} == {namespace}, path
+        assert {d["kind"] for d in docs} <= {
+            "Job",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "ServiceAccount",
+        }, path
+        jobs += [(path, d) for d in docs if d["kind"] == "Job"]
+    # The images are the always-applied set's (one place sets the tags: common/).
+    always_images = {c["image"] for _, spec in pod_specs(always) for c in spec["containers"]}
+    for path, job in jobs:
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            repo = container["image"].split(":")[0]
+            tags = {i for i in always_images if i.split(":")[0] == repo}
+            assert not tags or tags == {container["image"]}, f"{path}: {container['image']}"
+    names = {job["metadata"]["name"] for _, job in jobs}
+    assert {"bus-init"} <= names
+    key, value = INIT_SELECTOR
+    for path, job in jobs:
+        # run-jobs.sh deletes and waits for the init Jobs by this label; the trainer is
+        # started by hand and must never be deleted by it (it may be training).
+        labels = job["metadata"]["labels"]
+        is_init = job["metadata"]["name"] in ("bus-init", "models-fetch")
+        assert (labels.get(key) == value) is is_init, f"{path}: {job['metadata']['name']}"
+        template_labels = job["spec"]["template"]["metadata"]["labels"]
+        assert template_labels["app.kubernetes.io/name"] == job["metadata"]["name"]
+    # Nothing else carries the label: the script deletes only Jobs.
+    for path in ONE_OFF[overlay]:
+        for doc in objects(path):
+            if doc["kind"] != "Job":
+                assert doc["metadata"].get("labels", {}).get(key) != value, doc["metadata"]
+
+
+@pytest.mark.parametrize("path", ALL_KUSTOMIZATIONS)
 def test_builtin_kinds_pass_strict_validation(path: str, tmp_path: Path) -> None:
     result = validate_strict(tmp_path, kustomize(path))
     output = result.stdout + result.stderr
@@ -135,7 +198,7 @@ def test_keda_is_optional() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_run_locked_down(overlay: str) -> None:
-    for where, spec in pod_specs(objects(f"overlays/{overlay}")):
+    for where, spec in pod_specs(overlay_objects(overlay)):
         pod_ctx = spec.get("securityContext", {})
         assert spec.get("automountServiceAccountToken") is False, where
         assert pod_ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
@@ -285,7 +348,7 @@ def test_every_service_starts_with_its_required_configuration(overlay: str) -> N
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_come_only_from_secret_references(overlay: str) -> None:
-    docs = objects(f"overlays/{overlay}")
+    docs = overlay_objects(overlay)
     secret_vars = {v.name for v in config.VARS if v.secret}
     known_keys = set(env_example())
     cm = config_map_data(docs, "ghibli-anim-config")
@@ -319,7 +382,7 @@ def test_shared_settings_agree_with_the_code(overlay: str) -> None:
 def test_images_are_the_projects_at_its_version(overlay: str) -> None:
     version = project_version()
     suffix = {"dev": {"renderer": "-cpu"}, "gpu": {}}[overlay]
-    for where, spec in pod_specs(objects(f"overlays/{overlay}")):
+    for where, spec in pod_specs(overlay_objects(overlay)):
         for container in spec["containers"]:
             image = container["image"]
             if not image.startswith("ghibli-anim/"):
@@ -332,7 +395,7 @@ def test_images_are_the_projects_at_its_version(overlay: str) -> None:
 
 def test_bus_init_job_binds_nothing_and_replicates_in_clusters() -> None:
     for overlay, replicas in (("dev", "1"), ("gpu", "3")):
-        job = find(objects(f"overlays/{overlay}"), "Job", "bus-init")
+        job = find(overlay_objects(overlay), "Job", "bus-init")
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["args"] == ["bus", "init", "--replicas", replicas]
         names = {v["name"]: v for v in container["env"]}
@@ -342,29 +405,81 @@ def test_bus_init_job_binds_nothing_and_replicates_in_clusters() -> None:
 
 
 def test_trainer_job_waits_to_be_started() -> None:
-    docs = objects("overlays/gpu")
+    docs = overlay_objects("gpu")
     job = find(docs, "Job", "trainer")
     assert job["spec"]["suspend"] is True
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghibli-anim/trainer:{project_version()}"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert not [d for d in objects("overlays/dev") if d["metadata"]["name"] == "trainer"]
+    assert not [d for d in overlay_objects("dev") if d["metadata"]["name"] == "trainer"]
 
 
-def test_gpu_overlay_shares_prefetched_models() -> None:
-    docs = objects("overlays/gpu")
+def test_gpu_overlay_loads_models_from_a_prefetched_read_only_volume() -> None:
+    """models-fetch is the volume's only writer; everything else mounts it read-only, and
+    the workloads that load diffusion models never reach the hub (HF_HUB_OFFLINE): a new
+    replica loads what is there and never downloads."""
+    docs = overlay_objects("gpu")
     pvc = find(docs, "PersistentVolumeClaim", "ghibli-anim-models")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     fetch = find(docs, "Job", "models-fetch")
     (container,) = fetch["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["models", "fetch", "$(ANIM_PROFILE)", "--all"]
-    for name in ("planner", "renderer", "depth"):
-        volumes = find(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
-        models = next(v for v in volumes if v["name"] == "models")
+    settings = config_map_data(docs, "ghibli-anim-config")
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["HF_HOME"] == settings["HF_HOME"] == "/models"
+    assert "HF_HUB_OFFLINE" not in env
+    writers = []
+    for where, spec in pod_specs(docs):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]
+            for v in spec.get("volumes", [])
+            if v.get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]
+        }
+        if not claims:
+            continue
+        (container,) = spec["containers"]
+        mounts = [m for m in container["volumeMounts"] if m["name"] in claims]
+        assert [m["mountPath"] for m in mounts] == [settings["HF_HOME"]], where
+        read_only = all(c.get("readOnly") for c in claims.values()) or all(
+            m.get("readOnly") for m in mounts
+        )
+        if not read_only:
+            writers.append(where)
+    assert writers == ["Job/models-fetch"]
+    for kind, name in (
+        ("Deployment", "planner"),
+        ("Deployment", "renderer"),
+        ("Deployment", "depth"),
+        ("Job", "trainer"),
+    ):
+        spec = find(docs, kind, name)["spec"]["template"]["spec"]
+        models = next(v for v in spec["volumes"] if v["name"] == "models")
         assert models == {
             "name": "models",
-            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
-        }
+            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"], "readOnly": True},
+        }, name
+        env = {v["name"]: v.get("value") for v in spec["containers"][0]["env"]}
+        # The planner's hf backend calls the hub's inference API, which offline mode blocks.
+        assert env.get("HF_HUB_OFFLINE") == (None if name == "planner" else "1"), name
+
+
+def test_gpu_workloads_run_only_on_nodes_whose_driver_runs_cuda_13() -> None:
+    """The image's torch is a CUDA 13 build: NVIDIA driver 580 or later. GPU Feature
+    Discovery labels nodes with the driver's major version, under its current name and
+    its deprecated one; either qualifies a node (node selector terms are ORed)."""
+    docs = overlay_objects("gpu")
+    for kind, name in (("Deployment", "renderer"), ("Job", "trainer")):
+        spec = find(docs, kind, name)["spec"]["template"]["spec"]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        expressions = [term["matchExpressions"] for term in terms["nodeSelectorTerms"]]
+        assert expressions == [
+            [{"key": label, "operator": "Gt", "values": ["579"]}]
+            for label in ("nvidia.com/cuda.driver-version.major", "nvidia.com/cuda.driver.major")
+        ], name
+    for kind, name in (("Deployment", "depth"), ("Deployment", "planner"), ("Job", "models-fetch")):
+        assert "affinity" not in find(docs, kind, name)["spec"]["template"]["spec"], name
+    dev = find(objects("overlays/dev"), "Deployment", "renderer")["spec"]["template"]["spec"]
+    assert "affinity" not in dev
 
 
 def test_dev_overlay_runs_nats_and_s3_inside_the_namespace() -> None:

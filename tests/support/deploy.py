@@ -23,6 +23,19 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "gpu")
 KUSTOMIZATIONS = ("base", *(f"overlays/{name}" for name in OVERLAYS))
+"""The always-applied kustomizations (``kubectl apply -k`` on every install and upgrade)."""
+ONE_OFF = {"dev": ("overlays/dev/jobs",), "gpu": ("overlays/gpu/jobs", "overlays/gpu/trainer")}
+"""Each overlay's kustomizations of Jobs, applied apart (deploy/k8s/run-jobs.sh, the trainer)."""
+ALL_KUSTOMIZATIONS = (
+    *KUSTOMIZATIONS,
+    "jobs",
+    "trainer",
+    *(path for paths in ONE_OFF.values() for path in paths),
+)
+"""Everything a user may build: the always-applied sets, the Jobs' bases and overlays."""
+RUN_JOBS = K8S / "run-jobs.sh"
+INIT_SELECTOR = ("app.kubernetes.io/component", "init")
+"""The label run-jobs.sh deletes, applies and waits for."""
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
@@ -80,11 +93,38 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return matches[0]
 
 
+def overlay_objects(overlay: str) -> list[dict[str, Any]]:
+    """Everything an overlay deploys: its always-applied set and its Jobs' kustomizations
+    (the ConfigMap they share appears once)."""
+    docs = objects(f"overlays/{overlay}")
+    seen = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for path in ONE_OFF[overlay]:
+        for doc in objects(path):
+            if (doc["kind"], doc["metadata"]["name"]) not in seen:
+                seen.add((doc["kind"], doc["metadata"]["name"]))
+                docs.append(doc)
+    return docs
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet")
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod template: metadata and spec) of every workload (CronJobs included)."""
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in WORKLOAD_KINDS:
+            yield where, doc["spec"]["template"]
+        elif doc["kind"] == "CronJob":
+            yield where, doc["spec"]["jobTemplate"]["spec"]["template"]
+        elif doc["kind"] == "Pod":
+            yield where, {"metadata": doc["metadata"], "spec": doc["spec"]}
+
+
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(kind/name, pod spec) of every workload."""
-    for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet", "Job", "DaemonSet"):
-            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+    for where, template in pod_templates(docs):
+        yield where, template["spec"]
 
 
 def config_map_data(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
