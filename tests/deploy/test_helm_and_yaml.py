@@ -24,6 +24,8 @@ from support.deploy import (
     SECRET_NAME,
     compose,
     find,
+    k8s_secrets_module,
+    kubernetes_secrets,
     nats_users,
     objects,
     venv_tool,
@@ -145,39 +147,43 @@ def test_nats_chart_runs_the_deployments_users_and_durability() -> None:
     assert chart_pin("nats-values.yaml")[1] == tag.removesuffix("-alpine")
 
 
-def test_minio_chart_makes_the_bucket_and_a_user_limited_to_it() -> None:
+def test_minio_chart_makes_the_bucket_and_one_user_per_service() -> None:
+    """Each service's MinIO user has a policy granting what deploy/s3/services.json grants
+    it, and its secret key from the Secret deploy/k8s/secrets.py makes."""
     v = values("minio-values.yaml")
     bucket = next(var.default for var in config.VARS if var.name == "ANIM_S3_BUCKET")
     assert [b["name"] for b in v["buckets"]] == [bucket]
-    policy = json.loads((DEPLOY / "s3" / "minio-policy.json").read_text())
-    # The chart's policy says exactly what deploy/s3/minio-policy.json says (compose's).
-    chart_statements = [
-        (s.get("effect", "Allow"), sorted(s["resources"]), sorted(s["actions"]))
-        for s in v["policies"][0]["statements"]
-    ]
-    file_statements = [
-        (s["Effect"], sorted(s["Resource"]), sorted(s["Action"])) for s in policy["Statement"]
-    ]
-    assert chart_statements == file_statements
-    for _, resources, _ in file_statements:
-        assert all(r.split(":::")[1].split("/")[0] == bucket for r in resources)
-    (user,) = v["users"]
-    assert user["policy"] == v["policies"][0]["name"]
-    assert (
-        user["existingSecret"] == SECRET_NAME and user["existingSecretKey"] == "ANIM_S3_SECRET_KEY"
-    )
+    module = k8s_secrets_module()
+    services = module.s3_services()
+    assert services["bucket"] == bucket
+    policies = {p["name"]: p["statements"] for p in v["policies"]}
+    users = {u["accessKey"]: u for u in v["users"]}
+    made = kubernetes_secrets("gpu")
+    assert set(users) == {module.access_key(s) for s in services["services"]}
+    for service in services["services"]:
+        user = users[module.access_key(service)]
+        assert policies[user["policy"]] == module.minio_statements(service), service
+        assert user["existingSecret"] == "ghibli-anim-s3"
+        assert user["existingSecretKey"] == f"{service}-secret-key"
+        assert user["existingSecretKey"] in made["ghibli-anim-s3"]
+        for statement in policies[user["policy"]]:
+            assert all(r.split(":::")[1].split("/")[0] == bucket for r in statement["resources"])
     image = f"{v['image']['repository']}:{v['image']['tag']}"
     assert image == compose()["services"]["minio"]["image"]
     assert image.endswith("RELEASE.2025-09-07T16-13-09Z")  # the last release published as an image
+    assert v["existingSecret"] in made
+    assert set(made[v["existingSecret"]]) == {"rootUser", "rootPassword"}
 
 
-def test_seaweedfs_chart_makes_the_bucket() -> None:
+def test_seaweedfs_chart_makes_the_bucket_and_reads_the_identities() -> None:
     v = values("seaweedfs-values.yaml")
     bucket = next(var.default for var in config.VARS if var.name == "ANIM_S3_BUCKET")
     assert [b["name"] for b in v["s3"]["createBuckets"]] == [bucket]
-    template = json.loads((DEPLOY / "s3" / "seaweedfs-s3-config.template.json").read_text())
-    services = next(i for i in template["identities"] if i["name"] == "ghibli-anim-services")
-    assert all(a.endswith(f":{bucket}") for a in services["actions"])
+    made = kubernetes_secrets("gpu")
+    identities = json.loads(made[v["s3"]["existingConfigSecret"]]["seaweedfs_s3_config"])
+    for identity in identities["identities"]:
+        if identity["name"] != "admin":
+            assert all(a.split(":", 1)[1].startswith(bucket) for a in identity["actions"])
 
 
 def test_nats_conf_is_durable_and_listens_where_everyone_looks() -> None:

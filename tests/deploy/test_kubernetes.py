@@ -22,12 +22,12 @@ from support.deploy import (
     OVERLAYS,
     SCHEMAS,
     SECRET_NAME,
-    compose,
     config_map_data,
     container_env,
     env_example,
     filled_env,
     find,
+    kubernetes_secrets,
     kustomize,
     nats_users,
     objects,
@@ -38,11 +38,13 @@ from support.deploy import (
 )
 
 from ghibli_anim.contracts import config
+from ghibli_anim.runtime.auth import Tokens
 from ghibli_anim.runtime.bus.names import STEPS, WORK_STREAM
 
 pytestmark = pytest.mark.timeout(180)
 
 WORKERS = ("renderer", "depth", "assembler")
+S3_SERVICES = ("planner", "renderer", "depth", "assembler", "trainer")
 NAMESPACES = {"dev": "ghibli-anim-dev", "gpu": "ghibli-anim"}
 
 DEFAULT_DRAIN_S = float(next(v.default for v in config.VARS if v.name == "ANIM_DRAIN_S"))
@@ -319,8 +321,12 @@ def test_planner_and_assembler_scale_on_cpu(overlay: str) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
 
 
-def secret_values() -> dict[str, str]:
-    return {k: v or f"value-of-{k.lower()}" for k, v in filled_env().items()}
+def secret_values(overlay: str = "gpu") -> dict[str, str]:
+    """Every key of every Secret deploy/k8s/secrets.py makes (their key names differ)."""
+    values = {k: v or f"value-of-{k.lower()}" for k, v in filled_env().items()}
+    for data in kubernetes_secrets(overlay).values():
+        values.update(data)
+    return values
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -351,6 +357,7 @@ def test_secrets_come_only_from_secret_references(overlay: str) -> None:
     docs = overlay_objects(overlay)
     secret_vars = {v.name for v in config.VARS if v.secret}
     known_keys = set(env_example())
+    made = kubernetes_secrets(overlay)
     cm = config_map_data(docs, "ghibli-anim-config")
     assert not secret_vars & set(cm), "a secret in the ConfigMap"
     for where, spec in pod_specs(docs):
@@ -359,10 +366,19 @@ def test_secrets_come_only_from_secret_references(overlay: str) -> None:
                 ref = var.get("valueFrom", {}).get("secretKeyRef")
                 if var["name"] in secret_vars or "PASSWORD" in var["name"]:
                     assert ref is not None, f"{where}: {var['name']} is not a secret reference"
-                if ref is not None:
-                    assert ref["name"] == SECRET_NAME, where
-                    # The Secret is made from the same names as the compose .env.
+                if ref is None:
+                    continue
+                # Every Secret and key a workload names is one deploy/k8s/secrets.py makes;
+                # the main one holds .env's values under .env's names.
+                assert ref["key"] in made.get(ref["name"], {}), f"{where}: {ref}"
+                if ref["name"] == SECRET_NAME:
                     assert ref["key"] in known_keys, f"{where}: {ref['key']} not in .env.example"
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                assert name in made, f"{where}: Secret {name}"
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in made[name], f"{where}: {name} {item['key']}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -510,26 +526,22 @@ def test_dev_overlay_runs_nats_and_s3_inside_the_namespace() -> None:
     assert endpoint == f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
 
 
-def test_dev_s3_identities_are_the_compose_ones(tmp_path: Path) -> None:
-    """The dev overlay's init container writes the identities compose gives SeaweedFS."""
+def test_s3_servers_read_the_identities_secrets_py_makes() -> None:
+    """The dev overlay's SeaweedFS reads its identities file from the Secret; so does the
+    SeaweedFS chart (seaweedfs-values.yaml), and the MinIO chart its users' keys."""
     docs = objects("overlays/dev")
-    s3 = find(docs, "Deployment", "s3")["spec"]["template"]["spec"]
-    (init,) = s3["initContainers"]
-    assert init["command"] == ["/bin/sh", "-euc"]
-    (script,) = init["args"]
-    secrets = secret_values()
-    env = container_env(docs, init, secrets)
-    # Run it for real, writing into a temporary folder instead of the pod's volume.
-    result = subprocess.run(
-        ["sh", "-euc", script.replace("/config/", f"{tmp_path}/")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    written = json.loads((tmp_path / "s3.json").read_text())
-    assert written == json.loads(compose(secrets)["configs"]["seaweedfs-s3"]["content"])
+    spec = find(docs, "Deployment", "s3")["spec"]["template"]["spec"]
+    (server,) = spec["containers"]
+    config_flag = next(a for a in server["args"] if a.startswith("-s3.config="))
+    path = Path(config_flag.split("=", 1)[1])
+    (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    made = kubernetes_secrets("dev")
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == path.name
+    identities = json.loads(made[volume["secret"]["secretName"]][item["key"]])
+    names = {i["name"] for i in identities["identities"]}
+    assert names == {"admin"} | {f"ghibli-anim-{s}" for s in S3_SERVICES}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -566,3 +578,28 @@ def test_liveness_asks_the_process_and_readiness_its_dependencies(overlay: str) 
             assert ready["grpc"].get("service", "") == "", doc["metadata"]["name"]
             checked += 1
     assert checked >= 4
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_planner_api_needs_a_bearer_token_and_the_web_page_has_one(
+    overlay: str, tmp_path: Path
+) -> None:
+    docs = objects(f"overlays/{overlay}")
+    spec = find(docs, "Deployment", "planner")["spec"]["template"]["spec"]
+    (planner,) = spec["containers"]
+    env = {v["name"]: v.get("value") for v in planner["env"]}
+    tokens_file = Path(env["ANIM_AUTH_TOKENS_FILE"])
+    (mount,) = [m for m in planner["volumeMounts"] if m["mountPath"] == str(tokens_file.parent)]
+    assert mount["readOnly"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    made = kubernetes_secrets(overlay)
+    content = made[volume["secret"]["secretName"]][tokens_file.name]
+    # What the planner does at start with that file (ghibli_anim/runtime/auth.py).
+    path = tmp_path / "tokens"
+    path.write_text(content)
+    tokens = Tokens.load(path)
+    (web,) = find(docs, "Deployment", "web")["spec"]["template"]["spec"]["containers"]
+    ref = next(v for v in web["env"] if v["name"] == "ANIM_CLIENT_TOKEN")["valueFrom"]
+    assert "optional" not in ref["secretKeyRef"]
+    web_token = made[ref["secretKeyRef"]["name"]][ref["secretKeyRef"]["key"]]
+    assert tokens.client_of(web_token) == "web"

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from minio import Minio
 from minio.error import S3Error
-from support.deploy import compose, filled_env
+from support.deploy import compose, filled_env, k8s_secrets_module
 
-from ghibli_anim.contracts import config
+from ghibli_anim.contracts import config, keys
 from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.runtime.processes import LOOPBACK
 from ghibli_anim.runtime.store.base import StoreAuthError
 from ghibli_anim.runtime.store.s3 import S3Store
+from ghibli_anim.services.trainer.publish import lora_readme_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,3 +130,146 @@ def test_a_wrong_secret_is_refused(server: SeaweedS3, env: dict[str, str]) -> No
     wrong = {**env, "ANIM_S3_SECRET_KEY": env["ANIM_S3_SECRET_KEY"] + "x"}
     with pytest.raises(StoreAuthError):
         services_store(server, wrong).get("jobs/0123456789abcdef0123456789abcdef/plan.json")
+
+
+# --------------------------------------------------------------------------
+# Kubernetes: one identity per service (deploy/s3/services.json via deploy/k8s/secrets.py)
+# --------------------------------------------------------------------------
+
+JOB = "0123456789abcdef0123456789abcdef"
+UPLOAD = "fedcba9876543210fedcba9876543210"
+# The store key every service's health check stats (ghibli_anim/runtime/service.py).
+PROBE = "jobs/00000000000000000000000000000000/plan.json"
+
+
+class ServicesSeaweed(SeaweedS3):
+    """SeaweedS3 with the identities the Kubernetes Secret holds."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        super().__init__(data_dir, env["S3_ROOT_USER"], env["S3_ROOT_PASSWORD"])
+        self.k8s_identities = k8s_secrets_module().seaweedfs_identities(env)
+
+    def identities(self) -> dict[str, object]:
+        return self.k8s_identities
+
+
+@pytest.fixture(scope="module")
+def k8s_server(
+    tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> Iterator[SeaweedS3]:
+    weed = ServicesSeaweed(tmp_path_factory.mktemp("weed-k8s"), env)
+    weed.start()
+    try:
+        weed.client().make_bucket(env["ANIM_S3_BUCKET"])
+        yield weed
+    finally:
+        weed.stop()
+
+
+def service_store(server: SeaweedS3, env: dict[str, str], service: str) -> S3Store:
+    module = k8s_secrets_module()
+    return S3Store(
+        server.endpoint,
+        module.access_key(service),
+        module.secret_key(env, service),
+        env["ANIM_S3_BUCKET"],
+        region=server.region,
+        retry_budget_s=0,
+    )
+
+
+def fetch(url: str, data: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data, method="PUT" if data is not None else "GET")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.read()
+
+
+def denied(call) -> None:
+    with pytest.raises(StoreAuthError):
+        call()
+
+
+def test_each_service_can_do_what_its_code_does_and_nothing_else(
+    k8s_server: SeaweedS3, env: dict[str, str]
+) -> None:
+    """The chain of one job, each step under its own service's identity, in order: the
+    calls each service's code makes on its keys pass, and writes to another service's
+    keys, listings and deletions they never make are refused."""
+    planner, renderer, depth, assembler, trainer = (
+        service_store(k8s_server, env, s)
+        for s in ("planner", "renderer", "depth", "assembler", "trainer")
+    )
+    # Every service's health check (the trainer runs no server).
+    for store in (planner, renderer, depth, assembler):
+        assert store.stat(PROBE) is None
+
+    # Trainer: publishes a LoRA and its card.
+    trainer.put(keys.lora_key("ghibli-style"), b"weights")
+    trainer.put(lora_readme_key("ghibli-style"), b"card")
+    denied(lambda: trainer.get(PROBE))
+    denied(lambda: trainer.put(keys.plan_key(JOB), b"x"))
+
+    # Planner: an upload through a URL it signs, the job's init image and plan.
+    fetch(planner.presign_put(keys.upload_key(UPLOAD)), b"upload")
+    assert planner.get(keys.upload_key(UPLOAD)) == b"upload"
+    assert planner.stat(keys.upload_key(UPLOAD)).size == 6
+    planner.put(keys.init_key(JOB), b"init")
+    planner.put(keys.plan_key(JOB), b"{}")
+    planner.put(keys.plan_attempts_key(JOB), b"[]")
+    assert planner.stat(keys.lora_key("ghibli-style")).size == 7
+    denied(lambda: planner.put(keys.lora_key("ghibli-style"), b"x"))
+
+    # Renderer: reads the init image, the LoRA and the previous frame; writes frames.
+    assert renderer.get(keys.init_key(JOB)) == b"init"
+    assert renderer.get(keys.lora_key("ghibli-style")) == b"weights"
+    for i in (0, 1):
+        renderer.put(keys.frame_key(JOB, i), b"frame%d" % i)
+        renderer.put(keys.frame_record_key(JOB, i), b"{}")
+    assert renderer.get(keys.frame_key(JOB, 0)) == b"frame0"
+    for key in (keys.depth_key(JOB, 0), keys.plan_key(JOB), keys.output_key(JOB, "gif")):
+        denied(lambda key=key: renderer.put(key, b"x"))
+    denied(lambda: renderer.put(keys.upload_key(UPLOAD), b"x"))
+    denied(lambda: renderer.list(keys.job_prefix(JOB)))
+    # Deleting is writing: allowed on its own frames only.
+    denied(lambda: renderer.delete(keys.plan_key(JOB)))
+    assert planner.get(keys.plan_key(JOB)) == b"{}"
+
+    # Depth: reads a frame, writes its depth map.
+    assert depth.get(keys.frame_key(JOB, 0)) == b"frame0"
+    depth.put(keys.depth_key(JOB, 0), b"depth")
+    denied(lambda: depth.put(keys.frame_key(JOB, 1), b"x"))
+    denied(lambda: depth.put(keys.manifest_key(JOB), b"x"))
+
+    # Assembler: reads frames, records and depth maps; writes outputs and the manifest.
+    assert assembler.get(keys.frame_record_key(JOB, 1)) == b"{}"
+    assert assembler.get(keys.depth_key(JOB, 0)) == b"depth"
+    for fmt in keys.OUTPUT_NAMES:
+        assembler.put(keys.output_key(JOB, fmt), b"out")
+    assembler.put(keys.manifest_key(JOB), b"{}")
+    denied(lambda: assembler.put(keys.frame_key(JOB, 0), b"x"))
+    denied(lambda: assembler.put(keys.plan_key(JOB), b"x"))
+    denied(lambda: assembler.get(keys.upload_key(UPLOAD)))
+
+    # Planner: the job's files (GetAnimation), downloads, then DeleteAnimation.
+    listed = planner.list(keys.job_prefix(JOB))
+    assert keys.output_key(JOB, "mp4") in listed and keys.depth_key(JOB, 0) in listed
+    assert fetch(planner.presign_get(keys.output_key(JOB, "mp4"))) == b"out"
+    assert planner.delete_prefix(keys.job_prefix(JOB)) == len(listed)
+    planner.delete(keys.upload_key(UPLOAD))
+    assert planner.list(keys.job_prefix(JOB)) == []
+
+
+def test_a_service_cannot_use_another_ones_secret(
+    k8s_server: SeaweedS3, env: dict[str, str]
+) -> None:
+    module = k8s_secrets_module()
+    impostor = S3Store(
+        k8s_server.endpoint,
+        module.access_key("planner"),
+        module.secret_key(env, "renderer"),
+        env["ANIM_S3_BUCKET"],
+        region=k8s_server.region,
+        retry_budget_s=0,
+    )
+    with pytest.raises(StoreAuthError):
+        impostor.stat(PROBE)

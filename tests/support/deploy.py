@@ -234,6 +234,28 @@ def make_env_module() -> ModuleType:
     return module
 
 
+def k8s_secrets_module() -> ModuleType:
+    """deploy/k8s/secrets.py, imported from its path (a script)."""
+    spec = importlib.util.spec_from_file_location("k8s_secrets", K8S / "secrets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLIENT_TOKEN = "web-token-0123456789abcdef"
+"""The web page's token in the tests' .env (make .env leaves ANIM_CLIENT_TOKEN to you)."""
+
+
+def kubernetes_secrets(overlay: str) -> dict[str, dict[str, str]]:
+    """name -> data of the Secrets deploy/k8s/secrets.py makes from a filled .env."""
+    env = {**filled_env(), "ANIM_CLIENT_TOKEN": CLIENT_TOKEN}
+    return {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in k8s_secrets_module().secrets(overlay, env)
+    }
+
+
 def filled_env() -> dict[str, str]:
     """.env.example with every secret filled in, as `make .env` writes it."""
     text = make_env_module().fill(ENV_EXAMPLE.read_text())
