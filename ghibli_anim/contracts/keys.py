@@ -202,8 +202,9 @@ LAYOUT: tuple[KeyKind, ...] = (
     ),
     KeyKind(
         "jobs/{job_id}/depth/{i:04d}.png",
-        "depth",
-        "per frame with depth on, except the last",
+        "renderer",
+        "per frame with depth on, except the last (the depth service's for EstimateDepth, "
+        "or a frame whose renderer made none)",
         lambda ids: depth_key(ids["job_id"], ids["i"]),
     ),
     KeyKind(

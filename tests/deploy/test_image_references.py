@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 from support.deploy import (
+    ALL_KUSTOMIZATIONS,
     DEPLOY,
     DOCKERFILE,
     HELM,
     K8S,
-    KUSTOMIZATIONS,
     ROOT,
     compose,
     dockerfile_stages,
@@ -120,7 +120,7 @@ def kubernetes_references() -> Iterator[Reference]:
                 for where, image in kustomize_images(doc):
                     yield f"{rel(path)}: {where}", image
     # As rendered: what kubectl apply -k sends, patches and image overrides applied.
-    for kustomization in KUSTOMIZATIONS:
+    for kustomization in ALL_KUSTOMIZATIONS:
         for doc in objects(kustomization):
             kind_name = f"{doc['kind']}/{doc['metadata']['name']}"
             for where, image in image_values(doc):
@@ -199,8 +199,9 @@ def test_every_kind_of_file_is_searched(refs: list[Reference]) -> None:
         "docker-compose.yml: services.",
         "deploy/k8s/base/",
         "deploy/k8s/overlays/dev/s3.yaml",
-        "deploy/k8s/overlays/gpu/kustomization.yaml: images",
+        "deploy/k8s/overlays/gpu/common/kustomization.yaml: images",
         "kubectl kustomize deploy/k8s/overlays/gpu",
+        "kubectl kustomize deploy/k8s/overlays/gpu/jobs",
         "deploy/helm/nats-values.yaml: container.image",
         "deploy/helm/minio-values.yaml: mcImage",
     ):

@@ -219,14 +219,16 @@ def test_each_service_can_do_what_its_code_does_and_nothing_else(
     assert planner.stat(keys.lora_key("ghibli-style")).size == 7
     denied(lambda: planner.put(keys.lora_key("ghibli-style"), b"x"))
 
-    # Renderer: reads the init image, the LoRA and the previous frame; writes frames.
+    # Renderer: reads the init image, the LoRA and the previous frame; writes frames and
+    # the depth maps it makes with them.
     assert renderer.get(keys.init_key(JOB)) == b"init"
     assert renderer.get(keys.lora_key("ghibli-style")) == b"weights"
     for i in (0, 1):
         renderer.put(keys.frame_key(JOB, i), b"frame%d" % i)
         renderer.put(keys.frame_record_key(JOB, i), b"{}")
+    renderer.put(keys.depth_key(JOB, 1), b"depth1")
     assert renderer.get(keys.frame_key(JOB, 0)) == b"frame0"
-    for key in (keys.depth_key(JOB, 0), keys.plan_key(JOB), keys.output_key(JOB, "gif")):
+    for key in (keys.plan_key(JOB), keys.output_key(JOB, "gif"), keys.manifest_key(JOB)):
         denied(lambda key=key: renderer.put(key, b"x"))
     denied(lambda: renderer.put(keys.upload_key(UPLOAD), b"x"))
     denied(lambda: renderer.list(keys.job_prefix(JOB)))
@@ -234,7 +236,7 @@ def test_each_service_can_do_what_its_code_does_and_nothing_else(
     denied(lambda: renderer.delete(keys.plan_key(JOB)))
     assert planner.get(keys.plan_key(JOB)) == b"{}"
 
-    # Depth: reads a frame, writes its depth map.
+    # Depth: reads a frame, writes its depth map (EstimateDepth, or a renderer that made none).
     assert depth.get(keys.frame_key(JOB, 0)) == b"frame0"
     depth.put(keys.depth_key(JOB, 0), b"depth")
     denied(lambda: depth.put(keys.frame_key(JOB, 1), b"x"))
