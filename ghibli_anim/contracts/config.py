@@ -294,6 +294,14 @@ VARS: tuple[Var, ...] = (
         _non_negative_int,
     ),
     _v(
+        "ANIM_RENDER_AHEAD",
+        "true",
+        "Renderer: once a frame is rendered, start the job's next frame from it in memory "
+        "while the frame is stored and the next work is on its way (used when that work "
+        "arrives here, dropped otherwise).",
+        _bool,
+    ),
+    _v(
         "ANIM_TINY_VAE",
         "false",
         "Planner: decode frames with the profile's tiny autoencoder (TAESD): faster, "

@@ -38,13 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
-from ghibli_anim.contracts.pb import bus_pb2
-from ghibli_anim.runtime import faults, metrics
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+from ghibli_anim.runtime import faults, metrics, tracing
 from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import (
     Delivery,
@@ -57,7 +56,7 @@ from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.runtime.service import Service
 from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
 from ghibli_anim.services.renderer import continuity as coherence
-from ghibli_anim.services.renderer.encoding import decode_png, encode_png
+from ghibli_anim.services.renderer.encoding import decode_gray, decode_png, encode_png
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,15 @@ class FrameAbandoned(Exception):
     """Raised in the torch thread to end a render whose message was handed back."""
 
 
-def _pixels(data: np.ndarray | bytes | None, field: str) -> np.ndarray | None:
-    """RGB pixels of stored PNG bytes (pixels already decoded pass through)."""
+def _pixels(
+    data: np.ndarray | bytes | None, field: str, decode: Callable = decode_png
+) -> np.ndarray | None:
+    """Pixels of stored PNG bytes, RGB (``decode_gray``: one channel); pixels already
+    decoded pass through."""
     if data is None or isinstance(data, np.ndarray):
         return data
     try:
-        return decode_png(data, field)
+        return decode(data, field)
     except Exception as exc:
         raise NonRetryable(f"{field}: not a readable image ({exc})") from None
 
@@ -90,7 +92,7 @@ class _Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class _DepthMap:
-    """A frame's depth map: as the next frame reads it (RGB pixels) and as stored (PNG)."""
+    """A frame's depth map: as the next frame reads it (H x W pixels) and as stored (PNG)."""
 
     pixels: np.ndarray
     png: bytes
@@ -106,6 +108,64 @@ class _Rendered:
     record: dict
     notice: str = ""
     depth: _DepthMap | None = None
+
+
+class _Steps:
+    """The step callback of one render (any thread): the slow-step fault, abandonment, and
+    frame.progress. A frame rendered ahead has no progress reporter until its work
+    arrives: its steps are kept until then and replayed in order."""
+
+    def __init__(self, job_id: str, frame: int) -> None:
+        self.job_id, self.frame = job_id, frame
+        self.abandoned = threading.Event()
+        self._slow_s = faults.step_delay("render", frame)
+        self._lock = threading.Lock()
+        self._reporter: ProgressReporter | None = None
+        self._pending: list[tuple[int, int]] = []
+
+    def attach(self, reporter: ProgressReporter) -> None:
+        with self._lock:
+            for done, total in self._pending:
+                reporter.on_step(done, total)
+            self._pending.clear()
+            self._reporter = reporter
+
+    def __call__(self, done: int, total: int) -> None:
+        # After every denoising step. A stop that stopped waiting for this frame
+        # (ANIM_DRAIN_S) has handed it back already, and a frame rendered ahead for a
+        # work that went elsewhere is not wanted: end the render here.
+        if self._slow_s:
+            time.sleep(self._slow_s)
+        if self.abandoned.is_set():
+            log.warning(
+                "render stopped: the frame was handed back or is not wanted here",
+                extra={"job_id": self.job_id, "frame": self.frame, "step": done, "steps": total},
+            )
+            raise FrameAbandoned(f"frame {self.frame}: stopped at step {done} of {total}")
+        with self._lock:
+            if self._reporter is None:
+                self._pending.append((done, total))
+            else:
+                self._reporter.on_step(done, total)
+
+
+@dataclasses.dataclass
+class _Ahead:
+    """A frame being rendered ahead of its work."""
+
+    job_id: str
+    frame: int
+    spec: object  # the FrameSpec its work will carry
+    with_depth: bool
+    task: asyncio.Future
+    steps: _Steps
+    timer: metrics.FrameTimer
+
+
+def _quiet(task: asyncio.Future) -> None:
+    # A frame rendered ahead that nobody claims may fail (or be abandoned) unobserved.
+    if not task.cancelled():
+        task.exception()
 
 
 def _timed(timer: metrics.FrameTimer, stage: str, fn: Callable[..., T], *args) -> T:
@@ -182,6 +242,7 @@ class RendererService(Service):
         self._estimators_lock = threading.Lock()
         # The frame's PNG is encoded here while the torch thread makes its depth map.
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renderer-encode")
+        self._ahead: _Ahead | None = None
         self.consumers = [
             work_consumer(
                 bus_.js, "render", bus_pb2.RenderWork, self.handle, on_give_up=self.give_up
@@ -191,6 +252,7 @@ class RendererService(Service):
     async def handle(self, work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)
         i = work.frame
+        ahead = self._claim_ahead(work)
         try:
             state, _ = await self.jobs.get(job_id)
         except JobNotFound:
@@ -204,56 +266,22 @@ class RendererService(Service):
             return
         await self.emit(events.FRAME_STARTED, work)
         started = time.monotonic()
-        timer = metrics.FrameTimer(self.name)
-        timer.add("queue_wait", delivery.queue_wait_s)
         await faults.hit("render", i)
-        spec = work.spec
-        source_read = None
-        if spec.source_key:
-            source_read = "memory" if spec.source_key in self.recent else "store"
-        with timer.time("load"):
-            # The inputs' store reads run side by side; what this replica stored is in memory.
-            source, depth, reference = await asyncio.gather(
-                self._read(spec.source_key, "source_key"),
-                self._read(spec.depth_key, "depth_key"),
-                self._read_reference(job_id, i, spec),
-            )
-        inputs = _Inputs(source, depth, reference)
-        # frame.progress events from the torch thread, all out before frame.rendered.
-        progress = ProgressReporter(self.bus.js, work, self.name, started=started)
-        abandoned = threading.Event()
-        slow_s = faults.step_delay("render", i)
-
-        def on_step(done: int, total: int) -> None:
-            # In the torch thread, after every denoising step. A stop that stopped
-            # waiting for this frame (ANIM_DRAIN_S) has handed it back already:
-            # end the render here, so the process exits now, not when it finishes.
-            if slow_s:
-                time.sleep(slow_s)
-            if abandoned.is_set():
-                log.warning(
-                    "render stopped: the frame was handed back",
-                    extra={"job_id": job_id, "frame": i, "step": done, "steps": total},
-                )
-                raise FrameAbandoned(f"frame {i}: handed back at step {done} of {total}")
-            progress.on_step(done, total)
-
         depth_key = ""
         if work.depth_output_key:
             depth_key = keys.check_key(work.depth_output_key, "depth_output_key")
             if keys.job_id_of_key(depth_key) != job_id:
                 raise NonRetryable(f"depth_output_key: {depth_key} is not a key of job {job_id}")
+        # frame.progress events from the torch thread, all out before frame.rendered.
+        progress = ProgressReporter(self.bus.js, work, self.name, started=started)
         try:
-            result = await asyncio.to_thread(
-                self._render, spec, inputs, on_step, timer, bool(depth_key)
+            result, timer, source_read, rendered_ahead = await self._result(
+                work, delivery, ahead, depth_key, progress
             )
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
         finally:
             await progress.close()
-        if isinstance(inputs.reference, coherence.Reference):  # decoded once, kept
-            self.references.put(spec.color_reference_key, inputs.reference)
+        if self.settings["ANIM_RENDER_AHEAD"]:
+            self._start_ahead(state, work, result)
         record = {
             **result.record,
             "job_id": job_id,
@@ -263,6 +291,7 @@ class RendererService(Service):
             "key": keys.frame_key(job_id, i),
             "sha256": sha256_hex(result.png),
             "source_read": source_read,
+            "rendered_ahead": rendered_ahead,
         }
         with timer.time("store"):
             await self._write(job_id, i, result, record, depth_key)
@@ -277,6 +306,123 @@ class RendererService(Service):
             reason=result.notice,  # the user's notice: a re-render in float32
         )
 
+    async def _result(
+        self,
+        work: bus_pb2.RenderWork,
+        delivery: Delivery,
+        ahead: _Ahead | None,
+        depth_key: str,
+        progress: ProgressReporter,
+    ) -> tuple[_Rendered, metrics.FrameTimer, str | None, bool]:
+        """Frame ``work.frame``: the one rendered ahead for this work, or rendered now;
+        with its stage times, where its source came from, and whether it was ahead."""
+        if ahead is not None:
+            ahead.steps.attach(progress)
+            ahead.timer.add("queue_wait", delivery.queue_wait_s)
+            try:
+                return await ahead.task, ahead.timer, "memory", True
+            except asyncio.CancelledError:
+                ahead.steps.abandoned.set()
+                raise
+            except Exception as exc:  # rendered again below: the same spec, the same bytes
+                log.info(
+                    "frame rendered ahead failed; rendering it now",
+                    extra={"job_id": work.job_id, "frame": work.frame, "error": str(exc)},
+                )
+        spec = work.spec
+        timer = metrics.FrameTimer(self.name)
+        timer.add("queue_wait", delivery.queue_wait_s)
+        source_read = None
+        if spec.source_key:
+            source_read = "memory" if spec.source_key in self.recent else "store"
+        with timer.time("load"):
+            # The inputs' store reads run side by side; what this replica stored is in memory.
+            source, depth, reference = await asyncio.gather(
+                self._read(spec.source_key, "source_key"),
+                self._read(spec.depth_key, "depth_key"),
+                self._read_reference(work.job_id, work.frame, spec),
+            )
+        inputs = _Inputs(source, depth, reference)
+        steps = _Steps(work.job_id, work.frame)
+        steps.attach(progress)
+        try:
+            result = await asyncio.to_thread(
+                self._render, spec, inputs, steps, timer, bool(depth_key)
+            )
+        except asyncio.CancelledError:
+            steps.abandoned.set()
+            raise
+        if isinstance(inputs.reference, coherence.Reference):  # decoded once, kept
+            self.references.put(spec.color_reference_key, inputs.reference)
+        return result, timer, source_read, False
+
+    # --- rendering ahead ----------------------------------------------------------------
+    # Frame i+1 depends only on frame i and its spec, both in this process once frame i
+    # is rendered. Rendering it right away, while frame i is encoded, stored and
+    # announced and the conductor sends the next work, takes all of that off the chain's
+    # critical path (ARCHITECTURE.md). Nothing of a frame rendered ahead is stored or
+    # announced until its work arrives; a work for anything else drops it.
+
+    def _start_ahead(
+        self, state: animation_pb2.JobState, work: bus_pb2.RenderWork, result: _Rendered
+    ) -> None:
+        job_id, n = work.job_id, work.frame + 1
+        if n >= len(state.frame_specs) or self._ahead is not None:
+            return
+        spec = state.frame_specs[n]
+        # What this frame leaves in memory, then what the recent frames hold: nothing is
+        # read from the store for a frame that may never be asked for.
+        memory: dict[str, np.ndarray] = {keys.frame_key(job_id, work.frame): result.pixels}
+        if result.depth is not None and work.depth_output_key:
+            memory[work.depth_output_key] = result.depth.pixels
+
+        def recall(key: str) -> np.ndarray | None:
+            return memory[key] if key in memory else self.recent.get(key)
+
+        source = recall(spec.source_key) if spec.source_key else None
+        depth = recall(spec.depth_key) if spec.depth_key else None
+        if (spec.source_key and source is None) or (spec.depth_key and depth is None):
+            return
+        reference = None
+        ref_key = spec.color_reference_key
+        if ref_key and ref_key != keys.frame_key(job_id, n):
+            reference = self.references.get(ref_key)
+            if reference is None:
+                pixels = recall(ref_key)
+                if pixels is None:
+                    return
+                reference = coherence.Reference(pixels)
+        timer = metrics.FrameTimer(self.name)
+        steps = _Steps(job_id, n)
+        with_depth = lifecycle.needs_depth(state.frame_specs, n)
+        inputs = _Inputs(source, depth, reference)
+
+        def render() -> _Rendered:
+            attributes = {"anim.job_id": job_id, "anim.frame": n, "anim.ahead": True}
+            with tracing.span(self.name, "render.ahead", attributes):
+                return self._render(spec, inputs, steps, timer, with_depth)
+
+        task = asyncio.ensure_future(asyncio.to_thread(render))
+        task.add_done_callback(_quiet)
+        self._ahead = _Ahead(job_id, n, spec, with_depth, task, steps, timer)
+        if reference is not None and ref_key:
+            self.references.put(ref_key, reference)
+
+    def _claim_ahead(self, work: bus_pb2.RenderWork) -> _Ahead | None:
+        """The frame rendered ahead for ``work``, if that is the one; any other is dropped."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if (
+            ahead.job_id == work.job_id
+            and ahead.frame == work.frame
+            and ahead.with_depth == bool(work.depth_output_key)
+            and ahead.spec == work.spec
+        ):
+            return ahead
+        ahead.steps.abandoned.set()  # ends at its next denoising step
+        return None
+
     def _render(
         self, spec, inputs: _Inputs, on_step=None, timer=None, with_depth: bool = False
     ) -> _Rendered:
@@ -290,7 +436,8 @@ class RendererService(Service):
             camera = coherence.Camera.of(spec.camera)
             with timer.time("decode"):
                 source = _pixels(inputs.source, "source_key")
-                depth = _pixels(inputs.depth, "depth_key")
+                # One channel: a third of the warp; ControlNet gets it as RGB (_fit).
+                depth = _pixels(inputs.depth, "depth_key", decode_gray)
                 if isinstance(inputs.reference, bytes):
                     inputs.reference = coherence.Reference(
                         _pixels(inputs.reference, "color_reference_key")
@@ -351,9 +498,10 @@ class RendererService(Service):
             if estimator is None:
                 estimator = self._estimators[model_ref] = DepthEstimator(model_ref, self.settings)
         gray = np.asarray(estimator.estimate(Image.fromarray(pixels)))
-        # Kept as the RGB pixels the stored PNG decodes to, which is what a depth map
-        # read from the store gives the next frame: both paths guide it the same.
-        return _DepthMap(pixels=cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), png=encode_png(gray))
+        gray.setflags(write=False)
+        # The stored PNG decodes to exactly these pixels: the next frame on this replica
+        # is guided as it would be by the map read from the store.
+        return _DepthMap(pixels=gray, png=encode_png(gray))
 
     async def _read(self, key: str, field: str) -> np.ndarray | bytes | None:
         """The pixels of ``key`` if this replica has them in memory, else its stored bytes
@@ -415,6 +563,15 @@ class RendererService(Service):
         self.recent.put(frame_key, result.pixels)
         if depth_key and result.depth is not None:
             self.recent.put(depth_key, result.depth.pixels)
+
+    async def close(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:  # nobody will ask for it: stop it at its next step
+            ahead.steps.abandoned.set()
+            with contextlib.suppress(BaseException):
+                await ahead.task
+        self._encoder.shutdown(wait=True)
+        await super().close()
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:
         metrics.renderer().failed(failure.retryable)
