@@ -294,6 +294,14 @@ VARS: tuple[Var, ...] = (
         _non_negative_int,
     ),
     _v(
+        "ANIM_RENDER_CONCURRENCY",
+        "2",
+        "Renderer: works held at once (frames of different jobs): one job's storing, "
+        "reading and depth map overlap another's diffusion; model calls on the device "
+        "still run one at a time.",
+        _positive_int,
+    ),
+    _v(
         "ANIM_RENDER_AHEAD",
         "true",
         "Renderer: once a frame is rendered, start the job's next frame from it in memory "

@@ -65,12 +65,14 @@ def test_five_frames_with_depth_over_grpc(stack):
     by_id = {e.event_id: e for e in events}
     for i in range(4):
         rendered = _index(events, E.EVENT_TYPE_FRAME_RENDERED, i)
-        depth = _index(events, E.EVENT_TYPE_DEPTH_READY, i)
         started_next = _index(events, E.EVENT_TYPE_FRAME_STARTED, i + 1)
-        assert rendered < depth < started_next
-        # Render work i+1 was caused by depth.ready{i}; depth work i by frame.rendered{i}.
-        assert events[started_next].causation_id == events[depth].event_id
-        assert events[depth].causation_id == events[rendered].event_id
+        assert rendered < started_next
+        # The renderer made frame i's depth map with it: frame.rendered{i} names it, and
+        # it caused render work i+1 directly (no depth work, no depth.ready).
+        assert events[rendered].depth_key == keys.depth_key(job_id, i)
+        assert events[started_next].causation_id == events[rendered].event_id
+    assert not [e for e in events if e.type == E.EVENT_TYPE_DEPTH_READY]
+    assert events[_index(events, E.EVENT_TYPE_FRAME_RENDERED, 4)].depth_key == ""
     first = events[_index(events, E.EVENT_TYPE_FRAME_STARTED, 0)]
     assert by_id[first.causation_id].type == E.EVENT_TYPE_JOB_PLANNED
     for e in events:

@@ -1,4 +1,5 @@
-"""Consuming: one message at a time from a durable pull consumer (``WorkConsumer``).
+"""Consuming: messages from a durable pull consumer (``WorkConsumer``), one at a time or,
+with ``concurrency``, up to that many at once (each in its own task).
 
 Heartbeats (``in_progress()``) while the handler runs, ack on success, nak with a
 growing delay on a retryable failure, give-up (``on_give_up``, then term) on a
@@ -72,9 +73,9 @@ class NonRetryable(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
+@dataclass
 class Delivery:
-    """One delivery of a message to a handler."""
+    """One delivery of a message to a handler (the consumer notes its failure on it)."""
 
     msg: Msg
     num_delivered: int
@@ -84,6 +85,8 @@ class Delivery:
     stream_sequence: int
     queue_wait_s: float = 0.0
     """Seconds from the message's publication to this delivery's handling."""
+    failure_reason: str = ""
+    """Why the handler failed this delivery, once it has (for its span)."""
 
     @property
     def last(self) -> bool:
@@ -164,8 +167,12 @@ class WorkConsumer(Generic[M]):
         ack_timeout_s: float = 5.0,
         parse: Callable[[bytes], M] | None = None,
         span_name: Callable[[M], str | None] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency: must be >= 1, got {concurrency}")
         self.js = js
+        self.concurrency = concurrency
         self.durable = durable
         self.service = ""
         self.metrics = metrics.ConsumerMetrics(durable)
@@ -186,9 +193,8 @@ class WorkConsumer(Generic[M]):
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._fetch_task: asyncio.Task[list[Msg]] | None = None
-        self._handler_task: asyncio.Task[None] | None = None
+        self._handler_tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._last_reason = ""  # why the last message failed, for its span
 
     @property
     def ack_wait_s(self) -> float:
@@ -202,7 +208,12 @@ class WorkConsumer(Generic[M]):
     @property
     def busy(self) -> bool:
         """True while a handler runs."""
-        return self._handler_task is not None
+        return bool(self._handler_tasks)
+
+    @property
+    def in_hand(self) -> int:
+        """How many messages this consumer's handlers hold now."""
+        return len(self._handler_tasks)
 
     async def start(self) -> None:
         """Bind to the durable and start pulling in a background task."""
@@ -228,8 +239,8 @@ class WorkConsumer(Generic[M]):
             await asyncio.shield(self._task)
 
     async def stop(self, grace_s: float = 60.0) -> None:
-        """Stop fetching; let the message in hand finish within ``grace_s`` seconds,
-        else cancel its handler and nak it (another replica takes it); unsubscribe."""
+        """Stop fetching; let the messages in hand finish within ``grace_s`` seconds,
+        else cancel their handlers and nak them (another replica takes them); unsubscribe."""
         self._stopping.set()
         if self._fetch_task is not None:
             self._fetch_task.cancel()
@@ -242,8 +253,8 @@ class WorkConsumer(Generic[M]):
                     grace_s,
                     extra={"consumer": self.durable},
                 )
-                if self._handler_task is not None:
-                    self._handler_task.cancel()
+                for handler_task in list(self._handler_tasks):
+                    handler_task.cancel()
                 await asyncio.wait({task})
             if not task.cancelled() and task.exception() is not None:
                 log.error(
@@ -275,32 +286,53 @@ class WorkConsumer(Generic[M]):
     async def _run(self) -> None:
         assert self._sub is not None
         sub = self._sub
-        while not self._stopping.is_set():
-            fetch = asyncio.create_task(sub.fetch(1, timeout=self._fetch_timeout_s))
-            self._fetch_task = fetch
-            try:
-                await asyncio.wait({fetch})
-            finally:
-                self._fetch_task = None
-                if not fetch.done():  # this loop itself was cancelled
-                    fetch.cancel()
-            if fetch.cancelled():
-                break  # stop() interrupted an idle fetch
-            exc = fetch.exception()
-            if exc is not None:
-                if isinstance(exc, TimeoutError):
-                    continue  # nothing to do right now
-                if isinstance(exc, nats.errors.ConnectionClosedError):
-                    log.warning(
-                        "connection closed; pull loop ends", extra={"consumer": self.durable}
-                    )
-                    break
-                log.warning("fetch failed: %r; retrying", exc, extra={"consumer": self.durable})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
-                continue
-            for msg in fetch.result():
-                await self._process(msg)
+        # Up to ``concurrency`` messages in hand: one fetch asks for as many as there is
+        # room for, each runs in its own task; the loop ends once they all have.
+        processing: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                room = self.concurrency - len(processing)
+                if room <= 0:
+                    done, _ = await asyncio.wait(processing, return_when=asyncio.FIRST_COMPLETED)
+                    processing -= done
+                    _raise_interrupts(done)
+                    continue
+                fetch = asyncio.create_task(sub.fetch(room, timeout=self._fetch_timeout_s))
+                self._fetch_task = fetch
+                try:
+                    await asyncio.wait({fetch})
+                finally:
+                    self._fetch_task = None
+                    if not fetch.done():  # this loop itself was cancelled
+                        fetch.cancel()
+                if fetch.cancelled():
+                    break  # stop() interrupted an idle fetch
+                exc = fetch.exception()
+                if exc is not None:
+                    if isinstance(exc, TimeoutError):
+                        continue  # nothing to do right now
+                    if isinstance(exc, nats.errors.ConnectionClosedError):
+                        log.warning(
+                            "connection closed; pull loop ends", extra={"consumer": self.durable}
+                        )
+                        break
+                    log.warning("fetch failed: %r; retrying", exc, extra={"consumer": self.durable})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), 1.0)
+                    continue
+                if self.concurrency == 1:
+                    for msg in fetch.result():
+                        await self._process(msg)
+                    continue
+                for msg in fetch.result():
+                    processing.add(asyncio.create_task(self._process(msg)))
+                done = {t for t in processing if t.done()}
+                processing -= done
+                _raise_interrupts(done)
+        finally:
+            if processing:
+                await asyncio.wait(processing)
+                _raise_interrupts(processing)
 
     def _parse(self, msg: Msg) -> M | None:
         try:
@@ -361,21 +393,20 @@ class WorkConsumer(Generic[M]):
                 outcome = await self._handle(work, delivery)
                 span.set_attribute("anim.outcome", outcome)
                 if outcome in ("retry", "failed"):
-                    tracing.fail(span, self._last_reason)
+                    tracing.fail(span, delivery.failure_reason)
         self.metrics.handled(outcome, time.perf_counter() - started)
 
     async def _handle(self, work: M, delivery: Delivery) -> str:
         """Run the handler on one delivery and settle the message; the outcome."""
         msg = delivery.msg
-        self._last_reason = ""
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         handler_task = asyncio.create_task(self._handler(work, delivery))
-        self._handler_task = handler_task
+        self._handler_tasks.add(handler_task)
         try:
             # Not `await handler_task`: stop() must be able to wait without cancelling it.
             await asyncio.wait({handler_task})
         finally:
-            self._handler_task = None
+            self._handler_tasks.discard(handler_task)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -398,7 +429,7 @@ class WorkConsumer(Generic[M]):
                 exc.reason,
                 extra={"consumer": self.durable, "delivery": delivery.num_delivered},
             )
-            self._last_reason = exc.reason
+            delivery.failure_reason = exc.reason
             await self._give_up(work, delivery, Failure(exc.reason, False, delivery.num_delivered))
             return "failed"
         if isinstance(exc, Exception):
@@ -419,7 +450,7 @@ class WorkConsumer(Generic[M]):
                     extra={"consumer": self.durable},
                 )
                 reason, delay = f"{type(exc).__name__}: {exc}", DEFAULT_RETRY_DELAY_S
-            self._last_reason = reason
+            delivery.failure_reason = reason
             if delivery.last:
                 reason = f"{reason} (gave up after {delivery.num_delivered} deliveries)"
                 await self._give_up(work, delivery, Failure(reason, True, delivery.num_delivered))
@@ -515,6 +546,14 @@ def conductor_consumer(
 
 def _conductor_span_name(event: bus_pb2.Event) -> str | None:
     return f"{CONDUCTOR} {events.EVENT_NAMES.get(event.type, 'unknown')}"
+
+
+def _raise_interrupts(tasks: set[asyncio.Task[None]]) -> None:
+    """Re-raise what a message's task let through (KeyboardInterrupt, SystemExit, bugs in
+    the loop itself), as the loop does when it processes one message at a time."""
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

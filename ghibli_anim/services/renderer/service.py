@@ -240,12 +240,20 @@ class RendererService(Service):
         self.jobs = await JobStore.open(bus_.js)
         self._estimators: dict[str, object] = {}  # depth model ref -> DepthEstimator
         self._estimators_lock = threading.Lock()
-        # The frame's PNG is encoded here while the torch thread makes its depth map.
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renderer-encode")
+        concurrency = self.settings["ANIM_RENDER_CONCURRENCY"]
+        # A frame's PNG is encoded here while the torch thread makes its depth map.
+        self._encoder = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="renderer-encode"
+        )
         self._ahead: _Ahead | None = None
         self.consumers = [
             work_consumer(
-                bus_.js, "render", bus_pb2.RenderWork, self.handle, on_give_up=self.give_up
+                bus_.js,
+                "render",
+                bus_pb2.RenderWork,
+                self.handle,
+                on_give_up=self.give_up,
+                concurrency=concurrency,
             )
         ]
 
@@ -369,6 +377,8 @@ class RendererService(Service):
         job_id, n = work.job_id, work.frame + 1
         if n >= len(state.frame_specs) or self._ahead is not None:
             return
+        if any(consumer.in_hand > 1 for consumer in self.consumers):
+            return  # another job's frame is waiting for the device: it goes first
         spec = state.frame_specs[n]
         # What this frame leaves in memory, then what the recent frames hold: nothing is
         # read from the store for a frame that may never be asked for.
@@ -497,7 +507,10 @@ class RendererService(Service):
             estimator = self._estimators.get(model_ref)
             if estimator is None:
                 estimator = self._estimators[model_ref] = DepthEstimator(model_ref, self.settings)
-        gray = np.asarray(estimator.estimate(Image.fromarray(pixels)))
+        # The device runs one model call at a time: the depth model waits for the
+        # diffusion of another work in hand (ANIM_RENDER_CONCURRENCY), and it for it.
+        with self.cache.lock:
+            gray = np.asarray(estimator.estimate(Image.fromarray(pixels)))
         gray.setflags(write=False)
         # The stored PNG decodes to exactly these pixels: the next frame on this replica
         # is guided as it would be by the map read from the store.

@@ -225,6 +225,58 @@ async def test_stop_naks_when_the_grace_runs_out(nbus: Bus) -> None:
     assert [(f, n) for f, n, _ in recorder.calls] == [(0, 2)]
 
 
+async def test_concurrency_holds_that_many_messages_and_no_more(nbus: Bus) -> None:
+    held: set[int] = set()
+    most = 0
+    release = asyncio.Event()
+
+    async def hold(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
+        nonlocal most
+        held.add(work.frame)
+        most = max(most, len(held))
+        await release.wait()
+        held.discard(work.frame)
+
+    recorder = Recorder(hold)
+    consumer = recorder.consumer(nbus, concurrency=2)
+    for frame in range(3):
+        await render(nbus, frame=frame)
+    await consumer.start()
+    await eventually(lambda: len(held) == 2)
+    await asyncio.sleep(0.3)  # room for two: the third waits on the server
+    assert consumer.in_hand == 2 and len(held) == 2
+    assert await pending(nbus.js, "render") == 3
+    release.set()
+    await eventually(lambda: consumer.stats.acked == 3)
+    await consumer.stop()
+    assert most == 2 and sorted(f for f, _, _ in recorder.calls) == [0, 1, 2]
+
+
+async def test_stop_naks_every_message_in_hand_when_the_grace_runs_out(nbus: Bus) -> None:
+    async def forever(work: bus_pb2.RenderWork, delivery: Delivery) -> None:
+        await asyncio.sleep(60)
+
+    stuck = Recorder(forever)
+    consumer = stuck.consumer(nbus, concurrency=2)
+    await consumer.start()
+    await render(nbus, frame=0)
+    await render(nbus, frame=1)
+    await eventually(lambda: consumer.in_hand == 2)
+    begin = time.monotonic()
+    await consumer.stop(grace_s=0.3)
+    assert time.monotonic() - begin < 2
+    assert consumer.stats.naked == 2 and consumer.in_hand == 0
+    recorder = Recorder()
+    async with recorder.consumer(nbus) as successor:
+        await eventually(lambda: successor.stats.acked == 2, timeout=ACK_WAIT * 0.9)
+    assert sorted((f, n) for f, n, _ in recorder.calls) == [(0, 2), (1, 2)]
+
+
+def test_concurrency_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="concurrency: must be >= 1, got 0"):
+        Recorder().consumer(Bus(nc=None, js=None, name="x"), concurrency=0)  # type: ignore[arg-type]
+
+
 async def test_idle_stop_is_prompt_and_loses_nothing(nbus: Bus) -> None:
     recorder = Recorder()
     consumer = recorder.consumer(nbus, fetch_timeout_s=30)
