@@ -66,6 +66,7 @@ docs: setup ## regenerate the tables of README.md and ARCHITECTURE.md from the c
 	$(PY) -m ghibli_anim.devtools.docs
 
 bench: setup ## benchmarks: print figures and ratios
+	$(PY) bench/chain_host.py
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
 	$(PY) bench/history.py
