@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -100,11 +100,11 @@ class _DepthMap:
 
 @dataclasses.dataclass(frozen=True)
 class _Rendered:
-    """A finished frame: the pixels kept in memory, the PNG stored, its record, and its
-    depth map when the work asked for one."""
+    """A finished frame: the pixels kept in memory, the PNG to store (being encoded on the
+    encoder thread), its record, and its depth map when the work asked for one."""
 
     pixels: np.ndarray
-    png: bytes
+    encoded: Future[bytes]
     record: dict
     notice: str = ""
     depth: _DepthMap | None = None
@@ -290,6 +290,7 @@ class RendererService(Service):
             await progress.close()
         if self.settings["ANIM_RENDER_AHEAD"]:
             self._start_ahead(state, work, result)
+        png = await asyncio.wrap_future(result.encoded)
         record = {
             **result.record,
             "job_id": job_id,
@@ -297,12 +298,12 @@ class RendererService(Service):
             "attempt": work.attempt,
             "causation_id": work.causation_id,
             "key": keys.frame_key(job_id, i),
-            "sha256": sha256_hex(result.png),
+            "sha256": sha256_hex(png),
             "source_read": source_read,
             "rendered_ahead": rendered_ahead,
         }
         with timer.time("store"):
-            await self._write(job_id, i, result, record, depth_key)
+            await self._write(job_id, i, result, png, record, depth_key)
         timer.observe(record["mode"])
         if result.notice:
             log.warning(result.notice, extra={"job_id": job_id, "frame": i})
@@ -480,7 +481,6 @@ class RendererService(Service):
             if with_depth:
                 with timer.time("depth"):
                     depth = self._depth_map(spec.profile.depth_model, pixels)
-            png = encoding.result()
         except FrameFailed as exc:
             # NaN or black even in float32: the same spec would give the same image.
             raise NonRetryable(str(exc)) from exc
@@ -489,9 +489,10 @@ class RendererService(Service):
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
         extra["color"]["reference_key"] = spec.color_reference_key
         extra["camera"] = camera.as_record() if source is not None else None
+        # Not waiting for the PNG: the next frame can start from the pixels meanwhile.
         return _Rendered(
             pixels=pixels,
-            png=png,
+            encoded=encoding,
             record={**result.record, **extra},
             notice=result.notice,
             depth=depth,
@@ -554,12 +555,18 @@ class RendererService(Service):
             raise Retryable(f"{field}: {key} is not in the store yet") from None
 
     async def _write(
-        self, job_id: str, i: int, result: _Rendered, record: dict, depth_key: str = ""
+        self,
+        job_id: str,
+        i: int,
+        result: _Rendered,
+        png: bytes,
+        record: dict,
+        depth_key: str = "",
     ) -> None:
         frame_key = keys.frame_key(job_id, i)
         record_json = json.dumps(record, indent=2, sort_keys=True).encode()
         writes = [
-            asyncio.to_thread(self.store.put, frame_key, result.png, "image/png"),
+            asyncio.to_thread(self.store.put, frame_key, png, "image/png"),
             asyncio.to_thread(
                 self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
             ),
