@@ -306,7 +306,7 @@ VARS: tuple[Var, ...] = (
         "true",
         "Renderer: once a frame is rendered, start the job's next frame from it in memory "
         "while the frame is stored and the next work is on its way (used when that work "
-        "arrives here, dropped otherwise).",
+        "arrives here, dropped otherwise; off with ANIM_FRAME_CACHE=0).",
         _bool,
     ),
     _v(

@@ -152,7 +152,8 @@ def test_one_trace_per_job_across_the_four_services(run: Run):
         if s is not run.client_span:
             assert s.parent is not None and s.parent.span_id in by_id, s.name
     services = {s.attributes.get("anim.service") for s in in_trace}
-    assert {"planner", "renderer", "depth", "assembler"} <= services
+    # The depth maps are the renderer's (made with each frame): three services take part.
+    assert {"planner", "renderer", "assembler"} <= services
 
     def named(name: str) -> list[ReadableSpan]:
         return [s for s in in_trace if s.name == name]
@@ -166,7 +167,7 @@ def test_one_trace_per_job_across_the_four_services(run: Run):
     (job,) = named("job")
     assert job.parent.span_id == create.context.span_id
     assert sorted(s.attributes["anim.frame"] for s in named("render")) == list(range(FRAMES))
-    assert sorted(s.attributes["anim.frame"] for s in named("depth")) == list(range(FRAMES - 1))
+    assert not named("depth")
     assert len(named("assemble")) == 1 and len(named("plan")) == 1
     assert {s.attributes["anim.service"] for s in named("render")} == {"renderer"}
     # Frame i+1's render descends from frame i's (the chain of the design).
@@ -181,12 +182,20 @@ def test_one_trace_per_job_across_the_four_services(run: Run):
 
     for before, after in itertools.pairwise(renders):
         assert before.context.span_id in ancestors(after)
-    # Each frame's stages hang under its render span, and their times are on it.
+    # Each frame's stages hang under its render span, or, for a frame rendered ahead of its
+    # work, under the render.ahead span made for it (under the previous frame's render);
+    # their times are on the render span. Frames but the last make the next one's depth map.
+    aheads = {s.attributes["anim.frame"]: s for s in named("render.ahead")}
+    assert set(aheads) <= set(range(1, FRAMES))
     for render in renders:
-        stages = {
-            s.name for s in in_trace if s.parent and s.parent.span_id == render.context.span_id
-        }
-        assert {"frame.load", "frame.store"} <= stages
+        i = render.attributes["anim.frame"]
+        parents = {render.context.span_id}
+        if i in aheads:
+            parents.add(aheads[i].context.span_id)
+            assert aheads[i].parent.span_id == renders[i - 1].context.span_id
+        stages = {s.name for s in in_trace if s.parent and s.parent.span_id in parents}
+        assert {"frame.decode", "frame.color", "frame.encode", "frame.store"} <= stages, i
+        assert ("frame.depth" in stages) == (i < FRAMES - 1), i
         assert render.attributes["anim.frame.denoise_s"] > 0
     assert not [s.name for s in named("conductor frame.progress")]  # progress adds no spans
 
@@ -202,7 +211,7 @@ def test_the_embedded_metrics_endpoint_shows_every_service(run: Run):
         )
 
     # One process runs the four services: one endpoint shows all their consumers.
-    for consumer in ("plan", "render", "depth", "assemble", "conductor"):
+    for consumer in ("plan", "render", "assemble", "conductor"):
         assert (
             value(
                 "anim_messages_handled",

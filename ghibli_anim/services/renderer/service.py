@@ -288,7 +288,7 @@ class RendererService(Service):
             )
         finally:
             await progress.close()
-        if self.settings["ANIM_RENDER_AHEAD"]:
+        if self.settings["ANIM_RENDER_AHEAD"] and self.recent.capacity:
             self._start_ahead(state, work, result)
         png = await asyncio.wrap_future(result.encoded)
         record = {
