@@ -143,6 +143,36 @@ def test_matching_removes_a_growing_cast_and_keeps_structure(mode: str) -> None:
         assert ssim(lightness(reference), lightness(clean), data_range=100.0) < 0.95
 
 
+def _lab_transfer_by_definition(img: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Reinhard's transfer written out per channel in numpy, float64 statistics: what the
+    one-pass OpenCV version must reproduce."""
+    lab = rgb_to_lab(img).astype(np.float64)
+    lab_ref = rgb_to_lab(ref).astype(np.float64)
+    out = np.empty_like(lab)
+    for c in range(3):
+        mean, std = lab[..., c].mean(), lab[..., c].std()
+        scale = np.clip((lab_ref[..., c].std() + 1e-6) / std, 1 / 2.5, 2.5)
+        out[..., c] = (lab[..., c] - mean) * scale + lab_ref[..., c].mean()
+    out[..., 0] = np.clip(out[..., 0], 0.0, 100.0)
+    rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB) * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_lab_matching_is_the_transfer_by_definition(k: int) -> None:
+    """The same pixels as the definition (at most one level apart where float32 rounding
+    differs), so it removes the same share of a cast."""
+    reference = texture(0)
+    drifted = cast(texture(SHIFT * k), k)
+    fast = match_colors(drifted, reference, "lab").astype(int)
+    slow = _lab_transfer_by_definition(drifted, reference).astype(int)
+    assert np.abs(fast - slow).max() <= 1
+    assert (fast != slow).mean() < 0.01
+    assert color_distance(fast.astype(np.uint8), reference).mean_color == pytest.approx(
+        color_distance(slow.astype(np.uint8), reference).mean_color, abs=0.02
+    )
+
+
 def test_hsv_matching_reduces_the_cast_and_off_changes_nothing() -> None:
     reference = texture(0)
     drifted = cast(texture(SHIFT * 5), 5)
