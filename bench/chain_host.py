@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
+from ghibli_anim.devtools.timed_jobs import timed_job
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.processes import free_port
 
@@ -82,21 +83,8 @@ def _request(frames: int, size: int, seed: int) -> animation_pb2.CreateAnimation
 
 async def _job(target: str, req: animation_pb2.CreateAnimationRequest) -> Run:
     async with AnimationClient(target, timeout_s=120) as client:
-        job = await client.create(req)
-        started: dict[int, float] = {}
-        rendered: dict[int, float] = {}
-        async for ev in client.watch(job.job_id):
-            t = ev.time.ToNanoseconds() / 1e9
-            if ev.type == bus_pb2.EVENT_TYPE_FRAME_STARTED:
-                started.setdefault(ev.frame, t)
-            elif ev.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
-                rendered.setdefault(ev.frame, t)
-        anim = await client.get(job.job_id)
-        if anim.status != types_pb2.JOB_STATUS_COMPLETED:
-            raise RuntimeError(f"benchmark job ended {anim.status}: {anim.error}")
-    n = req.frames
-    times = [rendered[0] - started[0]] + [rendered[i] - rendered[i - 1] for i in range(1, n)]
-    return Run(job.job_id, [t * 1000 for t in times])
+        job = await timed_job(client, req)
+    return Run(job.job_id, [t * 1000 for t in job.intervals_s])
 
 
 # --- spans ------------------------------------------------------------------------------------

@@ -69,14 +69,14 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.devtools.timed_jobs import TimedJob, timed_job
 from ghibli_anim.devtools.tiny_tokenizer import write_tokenizer
 from ghibli_anim.embedded import EmbeddedStack
 from ghibli_anim.runtime.client import AnimationClient
@@ -338,27 +338,6 @@ def gpu_frame_c(
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class Job:
-    job_id: str
-    frames: int
-    started: dict[int, float] = field(default_factory=dict)
-    rendered: dict[int, float] = field(default_factory=dict)
-
-    def intervals_ms(self) -> list[float]:
-        """Frames 1..N-1: from frame i-1's ``frame.rendered`` to frame i's."""
-        r = self.rendered
-        return [(r[i] - r[i - 1]) * 1000 for i in range(1, self.frames)]
-
-    @property
-    def first(self) -> float:
-        return min(self.started.values())
-
-    @property
-    def last(self) -> float:
-        return max(self.rendered.values())
-
-
 def request(frames: int, seed: int) -> animation_pb2.CreateAnimationRequest:
     # The profile's size, steps, guidance and strength; the chain's default features.
     return animation_pb2.CreateAnimationRequest(
@@ -366,38 +345,23 @@ def request(frames: int, seed: int) -> animation_pb2.CreateAnimationRequest:
     )
 
 
-async def run_job(client: AnimationClient, req: animation_pb2.CreateAnimationRequest) -> Job:
-    created = await client.create(req)
-    job = Job(created.job_id, req.frames)
-    async for ev in client.watch(created.job_id):
-        t = ev.time.ToNanoseconds() / 1e9
-        if ev.type == bus_pb2.EVENT_TYPE_FRAME_STARTED:
-            job.started.setdefault(ev.frame, t)
-        elif ev.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
-            job.rendered.setdefault(ev.frame, t)
-    anim = await client.get(created.job_id)
-    if anim.status != types_pb2.JOB_STATUS_COMPLETED:
-        raise RuntimeError(f"job {created.job_id} ended {anim.status}: {anim.error}")
-    if len(job.rendered) != req.frames:
-        raise RuntimeError(f"job {created.job_id}: {len(job.rendered)} of {req.frames} frames")
-    return job
-
-
-async def run_chain(env: dict[str, str], work: Path, frames: int, jobs: int) -> list[list[Job]]:
+async def run_chain(
+    env: dict[str, str], work: Path, frames: int, jobs: int
+) -> list[list[TimedJob]]:
     """[[warm-up], [one job], [``jobs`` jobs at once]] on one embedded stack."""
     async with (
         EmbeddedStack(env=env, work_dir=work / "stack") as stack,
         AnimationClient(stack.planner_target, timeout_s=300) as client,
     ):
-        warm = await run_job(client, request(2, 1))  # loads every model
-        one = await run_job(client, request(frames, 42))
+        warm = await timed_job(client, request(2, 1))  # loads every model
+        one = await timed_job(client, request(frames, 42))
         many = await asyncio.gather(
-            *(run_job(client, request(frames, 100 + k)) for k in range(jobs))
+            *(timed_job(client, request(frames, 100 + k)) for k in range(jobs))
         )
     return [[warm], [one], list(many)]
 
 
-def records(runs: Path, job: Job) -> list[dict[str, Any]]:
+def records(runs: Path, job: TimedJob) -> list[dict[str, Any]]:
     folder = runs / job.job_id / "frames"
     return [json.loads((folder / f"{i:04d}.json").read_text()) for i in range(job.frames)]
 
@@ -425,7 +389,7 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def _fps(jobs: list[Job]) -> float:
+def _fps(jobs: list[TimedJob]) -> float:
     frames = sum(j.frames for j in jobs)
     return frames / (max(j.last for j in jobs) - min(j.first for j in jobs))
 
@@ -495,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"chain work: {check_work(records(runs, one), img2img_steps)}")
         for job in many:
             check_work(records(runs, job), img2img_steps)
-        intervals = one.intervals_ms()
+        intervals = [t * 1000 for t in one.intervals_s[1:]]  # frames 1..N-1
         pipeline_ms = [r["elapsed_s"] * 1000 for r in records(runs, one)[1:]]
         chain_ms = statistics.median(intervals)
         say(

@@ -29,8 +29,9 @@ from pathlib import Path
 from PIL import Image
 
 from ghibli_anim.contracts import config
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
+from ghibli_anim.devtools.timed_jobs import timed_job
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
 
@@ -47,23 +48,10 @@ def _request(frames: int, steps: int, seed: int) -> animation_pb2.CreateAnimatio
     )
 
 
-async def _distributed(target: str, req) -> tuple[list[float], animation_pb2.JobState | None, str]:
+async def _distributed(target: str, req) -> tuple[list[float], str]:
     async with AnimationClient(target, timeout_s=60) as client:
-        job = await client.create(req)
-        started: dict[int, float] = {}
-        rendered: dict[int, float] = {}
-        async for ev in client.watch(job.job_id):
-            t = ev.time.ToNanoseconds() / 1e9
-            if ev.type == bus_pb2.EVENT_TYPE_FRAME_STARTED:
-                started.setdefault(ev.frame, t)
-            elif ev.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
-                rendered.setdefault(ev.frame, t)
-        anim = await client.get(job.job_id)
-        if anim.status != types_pb2.JOB_STATUS_COMPLETED:
-            raise RuntimeError(f"benchmark job ended {anim.status}: {anim.error}")
-    n = req.frames
-    times = [rendered[0] - started[0]] + [rendered[i] - rendered[i - 1] for i in range(1, n)]
-    return times, None, job.job_id
+        job = await timed_job(client, req)
+    return job.intervals_s, job.job_id
 
 
 def _plain_loop(stack: LocalStack, job_id: str, settings) -> list[float]:
@@ -112,7 +100,7 @@ def main() -> None:
         with LocalStack(work / "stack", env=env) as stack:
             print("warming up the distributed chain...", flush=True)
             asyncio.run(_distributed(stack.planner_target, _request(2, args.steps, 1)))
-            b, _, job_id = asyncio.run(
+            b, job_id = asyncio.run(
                 _distributed(stack.planner_target, _request(args.frames, args.steps, 42))
             )
             a = _plain_loop(stack, job_id, settings)
