@@ -1,10 +1,11 @@
 """A gRPC server with honest health and reflection, shared by every service.
 
-Health (``grpc.health.v1``) reports SERVING only while every dependency check
-passes (NATS connected, store reachable, models loaded...); checks run every few
-seconds in the background. On shutdown the status turns NOT_SERVING first, so
-load balancers stop sending work before the server goes away. The health service
-``liveness`` is SERVING as long as the process answers at all (liveness probes).
+Health (``grpc.health.v1``) reports SERVING only once the service is prepared (its
+models loaded: ``mark_prepared``) and while every dependency check passes (NATS
+connected, store reachable); checks run every few seconds in the background. On
+shutdown the status turns NOT_SERVING first, so load balancers stop sending work
+before the server goes away. The health service ``liveness`` is SERVING as long as
+the process answers at all (liveness probes), loading models included.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIVENESS = "liveness"
 """The health service name liveness probes ask: SERVING while this process answers gRPC,
 whatever its dependencies say and through a drain. ``""`` and the bound services' names
-report readiness: NATS and the store answer, and the service is not stopping. An outage
-of NATS or S3 must make pods unready, never restart them (a renderer would reload its
-models)."""
+report readiness: the service is prepared (a renderer's models are loaded), NATS and the
+store answer, and the service is not stopping. An outage of NATS or S3 must make pods
+unready, never restart them (a renderer would reload its models)."""
 
 
 def rewrap_handler(
@@ -94,6 +95,9 @@ class GrpcServer:
     credentials: grpc.ServerCredentials | None = None  # TLS / mTLS; None = plaintext
     keepalive_s: float = 10.0
     """Ping each client connection this often; drop it when no answer comes within as long."""
+    prepared: bool = True
+    """False holds readiness at NOT_SERVING, whatever the checks say, until
+    ``mark_prepared()``: a service still loading its models answers liveness only."""
 
     def __post_init__(self) -> None:
         self.health = HealthServicer()
@@ -102,6 +106,8 @@ class GrpcServer:
         self.last_errors: dict[str, str] = {}
         self._monitor: asyncio.Task | None = None
         self._stopping = False
+        # One refresh at a time: a slow one must not publish its answer over a newer one.
+        self._refreshing = asyncio.Lock()
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
@@ -141,6 +147,10 @@ class GrpcServer:
 
     async def refresh_health(self) -> bool:
         """Run every check once and publish the result."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         errors: dict[str, str] = {}
         for name, check in self.checks.items():
             try:
@@ -152,7 +162,7 @@ class GrpcServer:
                 "unhealthy", extra={"checks": "; ".join(f"{k}={v}" for k, v in errors.items())}
             )
         self.last_errors = errors
-        status = SERVING if not errors and not self._stopping else NOT_SERVING
+        status = SERVING if not errors and self.prepared and not self._stopping else NOT_SERVING
         for name in ["", *[b.name for b in self.bindings]]:
             await self.health.set(name, status)
         return status == SERVING
@@ -162,13 +172,20 @@ class GrpcServer:
             await asyncio.sleep(self.check_interval_s)
             await self.refresh_health()
 
+    async def mark_prepared(self) -> bool:
+        """The service is ready to take work: readiness follows the checks from now on
+        (published at once, not at the next check). Returns whether it is SERVING."""
+        self.prepared = True
+        return await self.refresh_health()
+
     async def mark_not_serving(self) -> None:
         """First step of a graceful shutdown: probes fail, traffic moves away."""
         self._stopping = True
         if self._monitor:
             self._monitor.cancel()
-        for name in ["", *[b.name for b in self.bindings]]:
-            await self.health.set(name, NOT_SERVING)
+        async with self._refreshing:  # after a refresh in flight, which saw no stop yet
+            for name in ["", *[b.name for b in self.bindings]]:
+                await self.health.set(name, NOT_SERVING)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.mark_not_serving()

@@ -41,3 +41,23 @@ async def test_liveness_ignores_dependencies_and_the_drain() -> None:
         assert await _status(port, LIVENESS) == SERVING
     finally:
         await server.stop(grace_s=0.1)
+
+
+async def test_not_ready_before_the_service_is_prepared() -> None:
+    async def nats() -> None:  # the dependencies answer from the start
+        return None
+
+    server = GrpcServer(
+        host="127.0.0.1", port=0, bindings=[], checks={"nats": nats}, prepared=False
+    )
+    port = await server.start()
+    try:
+        # Loading models: alive, not ready, whatever the checks say, and still after a check.
+        assert await _status(port, "") == NOT_SERVING
+        assert await _status(port, LIVENESS) == SERVING
+        assert await server.refresh_health() is False
+        assert await _status(port, "") == NOT_SERVING
+        assert await server.mark_prepared() is True  # published at once
+        assert await _status(port, "") == SERVING
+    finally:
+        await server.stop(grace_s=0.1)
