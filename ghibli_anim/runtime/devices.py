@@ -6,8 +6,10 @@ must exist. The dtype follows the device unless ANIM_DTYPE names one: float16 on
 CUDA, float32 elsewhere (float16 on MPS has given black frames on some macOS
 versions, and CPU kernels are slow or missing in float16). When torch sees no
 CUDA device but nvidia-smi lists a GPU, the warning (auto) or the error (cuda)
-says why: a CPU build of torch, or a driver too old for its CUDA. torch is
-imported only when called.
+says why: a CPU build of torch, or a driver too old for its CUDA. ``check_device``
+also computes once on the chosen device (services run it at start, so a GPU that
+torch lists but cannot run on stops the process there, not at its first frame).
+torch is imported only when called.
 """
 
 from __future__ import annotations
@@ -50,14 +52,54 @@ def pick_device(settings: Settings) -> str:
             log.warning("%s; computing on the CPU", problem)
         return "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        problem = cuda_problem()
-        raise ValueError(
-            "ANIM_DEVICE: cuda requested, but torch sees no CUDA device"
-            + (f": {problem}" if problem else "")
+        problem = cuda_problem() or (
+            f"nvidia-smi lists no GPU here; {_NO_GPU_FIX}, or set ANIM_DEVICE=auto or cpu"
         )
+        raise ValueError(f"ANIM_DEVICE: cuda requested, but torch sees no CUDA device: {problem}")
     if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("ANIM_DEVICE: mps requested, but torch sees no MPS device")
+        raise ValueError(
+            "ANIM_DEVICE: mps requested, but torch sees no MPS device (Apple silicon, "
+            "macOS 12.3 or newer); set ANIM_DEVICE=auto or cpu"
+        )
     return device
+
+
+_NO_GPU_FIX = (
+    "run on a machine with an NVIDIA GPU and its driver (in a container: the NVIDIA "
+    "container runtime, with a GPU requested)"
+)
+
+
+def check_device(settings: Settings) -> str:
+    """The device ``pick_device`` chooses, once a small computation on it gave the right
+    answer. Raises ValueError naming ANIM_DEVICE, with what is wrong and what to do, when
+    the device is missing or cannot compute (say, a GPU this torch build has no kernels
+    for, which ``torch.cuda.is_available()`` does not notice)."""
+    import torch
+
+    device = pick_device(settings)
+    try:
+        total = float(torch.arange(1, 9, device=device).float().sum().cpu())
+    except (RuntimeError, AssertionError) as exc:  # a torch without CUDA asserts
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"ANIM_DEVICE: {device} cannot compute ({first}); {_fix_for(device)}"
+        ) from exc
+    if total != 36.0:
+        raise ValueError(
+            f"ANIM_DEVICE: {device} computed 1 + 2 + ... + 8 = {total:g}; {_fix_for(device)}"
+        )
+    return device
+
+
+def _fix_for(device: str) -> str:
+    """What to do about a device that torch lists but that fails to compute."""
+    gpu = nvidia_gpu() if device == "cuda" else None
+    if gpu is not None:
+        return _fix(gpu)
+    if device == "cuda":
+        return f"check the driver with nvidia-smi; {_NO_GPU_FIX}"
+    return "set ANIM_DEVICE=cpu"
 
 
 def cuda_problem() -> str | None:

@@ -94,7 +94,11 @@ def test_without_nvidia_smi_nothing_to_say(tmp_path, monkeypatch, caplog):
     assert caplog.records == []
     with pytest.raises(ValueError) as refused:
         devices.pick_device(settings("cuda"))
-    assert str(refused.value) == "ANIM_DEVICE: cuda requested, but torch sees no CUDA device"
+    assert str(refused.value) == (
+        "ANIM_DEVICE: cuda requested, but torch sees no CUDA device: nvidia-smi lists no GPU "
+        "here; run on a machine with an NVIDIA GPU and its driver (in a container: the NVIDIA "
+        "container runtime, with a GPU requested), or set ANIM_DEVICE=auto or cpu"
+    )
 
 
 def test_a_failing_nvidia_smi_lists_no_gpu(tmp_path, monkeypatch):
@@ -153,3 +157,26 @@ def test_dtype_follows_the_device() -> None:
     assert devices.pick_dtype(auto, "cpu") == torch.float32
     named = config.load("client", {"ANIM_DTYPE": "bfloat16"})
     assert devices.pick_dtype(named, "cuda") == torch.bfloat16
+
+
+def test_check_device_computes_on_the_chosen_device() -> None:
+    assert devices.check_device(settings("cpu")) == "cpu"
+    assert devices.check_device(settings("auto")) == "cpu"
+
+
+def test_check_device_refuses_a_gpu_that_torch_lists_but_cannot_run_on(tmp_path, monkeypatch):
+    # torch lists a CUDA device (the stand-in) that it has no kernels for: here the CPU build's
+    # own refusal, as a GPU too new or too old for the build refuses its first kernel.
+    fake_nvidia_smi(tmp_path, monkeypatch, "590.44.01", (ADA,))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError) as refused:
+        devices.check_device(settings("cuda"))
+    assert str(refused.value) == (
+        f"ANIM_DEVICE: cuda cannot compute (Torch not compiled with CUDA enabled); {index('cu130')}"
+    )
+
+
+def test_check_device_says_why_cuda_is_missing(tmp_path, monkeypatch):
+    without_nvidia_smi(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=r"^ANIM_DEVICE: cuda requested, but torch sees no CUDA"):
+        devices.check_device(settings("cuda"))
