@@ -6,13 +6,16 @@ exactly where the test wants it. The variable holds rules separated by ``;``::
     POINT:FRAME:ACTION        e.g.  render:3:pause   render:2:retry   depth:1:fail
 
 - POINT: ``render`` (renderer, after frame.started, before rendering),
-  ``depth`` (depth worker, before estimating), ``assemble`` (assembler; FRAME -1).
+  ``depth`` (depth worker, before estimating), ``assemble`` (assembler; FRAME -1),
+  ``load`` (renderer and depth worker, loading their models at start; FRAME -1,
+  ACTION ``slow`` only).
 - FRAME: the frame index, or ``*`` for every frame.
 - ACTION: ``pause`` (hold the message until the process is killed),
   ``retry`` (a retryable error on every delivery), ``fail`` (a non-retryable
   error), ``crash`` (the process exits at once with status 1, like an OOM kill),
-  ``slow`` (render only: every denoising step of the frame takes two seconds
-  more, in the torch thread, as a slow GPU would).
+  ``slow`` (render: every denoising step of the frame takes two seconds more, in
+  the torch thread, as a slow GPU would; load: loading the models takes two seconds
+  more, as a slow disk would).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ghibli_anim.runtime.bus.consumer import NonRetryable, Retryable
 
 log = logging.getLogger(__name__)
 
-POINTS = ("render", "depth", "assemble")
+POINTS = ("render", "depth", "assemble", "load")
 ACTIONS = ("pause", "retry", "fail", "crash", "slow")
 SLOW_STEP_S = 2.0
 
@@ -48,6 +51,8 @@ def parse(text: str) -> list[Fault]:
                 f"ANIM_FAULT: rule {rule!r} must be POINT:FRAME:ACTION with POINT in "
                 f"{', '.join(POINTS)} and ACTION in {', '.join(ACTIONS)}"
             )
+        if parts[0] == "load" and parts[2] != "slow":
+            raise ValueError(f"ANIM_FAULT: rule {rule!r}: the load point takes only slow")
         frame = None if parts[1] == "*" else int(parts[1])
         faults.append(Fault(parts[0], frame, parts[2]))
     return faults
@@ -78,3 +83,8 @@ def step_delay(point: str, frame: int) -> float:
         f.point == point and f.frame in (None, frame) and f.action == "slow" for f in _FAULTS
     )
     return SLOW_STEP_S if hit_slow else 0.0
+
+
+def load_delay() -> float:
+    """Seconds to add to loading the models at start: ``load:-1:slow`` (or ``load:*:slow``)."""
+    return step_delay("load", -1)
