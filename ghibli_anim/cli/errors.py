@@ -163,6 +163,7 @@ def _store(exc: BaseException, args: argparse.Namespace | None) -> Explained | N
 _OWN_RUNTIME_ERRORS = (
     ("ghibli_anim.runtime.client", "DownloadError"),
     ("ghibli_anim.runtime.processes", "LauncherError"),
+    ("ghibli_anim.runtime.service", "CannotServe"),
     ("ghibli_anim.services.web.service", "BindError"),
     ("ghibli_anim.services.planner.chat_backends", "LLMError"),
 )

@@ -5,6 +5,16 @@ with its consumers, gRPC servicers and health checks; ``run_service`` runs one
 until a stop event, and ``serve`` is ``ghibli-anim serve NAME``. The embedded
 mode runs several with ``run_service`` on one event loop.
 
+Start-up, in order: ``preflight`` (what needs only this machine: the renderer and
+the depth worker check their torch device, see torch_service.py), NATS, the store,
+``start``, the gRPC server (liveness SERVING, readiness NOT_SERVING), ``prepare`` in
+a thread of its own (the renderer and the depth worker load their models), the
+consumers, and from then on readiness follows the checks. So a replica is Ready only
+once it can do its work, and takes none before. A service that can never work here
+(an unusable device, models that cannot load) raises :class:`CannotServe`: the
+process exits 1 with one line saying what is wrong and what to do, instead of going
+Ready and failing every message.
+
 Shutdown (SIGTERM, SIGINT, or the stop event): health turns NOT_SERVING, the
 consumers stop fetching, the message in hand finishes (or is nakked after
 ANIM_DRAIN_S), the gRPC server stops, NATS drains, exit 0.
@@ -22,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 from ghibli_anim.contracts.config import Settings
@@ -41,6 +52,12 @@ log = logging.getLogger(__name__)
 _PROBE_KEY = "jobs/00000000000000000000000000000000/plan.json"
 
 
+class CannotServe(RuntimeError):
+    """This process cannot serve as configured (an unusable device, models that cannot
+    load); the message says what is wrong and what to do. ``ghibli-anim serve`` prints
+    it as its one error line and exits 1: a restart helps only once the cause is fixed."""
+
+
 class Service:
     """Base class: subclasses fill ``consumers`` in ``start`` and may add servicers."""
 
@@ -54,9 +71,19 @@ class Service:
         self.metrics_port: int | None = None
         """The port serving /metrics, once started (None: metrics off)."""
 
+    async def preflight(self) -> None:
+        """Checks that need nothing but this machine, before NATS is reached: raise
+        :class:`CannotServe` when the service can never work here."""
+
     async def start(self, bus: Bus, store: Store) -> None:
         self.bus = bus
         self.store = store
+
+    def prepare(self) -> None:
+        """Get ready to take work (load models), after ``start`` and before the consumers
+        start, while the gRPC server answers with readiness NOT_SERVING. Runs in a thread
+        of its own; a stop meanwhile does not wait for it. Raise :class:`CannotServe`
+        when that cannot succeed."""
 
     def bindings(self) -> list[ServiceBinding]:
         return []
@@ -123,6 +150,43 @@ async def _connect_unless_stopped(settings: Settings, name: str, stop: asyncio.E
     return None if connecting.cancelled() else connecting.result()
 
 
+async def _prepare(service: Service, stop: asyncio.Event) -> bool:
+    """``service.prepare()`` in a daemon thread: True once it returned, False when
+    ``stop`` came first (the process then exits without waiting for a load that may take
+    minutes; asyncio's own threads would hold the exit until it ends)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            service.prepare()
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name=f"{service.name}-prepare", daemon=True).start()
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not done.done():
+        log.info("stopped while preparing")
+        return False
+    done.result()  # raises what prepare() raised
+    return True
+
+
 async def run_service(
     service: Service,
     stop: asyncio.Event,
@@ -132,6 +196,11 @@ async def run_service(
     """Run ``service`` until ``stop`` is set, then shut it down gracefully."""
     settings = service.settings
     tracing.setup(service.name, settings["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    try:
+        await service.preflight()
+    except BaseException:
+        tracing.shutdown(service.name)
+        raise
     bus = await _connect_unless_stopped(settings, service.name, stop)
     if bus is None:
         tracing.shutdown(service.name)
@@ -168,6 +237,7 @@ async def run_service(
             credentials=server_credentials(
                 settings["ANIM_TLS_CERT"], settings["ANIM_TLS_KEY"], settings["ANIM_TLS_CLIENT_CA"]
             ),
+            prepared=False,  # not Ready before prepare() has run
         )
         await server.start()
         if metrics_port is not None:
@@ -177,11 +247,13 @@ async def run_service(
             scrape_source = metrics.SCRAPE_TIME.add(
                 asyncio.get_running_loop(), lambda: _scrape(service, bus)
             )
-        for consumer in service.consumers:
-            await consumer.start()
-        log.info("service started", extra={"grpc_port": server.bound_port})
-        if ready is not None:
-            ready(server)
+        if await _prepare(service, stop):
+            for consumer in service.consumers:
+                await consumer.start()
+            await server.mark_prepared()
+            log.info("service started", extra={"grpc_port": server.bound_port})
+            if ready is not None:
+                ready(server)
         await stop.wait()
         log.info("shutting down")
     finally:
