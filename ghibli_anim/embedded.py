@@ -35,6 +35,9 @@ def embedded_env(nats_url: str, base: Mapping[str, str] | None = None) -> dict[s
             "ANIM_STORE": "local",
             "ANIM_GRPC_HOST": "127.0.0.1",
             "ANIM_GRPC_PORT": "0",
+            # Models load with the first frame: each run names its own profile, and
+            # nothing here routes work by readiness.
+            "ANIM_PRELOAD": "false",
         }
     )
     env.pop("ANIM_NATS_USER", None)

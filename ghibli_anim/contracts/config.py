@@ -255,9 +255,19 @@ VARS: tuple[Var, ...] = (
         lambda t: Path(t).expanduser(),
     ),
     _v(
+        "ANIM_PRELOAD",
+        "true",
+        "Renderer and depth: load the models of ANIM_PROFILE at start, and report ready "
+        "and take work only once they are loaded; a model that cannot load (not fetched, "
+        "HF_HUB_OFFLINE) ends the process with the reason. false: load them for the first "
+        "message (the embedded mode always does). The device is checked at start either way.",
+        _bool,
+    ),
+    _v(
         "ANIM_DEVICE",
         "auto",
-        "Torch device: auto, cuda, mps or cpu.",
+        "Torch device: auto, cuda, mps or cpu (the renderer and depth check it at start: "
+        "one that is missing or cannot compute ends the process with the reason).",
         _choice("auto", "cuda", "mps", "cpu"),
     ),
     _v(
@@ -313,7 +323,7 @@ VARS: tuple[Var, ...] = (
         "ANIM_TINY_VAE",
         "false",
         "Planner: decode frames with the profile's tiny autoencoder (TAESD): faster, "
-        "slightly softer.",
+        "slightly softer (set it for renderers too: their ANIM_PRELOAD loads it).",
         _bool,
     ),
     _v(

@@ -1,7 +1,9 @@
 """The depth service: anim.work.depth and gRPC DepthService.EstimateDepth.
 
 Both run the same estimator on the same profile's depth model, loaded once per
-model and process; inference runs in a worker thread.
+model and process; inference runs in a worker thread. At start the device is
+checked, and (``ANIM_PRELOAD``) the depth model of ANIM_PROFILE loads before the
+service reports ready and takes work.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import Delivery, Failure, NonRetryable, work_consumer
 from ghibli_anim.runtime.grpcserver import ServiceBinding
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
-from ghibli_anim.runtime.service import Service
+from ghibli_anim.runtime.service import CannotServe
 from ghibli_anim.runtime.store.base import NotFound
+from ghibli_anim.runtime.torch_service import TorchService
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-class DepthService(Service):
+class DepthService(TorchService):
     name = "depth"
 
     async def start(self, bus_: Bus, store) -> None:
@@ -45,6 +48,17 @@ class DepthService(Service):
         self.consumers = [
             work_consumer(bus_.js, "depth", bus_pb2.DepthWork, self.handle, on_give_up=self.give_up)
         ]
+
+    def load_models(self) -> dict[str, str]:
+        """The depth model of ANIM_PROFILE (a profile without one has none to load)."""
+        try:
+            profile = load_profile(None, self.settings)
+        except ValueError as exc:  # the profiles file or ANIM_PROFILE
+            raise CannotServe(f"{self.name} cannot serve: {exc}") from exc
+        if not profile.depth_model:
+            return {}
+        estimator = self._estimator(profile.depth_model)
+        return {"device": str(estimator.device), "depth_model": profile.depth_model}
 
     def _estimator(self, model_ref: str):
         from ghibli_anim.runtime.depth_maps import DepthEstimator

@@ -1,7 +1,9 @@
 """The renderer service: anim.work.render -> frames/{i}.png + frames/{i}.json -> frame.rendered.
 
 Models load once per process (``PipelineCache``) and torch runs in a worker thread,
-so heartbeats keep flowing during a long frame. Before rendering, the job's KV
+so heartbeats keep flowing during a long frame. At start the device is checked, and
+(``ANIM_PRELOAD``) the default profile's models load before the renderer reports
+ready and takes work: a replica that is Ready can render. Before rendering, the job's KV
 state is checked: a cancelled job or a frame already done is skipped.
 
 Coherence (:mod:`ghibli_anim.services.renderer.continuity`): the source image (frame i-1) and
@@ -53,8 +55,9 @@ from ghibli_anim.runtime.bus.consumer import (
     work_consumer,
 )
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
-from ghibli_anim.runtime.service import Service
+from ghibli_anim.runtime.service import CannotServe
 from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
+from ghibli_anim.runtime.torch_service import TorchService
 from ghibli_anim.services.renderer import continuity as coherence
 from ghibli_anim.services.renderer.encoding import decode_gray, decode_png, encode_png
 from ghibli_anim.services.renderer.progress import ProgressReporter
@@ -222,7 +225,7 @@ def store_lora_resolver(store: Store, cache_dir: Path) -> Callable[[str], str]:
     return resolve
 
 
-class RendererService(Service):
+class RendererService(TorchService):
     name = "renderer"
 
     async def start(self, bus_: Bus, store) -> None:
@@ -256,6 +259,30 @@ class RendererService(Service):
                 concurrency=concurrency,
             )
         ]
+
+    def load_models(self) -> dict[str, str]:
+        """What a request that names nothing renders with: the profile ANIM_PROFILE as the
+        planner resolves it (ANIM_TINY_VAE included), its LoRAs, with the txt2img and
+        img2img pipelines derived; and what depth guidance adds, the ControlNet and the
+        depth model the renderer makes the next frame's depth map with."""
+        from ghibli_anim.contracts.pb import animation_pb2
+        from ghibli_anim.contracts.profiles import resolve_profile
+        from ghibli_anim.services.renderer import pipelines
+
+        try:
+            profile = resolve_profile(animation_pb2.CreateAnimationRequest(), self.settings)
+        except ValueError as exc:  # the profiles file or ANIM_PROFILE
+            raise CannotServe(f"{self.name} cannot serve: {exc}") from exc
+        modes = [pipelines.TXT2IMG, pipelines.IMG2IMG]
+        if profile.controlnet:
+            modes.append(pipelines.CONTROLNET_IMG2IMG)
+        for mode in modes:
+            _, models = self.cache.pipeline(profile, mode, profile.scheduler)
+        loaded = {"device": models.device, "base_model": profile.base_model}
+        if profile.controlnet and profile.depth_model:
+            self._estimator(profile.depth_model)
+            loaded["depth_model"] = profile.depth_model
+        return loaded
 
     async def handle(self, work: bus_pb2.RenderWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)
@@ -498,8 +525,8 @@ class RendererService(Service):
             depth=depth,
         )
 
-    def _depth_map(self, model_ref: str, pixels: np.ndarray) -> _DepthMap:
-        """The depth map of a frame's pixels, with its PNG; the model is loaded once."""
+    def _estimator(self, model_ref: str):
+        """The depth model ``model_ref``, loaded once (at start with ANIM_PRELOAD)."""
         from ghibli_anim.runtime.depth_maps import DepthEstimator
 
         if not model_ref:
@@ -508,6 +535,11 @@ class RendererService(Service):
             estimator = self._estimators.get(model_ref)
             if estimator is None:
                 estimator = self._estimators[model_ref] = DepthEstimator(model_ref, self.settings)
+        return estimator
+
+    def _depth_map(self, model_ref: str, pixels: np.ndarray) -> _DepthMap:
+        """The depth map of a frame's pixels, with its PNG; the model is loaded once."""
+        estimator = self._estimator(model_ref)
         # The device runs one model call at a time: the depth model waits for the
         # diffusion of another work in hand (ANIM_RENDER_CONCURRENCY), and it for it.
         with self.cache.lock:
