@@ -14,8 +14,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from support import charts
 from support.deploy import (
     ALL_KUSTOMIZATIONS,
+    HELM,
     INIT_SELECTOR,
     KUSTOMIZATIONS,
     ONE_OFF,
@@ -542,6 +544,29 @@ def test_s3_servers_read_the_identities_secrets_py_makes() -> None:
     identities = json.loads(made[volume["secret"]["secretName"]][item["key"]])
     names = {i["name"] for i in identities["identities"]}
     assert names == {"admin"} | {f"ghibli-anim-{s}" for s in S3_SERVICES}
+
+
+def helm_values(name: str) -> dict[str, Any]:
+    return yaml.safe_load((HELM / name).read_text())
+
+
+def test_the_seaweedfs_chart_reads_the_identities_secrets_py_makes() -> None:
+    """The gateways' `-config` file is a key of the Secret deploy/k8s/secrets.py makes,
+    mounted where the chart's template mounts it: the root user and one identity per
+    service. The bucket hook mounts the same Secret."""
+    pods = dict(charts.seaweedfs_pods(helm_values("seaweedfs-values.yaml")))
+    made = kubernetes_secrets("gpu")
+    spec = pods["Deployment/seaweedfs-s3"]["spec"]
+    (gateway,) = spec["containers"]
+    config_flag = next(a for a in gateway["args"] if a.startswith("-config="))
+    path = Path(config_flag.split("=", 1)[1])
+    (mount,) = [m for m in gateway["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    identities = json.loads(made[volume["secret"]["secretName"]][path.name])
+    names = {i["name"] for i in identities["identities"]}
+    assert names == {"admin"} | {f"ghibli-anim-{s}" for s in S3_SERVICES}
+    hook = pods["Job/seaweedfs-bucket-hook"]["spec"]
+    assert [v["secret"]["secretName"] for v in hook["volumes"]] == [volume["secret"]["secretName"]]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -36,15 +36,16 @@ PRIVATE = Endpoint("private-host", ip="10.20.0.5")
 OUTSIDERS = (KEDA, INGRESS, PROMETHEUS, DNS, STRANGER)
 INTERNET_PORTS = (443, 80)
 
-# Ports the chart pods listen on (their templates' containerPorts at the pinned versions).
+# Ports the chart pods listen on (their templates' containerPorts at the pinned versions;
+# SeaweedFS's 9327 is the volume servers', filer's and gateways' metrics).
 CHART_PORTS = {
     "StatefulSet/nats": {4222, 6222, 8222},
     "StatefulSet/minio": {9000, 9001},
     "Job/minio-post-job": set(),
     "StatefulSet/seaweedfs-master": {9333, 19333},
-    "StatefulSet/seaweedfs-volume": {8080, 18080},
-    "StatefulSet/seaweedfs-filer": {8888, 18888},
-    "Deployment/seaweedfs-s3": {8333},
+    "StatefulSet/seaweedfs-volume": {8080, 9327, 18080},
+    "StatefulSet/seaweedfs-filer": {8888, 9327, 18888},
+    "Deployment/seaweedfs-s3": {8333, 9327},
     "Job/seaweedfs-bucket-hook": set(),
 }
 
@@ -64,6 +65,12 @@ def cluster(overlay: str) -> tuple[list[dict], dict[Endpoint, set[int]]]:
         for name in charts.CHART_PODS:
             values = yaml.safe_load((HELM / name).read_text())
             for where, template in charts.CHART_PODS[name](values):
+                declared = {
+                    p["containerPort"]
+                    for c in template["spec"]["containers"]
+                    for p in c.get("ports", [])
+                }
+                assert declared <= CHART_PORTS[where], where  # where the model knows them
                 pods[Endpoint(where, namespace, template["metadata"]["labels"])] = CHART_PORTS[
                     where
                 ]

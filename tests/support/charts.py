@@ -16,6 +16,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 Template = dict[str, Any]
 Pods = list[tuple[str, Template]]
 
@@ -24,6 +26,14 @@ VERSIONS = {
     "minio-values.yaml": "5.4.0",
     "seaweedfs-values.yaml": "4.44.0",
 }
+RELEASES = {
+    "nats-values.yaml": "nats",
+    "minio-values.yaml": "minio",
+    "seaweedfs-values.yaml": "seaweedfs",
+}
+"""The Helm release names deploy/README.md installs the charts under (they name the Services)."""
+TLS_VALUES = {name: name.replace(".yaml", "-tls.yaml") for name in VERSIONS}
+"""Each chart's TLS values, given after its values (``-f VALUES -f TLS_VALUES``)."""
 
 
 def coalesce(defaults: Any, values: Any) -> Any:
@@ -65,6 +75,32 @@ def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
 
 def _omit_enabled(ctx: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ctx.items() if k != "enabled"}
+
+
+def helm_values(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Several ``-f`` values files as Helm merges them: each later one over the earlier."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out = coalesce(out, layer)
+    return out
+
+
+def fullname(release: str, chart: str) -> str:
+    """The common ``CHART.fullname`` helper: the release name if it contains the chart's
+    name, else RELEASE-CHART (both charts' _helpers.tpl; no fullnameOverride here)."""
+    return (release if chart in release else f"{release}-{chart}")[:63].rstrip("-")
+
+
+def _tpl_list(text: str, key: str) -> list[dict[str, Any]]:
+    """A values key the chart renders with ``tpl``: YAML text of a list. Ours hold no
+    template expressions (the model would have to evaluate them)."""
+    if not text:
+        return []
+    if "{{" in text:
+        raise NotImplementedError(f"{key}: template expressions are not modelled here")
+    items = yaml.safe_load(text)
+    assert isinstance(items, list), f"{key}: must be YAML text of a list"
+    return items
 
 
 # --------------------------------------------------------------------------
@@ -188,6 +224,12 @@ MINIO_DEFAULTS = {
 }
 
 
+def minio_s3_service(values: dict[str, Any]) -> tuple[str, int]:
+    """templates/service.yaml: the S3 API's Service, (name, port)."""
+    port = (values.get("service") or {}).get("port", "9000")
+    return fullname(RELEASES["minio-values.yaml"], "minio"), int(port)
+
+
 def minio_pods(values: dict[str, Any]) -> Pods:
     """templates/statefulset.yaml (distributed) or deployment.yaml (standalone), and
     templates/post-job.yaml (buckets, policies, users...)."""
@@ -271,6 +313,7 @@ SEAWEEDFS_DEFAULTS = {
     },
     "filer": {
         "enabled": True,
+        "port": 8888,
         "data": _HOST,
         "logs": _HOST,
         "s3": {"enabled": False, "enableAuth": False, "createBuckets": []},
@@ -279,13 +322,27 @@ SEAWEEDFS_DEFAULTS = {
     },
     "s3": {
         "enabled": False,
+        "bindAddress": "0.0.0.0",
+        "port": 8333,
+        "httpsPort": 0,
+        "metricsPort": 9327,
+        "icebergPort": None,
         "enableAuth": False,
+        "existingConfigSecret": None,
+        "auditLogConfig": {},
+        "domainName": "",
         "createBuckets": [],
+        "extraArgs": [],
+        "extraVolumes": "",
+        "extraVolumeMounts": "",
         "logs": _HOST,
         "podLabels": {},
         "podSecurityContext": {},
         "containerSecurityContext": {},
+        "readinessProbe": {"enabled": True, "httpGet": {"path": "/status", "scheme": "HTTP"}},
+        "livenessProbe": {"enabled": True, "httpGet": {"path": "/status", "scheme": "HTTP"}},
     },
+    "global": {"seaweedfs": {"enableSecurity": False}},
     # Off by default; the model refuses them rather than guess their pods.
     "admin": {"enabled": False},
     "worker": {"enabled": False},
@@ -307,6 +364,42 @@ def _storage_volume(name: str, storage: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def seaweedfs_s3_service(values: dict[str, Any]) -> tuple[str, int]:
+    """templates/s3/s3-service.yaml: the S3 gateway's Service, (name, port): the
+    ``componentName`` FULLNAME-s3 and ``s3.port``."""
+    v = coalesce(SEAWEEDFS_DEFAULTS, values)
+    assert v["s3"]["enabled"], "s3.enabled: the standalone gateway is the one modelled"
+    return f"{fullname(RELEASES['seaweedfs-values.yaml'], 'seaweedfs')}-s3", int(v["s3"]["port"])
+
+
+def seaweedfs_s3_args(values: dict[str, Any], namespace: str) -> list[str]:
+    """templates/s3/s3-deployment.yaml: the arguments the gateway's container runs
+    ``weed`` with (its shell command split on blanks, the line continuations dropped)."""
+    v = coalesce(SEAWEEDFS_DEFAULTS, values)
+    s3 = v["s3"]
+    if v["global"]["seaweedfs"]["enableSecurity"]:
+        raise NotImplementedError("global.seaweedfs.enableSecurity: not modelled here")
+    args = [
+        "-logdir=/logs"
+        if s3["logs"].get("type") in ("hostPath", "emptyDir")
+        else "-logtostderr=true"
+    ]
+    args += ["-v=1", "s3", f"-ip.bind={s3['bindAddress']}", f"-port={s3['port']}"]
+    if s3["metricsPort"]:
+        args += ["-metricsPort", str(s3["metricsPort"])]
+    if s3["domainName"]:
+        args.append(f"-domainName={s3['domainName']}")
+    if s3["enableAuth"]:
+        args.append("-config=/etc/sw/seaweedfs_s3_config")
+    if s3["auditLogConfig"]:
+        args.append("-auditLogConfig=/etc/sw/s3_auditLogConfig.json")
+    filer = f"{fullname(RELEASES['seaweedfs-values.yaml'], 'seaweedfs')}-filer-client"
+    args.append(f"-filer={filer}.{namespace}:{v['filer']['port']}")
+    if s3["icebergPort"]:
+        args.append(f"-port.iceberg={s3['icebergPort']}")
+    return args + [str(a) for a in s3["extraArgs"]]
+
+
 def seaweedfs_pods(values: dict[str, Any]) -> Pods:
     """templates/{master,volume,filer,s3}/*, shared/post-install-bucket-hook.yaml and
     volume/volume-resize-hook.yaml."""
@@ -314,6 +407,8 @@ def seaweedfs_pods(values: dict[str, Any]) -> Pods:
     for component in ("admin", "worker", "sftp", "allInOne", "cosi"):
         if v[component]["enabled"]:
             raise NotImplementedError(f"seaweedfs {component}: its pods are not modelled here")
+    if v["global"]["seaweedfs"]["enableSecurity"]:
+        raise NotImplementedError("global.seaweedfs.enableSecurity: its volumes are not modelled")
 
     def pod(component: str, volumes: list[dict[str, Any]], init: bool = False) -> Template:
         c = v[component]
@@ -364,28 +459,49 @@ def seaweedfs_pods(values: dict[str, Any]) -> Pods:
                 {"name": "config-users", "secret": {"secretName": "seaweedfs-s3-secret"}}
             )
         pods.append(("StatefulSet/seaweedfs-filer", pod("filer", volumes)))
+    name = fullname(RELEASES["seaweedfs-values.yaml"], "seaweedfs")
     if v["s3"]["enabled"]:
-        volumes = []
-        if v["s3"]["enableAuth"]:
-            volumes.append(
-                {
-                    "name": "config-users",
-                    "secret": {"secretName": v["s3"].get("existingConfigSecret")},
+        s3 = v["s3"]
+        volumes, mounts = [], []
+        if s3["logs"].get("type") in ("hostPath", "emptyDir"):
+            mounts.append({"name": "logs", "mountPath": "/logs/"})
+        if s3["enableAuth"]:
+            mounts.append({"name": "config-users", "mountPath": "/etc/sw", "readOnly": True})
+            secret = s3["existingConfigSecret"] or f"{name}-s3-secret"
+            volumes.append({"name": "config-users", "secret": {"secretName": secret}})
+        mounts += _tpl_list(s3["extraVolumeMounts"], "s3.extraVolumeMounts")
+        if s3["logs"].get("type") in ("hostPath", "emptyDir"):
+            volumes += _storage_volume("logs", s3["logs"])
+        volumes += _tpl_list(s3["extraVolumes"], "s3.extraVolumes")
+        template = pod("s3", volumes)
+        (container,) = template["spec"]["containers"]
+        container["args"] = seaweedfs_s3_args(values, "NAMESPACE")
+        container["volumeMounts"] = mounts
+        container["ports"] = [{"name": "swfs-s3", "containerPort": s3["port"]}]
+        if s3["httpsPort"]:
+            container["ports"].append({"name": "swfs-s3-tls", "containerPort": s3["httpsPort"]})
+        if s3["metricsPort"]:
+            container["ports"].append({"name": "metrics", "containerPort": s3["metricsPort"]})
+        for probe in ("readinessProbe", "livenessProbe"):
+            if s3[probe]["enabled"]:
+                get = s3[probe]["httpGet"]
+                container[probe] = {
+                    "httpGet": {"path": get["path"], "port": s3["port"], "scheme": get["scheme"]}
                 }
-            )
-        if v["s3"]["logs"].get("type") in ("hostPath", "emptyDir"):
-            volumes += _storage_volume("logs", v["s3"]["logs"])
-        pods.append(("Deployment/seaweedfs-s3", pod("s3", volumes)))
+        pods.append((f"Deployment/{name}-s3", template))
     gateway = v["filer"]["s3"]["enabled"] or v["s3"]["enabled"]
-    if (
-        v["master"]["enabled"]
-        and gateway
-        and (v["s3"]["createBuckets"] or v["filer"]["s3"]["createBuckets"])
-    ):
-        # The bucket hook borrows the filer's security contexts.
-        hook = pod("filer", [{"name": "config-users", "secret": {"secretName": "seaweedfs-s3"}}])
-        hook["metadata"]["labels"]["app.kubernetes.io/component"] = "bucket-hook"
-        pods.append(("Job/seaweedfs-bucket-hook", hook))
+    if v["master"]["enabled"] and gateway:
+        # The bucket hook takes its buckets and identities from the standalone gateway's
+        # values if it has buckets, else from the filer's, and the filer's security contexts.
+        source = v["s3"] if v["s3"]["createBuckets"] else v["filer"]["s3"]
+        if source["createBuckets"]:
+            volumes = []
+            if source["enableAuth"]:
+                secret = source.get("existingConfigSecret") or f"{name}-s3-secret"
+                volumes.append({"name": "config-users", "secret": {"secretName": secret}})
+            hook = pod("filer", volumes)
+            hook["metadata"]["labels"]["app.kubernetes.io/component"] = "bucket-hook"
+            pods.append((f"Job/{RELEASES['seaweedfs-values.yaml']}-bucket-hook", hook))
     return pods
 
 
