@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from support import charts
 from support.deploy import (
     COMPOSE_FILE,
     DEPLOY,
@@ -103,6 +104,15 @@ def test_values_files_match_their_schema(name: str) -> None:
     jsonschema.validate(values(name), schema)
 
 
+@pytest.mark.parametrize("name", sorted(CHARTS))
+def test_tls_values_over_their_charts_values_match_the_schema(name: str) -> None:
+    """`helm ... -f VALUES -f VALUES-tls`: Helm merges the second over the first."""
+    merged = charts.helm_values(values(name), values(charts.TLS_VALUES[name]))
+    assert merged != values(name)
+    schema = json.loads((SCHEMAS / name.replace(".yaml", ".schema.json")).read_text())
+    jsonschema.validate(merged, schema)
+
+
 @pytest.mark.parametrize(
     ("name", "damage"),
     [
@@ -111,7 +121,9 @@ def test_values_files_match_their_schema(name: str) -> None:
         ("nats-values.yaml", lambda v: v["config"].update(jetStream={})),  # misspelt key
         ("minio-values.yaml", lambda v: v["users"][0].update(secretKey="in-the-file")),
         ("minio-values.yaml", lambda v: v["image"].update(tag="latest")),
+        ("minio-values.yaml", lambda v: v.update(tls={"enabled": True})),  # no certificate
         ("seaweedfs-values.yaml", lambda v: v["s3"].update(enableAuth=False)),
+        ("seaweedfs-values.yaml", lambda v: v["s3"].update(extraArgs=["cert.file=x"])),
     ],
 )
 def test_the_value_schemas_catch_mistakes(name: str, damage) -> None:

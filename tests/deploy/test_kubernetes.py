@@ -1,7 +1,8 @@
 """deploy/k8s: every overlay renders with kubectl's kustomize, built-in kinds pass
 kubernetes-validate --strict, the KEDA ScaledObject passes a schema written from
 KEDA's documentation, and the manifests agree with the code (ports, names,
-required variables, secrets)."""
+required variables, secrets) and with the charts the gpu overlay's S3 server comes from:
+SeaweedFS's by default, MinIO's with the minio component."""
 
 from __future__ import annotations
 
@@ -84,14 +85,20 @@ def test_the_always_applied_sets_hold_no_job(path: str) -> None:
     assert not kinds & {"Job", "CronJob", "Pod"}, f"{path}: {kinds}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_jobs_live_in_their_own_kustomizations_with_the_overlays_settings(overlay: str) -> None:
-    always = objects(f"overlays/{overlay}")
+MINIO = ("minio",)
+"""The gpu overlay with MinIO's chart instead of SeaweedFS's (components/minio)."""
+
+
+@pytest.mark.parametrize(("overlay", "components"), [*((o, ()) for o in OVERLAYS), ("gpu", MINIO)])
+def test_jobs_live_in_their_own_kustomizations_with_the_overlays_settings(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    always = objects(f"overlays/{overlay}", components)
     (settings,) = [d for d in always if d["metadata"]["name"].startswith("ghibli-anim-config-")]
     namespace = NAMESPACES[overlay]
     jobs = []
     for path in ONE_OFF[overlay]:
-        docs = objects(path)
+        docs = objects(path, components)
         # The same ConfigMap (name, hash and data) as the always-applied set: applying the
         # Jobs re-applies it unchanged, and they read what the services read.
         (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
@@ -124,14 +131,22 @@ def test_jobs_live_in_their_own_kustomizations_with_the_overlays_settings(overla
         assert template_labels["app.kubernetes.io/name"] == job["metadata"]["name"]
     # Nothing else carries the label: the script deletes only Jobs.
     for path in ONE_OFF[overlay]:
-        for doc in objects(path):
+        for doc in objects(path, components):
             if doc["kind"] != "Job":
                 assert doc["metadata"].get("labels", {}).get(key) != value, doc["metadata"]
 
 
-@pytest.mark.parametrize("path", ALL_KUSTOMIZATIONS)
-def test_builtin_kinds_pass_strict_validation(path: str, tmp_path: Path) -> None:
-    result = validate_strict(tmp_path, kustomize(path))
+@pytest.mark.parametrize(
+    ("path", "components"),
+    [
+        *((p, ()) for p in ALL_KUSTOMIZATIONS),
+        *((p, MINIO) for p in ("overlays/gpu", *ONE_OFF["gpu"])),
+    ],
+)
+def test_builtin_kinds_pass_strict_validation(
+    path: str, components: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = validate_strict(tmp_path, kustomize(path, components))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # The only kind without a bundled schema is KEDA's (checked below against ours).
@@ -548,6 +563,34 @@ def test_s3_servers_read_the_identities_secrets_py_makes() -> None:
 
 def helm_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((HELM / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("components", "values", "service"),
+    [
+        ((), "seaweedfs-values.yaml", charts.seaweedfs_s3_service),
+        (MINIO, "minio-values.yaml", charts.minio_s3_service),
+    ],
+)
+def test_the_gpu_overlay_dials_the_s3_service_of_the_chart_it_installs(
+    components: tuple[str, ...], values: str, service
+) -> None:
+    """SeaweedFS's chart by default, MinIO's with the minio component: the endpoint is the
+    Service the chart's templates name for the release deploy/README.md installs, on the
+    port our values give it; the Jobs read the same settings (one ConfigMap)."""
+    name, port = service(helm_values(values))
+    for path in ("overlays/gpu", *ONE_OFF["gpu"]):
+        settings = config_map_data(objects(path, components), "ghibli-anim-config")
+        assert settings["ANIM_S3_ENDPOINT"] == f"{name}:{port}", path
+        assert settings["ANIM_S3_SECURE"] == "false", path  # TLS: test_tls.py
+    readme = (HELM.parent / "README.md").read_text()
+    assert f"`{name}:{port}`" in readme
+
+
+def test_the_base_defaults_to_seaweedfs() -> None:
+    name, port = charts.seaweedfs_s3_service(helm_values("seaweedfs-values.yaml"))
+    settings = config_map_data(objects("base"), "ghibli-anim-config")
+    assert settings["ANIM_S3_ENDPOINT"] == f"{name}:{port}"
 
 
 def test_the_seaweedfs_chart_reads_the_identities_secrets_py_makes() -> None:

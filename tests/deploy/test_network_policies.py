@@ -1,7 +1,8 @@
 """The NetworkPolicies let through exactly the flows the architecture needs.
 
 Every pod each overlay deploys (ours as rendered, the charts' as deploy/helm's values
-make them, tests/support/charts.py), the pods of the namespaces the policies name
+make them, tests/support/charts.py; the gpu overlay with SeaweedFS, its default, and with
+the minio component and MinIO's chart), the pods of the namespaces the policies name
 (KEDA, the ingress controller, Prometheus, the cluster DNS), a pod of an unrelated
 namespace and a few outside addresses: for every pair and every port the receiver
 listens on, the policies' verdict (tests/support/network_policy.py) must be the
@@ -48,11 +49,23 @@ CHART_PORTS = {
     "Deployment/seaweedfs-s3": {8333, 9327},
     "Job/seaweedfs-bucket-hook": set(),
 }
+VARIANTS = [("dev", ()), ("gpu", ()), ("gpu", ("minio",))]
+"""(overlay, the gpu overlay's optional components): SeaweedFS, then MinIO."""
 
 
-def cluster(overlay: str) -> tuple[list[dict], dict[Endpoint, set[int]]]:
+def installed_charts(components: tuple[str, ...]) -> tuple[str, ...]:
+    """The charts deploy/README.md installs into the gpu overlay's namespace."""
+    return (
+        "nats-values.yaml",
+        "minio-values.yaml" if "minio" in components else "seaweedfs-values.yaml",
+    )
+
+
+def cluster(
+    overlay: str, components: tuple[str, ...] = ()
+) -> tuple[list[dict], dict[Endpoint, set[int]]]:
     """The overlay's policies, and every pod in its namespace with the ports it listens on."""
-    docs = overlay_objects(overlay)
+    docs = overlay_objects(overlay, components)
     namespace = NAMESPACES[overlay]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     pods: dict[Endpoint, set[int]] = {}
@@ -62,7 +75,7 @@ def cluster(overlay: str) -> tuple[list[dict], dict[Endpoint, set[int]]]:
         }
         pods[Endpoint(where, namespace, template["metadata"]["labels"])] = ports
     if overlay == "gpu":
-        for name in charts.CHART_PODS:
+        for name in installed_charts(components):
             values = yaml.safe_load((HELM / name).read_text())
             for where, template in charts.CHART_PODS[name](values):
                 declared = {
@@ -117,9 +130,11 @@ def expected(src: Endpoint, dst: Endpoint, port: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("overlay", ["dev", "gpu"])
-def test_exactly_the_architectures_flows_are_allowed(overlay: str) -> None:
-    policies, pods = cluster(overlay)
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS)
+def test_exactly_the_architectures_flows_are_allowed(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    policies, pods = cluster(overlay, components)
     assert policies
     wrong = []
     senders = [*pods, *OUTSIDERS]
@@ -136,9 +151,11 @@ def test_exactly_the_architectures_flows_are_allowed(overlay: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.parametrize("overlay", ["dev", "gpu"])
-def test_every_pod_is_under_default_deny_both_ways(overlay: str) -> None:
-    policies, pods = cluster(overlay)
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS)
+def test_every_pod_is_under_default_deny_both_ways(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    policies, pods = cluster(overlay, components)
     (deny,) = [p for p in policies if p["metadata"]["name"] == "default-deny"]
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
@@ -146,9 +163,11 @@ def test_every_pod_is_under_default_deny_both_ways(overlay: str) -> None:
         assert selects(deny["spec"]["podSelector"], pod.labels)
 
 
-@pytest.mark.parametrize("overlay", ["dev", "gpu"])
-def test_the_servers_carry_the_roles_the_policies_name(overlay: str) -> None:
-    _, pods = cluster(overlay)
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS)
+def test_the_servers_carry_the_roles_the_policies_name(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    _, pods = cluster(overlay, components)
     roles = {role(p) for p in pods if role(p)}
     assert roles == {"nats", "s3"}
     assert [p.name for p in pods if role(p) == "nats"]

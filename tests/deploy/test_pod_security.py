@@ -1,10 +1,12 @@
 """Every pod we deploy meets the Pod Security Standard its namespace enforces.
 
 Our pods: every pod template (Deployments, StatefulSets, Jobs...) that every
-kustomization of each overlay renders, against the ``enforce`` level of the Namespace
-the overlay creates. The charts' pods (NATS, MinIO, SeaweedFS, installed into the gpu
-overlay's namespace): Helm cannot run here, so they come from a model of each chart's
-templates at the pinned version (tests/support/charts.py) fed with our values files.
+kustomization of each overlay renders (the gpu overlay also with its optional
+components), against the ``enforce`` level of the Namespace the overlay creates. The
+charts' pods (NATS, SeaweedFS or MinIO, installed into the gpu overlay's namespace, with
+and without their TLS values): Helm cannot run here, so they come from a model of each
+chart's templates at the pinned version (tests/support/charts.py) fed with our values
+files.
 The checker itself (tests/support/pod_security.py) is checked on pods that break one
 control each.
 """
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from support import charts
-from support.deploy import HELM, ONE_OFF, OVERLAYS, find, objects, pod_templates
+from support.deploy import GPU_COMPONENTS, HELM, ONE_OFF, OVERLAYS, find, objects, pod_templates
 from support.pod_security import ENFORCE_LABEL, violations
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,12 +39,19 @@ def test_the_namespaces_enforce_restricted(overlay: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overlay", "path"),
-    [(o, p) for o in OVERLAYS for p in (f"overlays/{o}", *ONE_OFF[o])],
+    ("overlay", "path", "components"),
+    [(o, p, ()) for o in OVERLAYS for p in (f"overlays/{o}", *ONE_OFF[o])]
+    + [
+        ("gpu", p, (component,))
+        for component in GPU_COMPONENTS
+        for p in ("overlays/gpu", *ONE_OFF["gpu"])
+    ],
 )
-def test_every_pod_we_render_meets_its_namespaces_standard(overlay: str, path: str) -> None:
+def test_every_pod_we_render_meets_its_namespaces_standard(
+    overlay: str, path: str, components: tuple[str, ...]
+) -> None:
     namespace, level = namespace_level(overlay)
-    docs = objects(path)
+    docs = objects(path, components)
     templates = list(pod_templates(docs))
     assert templates, f"{path}: no pod template"
     for where, template in templates:
@@ -73,6 +82,19 @@ def test_the_charts_pods_meet_restricted(name: str) -> None:
     assert pods
     for where, template in pods:
         assert violations(template, level) == [], f"{name} {where}"
+
+
+@pytest.mark.parametrize("name", sorted(charts.TLS_VALUES))
+def test_the_charts_pods_with_their_tls_values_meet_restricted(name: str) -> None:
+    """`helm ... -f VALUES -f VALUES-tls` (deploy/README.md "Security"): the certificate
+    volumes and the chart's own TLS settings keep the pods within the standard."""
+    _, level = namespace_level("gpu")
+    plain = charts.CHART_PODS[name](helm_values(name))
+    values = charts.helm_values(helm_values(name), helm_values(charts.TLS_VALUES[name]))
+    pods = charts.CHART_PODS[name](values)
+    assert pods != plain, f"{charts.TLS_VALUES[name]} changes no pod"
+    for where, template in pods:
+        assert violations(template, level) == [], f"{charts.TLS_VALUES[name]} {where}"
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,16 @@ the NATS users. Shared by the tests in tests/deploy/."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,6 +35,10 @@ ALL_KUSTOMIZATIONS = (
     *(path for paths in ONE_OFF.values() for path in paths),
 )
 """Everything a user may build: the always-applied sets, the Jobs' bases and overlays."""
+GPU_COMPONENTS = ("minio", "tls")
+"""The gpu overlay's optional components (deploy/k8s/components/NAME), enabled by listing
+them in overlays/gpu/common/kustomization.yaml (deploy/README.md)."""
+GPU_COMMON = "overlays/gpu/common/kustomization.yaml"
 RUN_JOBS = K8S / "run-jobs.sh"
 INIT_SELECTOR = ("app.kubernetes.io/component", "init")
 """The label run-jobs.sh deletes, applies and waits for."""
@@ -69,22 +75,49 @@ def project_version() -> str:
 # --------------------------------------------------------------------------
 
 
+def with_components(dest: Path, components: Sequence[str]) -> Path:
+    """A copy of deploy/ under ``dest`` with ``components`` listed in the gpu overlay's
+    common/ as deploy/README.md says to; returns the copy's k8s folder."""
+    unknown = set(components) - set(GPU_COMPONENTS)
+    if unknown:
+        raise ValueError(f"components: must be among {', '.join(GPU_COMPONENTS)}, got {unknown}")
+    copy = dest / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    common = copy / "k8s" / GPU_COMMON
+    text = common.read_text()
+    anchor = "\nnamespace: ghibli-anim\n"
+    assert anchor in text, f"{GPU_COMMON}: no place to list components"
+    listed = "".join(f"  - ../../../components/{name}\n" for name in components)
+    common.write_text(text.replace(anchor, f"{anchor}\ncomponents:\n{listed}", 1))
+    return copy / "k8s"
+
+
 @functools.cache
-def kustomize(path: str) -> str:
-    """``kubectl kustomize deploy/k8s/<path>`` (the YAML stream)."""
+def _k8s_with(components: tuple[str, ...]) -> Path:
+    if not components:
+        return K8S
+    dest = Path(tempfile.mkdtemp(prefix="k8s-components-"))
+    atexit.register(shutil.rmtree, dest, True)
+    return with_components(dest, components)
+
+
+@functools.cache
+def kustomize(path: str, components: tuple[str, ...] = ()) -> str:
+    """``kubectl kustomize deploy/k8s/<path>`` (the YAML stream), with the gpu overlay's
+    optional ``components`` enabled."""
     result = subprocess.run(
-        [venv_tool("kubectl"), "kustomize", str(K8S / path)],
+        [venv_tool("kubectl"), "kustomize", str(_k8s_with(components) / path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     if result.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {path} failed:\n{result.stderr}")
+        raise AssertionError(f"kubectl kustomize {path} {components} failed:\n{result.stderr}")
     return result.stdout
 
 
-def objects(path: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(kustomize(path)) if doc]
+def objects(path: str, components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(kustomize(path, components)) if doc]
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -93,13 +126,13 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return matches[0]
 
 
-def overlay_objects(overlay: str) -> list[dict[str, Any]]:
+def overlay_objects(overlay: str, components: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Everything an overlay deploys: its always-applied set and its Jobs' kustomizations
     (the ConfigMap they share appears once)."""
-    docs = objects(f"overlays/{overlay}")
+    docs = objects(f"overlays/{overlay}", components)
     seen = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for path in ONE_OFF[overlay]:
-        for doc in objects(path):
+        for doc in objects(path, components):
             if (doc["kind"], doc["metadata"]["name"]) not in seen:
                 seen.add((doc["kind"], doc["metadata"]["name"]))
                 docs.append(doc)
