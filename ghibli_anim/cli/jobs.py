@@ -23,8 +23,8 @@ from ghibli_anim.cli.render_flags import (
 )
 from ghibli_anim.contracts import events, lifecycle
 from ghibli_anim.contracts.events import event_name
-from ghibli_anim.contracts.lifecycle import status_name
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+from ghibli_anim.contracts.lifecycle import STATUS_NAMES, status_name
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 
 COMMANDS = ("submit", "status", "watch", "cancel", "resume", "delete", "list")
 DEFAULT_SERVER = "localhost:50051"
+
+
+def _at_least_one(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {raw!r:.40}")
+    return value
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +62,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--server", default=server)
-    p = sub.add_parser("list", help="list jobs")
+    p = sub.add_parser("list", help="list jobs, newest first")
     p.add_argument("--server", default=server)
+    p.add_argument("--client", default="", help="only this client's jobs")
+    p.add_argument(
+        "--status", default="", type=str.upper, choices=["", *STATUS_NAMES], help="only these"
+    )
+    p.add_argument("--limit", type=_at_least_one, default=None, help="at most this many")
 
 
 class Progress:
@@ -201,7 +216,13 @@ async def _run(args: argparse.Namespace) -> int:
         if cmd == "list":
             rows = [
                 (a.job_id, status_name(a.status), f"{a.frames_done}/{a.frames_total}", a.title)
-                for a in await client.list()
+                for a in await client.list(
+                    status=types_pb2.JobStatus.Value(f"JOB_STATUS_{args.status}")
+                    if args.status
+                    else 0,
+                    client_id=args.client,
+                    limit=args.limit,
+                )
             ]
             for row in rows:
                 print("  ".join(row))

@@ -105,6 +105,9 @@ DEFAULT_FORMATS = ("gif", "mp4", "webp", "contact")
 
 LIST_PAGE_SIZE = IntRange(1, 500)
 DEFAULT_LIST_PAGE_SIZE = 50
+LIST_SCAN_LIMIT = 1000
+"""Index entries one ListAnimations call examines at most: a status filter (or deleted
+jobs) may leave a page short, with a token to go on from."""
 
 
 def check_text(field: str, value: object, max_chars: int, *, required: bool) -> str:

@@ -178,13 +178,25 @@ class AnimationClient:
             metadata=self._metadata(),
         )
 
-    async def list(self, page_size: int = 50, status: int = 0) -> list[animation_pb2.Animation]:
+    async def list(
+        self,
+        page_size: int = 50,
+        status: int = 0,
+        *,
+        client_id: str = "",
+        limit: int | None = None,
+    ) -> list[animation_pb2.Animation]:
+        """Jobs newest first (one client's with ``client_id``), page after page until
+        the end, or until ``limit`` jobs."""
         out: list[animation_pb2.Animation] = []
         token = ""
-        while True:
+        while limit is None or len(out) < limit:
             page = await self.stub.ListAnimations(
                 animation_pb2.ListAnimationsRequest(
-                    page_size=page_size, page_token=token, status=status
+                    page_size=page_size if limit is None else min(page_size, limit - len(out)),
+                    page_token=token,
+                    status=status,
+                    client_id=client_id,
                 ),
                 timeout=self.timeout_s,
                 metadata=self._metadata(),
@@ -192,7 +204,8 @@ class AnimationClient:
             out.extend(page.animations)
             token = page.next_page_token
             if not token:
-                return out
+                break
+        return out if limit is None else out[:limit]
 
     async def watch(
         self, job_id: str, after_sequence: int = 0, timeout_s: float | None = None

@@ -8,7 +8,9 @@ exactly where the test wants it. The variable holds rules separated by ``;``::
 - POINT: ``render`` (renderer, after frame.started, before rendering),
   ``depth`` (depth worker, before estimating), ``assemble`` (assembler; FRAME -1),
   ``load`` (renderer and depth worker, loading their models at start; FRAME -1,
-  ACTION ``slow`` only).
+  ACTION ``slow`` only),
+  ``index`` (the job store, in any service: a job became finished or unfinished, its
+  atomic write is done, the entry of what it was is still there; FRAME -1).
 - FRAME: the frame index, or ``*`` for every frame.
 - ACTION: ``pause`` (hold the message until the process is killed),
   ``retry`` (a retryable error on every delivery), ``fail`` (a non-retryable
@@ -29,7 +31,7 @@ from ghibli_anim.runtime.bus.consumer import NonRetryable, Retryable
 
 log = logging.getLogger(__name__)
 
-POINTS = ("render", "depth", "assemble", "load")
+POINTS = ("render", "depth", "assemble", "load", "index")
 ACTIONS = ("pause", "retry", "fail", "crash", "slow")
 SLOW_STEP_S = 2.0
 

@@ -18,16 +18,43 @@ dropping the members that no longer hold one: finished jobs, and claims whose jo
 never written (a planner that died between the claim and the create) once they are
 ``SLOT_GRACE_S`` old. Nothing else has to release a slot, and a check reads at most
 the cap's number of jobs, however many jobs the store keeps.
+
+**Indexes**, so that nothing the planner does on a request or a timer reads every job
+(their keys all hold a dot, so none is ever a job id):
+
+- ``list.all.<n>`` and ``list.<sha256 of the client>.<n>``: the job at position ``n`` of
+  every job's listing and of its client's, positions counted from 1 in the order jobs were
+  created, with the newest position in ``list.<scope>.head``. A page is read from the
+  head down (:meth:`JobStore.page`): its own entries and jobs, whatever the history. A
+  position never changes (a deleted job's stays empty), so a page token is a position.
+- ``counts.<shard>``: how many jobs are in each status, spread over ``COUNT_SHARDS``
+  records by job id (:meth:`JobStore.counts`, the metrics scrape).
+- ``open.<id>`` while a job is unfinished (the time limit's :meth:`JobStore.open_jobs`),
+  ``done.<id>`` with when it finished once it is (retention's
+  :meth:`JobStore.finished_before`, which walks them in the order they were written).
+
+A create, and every status change, is **one atomic write** of the job with what changes in
+the indexes (:meth:`JobsBucket.commit`: a JetStream atomic batch in which every key's
+expected revision is checked at commit): a process killed at any point leaves all of it or
+none, so the counters stay exact with no reconciliation. The only later write is the
+removal of the ``open.``/``done.`` entry a job left; one left behind by a process that died
+just then names a job that is no longer in that state, and the sweep that meets it drops it.
+A bucket written before the indexes existed is indexed once by :meth:`JobStore.ensure_index`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Callable, Collection
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -37,9 +64,10 @@ from ghibli_anim.contracts.lifecycle import (
     UnexpectedStatus,
     check_transition,
     is_terminal,
+    status_name,
 )
 from ghibli_anim.contracts.pb import animation_pb2
-from ghibli_anim.runtime import retry
+from ghibli_anim.runtime import faults, retry
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
@@ -49,6 +77,23 @@ claim within milliseconds; a planner that died in between leaks the slot this lo
 SLOT_MAX_TRIES = 200
 """Compare-and-swap tries of one slot claim: a burst of creates of one client all race
 for the same record."""
+CREATE_MAX_TRIES = 200
+"""Tries of one create: every create moves the head of every job's listing."""
+COUNT_SHARDS = 8
+"""Records the status counters are spread over (by job id), so that status changes of
+different jobs seldom race for the same one."""
+
+LIST_PREFIX = "list."
+COUNTS_PREFIX = "counts."
+OPEN_PREFIX = "open."
+DONE_PREFIX = "done."
+INDEX_VERSION_KEY = "index.version"
+INDEX_VERSION = b"1"
+INDEX_LOCK_KEY = "index.lock"
+INDEX_LOCK_S = 600.0
+"""A build lock older than this is taken over (its builder died)."""
+
+log = logging.getLogger(__name__)
 
 
 class JobNotFound(LookupError):
@@ -99,35 +144,168 @@ def slot_key(client_id: str) -> str:
     return "slots." + hashlib.sha256(client_id.encode()).hexdigest()
 
 
-class JobsBucket:
-    """The ``anim-jobs`` bucket, with key listing and deletes through the bucket's stream.
+def list_scope(client_id: str | None) -> str:
+    """The listing a job is in: ``all`` (every job), or its client's (sha256 hex)."""
+    return "all" if client_id is None else hashlib.sha256(client_id.encode()).hexdigest()
 
-    nats-py's ``KeyValue.keys()`` lists keys through an ordered consumer and can decide it
-    is done before the first keys arrive (it then finds no keys at all, now and then);
-    one stream-info request with a subjects filter lists them in one answer. A delete
-    purges the key's subject, leaving no delete marker behind, so every listed key is a
-    job (except keys deleted by ``KeyValue.purge`` before, whose marker stays: callers
-    skip an id whose ``get`` finds nothing). Everything else is the bucket's own.
+
+def _head_key(scope: str) -> str:
+    return f"{LIST_PREFIX}{scope}.head"
+
+
+def _entry_key(scope: str, position: int) -> str:
+    return f"{LIST_PREFIX}{scope}.{position}"
+
+
+def _counts_key(job_id: str) -> str:
+    return f"{COUNTS_PREFIX}{int(job_id[:8], 16) % COUNT_SHARDS}"
+
+
+def _count(counts: dict[str, int], status: JobStatus, delta: int) -> None:
+    name = status_name(status)
+    counts[name] = counts.get(name, 0) + delta
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _status_entry(state: animation_pb2.JobState) -> Write:
+    """``open.<id>`` for an unfinished job; ``done.<id>`` with when it finished for a
+    finished one."""
+    if is_terminal(state.status):
+        return Write(DONE_PREFIX + state.job_id, str(state.updated_at.ToSeconds()).encode())
+    return Write(OPEN_PREFIX + state.job_id)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One key of an atomic multi-key write (:meth:`JobsBucket.commit`)."""
+
+    key: str
+    value: bytes = b""
+    last: int | None = None
+    """The revision the key must still have (0: the key must not exist); None: any."""
+    purge: bool = False
+    """Remove the key (a purge marker) instead of writing ``value``."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A key as the bucket's stream holds it, found by :meth:`JobsBucket.next_after`."""
+
+    key: str
+    value: bytes | None
+    """None for a delete or purge marker."""
+    revision: int
+
+
+_KV_OPERATION = "KV-Operation"
+_WRONG_LAST_SEQUENCE = 10071  # server error code: an expected revision did not match
+
+
+class JobsBucket:
+    """The ``anim-jobs`` bucket, with what its stream offers beyond nats-py's ``KeyValue``.
+
+    - ``keys_under(prefix)`` lists keys with one stream-info request per 100,000 (a
+      subjects filter), never through an ordered consumer: nats-py's ``KeyValue.keys()``
+      can decide it is done before the first keys arrive.
+    - ``purge(key)`` purges the key's subject, leaving no delete marker behind.
+    - ``commit(writes)`` writes several keys as one atomic batch (nats-server 2.12+,
+      ``allow_atomic`` on the stream, which ``bus init`` sets): every key's expected
+      revision is checked when the batch commits, and either every write lands or none.
+    - ``next_after(prefix, revision)`` is the first key under ``prefix`` written after
+      ``revision``: the stream keeps one message per key (history 1), so keys come in
+      the order they were last written.
+
+    Everything else is the bucket's own.
     """
 
-    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str = JOBS_BUCKET) -> None:
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext, nc: Client, bucket: str = JOBS_BUCKET
+    ) -> None:
         self._kv = kv
         self._js = js
+        self._nc = nc
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._kv, name)
 
-    async def keys(self) -> list[str]:
-        info = await self._js.stream_info(self._stream, subjects_filter=self._prefix + ">")
-        subjects = info.state.subjects or {}
-        if not subjects:
-            raise nats.js.errors.NoKeysError
-        return [subject.removeprefix(self._prefix) for subject in subjects]
+    async def keys_under(self, prefix: str = "", *, one_token: bool = False) -> list[str]:
+        """Keys that start with ``prefix`` (``one_token``: without a further dot)."""
+        wildcard = "*" if one_token else ">"
+        request = {"subjects_filter": self._prefix + prefix + wildcard, "offset": 0}
+        keys: list[str] = []
+        while True:
+            reply = await self._nc.request(
+                f"$JS.API.STREAM.INFO.{self._stream}", json.dumps(request).encode(), timeout=10
+            )
+            info = json.loads(reply.data)
+            if "error" in info:
+                nats.js.errors.APIError.from_error(info["error"])
+            subjects = info.get("state", {}).get("subjects") or {}
+            keys.extend(subject.removeprefix(self._prefix) for subject in subjects)
+            total = info.get("total", 0)
+            if not subjects or len(keys) >= total:
+                return keys
+            request["offset"] = len(keys)  # the server sends 100,000 subjects at most
 
-    async def purge(self, key: str) -> bool:
-        return await self._js.purge_stream(self._stream, subject=self._prefix + key)
+    async def keys(self) -> list[str]:
+        keys = await self.keys_under()
+        if not keys:
+            raise nats.js.errors.NoKeysError
+        return keys
+
+    async def purge(self, key: str, before: int | None = None) -> bool:
+        """Remove the key; with ``before``, only if its revision is below that (a
+        conditional purge: a write that came later stays)."""
+        return await self._js.purge_stream(self._stream, seq=before, subject=self._prefix + key)
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        """Write every key of ``writes`` or none; the revision of the last one (the
+        writes get consecutive revisions, in order). ``KeyWrongLastSequenceError`` when a
+        key's revision is not the one expected."""
+        batch = uuid.uuid4().hex
+        reply = None
+        for number, write in enumerate(writes, 1):
+            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
+            if write.last is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(write.last)
+            if write.purge:
+                headers[_KV_OPERATION] = "PURGE"
+                headers["Nats-Rollup"] = "sub"
+            subject = self._prefix + write.key
+            if number < len(writes):
+                await self._nc.publish(subject, write.value, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await self._nc.request(subject, write.value, headers=headers, timeout=10)
+        if reply is None:
+            raise ValueError("commit: no writes")
+        ack = json.loads(reply.data)
+        if "error" in ack:
+            error = ack["error"]
+            if error.get("err_code") == _WRONG_LAST_SEQUENCE:
+                raise nats.js.errors.KeyWrongLastSequenceError(error.get("description"))
+            nats.js.errors.APIError.from_error(error)
+        return int(ack["seq"])
+
+    async def next_after(self, prefix: str, revision: int) -> Entry | None:
+        """The first key under ``prefix`` whose last write came after ``revision``."""
+        try:
+            msg = await self._js.get_msg(
+                self._stream, seq=revision + 1, subject=self._prefix + prefix + ">", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        marker = (msg.headers or {}).get(_KV_OPERATION) in ("DEL", "PURGE")
+        return Entry(
+            key=(msg.subject or "").removeprefix(self._prefix),
+            value=None if marker else (msg.data or b""),
+            revision=int(msg.seq or 0),
+        )
 
 
 class JobStore:
@@ -135,7 +313,7 @@ class JobStore:
 
     def __init__(
         self,
-        jobs: KeyValue | JobsBucket,
+        jobs: JobsBucket,
         idem: KeyValue | None = None,
         *,
         max_tries: int = DEFAULT_MAX_TRIES,
@@ -147,15 +325,21 @@ class JobStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, max_tries: int = DEFAULT_MAX_TRIES) -> JobStore:
         """Bind to both buckets (created by ``bus init``)."""
-        jobs = JobsBucket(await js.key_value(JOBS_BUCKET), js)
+        kv = await js.key_value(JOBS_BUCKET)
+        # nats-py keeps the connection of a JetStream context as _nc: batches and paged
+        # stream info are plain requests on it. (A stand-in bucket of the unit tests
+        # speaks JobsBucket's whole interface itself.)
+        jobs = JobsBucket(kv, js, js._nc) if isinstance(kv, KeyValue) else kv
         return cls(jobs, await js.key_value(IDEM_BUCKET), max_tries=max_tries)
 
     # -- jobs --------------------------------------------------------------
 
     async def create(self, state: animation_pb2.JobState) -> int:
-        """Store a new job; its revision. ``JobExists`` when the id is taken.
+        """Store a new job with its index entries, in one atomic write; its revision.
+        ``JobExists`` when the id is taken.
 
-        Sets ``created_at``/``updated_at`` when unset; the state is not modified.
+        Sets ``created_at``/``updated_at`` when unset and the job's list positions; the
+        state given is not modified.
         """
         job_id = check_job_id(state.job_id)
         stored = animation_pb2.JobState()
@@ -165,16 +349,54 @@ class JobStore:
         if not stored.HasField("updated_at"):
             stored.updated_at.CopyFrom(stored.created_at)
         try:
-            return await self.jobs.create(job_id, stored.SerializeToString())
+            async for attempt in retry.on_conflict(retry_on=_LostRace, tries=CREATE_MAX_TRIES):
+                with attempt:
+                    return await self._try_create(stored)
+        except retry.RetryError:
+            pass
+        raise ConcurrentUpdateError(f"job {job_id}: create lost its race for the index")
+
+    async def _try_create(self, stored: animation_pb2.JobState) -> int:
+        job_id = stored.job_id
+        everyone = list_scope(None)
+        client = list_scope(stored.request.client_id)
+        (top, top_rev), (mine, mine_rev), (counts, counts_rev) = await asyncio.gather(
+            self._read_head(everyone),
+            self._read_head(client),
+            self._read_counts(_counts_key(job_id)),
+        )
+        stored.list_position = top + 1
+        stored.client_list_position = mine + 1
+        _count(counts, stored.status, +1)
+        writes = [
+            Write(job_id, stored.SerializeToString(), last=0),
+            Write(_head_key(everyone), str(top + 1).encode(), last=top_rev),
+            Write(_entry_key(everyone, top + 1), job_id.encode()),
+            Write(_head_key(client), str(mine + 1).encode(), last=mine_rev),
+            Write(_entry_key(client, mine + 1), job_id.encode()),
+            Write(_counts_key(job_id), _json(counts), last=counts_rev),
+            _status_entry(stored),
+        ]
+        try:
+            return await self.jobs.commit(writes) - len(writes) + 1  # the job's, the first
         except nats.js.errors.KeyWrongLastSequenceError:
-            raise JobExists(f"job {job_id}: already exists") from None
+            if await self._exists(job_id):
+                raise JobExists(f"job {job_id}: already exists") from None
+            raise _LostRace from None  # another create took the head first
+
+    async def _exists(self, job_id: str) -> bool:
+        try:
+            await self.get(job_id)
+        except JobNotFound:
+            return False
+        return True
 
     async def get(self, job_id: str) -> tuple[animation_pb2.JobState, int]:
         """The job's state and its KV revision; ``JobNotFound`` if there is none."""
         check_job_id(job_id)
         try:
             entry = await self.jobs.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except nats.js.errors.NotFoundError:  # missing, or a delete marker
             raise JobNotFound(f"job {job_id}: not found") from None
         if not entry.value or entry.revision is None:
             raise JobNotFound(f"job {job_id}: not found")
@@ -208,10 +430,11 @@ class JobStore:
         gets a copy of the current state and changes it in place (or returns a
         replacement ``JobState``); it may run several times (once per try), so it must
         only depend on the state it is given. A status change must be allowed by
-        ``lifecycle.TRANSITIONS`` (``InvalidTransition``). With ``expect_status`` the
-        update applies only while the job is in that status (or one of them), else
-        ``UnexpectedStatus``. When the mutation changes nothing, nothing is written.
-        ``updated_at`` is set on every write.
+        ``lifecycle.TRANSITIONS`` (``InvalidTransition``), and is written in one atomic
+        write with the status counters and the unfinished or finished entry. With
+        ``expect_status`` the update applies only while the job is in that status (or
+        one of them), else ``UnexpectedStatus``. When the mutation changes nothing,
+        nothing is written. ``updated_at`` is set on every write.
         """
         check_job_id(job_id)
         expected: frozenset[JobStatus] | None = None
@@ -248,24 +471,283 @@ class JobStore:
             return current, False
         new.updated_at.GetCurrentTime()
         try:
-            await self.jobs.update(job_id, new.SerializeToString(), last=revision)
+            if new.status == current.status:
+                await self.jobs.update(job_id, new.SerializeToString(), last=revision)
+                return new, True
+            committed = await self._commit_status_change(current, new, revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise _LostRace from None  # someone wrote in between: start over from theirs
+        left = _status_entry(current).key
+        if left != _status_entry(new).key:
+            await faults.hit("index", -1)
+            # The entry of the kind the job left (unfinished or finished), as it was before
+            # this write: a later resume's or finish's stays. A leftover (a planner that
+            # died here) is dropped by the next sweep that meets it.
+            await self._drop_entry(left, before=committed)
         return new, True
 
-    async def list(self) -> list[str]:
-        """Ids of the stored jobs (ListAnimations, housekeeping), sorted."""
-        try:
-            keys = await self.jobs.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return sorted(k for k in keys if is_job_id(k))  # not the slot records
+    async def _commit_status_change(
+        self, current: animation_pb2.JobState, new: animation_pb2.JobState, revision: int
+    ) -> int:
+        """The job, its shard of the status counters and (when it starts or stops being
+        finished) its finished or unfinished entry, in one atomic write: a planner killed
+        at any point leaves all of it or none. The revision of the write."""
+        counts, counts_rev = await self._read_counts(_counts_key(current.job_id))
+        _count(counts, current.status, -1)
+        _count(counts, new.status, +1)
+        writes = [
+            Write(current.job_id, new.SerializeToString(), last=revision),
+            Write(_counts_key(current.job_id), _json(counts), last=counts_rev),
+        ]
+        if is_terminal(current.status) != is_terminal(new.status):
+            writes.append(_status_entry(new))
+        return await self.jobs.commit(writes)
 
     async def delete(self, job_id: str) -> None:
-        """Remove the job and its history (DeleteAnimation); ``JobNotFound`` if absent."""
-        # Through JobsBucket, a purge of the key's subject: no delete marker stays behind.
-        await self.get(job_id)
-        await self.jobs.purge(job_id)
+        """Remove the job and its index entries (DeleteAnimation); ``JobNotFound`` if
+        absent. The job and its count go in one atomic write, the entries after it."""
+        try:
+            async for attempt in retry.on_conflict(retry_on=_LostRace, tries=self.max_tries):
+                with attempt:
+                    state = await self._try_delete(job_id)
+        except retry.RetryError:
+            raise ConcurrentUpdateError(f"job {job_id}: delete lost its race") from None
+        # Purges of the subjects leave no marker behind. A planner that dies before they
+        # are done leaves entries that name a missing job: listings skip them, the sweeps
+        # drop them.
+        for key in (
+            job_id,
+            _status_entry(state).key,
+            _entry_key(list_scope(None), state.list_position),
+            _entry_key(list_scope(state.request.client_id), state.client_list_position),
+        ):
+            await self._drop_entry(key)
+
+    async def _try_delete(self, job_id: str) -> animation_pb2.JobState:
+        state, revision = await self.get(job_id)
+        counts, counts_rev = await self._read_counts(_counts_key(job_id))
+        _count(counts, state.status, -1)
+        try:
+            await self.jobs.commit(
+                [
+                    Write(job_id, last=revision, purge=True),
+                    Write(_counts_key(job_id), _json(counts), last=counts_rev),
+                ]
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise _LostRace from None
+        return state
+
+    # -- indexes ---------------------------------------------------------------
+
+    async def _read_head(self, scope: str) -> tuple[int, int]:
+        """(the newest position of a listing, the head's revision; 0 when none)."""
+        try:
+            entry = await self.jobs.get(_head_key(scope))
+        except nats.js.errors.NotFoundError:
+            return 0, 0
+        return int(entry.value or b"0"), entry.revision or 0
+
+    async def _read_counts(self, key: str) -> tuple[dict[str, int], int]:
+        """A shard of the status counters, and its revision."""
+        try:
+            entry = await self.jobs.get(key)
+        except nats.js.errors.NotFoundError:
+            return {}, 0
+        return json.loads(entry.value or b"{}"), entry.revision or 0
+
+    async def _drop_entry(self, key: str, before: int | None = None) -> None:
+        try:
+            await self.jobs.purge(key, before)
+        except Exception as exc:  # best effort: a leftover is dropped later
+            log.warning("index entry not dropped", extra={"key": key, "error": str(exc)})
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by status name, from the counters (``COUNT_SHARDS`` reads)."""
+        total: dict[str, int] = {}
+        shards = await asyncio.gather(
+            *(self._read_counts(f"{COUNTS_PREFIX}{shard}") for shard in range(COUNT_SHARDS))
+        )
+        for counts, _ in shards:
+            for name, count in counts.items():
+                total[name] = total.get(name, 0) + count
+        return {name: count for name, count in total.items() if count}
+
+    async def page(
+        self,
+        *,
+        client_id: str | None = None,
+        before: int = 0,
+        size: int,
+        status: JobStatus = 0,
+        scan_limit: int,
+    ) -> tuple[list[animation_pb2.JobState], int]:
+        """One page of a listing, newest first: (the jobs, the position to go on from,
+        0 at the end).
+
+        Every job's listing, or ``client_id``'s; positions below ``before`` (0: from the
+        newest); at most ``size`` jobs, of ``status`` when it is set. At most
+        ``scan_limit`` positions are read (a deleted job leaves its position empty, a
+        filter skips jobs), so a page can be short while the position returned is not 0.
+        A position never changes: a job created meanwhile is above the first page, a job
+        deleted meanwhile is not shown, and no job comes twice.
+        """
+        scope = list_scope(client_id)
+        top = before - 1 if before > 0 else (await self._read_head(scope))[0]
+        found: list[animation_pb2.JobState] = []
+        position = top
+        bottom = max(0, top - scan_limit)
+        while position > bottom and len(found) < size:
+            chunk = range(position, max(bottom, position - (size - len(found)) - 8), -1)
+            states = await asyncio.gather(*(self._state_at(scope, p) for p in chunk))
+            for p, state in zip(chunk, states, strict=True):
+                position = p - 1
+                if state is not None and (not status or state.status == status):
+                    found.append(state)
+                    if len(found) == size:
+                        break
+        return found, position + 1 if position > 0 else 0
+
+    async def _state_at(self, scope: str, position: int) -> animation_pb2.JobState | None:
+        try:
+            entry = await self.jobs.get(_entry_key(scope, position))
+            return (await self.get(entry.value.decode()))[0] if entry.value else None
+        except (nats.js.errors.NotFoundError, JobNotFound, ValueError):
+            return None  # an empty position: a deleted job (or a create that lost)
+
+    async def open_jobs(self) -> list[animation_pb2.JobState]:
+        """Every unfinished job, from the unfinished entries (one read per entry)."""
+        ids = [key.removeprefix(OPEN_PREFIX) for key in await self.jobs.keys_under(OPEN_PREFIX)]
+        found = await asyncio.gather(*(self._maybe(job_id) for job_id in ids))
+        unfinished = []
+        for job_id, (state, revision) in zip(ids, found, strict=True):
+            if state is not None and not is_terminal(state.status):
+                unfinished.append(state)
+            else:  # left behind (see _try_update); a resume after the read keeps its own
+                await self._drop_entry(
+                    OPEN_PREFIX + job_id, before=revision + 1 if revision else None
+                )
+        return unfinished
+
+    async def finished_before(self, cutoff: float) -> AsyncIterator[animation_pb2.JobState]:
+        """Finished jobs that finished before ``cutoff`` (seconds since the epoch), the
+        earliest first, from the finished entries in the order they were written: the
+        walk ends at the first entry at or after ``cutoff``."""
+        after = 0
+        while (entry := await self.jobs.next_after(DONE_PREFIX, after)) is not None:
+            after = entry.revision
+            state, revision = await self._maybe(entry.key.removeprefix(DONE_PREFIX))
+            if state is None or not is_terminal(state.status):
+                # Left behind (see _try_update and delete); a finish after the read stays.
+                await self._drop_entry(entry.key, before=revision + 1 if revision else None)
+                continue
+            if float(entry.value or b"0") >= cutoff:
+                return
+            yield state
+
+    async def _maybe(self, job_id: str) -> tuple[animation_pb2.JobState | None, int]:
+        """The job and its revision, or (None, 0) when there is none."""
+        try:
+            return await self.get(job_id)
+        except (JobNotFound, ValueError):
+            return None, 0
+
+    async def list(self) -> list[str]:
+        """Ids of every stored job, sorted: a scan of every key (the index rebuild and
+        tests; listings and sweeps use the indexes)."""
+        return sorted(k for k in await self.jobs.keys_under(one_token=True) if is_job_id(k))
+
+    async def ensure_index(self, *, wait_s: float = 600.0) -> None:
+        """Index the jobs of a bucket written before the indexes existed, once.
+
+        The planner calls this at start: one read when the index is there. Otherwise one
+        replica takes the build lock and runs :meth:`rebuild_index` (one read and one
+        write per job: about a minute per 100,000 jobs), and the others wait for it.
+        Jobs written meanwhile by planners of an earlier version are not indexed: stop
+        those before starting this version.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if (await self.jobs.get(INDEX_VERSION_KEY)).value == INDEX_VERSION:
+                    return
+            except nats.js.errors.NotFoundError:
+                pass
+            now = time.time()
+            try:
+                await self.jobs.create(INDEX_LOCK_KEY, str(now).encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                lock = await self.jobs.get(INDEX_LOCK_KEY)
+                if now - float(lock.value or b"0") < INDEX_LOCK_S:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the job index is still being built") from None
+                    await asyncio.sleep(1.0)  # another replica is building it
+                    continue
+                try:  # the builder died: take its lock over
+                    await self.jobs.update(INDEX_LOCK_KEY, str(now).encode(), last=lock.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+            log.info("building the job index")
+            count = await self.rebuild_index()
+            await self.jobs.put(INDEX_VERSION_KEY, INDEX_VERSION)
+            await self.jobs.purge(INDEX_LOCK_KEY)
+            log.info("job index built", extra={"jobs": count})
+            return
+
+    async def rebuild_index(self, *, concurrency: int = 128) -> int:
+        """Index every stored job anew; how many. A scan of the whole bucket, for a
+        bucket written without the indexes (:meth:`ensure_index`): run it while no
+        planner writes jobs."""
+        for prefix in (LIST_PREFIX, COUNTS_PREFIX, OPEN_PREFIX, DONE_PREFIX):
+            for key in await self.jobs.keys_under(prefix):
+                await self.jobs.purge(key)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def read(job_id: str) -> tuple[animation_pb2.JobState, int] | None:
+            async with limit:
+                try:
+                    return await self.get(job_id)
+                except JobNotFound:
+                    return None
+
+        found = [s for s in await asyncio.gather(*map(read, await self.list())) if s]
+        found.sort(key=lambda s: (s[0].created_at.ToNanoseconds(), s[0].job_id))
+        heads: dict[str, int] = {}
+        counts: dict[str, dict[str, int]] = {}
+        entries: list[Write] = []
+        for state, _ in found:
+            everyone, client = list_scope(None), list_scope(state.request.client_id)
+            state.list_position = heads[everyone] = heads.get(everyone, 0) + 1
+            state.client_list_position = heads[client] = heads.get(client, 0) + 1
+            entries.append(Write(_entry_key(everyone, state.list_position), state.job_id.encode()))
+            entries.append(
+                Write(_entry_key(client, state.client_list_position), state.job_id.encode())
+            )
+            _count(counts.setdefault(_counts_key(state.job_id), {}), state.status, +1)
+
+        async def write(key: str, value: bytes, last: int | None = None) -> None:
+            async with limit:
+                if last is None:
+                    await self.jobs.put(key, value)
+                else:
+                    await self.jobs.update(key, value, last=last)
+
+        await asyncio.gather(
+            *(write(s.job_id, s.SerializeToString(), last=rev) for s, rev in found),
+            *(write(w.key, w.value) for w in entries),
+            *(write(_head_key(scope), str(n).encode()) for scope, n in heads.items()),
+            *(write(key, _json(shard)) for key, shard in counts.items()),
+            *(write(OPEN_PREFIX + s.job_id, b"") for s, _ in found if not is_terminal(s.status)),
+        )
+        # One at a time, in the order the jobs finished: finished_before walks them in
+        # the order they were written.
+        done = sorted(
+            (s for s, _ in found if is_terminal(s.status)),
+            key=lambda s: s.updated_at.ToNanoseconds(),
+        )
+        for state in done:
+            await self.jobs.put(_status_entry(state).key, _status_entry(state).value)
+        return len(found)
 
     # -- the per-client cap ---------------------------------------------------
 

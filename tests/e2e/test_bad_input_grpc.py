@@ -67,7 +67,15 @@ OTHER_CALLS = [
         "list-page-token",
         "ListAnimations",
         animation_pb2.ListAnimationsRequest(page_token="../x"),
-        "page_token: must be a token from a previous page",
+        "page_token: must be the next_page_token of a previous page of the same listing "
+        "(same client_id), got '../x'",
+    ),
+    (
+        "list-status",
+        "ListAnimations",
+        animation_pb2.ListAnimationsRequest(status=99),
+        "status: must be one of PENDING, PLANNING, RENDERING, ASSEMBLING, COMPLETED, FAILED, "
+        "CANCELLED or unset, got 99",
     ),
     (
         "upload-content-type",

@@ -7,6 +7,10 @@ imports these tests with ``from support.jobstore_cases import *``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 import pytest
 
 from ghibli_anim.contracts import keys, lifecycle
@@ -21,23 +25,30 @@ from ghibli_anim.runtime.jobstore import (
 )
 
 __all__ = [
+    "test_a_cursor_holds_while_jobs_come_and_go",
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
     "test_a_mutation_that_changes_nothing_writes_nothing",
+    "test_a_rebuild_indexes_jobs_written_without_the_index",
     "test_a_release_keeps_a_claim_taken_over_meanwhile",
     "test_a_replacement_state_is_written",
     "test_a_slot_whose_job_never_came_is_freed_after_the_grace",
     "test_a_status_change_the_table_refuses_is_refused",
     "test_always_losing_the_race_gives_up",
     "test_an_idempotency_claim_is_released_only_by_its_owner",
+    "test_counters_follow_every_status_change_and_delete",
     "test_create_refuses_a_taken_id",
     "test_create_then_get_stamps_the_times",
+    "test_creates_racing_for_the_head_each_get_their_own_place",
+    "test_entries_left_by_a_writer_that_died_are_dropped_by_the_sweeps",
     "test_expect_status_guards_the_update",
     "test_get_of_a_missing_or_malformed_id",
     "test_idempotency_claims",
     "test_list_and_delete",
+    "test_listings_are_newest_first_by_client_and_by_status",
     "test_slot_records_are_not_jobs",
     "test_slots_cap_a_clients_unfinished_jobs",
+    "test_unfinished_and_finished_entries",
     "test_update_applies_a_transition_and_writes_once",
 ]
 
@@ -60,8 +71,9 @@ class TakenOverBeforeDelete:
 
 
 class Racing:
-    """A bucket whose updates lose the compare-and-swap ``races`` times: before each of
-    those, another writer changes the job (its title gets a "+")."""
+    """A bucket whose job writes (a plain update, or an atomic batch with a status change)
+    lose the compare-and-swap ``races`` times: before each of those, another writer
+    changes the job (its title gets a "+")."""
 
     def __init__(self, inner, races: int) -> None:
         self.inner = inner
@@ -70,14 +82,22 @@ class Racing:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    async def update(self, key, value, last=None):
-        if self.races > 0:
+    async def _race(self, key: str) -> None:
+        if self.races > 0 and keys.is_job_id(key):
             self.races -= 1
             entry = await self.inner.get(key)
             other = animation_pb2.JobState.FromString(entry.value)
             other.title += "+"
             await self.inner.update(key, other.SerializeToString(), last=entry.revision)
+
+    async def update(self, key, value, last=None):
+        await self._race(key)
         return await self.inner.update(key, value, last=last)
+
+    async def commit(self, writes):
+        if writes[0].last:  # a change of a stored job (a create expects none)
+            await self._race(writes[0].key)
+        return await self.inner.commit(writes)
 
 
 def new_state(status: int = lifecycle.PENDING) -> animation_pb2.JobState:
@@ -306,3 +326,205 @@ async def test_slot_records_are_not_jobs(jobs_kv, idem_kv):
     await store.claim_slot("alice", state.job_id, 3)
     await store.create(state)
     assert await store.list() == [state.job_id]
+
+
+# -- the indexes: listings, counters, unfinished and finished entries ---------------------
+
+
+def client_state(client: str, status: int = lifecycle.PENDING) -> animation_pb2.JobState:
+    state = new_state(status)
+    state.request.client_id = client
+    return state
+
+
+async def all_pages(store: JobStore, size: int, **query) -> list[list[str]]:
+    """Every page of a listing, as job ids."""
+    pages, before = [], 0
+    while True:
+        found, before = await store.page(before=before, size=size, scan_limit=50, **query)
+        pages.append([s.job_id for s in found])
+        if not before:
+            return pages
+
+
+async def listed(store: JobStore, size: int, **query) -> list[str]:
+    """A whole listing, page after page, as job ids."""
+    return [job_id for page in await all_pages(store, size, **query) for job_id in page]
+
+
+async def recount(store: JobStore) -> dict[str, int]:
+    """Jobs by status name, from every job (what the counters must say)."""
+    counts: dict[str, int] = {}
+    for job_id in await store.list():
+        name = lifecycle.status_name((await store.get(job_id))[0].status)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def test_listings_are_newest_first_by_client_and_by_status(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for i in range(7):
+        state = client_state("alice" if i % 2 else "bob", lifecycle.PENDING)
+        await store.create(state)
+        made.append(state)
+    newest_first = [s.job_id for s in reversed(made)]
+    assert await listed(store, 3) == newest_first
+    assert await all_pages(store, 3) == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    alice = [s.job_id for s in reversed(made) if s.request.client_id == "alice"]
+    assert await listed(store, 2, client_id="alice") == alice
+    assert await all_pages(store, 2, client_id="nobody") == [[]]
+    # Positions: every job's, and its client's (1, 2, 3 for alice's three jobs).
+    stored = [(await store.get(s.job_id))[0] for s in made]
+    assert [s.list_position for s in stored] == list(range(1, 8))
+    assert [s.client_list_position for s in stored if s.request.client_id == "alice"] == [1, 2, 3]
+    await store.update(made[1].job_id, lambda s: lifecycle.failed(s, "x"))
+    await store.update(made[4].job_id, lambda s: lifecycle.failed(s, "x"))
+    failed = await all_pages(store, 5, status=lifecycle.FAILED)
+    assert [j for page in failed for j in page] == [made[4].job_id, made[1].job_id]
+    # A scan limit bounds each call: a short page, and a position to go on from.
+    found, before = await store.page(size=5, status=lifecycle.FAILED, scan_limit=2)
+    assert found == [] and before == 6
+    found, before = await store.page(before=before, size=5, status=lifecycle.FAILED, scan_limit=2)
+    assert [s.job_id for s in found] == [made[4].job_id] and before == 4
+
+
+async def test_a_cursor_holds_while_jobs_come_and_go(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for _ in range(9):
+        state = client_state("alice", lifecycle.COMPLETED)
+        await store.create(state)
+        made.append(state.job_id)
+    newest_first = made[::-1]
+    first, before = await store.page(size=3, scan_limit=50)
+    assert [s.job_id for s in first] == newest_first[:3]
+    # Meanwhile: three new jobs, one shown job deleted, one not yet shown deleted.
+    for _ in range(3):
+        await store.create(client_state("alice", lifecycle.PENDING))
+    await store.delete(newest_first[1])
+    await store.delete(newest_first[4])
+    rest, pages = [], 0
+    while before:
+        found, before = await store.page(before=before, size=3, scan_limit=50)
+        rest += [s.job_id for s in found]
+        pages += 1
+    # The older jobs, each once, in order; none of the new ones; not the deleted one.
+    assert rest == [j for j in newest_first[3:] if j != newest_first[4]]
+    assert pages == 2
+
+
+async def test_counters_follow_every_status_change_and_delete(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    assert await store.counts() == {}
+    states = [client_state(f"c{i % 3}") for i in range(12)]
+    for state in states:
+        await store.create(state)
+    for state in states[:8]:
+        await store.update(state.job_id, lifecycle.start_planning)
+    for state in states[:3]:
+        await store.update(state.job_id, lambda s: lifecycle.failed(s, "x"))
+    for state in states[3:5]:
+        await store.update(state.job_id, lifecycle.cancelled)
+    await store.update(states[0].job_id, lambda s: lifecycle.resumed(s, []))
+    await store.delete(states[1].job_id)
+    await store.delete(states[3].job_id)
+    counts = await store.counts()
+    assert counts == await recount(store)
+    assert counts == {"PENDING": 5, "PLANNING": 3, "FAILED": 1, "CANCELLED": 1}
+
+
+async def test_unfinished_and_finished_entries(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    running = client_state("a", lifecycle.RENDERING)
+    first, second = client_state("a", lifecycle.RENDERING), client_state("a", lifecycle.RENDERING)
+    for state in (running, first, second):
+        await store.create(state)
+    assert sorted(s.job_id for s in await store.open_jobs()) == sorted(
+        [running.job_id, first.job_id, second.job_id]
+    )
+    await store.update(first.job_id, lifecycle.cancelled)
+    await store.update(second.job_id, lambda s: lifecycle.failed(s, "x"))
+    assert [s.job_id for s in await store.open_jobs()] == [running.job_id]
+    finished = [s.job_id async for s in store.finished_before(time.time() + 60)]
+    assert finished == [first.job_id, second.job_id]  # in the order they finished
+    assert [s.job_id async for s in store.finished_before(0)] == []  # nothing that early
+    # A resume makes a job unfinished again: out of the finished walk, back in the open set.
+    await store.update(first.job_id, lambda s: lifecycle.resumed(s, []))
+    assert [s.job_id async for s in store.finished_before(time.time() + 60)] == [second.job_id]
+    assert sorted(s.job_id for s in await store.open_jobs()) == sorted(
+        [running.job_id, first.job_id]
+    )
+    # A delete takes every entry of the job with it.
+    await store.delete(second.job_id)
+    assert [s.job_id async for s in store.finished_before(time.time() + 60)] == []
+    left = await jobs_kv.keys_under()
+    assert not [k for k in left if second.job_id in k]
+
+
+async def test_entries_left_by_a_writer_that_died_are_dropped_by_the_sweeps(jobs_kv, idem_kv):
+    # A status change is one atomic write; only the drop of the entry the job left comes
+    # after it. A writer killed in between leaves that entry: the sweeps drop it, and the
+    # counters never saw two writes.
+    store = JobStore(jobs_kv, idem_kv)
+    done, resumed = client_state("a", lifecycle.RENDERING), client_state("a", lifecycle.FAILED)
+    await store.create(done)
+    await store.create(resumed)
+
+    class Dies(Exception):
+        pass
+
+    class DiesBeforeTheDrop:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        async def purge(self, key, before=None):
+            raise Dies
+
+    dying = JobStore(DiesBeforeTheDrop(jobs_kv), idem_kv)
+    with contextlib.suppress(Dies):
+        await dying.update(done.job_id, lifecycle.cancelled)
+    with contextlib.suppress(Dies):
+        await dying.update(resumed.job_id, lambda s: lifecycle.resumed(s, []))
+    left = await jobs_kv.keys_under()
+    assert "open." + done.job_id in left and "done." + resumed.job_id in left
+    assert await store.counts() == await recount(store) == {"CANCELLED": 1, "PENDING": 1}
+    assert [s.job_id for s in await store.open_jobs()] == [resumed.job_id]
+    assert [s.job_id async for s in store.finished_before(time.time() + 60)] == [done.job_id]
+    left = await jobs_kv.keys_under()
+    assert "open." + done.job_id not in left and "done." + resumed.job_id not in left
+
+
+async def test_creates_racing_for_the_head_each_get_their_own_place(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    states = [client_state("alice" if i % 2 else "bob") for i in range(12)]
+    await asyncio.gather(*(store.create(s) for s in states))
+    stored = [(await store.get(s.job_id))[0] for s in states]
+    assert sorted(s.list_position for s in stored) == list(range(1, 13))
+    assert sorted(await listed(store, 5)) == sorted(s.job_id for s in states)
+    assert await store.counts() == {"PENDING": 12}
+
+
+async def test_a_rebuild_indexes_jobs_written_without_the_index(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    old = []
+    for i, status in enumerate([lifecycle.COMPLETED, lifecycle.RENDERING, lifecycle.FAILED]):
+        state = client_state("alice", status)
+        state.created_at.FromSeconds(1000 + i)
+        state.updated_at.FromSeconds(2000 - i)  # the last created finished first
+        await jobs_kv.create(state.job_id, state.SerializeToString())  # as an old planner did
+        old.append(state.job_id)
+    await store.ensure_index()
+    assert await listed(store, 2) == old[::-1]
+    assert await listed(store, 2, client_id="alice") == old[::-1]
+    assert await store.counts() == await recount(store)
+    assert [s.job_id for s in await store.open_jobs()] == [old[1]]
+    assert [s.job_id async for s in store.finished_before(1e10)] == [old[2], old[0]]
+    # Once built, it is not built again: a job written behind the index stays unlisted.
+    stray = client_state("alice")
+    await jobs_kv.create(stray.job_id, stray.SerializeToString())
+    await store.ensure_index()
+    assert stray.job_id not in await listed(store, 5)

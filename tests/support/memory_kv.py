@@ -1,21 +1,26 @@
 """An in-memory stand-in for a NATS JetStream KV bucket (``nats.js.kv.KeyValue``).
 
 For unit tests of the job store without a server. It keeps only what the job store uses
-(``create``, ``get``, ``update(last=)``, ``delete(last=)``, ``purge``, ``keys``) with the
-server's semantics: one revision counter per bucket, ``KeyWrongLastSequenceError`` on a
-stale or taken revision (for a delete, the server's plain ``BadRequestError``), and
-``KeyNotFoundError`` for a missing or deleted key. The same
+(``create``, ``get``, ``put``, ``update(last=)``, ``delete(last=)``, ``purge(before=)``,
+``keys``, and :class:`~ghibli_anim.runtime.jobstore.JobsBucket`'s ``commit``,
+``keys_under`` and ``next_after``) with the server's semantics: one revision counter per
+bucket (a key's revision is its place in the stream, so a rewrite moves it to the end),
+``KeyWrongLastSequenceError`` on a stale or taken revision (for a delete, the server's
+plain ``BadRequestError``), an atomic ``commit`` that checks every expected revision
+before writing any, and ``KeyNotFoundError`` for a missing or deleted key. The same
 contract tests run against a real bucket (tests/integration/runtime/test_jobstore.py),
 so the two cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import nats.js.errors
 from nats.js.kv import KeyValue
+
+from ghibli_anim.runtime.jobstore import Entry, Write
 
 
 @dataclass
@@ -80,8 +85,15 @@ class MemoryKV:
         self._next()
         return True
 
-    async def purge(self, key: str) -> bool:
-        self._values.pop(key, None)
+    async def put(self, key: str, value: bytes) -> int:
+        if self.before_write is not None:
+            self.before_write(key)
+        return self._written(key, value)
+
+    async def purge(self, key: str, before: int | None = None) -> bool:
+        current = self._values.get(key)
+        if current is not None and (before is None or current[1] < before):
+            del self._values[key]
         self._next()
         return True
 
@@ -89,6 +101,43 @@ class MemoryKV:
         if not self._values:
             raise nats.js.errors.NoKeysError
         return list(self._values)
+
+    async def keys_under(self, prefix: str = "", *, one_token: bool = False) -> list[str]:
+        return [
+            k
+            for k in self._values
+            if k.startswith(prefix) and not (one_token and "." in k[len(prefix) :])
+        ]
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        for write in writes:
+            if self.before_write is not None:
+                self.before_write(write.key)
+        for write in writes:  # every check first: all or nothing
+            have = self._values[write.key][1] if write.key in self._values else 0
+            if write.last is not None and have != write.last:
+                raise nats.js.errors.KeyWrongLastSequenceError(
+                    description=f"wrong last sequence: {have}"
+                )
+        revision = 0
+        for write in writes:
+            if write.purge:
+                self._values.pop(write.key, None)
+                revision = self._next()
+            else:
+                revision = self._written(write.key, write.value)
+        return revision
+
+    async def next_after(self, prefix: str, revision: int) -> Entry | None:
+        later = [
+            (rev, key)
+            for key, (_, rev) in self._values.items()
+            if key.startswith(prefix) and rev > revision
+        ]
+        if not later:
+            return None
+        rev, key = min(later)
+        return Entry(key=key, value=self._values[key][0], revision=rev)
 
     def write_behind(self, key: str, value: bytes) -> None:
         """A concurrent writer's update, as another process would make it."""

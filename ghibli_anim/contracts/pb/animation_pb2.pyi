@@ -150,14 +150,16 @@ class ResumeAnimationRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListAnimationsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "status")
+    __slots__ = ("page_size", "page_token", "status", "client_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     status: _types_pb2.JobStatus
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ...) -> None: ...
+    client_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class ListAnimationsResponse(_message.Message):
     __slots__ = ("animations", "next_page_token")
@@ -216,7 +218,7 @@ class BusError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobState(_message.Message):
-    __slots__ = ("job_id", "status", "request", "seed", "frames", "attempt", "frame_specs", "frame_states", "error", "title", "planner_backend", "profile", "outputs", "created_at", "updated_at", "last_event_id")
+    __slots__ = ("job_id", "status", "request", "seed", "frames", "attempt", "frame_specs", "frame_states", "error", "title", "planner_backend", "profile", "outputs", "created_at", "updated_at", "last_event_id", "list_position", "client_list_position")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +235,8 @@ class JobState(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LIST_POSITION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: _types_pb2.JobStatus
     request: CreateAnimationRequest
@@ -249,4 +253,6 @@ class JobState(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     last_event_id: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., request: _Optional[_Union[CreateAnimationRequest, _Mapping]] = ..., seed: _Optional[int] = ..., frames: _Optional[int] = ..., attempt: _Optional[int] = ..., frame_specs: _Optional[_Iterable[_Union[_types_pb2.FrameSpec, _Mapping]]] = ..., frame_states: _Optional[_Iterable[_Union[_types_pb2.FrameState, _Mapping]]] = ..., error: _Optional[str] = ..., title: _Optional[str] = ..., planner_backend: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.Profile, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ...) -> None: ...
+    list_position: int
+    client_list_position: int
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., request: _Optional[_Union[CreateAnimationRequest, _Mapping]] = ..., seed: _Optional[int] = ..., frames: _Optional[int] = ..., attempt: _Optional[int] = ..., frame_specs: _Optional[_Iterable[_Union[_types_pb2.FrameSpec, _Mapping]]] = ..., frame_states: _Optional[_Iterable[_Union[_types_pb2.FrameState, _Mapping]]] = ..., error: _Optional[str] = ..., title: _Optional[str] = ..., planner_backend: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.Profile, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., list_position: _Optional[int] = ..., client_list_position: _Optional[int] = ...) -> None: ...

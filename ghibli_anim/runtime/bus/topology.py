@@ -157,6 +157,8 @@ class Bucket:
     history: int
     max_age_s: float | None
     description: str
+    atomic: bool = False
+    """Atomic multi-key writes (the job store's ``commit``; nats-server 2.12 or later)."""
 
 
 BUCKETS: tuple[Bucket, ...] = (
@@ -164,8 +166,9 @@ BUCKETS: tuple[Bucket, ...] = (
         JOBS_BUCKET,
         JOBS_HISTORY,
         None,
-        "One JobState per job, and one slot record per client (slots.<sha256>): "
-        "compare-and-swap only.",
+        "One JobState per job, its index entries (list., counts., open., done.) and one "
+        "slot record per client (slots.<sha256>): compare-and-swap and atomic batches only.",
+        atomic=True,
     ),
     Bucket(IDEM_BUCKET, 1, IDEM_MAX_AGE_S, "sha256(client, idempotency key) -> job id, for 24 h."),
 )
@@ -200,19 +203,23 @@ async def _ensure_kv(js: JetStreamContext, bucket: Bucket, replicas: int) -> Non
     )
     try:
         await js.create_key_value(config)
+        if not bucket.atomic:
+            return
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_EXISTS:
             raise
-        # The bucket exists with other limits: update its stream in place.
-        info = await js.stream_info(f"KV_{bucket.name}")
-        stream = info.config
-        stream.max_msgs_per_subject = bucket.history
-        stream.max_age = bucket.max_age_s or 0
-        stream.num_replicas = replicas
-        stream.description = bucket.description
-        if bucket.max_age_s and stream.duplicate_window > bucket.max_age_s:
-            stream.duplicate_window = bucket.max_age_s
-        await js.update_stream(stream)
+    # A new bucket that takes atomic batches (nats-py's KeyValueConfig has no such
+    # field), or one that exists with other limits: update its stream in place.
+    info = await js.stream_info(f"KV_{bucket.name}")
+    stream = info.config
+    stream.max_msgs_per_subject = bucket.history
+    stream.max_age = bucket.max_age_s or 0
+    stream.num_replicas = replicas
+    stream.description = bucket.description
+    stream.allow_atomic = bucket.atomic or None
+    if bucket.max_age_s and stream.duplicate_window > bucket.max_age_s:
+        stream.duplicate_window = bucket.max_age_s
+    await js.update_stream(stream)
 
 
 async def init_bus(

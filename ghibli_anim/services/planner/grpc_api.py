@@ -166,7 +166,8 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
 
     async def ListAnimations(self, request, context):
         return await self._call(
-            context, self.api.list(request.page_size, request.page_token, request.status)
+            context,
+            self.api.list(request.page_size, request.page_token, request.status, request.client_id),
         )
 
     async def DeleteAnimation(self, request, context):

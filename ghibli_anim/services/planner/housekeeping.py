@@ -6,6 +6,11 @@
 - every hour, with ``ANIM_RETENTION_DAYS`` set: delete finished jobs older than that;
 - at each metrics scrape: jobs by status (``anim_jobs{state}``).
 
+None of them reads every job: the time limit reads the unfinished jobs
+(:meth:`JobStore.open_jobs`), retention the finished entries up to the first one that is
+recent enough (:meth:`JobStore.finished_before`), and the scrape the status counters
+(:meth:`JobStore.counts`, kept exact by the atomic writes of every status change).
+
 Replicas may run these at the same time: every change is a compare-and-swap, so a job is
 failed or deleted once.
 """
@@ -14,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ghibli_anim.contracts import lifecycle
@@ -22,7 +26,7 @@ from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 from ghibli_anim.services.planner.conductor import Conductor
-from ghibli_anim.services.planner.jobs_api import JobsApi
+from ghibli_anim.services.planner.jobs_api import FailedPrecondition, JobsApi
 
 
 def started_at_cheaply(state: animation_pb2.JobState, now: float, limit_s: float) -> float | None:
@@ -43,18 +47,16 @@ class Housekeeping:
     api: JobsApi
     conductor: Conductor
 
-    async def _states(self) -> AsyncIterator[animation_pb2.JobState]:
-        for job_id in await self.jobs.list():
-            with contextlib.suppress(JobNotFound):  # deleted meanwhile
-                yield (await self.jobs.get(job_id))[0]
-
     async def expire(self, older_than_s: float, now: float | None = None) -> list[str]:
         """Delete finished jobs last updated more than ``older_than_s`` seconds ago."""
         now = time.time() if now is None else now
         expired = []
-        async for state in self._states():
+        async for state in self.jobs.finished_before(now - older_than_s):
             updated = state.updated_at.ToSeconds() if state.HasField("updated_at") else now
-            if lifecycle.is_terminal(state.status) and now - updated > older_than_s:
+            if now - updated <= older_than_s:
+                continue
+            # Resumed or deleted meanwhile: not this sweep's to delete.
+            with contextlib.suppress(JobNotFound, FailedPrecondition):
                 await self.api.delete(state.job_id)
                 expired.append(state.job_id)
         return expired
@@ -69,9 +71,7 @@ class Housekeeping:
         """
         now = time.time() if now is None else now
         failed = []
-        async for state in self._states():
-            if lifecycle.is_terminal(state.status):
-                continue
+        for state in await self.jobs.open_jobs():
             started = started_at_cheaply(state, now, limit_s)
             if started is None:
                 started = await self._attempt_started(state)
@@ -100,9 +100,5 @@ class Housekeeping:
         return await self.conductor.fail_job(job_id, reason, cause=state.last_event_id)
 
     async def job_counts(self) -> dict[str, int]:
-        """Every stored job by status name (``anim_jobs{state}``)."""
-        counts: dict[str, int] = {}
-        async for state in self._states():
-            name = lifecycle.status_name(state.status)
-            counts[name] = counts.get(name, 0) + 1
-        return counts
+        """Every stored job by status name (``anim_jobs{state}``), from the counters."""
+        return await self.jobs.counts()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,7 +33,7 @@ from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM, job_events_filter
 from ghibli_anim.runtime.bus.publish import announce
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
-from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, SlotsTaken
+from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, SlotsTaken, list_scope
 from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.services.planner.uploads import load_upload
 
@@ -56,9 +57,30 @@ def is_output(job_id: str, key: str) -> bool:
     return key[len(keys.job_prefix(job_id)) :] in _OUTPUT_NAMES
 
 
-def page_after(ids: Iterable[str], token: str) -> list[str]:
-    """Job ids after the page token, in order (ListAnimations pages by id)."""
-    return [i for i in sorted(ids) if i > token] if token else sorted(ids)
+_PAGE_TOKEN = re.compile(r"p([1-9][0-9]{0,18})(?:-([0-9a-f]{12}))?")
+
+
+def next_token(position: int, client_id: str) -> str:
+    """ListAnimations' next_page_token: where the listing goes on (a position in the job
+    store's index, which never changes), and for one client's listing, whose."""
+    if not position:
+        return ""
+    return f"p{position}" + (f"-{list_scope(client_id)[:12]}" if client_id else "")
+
+
+def parse_page_token(token: str, client_id: str) -> int:
+    """The position a page token goes on from (0 for none); ``ValueError`` naming
+    page_token for one that no earlier page of this listing gave."""
+    if not token:
+        return 0
+    found = _PAGE_TOKEN.fullmatch(token)
+    tag = list_scope(client_id)[:12] if client_id else None
+    if found is None or found.group(2) != tag:
+        raise ValueError(
+            "page_token: must be the next_page_token of a previous page of the same listing "
+            f"(same client_id), got {token!r:.40}"
+        )
+    return int(found.group(1))
 
 
 @dataclass
@@ -265,25 +287,31 @@ class JobsApi:
         return anim
 
     async def list(
-        self, page_size: int, page_token: str, status: int
+        self, page_size: int, page_token: str, status: int, client_id: str = ""
     ) -> animation_pb2.ListAnimationsResponse:
+        """Newest first, every job or one client's, from the job store's listing indexes:
+        a page reads its own jobs, not the history (:meth:`JobStore.page`). At most
+        ``LIST_SCAN_LIMIT`` positions per call, so with a status filter (or jobs deleted
+        in between) a page can be short, with a token to go on."""
         size = page_size or limits.DEFAULT_LIST_PAGE_SIZE
         limits.LIST_PAGE_SIZE.check("page_size", size)
-        if page_token and not keys.is_job_id(page_token):
-            raise ValueError("page_token: must be a token from a previous page")
-        out = animation_pb2.ListAnimationsResponse()
-        for job_id in page_after(await self.jobs.list(), page_token):
-            try:
-                state, _ = await self.jobs.get(job_id)
-            except JobNotFound:
-                continue  # deleted meanwhile
-            if status and state.status != status:
-                continue
-            out.animations.append(self.view(state, files=False))
-            if len(out.animations) == size:
-                out.next_page_token = job_id
-                break
-        return out
+        if status and status not in lifecycle.STATUSES:
+            raise ValueError(
+                f"status: must be one of {', '.join(lifecycle.STATUS_NAMES)} or unset, got {status}"
+            )
+        limits.check_text("client_id", client_id, limits.CLIENT_ID_CHARS, required=False)
+        before = parse_page_token(page_token, client_id)
+        states, position = await self.jobs.page(
+            client_id=client_id or None,
+            before=before,
+            size=size,
+            status=status,
+            scan_limit=max(limits.LIST_SCAN_LIMIT, size),
+        )
+        return animation_pb2.ListAnimationsResponse(
+            animations=[self.view(state, files=False) for state in states],
+            next_page_token=next_token(position, client_id),
+        )
 
     # -- cancel and resume ----------------------------------------------------
 

@@ -56,6 +56,7 @@ class PlannerService(Service):
     async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
         jobs = self.jobs = await JobStore.open(bus_.js)
+        await jobs.ensure_index()  # once, on a bucket written before the indexes
         self.api = JobsApi(
             bus=bus_,
             jobs=jobs,
@@ -114,8 +115,8 @@ class PlannerService(Service):
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def collect_metrics(self) -> list[metrics.Sample]:
-        """``anim_jobs{state}``: every job in KV by state, at each scrape (a scan of
-        the bucket; replicas report the same numbers: dashboards take the max)."""
+        """``anim_jobs{state}``: every job in KV by state, at each scrape (the status
+        counters, not a scan; replicas report the same numbers: dashboards take the max)."""
         return metrics.jobs_samples(await self.housekeeping.job_counts(), lifecycle.STATUS_NAMES)
 
     async def _time_out(self, limit_s: float) -> None:

@@ -230,7 +230,7 @@ class WebApp:
     async def _recent(self) -> tuple[list[dict[str, Any]], str]:
         """The recent jobs, or an empty list and why."""
         try:
-            animations = await self.client.list(page_size=limits.LIST_PAGE_SIZE.hi)
+            animations = await self.client.list(page_size=RECENT_JOBS, limit=RECENT_JOBS)
         except grpc.aio.AioRpcError as exc:
             return [], _grpc_error(exc)[1]
         return views.recent(animations, RECENT_JOBS), ""
@@ -336,7 +336,7 @@ class WebApp:
                 request, 400, f"limit: must be {limits.LIST_PAGE_SIZE.describe()}, got {raw!r:.40}"
             )
         try:
-            animations = await self.client.list(page_size=limits.LIST_PAGE_SIZE.hi)
+            animations = await self.client.list(page_size=limit, limit=limit)
         except grpc.aio.AioRpcError as exc:
             return self._error(request, *_grpc_error(exc))
         return JSONResponse({"jobs": views.recent(animations, limit)})

@@ -16,6 +16,7 @@ from ghibli_anim.contracts import keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.runtime import jobstore as jobs
 from ghibli_anim.runtime.bus.connection import Bus, connect
+from ghibli_anim.runtime.bus.names import JOBS_BUCKET
 from ghibli_anim.runtime.processes import NatsServer
 
 
@@ -136,3 +137,26 @@ async def test_a_burst_of_claims_admits_exactly_the_cap(nbus: Bus) -> None:
     admitted = await asyncio.gather(*(create() for _ in range(40)))
     assert sum(admitted) == 16
     assert len(await store.list()) == 16
+
+
+async def test_a_batch_cut_off_before_its_commit_writes_nothing(nbus: Bus) -> None:
+    # A planner killed in the middle of an atomic write: the server holds the messages it
+    # got, stores none of them, and drops them after 10 s. The job does not exist, the
+    # counters and the listing's head are untouched, and the next create gets the place.
+    store = await jobs.JobStore.open(nbus.js)
+    await store.create(new_state(OTHER_JOB))
+    before = await store.counts()
+    state = new_state()
+    for number, (key, value) in enumerate(
+        [(JOB, state.SerializeToString()), ("list.all.head", b"2"), ("list.all.2", JOB.encode())],
+        1,
+    ):
+        headers = {"Nats-Batch-Id": "cut-off", "Nats-Batch-Sequence": str(number)}
+        await nbus.nc.publish(f"$KV.{JOBS_BUCKET}.{key}", value, headers=headers)
+    await nbus.nc.flush()
+    with pytest.raises(jobs.JobNotFound):
+        await store.get(JOB)
+    assert await store.counts() == before == {"PENDING": 1}
+    await store.create(state)
+    assert [s.job_id for s in (await store.page(size=5, scan_limit=10))[0]] == [JOB, OTHER_JOB]
+    assert (await store.get(JOB))[0].list_position == 2

@@ -57,6 +57,9 @@ async def test_init_bus_is_idempotent_and_updates_consumers(nbus: Bus) -> None:
     assert jobs_kv.history == JOBS_HISTORY
     idem_kv = await (await js.key_value(IDEM_BUCKET)).status()
     assert idem_kv.ttl == IDEM_MAX_AGE_S
+    # The job store writes a status change and its index entries as one atomic batch.
+    assert (await js.stream_info(f"KV_{JOBS_BUCKET}")).config.allow_atomic
+    assert not (await js.stream_info(f"KV_{IDEM_BUCKET}")).config.allow_atomic
 
     # A changed AckWait/MaxDeliver updates the consumer; waiting work stays.
     await render(nbus)
