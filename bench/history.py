@@ -3,7 +3,9 @@ as the number of finished jobs in the store grows.
 
 A LocalStack on the ``tiny`` profile (nats-server, SeaweedFS, planner, renderer, depth,
 assembler as processes). One real 1-frame job runs first; its final record (as the planner
-wrote it) is cloned under new ids into the job bucket until it holds N finished jobs.
+wrote it) is cloned under new ids into the job bucket until it holds N finished jobs, which
+the job store then indexes (``JobStore.rebuild_index``, what a planner does once for a
+bucket written before the indexes: the same entries as creating each job would write).
 Then, for each N: ``--samples`` CreateAnimation calls (each job cancelled at once, so the
 renderers stay idle), GetAnimation of random history jobs, ListAnimations' first page,
 ``--jobs`` 1-frame jobs end to end (create to job.completed), and the planner's memory
@@ -67,7 +69,8 @@ async def _one_job(client: AnimationClient, seed: int) -> float:
 
 
 async def _seed_history(stack: LocalStack, template: animation_pb2.JobState, total: int) -> None:
-    """Clone ``template`` until the job bucket holds ``total`` finished jobs."""
+    """Clone ``template`` until the job bucket holds ``total`` finished jobs, then index
+    them (the planner is idle meanwhile)."""
     bus = await connect(config.load("client", stack.env()), "bench-history")
     try:
         store = await JobStore.open(bus.js)
@@ -83,6 +86,7 @@ async def _seed_history(stack: LocalStack, template: animation_pb2.JobState, tot
                 await store.jobs.create(state.job_id, state.SerializeToString())
 
         await asyncio.gather(*(put(i) for i in range(have, total)))
+        await store.rebuild_index()
     finally:
         await bus.close()
 

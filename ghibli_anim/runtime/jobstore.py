@@ -22,11 +22,12 @@ the cap's number of jobs, however many jobs the store keeps.
 **Indexes**, so that nothing the planner does on a request or a timer reads every job
 (their keys all hold a dot, so none is ever a job id):
 
-- ``list.all.<n>`` and ``list.<sha256 of the client>.<n>``: the job at position ``n`` of
-  every job's listing and of its client's, positions counted from 1 in the order jobs were
-  created, with the newest position in ``list.<scope>.head``. A page is read from the
-  head down (:meth:`JobStore.page`): its own entries and jobs, whatever the history. A
-  position never changes (a deleted job's stays empty), so a page token is a position.
+- ``list.all.*`` and ``list.<sha256 of the client>.*``: every job's listing and its
+  client's, by position, counted from 1 in the order jobs were created. ``.<k>`` holds
+  the ids of positions ``64k+1 .. 64k+64`` once they are all taken, ``.head`` the newest
+  position and the ids after the last full block. A page is read from the head down
+  (:meth:`JobStore.page`): one or two records and its own jobs, whatever the history. A
+  position never changes (a deleted job's is blanked), so a page token is a position.
 - ``counts.<shard>``: how many jobs are in each status, spread over ``COUNT_SHARDS``
   records by job id (:meth:`JobStore.counts`, the metrics scrape).
 - ``open.<id>`` while a job is unfinished (the time limit's :meth:`JobStore.open_jobs`),
@@ -51,7 +52,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -84,6 +85,8 @@ COUNT_SHARDS = 8
 different jobs seldom race for the same one."""
 
 LIST_PREFIX = "list."
+LIST_BLOCK = 64
+"""Positions per block record of a listing: a page of 50 reads one or two records."""
 COUNTS_PREFIX = "counts."
 OPEN_PREFIX = "open."
 DONE_PREFIX = "done."
@@ -153,8 +156,38 @@ def _head_key(scope: str) -> str:
     return f"{LIST_PREFIX}{scope}.head"
 
 
-def _entry_key(scope: str, position: int) -> str:
-    return f"{LIST_PREFIX}{scope}.{position}"
+def _block_key(scope: str, block: int) -> str:
+    return f"{LIST_PREFIX}{scope}.{block}"
+
+
+@dataclass
+class _Head:
+    """A listing's head: its newest position and the ids of the positions after the last
+    full block (``n % LIST_BLOCK`` of them), as stored, with the revision read."""
+
+    n: int = 0
+    ids: list[str] = field(default_factory=list)
+    revision: int = 0
+
+    @property
+    def full_blocks(self) -> int:
+        return self.n // LIST_BLOCK
+
+    def value(self) -> bytes:
+        return _json({"n": self.n, "ids": self.ids})
+
+    def appended(self, scope: str, job_id: str) -> tuple[int, list[Write]]:
+        """The position of a new job, and the writes that put it there: the head, and
+        the block it fills when it fills one (written once, whole)."""
+        position = self.n + 1
+        ids = [*self.ids, job_id]
+        writes = []
+        if len(ids) == LIST_BLOCK:
+            writes.append(Write(_block_key(scope, self.full_blocks), _json(ids), last=0))
+            ids = []
+        head = _Head(position, ids)
+        writes.append(Write(_head_key(scope), head.value(), last=self.revision))
+        return position, writes
 
 
 def _counts_key(job_id: str) -> str:
@@ -360,20 +393,18 @@ class JobStore:
         job_id = stored.job_id
         everyone = list_scope(None)
         client = list_scope(stored.request.client_id)
-        (top, top_rev), (mine, mine_rev), (counts, counts_rev) = await asyncio.gather(
+        top, mine, (counts, counts_rev) = await asyncio.gather(
             self._read_head(everyone),
             self._read_head(client),
             self._read_counts(_counts_key(job_id)),
         )
-        stored.list_position = top + 1
-        stored.client_list_position = mine + 1
+        stored.list_position, in_all = top.appended(everyone, job_id)
+        stored.client_list_position, in_client = mine.appended(client, job_id)
         _count(counts, stored.status, +1)
         writes = [
             Write(job_id, stored.SerializeToString(), last=0),
-            Write(_head_key(everyone), str(top + 1).encode(), last=top_rev),
-            Write(_entry_key(everyone, top + 1), job_id.encode()),
-            Write(_head_key(client), str(mine + 1).encode(), last=mine_rev),
-            Write(_entry_key(client, mine + 1), job_id.encode()),
+            *in_all,
+            *in_client,
             Write(_counts_key(job_id), _json(counts), last=counts_rev),
             _status_entry(stored),
         ]
@@ -513,25 +544,24 @@ class JobStore:
         except retry.RetryError:
             raise ConcurrentUpdateError(f"job {job_id}: delete lost its race") from None
         # Purges of the subjects leave no marker behind. A planner that dies before they
-        # are done leaves entries that name a missing job: listings skip them, the sweeps
-        # drop them.
-        for key in (
-            job_id,
-            _status_entry(state).key,
-            _entry_key(list_scope(None), state.list_position),
-            _entry_key(list_scope(state.request.client_id), state.client_list_position),
-        ):
+        # are done leaves an entry that names a missing job: the sweeps drop it.
+        for key in (job_id, _status_entry(state).key):
             await self._drop_entry(key)
 
     async def _try_delete(self, job_id: str) -> animation_pb2.JobState:
         state, revision = await self.get(job_id)
-        counts, counts_rev = await self._read_counts(_counts_key(job_id))
+        (counts, counts_rev), *emptied = await asyncio.gather(
+            self._read_counts(_counts_key(job_id)),
+            self._emptied(list_scope(None), state.list_position, job_id),
+            self._emptied(list_scope(state.request.client_id), state.client_list_position, job_id),
+        )
         _count(counts, state.status, -1)
         try:
             await self.jobs.commit(
                 [
                     Write(job_id, last=revision, purge=True),
                     Write(_counts_key(job_id), _json(counts), last=counts_rev),
+                    *(write for write in emptied if write is not None),
                 ]
             )
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -540,13 +570,43 @@ class JobStore:
 
     # -- indexes ---------------------------------------------------------------
 
-    async def _read_head(self, scope: str) -> tuple[int, int]:
-        """(the newest position of a listing, the head's revision; 0 when none)."""
+    async def _read_head(self, scope: str) -> _Head:
         try:
             entry = await self.jobs.get(_head_key(scope))
         except nats.js.errors.NotFoundError:
-            return 0, 0
-        return int(entry.value or b"0"), entry.revision or 0
+            return _Head()
+        head = json.loads(entry.value or b"{}")
+        return _Head(head.get("n", 0), head.get("ids", []), entry.revision or 0)
+
+    async def _record_of(
+        self, scope: str, position: int, head: _Head
+    ) -> tuple[str, list[str], int, int]:
+        """The record that holds ``position`` of a listing: (its key, its ids, its
+        revision, the position of its first id)."""
+        block = (position - 1) // LIST_BLOCK
+        if block >= head.full_blocks:
+            return _head_key(scope), head.ids, head.revision, head.full_blocks * LIST_BLOCK + 1
+        try:
+            entry = await self.jobs.get(_block_key(scope, block))
+        except nats.js.errors.NotFoundError:
+            return _block_key(scope, block), [], 0, block * LIST_BLOCK + 1
+        return (
+            _block_key(scope, block),
+            json.loads(entry.value or b"[]"),
+            entry.revision or 0,
+            block * LIST_BLOCK + 1,
+        )
+
+    async def _emptied(self, scope: str, position: int, job_id: str) -> Write | None:
+        """The write that takes ``job_id`` off ``position`` of a listing (None: not there)."""
+        head = await self._read_head(scope)
+        key, ids, revision, first = await self._record_of(scope, position, head)
+        if not 0 <= position - first < len(ids) or ids[position - first] != job_id:
+            return None
+        ids = list(ids)
+        ids[position - first] = ""
+        value = _json({"n": head.n, "ids": ids}) if key == _head_key(scope) else _json(ids)
+        return Write(key, value, last=revision)
 
     async def _read_counts(self, key: str) -> tuple[dict[str, int], int]:
         """A shard of the status counters, and its revision."""
@@ -593,27 +653,32 @@ class JobStore:
         deleted meanwhile is not shown, and no job comes twice.
         """
         scope = list_scope(client_id)
-        top = before - 1 if before > 0 else (await self._read_head(scope))[0]
+        head = await self._read_head(scope)
+        top = min(before - 1, head.n) if before > 0 else head.n
         found: list[animation_pb2.JobState] = []
         position = top
         bottom = max(0, top - scan_limit)
         while position > bottom and len(found) < size:
-            chunk = range(position, max(bottom, position - (size - len(found)) - 8), -1)
-            states = await asyncio.gather(*(self._state_at(scope, p) for p in chunk))
-            for p, state in zip(chunk, states, strict=True):
+            # The records of the next positions, newest first; then their jobs, at once.
+            low = max(bottom, position - (size - len(found)) - 8)
+            firsts = sorted({(p - 1) // LIST_BLOCK for p in range(low + 1, position + 1)})
+            records = await asyncio.gather(
+                *(self._record_of(scope, b * LIST_BLOCK + 1, head) for b in firsts)
+            )
+            ids = {
+                first + i: job_id
+                for _, block_ids, _, first in records
+                for i, job_id in enumerate(block_ids)
+            }
+            chunk = range(position, low, -1)
+            states = await asyncio.gather(*(self._maybe(ids.get(p, "")) for p in chunk))
+            for p, (state, _) in zip(chunk, states, strict=True):
                 position = p - 1
                 if state is not None and (not status or state.status == status):
                     found.append(state)
                     if len(found) == size:
                         break
         return found, position + 1 if position > 0 else 0
-
-    async def _state_at(self, scope: str, position: int) -> animation_pb2.JobState | None:
-        try:
-            entry = await self.jobs.get(_entry_key(scope, position))
-            return (await self.get(entry.value.decode()))[0] if entry.value else None
-        except (nats.js.errors.NotFoundError, JobNotFound, ValueError):
-            return None  # an empty position: a deleted job (or a create that lost)
 
     async def open_jobs(self) -> list[animation_pb2.JobState]:
         """Every unfinished job, from the unfinished entries (one read per entry)."""
@@ -712,18 +777,24 @@ class JobStore:
 
         found = [s for s in await asyncio.gather(*map(read, await self.list())) if s]
         found.sort(key=lambda s: (s[0].created_at.ToNanoseconds(), s[0].job_id))
-        heads: dict[str, int] = {}
+        listings: dict[str, list[str]] = {}
         counts: dict[str, dict[str, int]] = {}
-        entries: list[Write] = []
         for state, _ in found:
-            everyone, client = list_scope(None), list_scope(state.request.client_id)
-            state.list_position = heads[everyone] = heads.get(everyone, 0) + 1
-            state.client_list_position = heads[client] = heads.get(client, 0) + 1
-            entries.append(Write(_entry_key(everyone, state.list_position), state.job_id.encode()))
-            entries.append(
-                Write(_entry_key(client, state.client_list_position), state.job_id.encode())
-            )
+            everyone = listings.setdefault(list_scope(None), [])
+            everyone.append(state.job_id)
+            state.list_position = len(everyone)
+            mine = listings.setdefault(list_scope(state.request.client_id), [])
+            mine.append(state.job_id)
+            state.client_list_position = len(mine)
             _count(counts.setdefault(_counts_key(state.job_id), {}), state.status, +1)
+        entries: list[Write] = []
+        for scope, ids in listings.items():
+            full = len(ids) // LIST_BLOCK
+            for block in range(full):
+                block_ids = ids[block * LIST_BLOCK : (block + 1) * LIST_BLOCK]
+                entries.append(Write(_block_key(scope, block), _json(block_ids)))
+            head = _Head(len(ids), ids[full * LIST_BLOCK :])
+            entries.append(Write(_head_key(scope), head.value()))
 
         async def write(key: str, value: bytes, last: int | None = None) -> None:
             async with limit:
@@ -735,7 +806,6 @@ class JobStore:
         await asyncio.gather(
             *(write(s.job_id, s.SerializeToString(), last=rev) for s, rev in found),
             *(write(w.key, w.value) for w in entries),
-            *(write(_head_key(scope), str(n).encode()) for scope, n in heads.items()),
             *(write(key, _json(shard)) for key, shard in counts.items()),
             *(write(OPEN_PREFIX + s.job_id, b"") for s, _ in found if not is_terminal(s.status)),
         )

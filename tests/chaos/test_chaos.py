@@ -22,6 +22,7 @@ from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.bus.consumer import pending
 from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.processes import LauncherError
 from ghibli_anim.runtime.store.s3 import S3Store
 
@@ -206,6 +207,112 @@ def test_planner_killed_mid_job(chaos_stack):
     job_id, events, anim = asyncio.run(main())
     assert anim.status == types_pb2.JOB_STATUS_COMPLETED, chaos_stack.logs()
     assert_exactly_once(chaos_stack, job_id, events, 8)
+
+
+async def index_report(stack: LocalStack) -> dict:
+    """What the job store's indexes say next to what the jobs themselves say."""
+    conn = await connect(config.load("client", stack.env()), "test", first_connect_timeout_s=10)
+    try:
+        store = await JobStore.open(conn.js)
+        states = [(await store.get(job_id))[0] for job_id in await store.list()]
+        recount: dict[str, int] = {}
+        for state in states:
+            name = types_pb2.JobStatus.Name(state.status).removeprefix("JOB_STATUS_")
+            recount[name] = recount.get(name, 0) + 1
+        listed, before = [], 0
+        while True:
+            found, before = await store.page(before=before, size=7, scan_limit=50)
+            listed += [s.job_id for s in found]
+            if not before:
+                break
+        by_client = {}
+        for client in {s.request.client_id for s in states}:
+            found, _ = await store.page(client_id=client, size=500, scan_limit=500)
+            by_client[client] = [s.job_id for s in found]
+        return {
+            "states": states,
+            "counts": await store.counts(),
+            "recount": recount,
+            "open": sorted(s.job_id for s in await store.open_jobs()),
+            "listed": listed,
+            "by_client": by_client,
+        }
+    finally:
+        await conn.close()
+
+
+def test_planner_killed_between_writes_leaves_exact_counters_and_indexes(chaos_stack):
+    """A planner crashes right after a job's atomic status change (before it drops the
+    entry the job left), and another is SIGKILLed in the middle of a burst of creates and
+    cancels: the counters still match the jobs, every job is listed once, newest first,
+    and the unfinished entries are exactly the unfinished jobs."""
+    chaos_stack.service("planner").kill()
+    faulty = chaos_stack.add("planner", env={"ANIM_FAULT": "index:-1:crash"})
+
+    async def crash_on_a_finish():
+        async with AnimationClient(faulty.target, timeout_s=10) as client:
+            jobs = [await client.create(request(frames=2, client_id="a")) for _ in range(3)]
+            with contextlib.suppress(Exception):  # the planner dies answering this one
+                await client.cancel(jobs[0].job_id)
+        return [j.job_id for j in jobs]
+
+    first = asyncio.run(crash_on_a_finish())
+    deadline = time.monotonic() + 20
+    while faulty.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert faulty.exit_code == 1, "the fault hook did not end the planner"
+
+    second = chaos_stack.add("planner")
+
+    async def burst():
+        async with AnimationClient(second.target, timeout_s=10) as client:
+            answered: list[str] = []
+            enough = asyncio.Event()
+
+            async def one(i: int) -> None:
+                with contextlib.suppress(Exception):  # cut off by the kill
+                    job = await client.create(request(frames=2, client_id=f"c{i % 4}"))
+                    answered.append(job.job_id)
+                    if len(answered) == 10:
+                        enough.set()
+                    if i % 3 == 0:
+                        await client.cancel(job.job_id)
+
+            tasks = [asyncio.create_task(one(i)) for i in range(40)]
+            await asyncio.wait_for(enough.wait(), 60)
+            second.kill()  # SIGKILL, with creates and cancels in flight
+            await asyncio.gather(*tasks)
+            return answered
+
+    answered = asyncio.run(burst())
+    third = chaos_stack.add("planner")
+
+    async def cancel_the_rest():
+        async with AnimationClient(third.target) as client:
+            everything = await client.list()
+            for anim in everything:
+                if anim.status not in (types_pb2.JOB_STATUS_CANCELLED,):
+                    with contextlib.suppress(Exception):
+                        await client.cancel(anim.job_id)
+            return [a.job_id for a in everything]
+
+    listed_by_api = asyncio.run(cancel_the_rest())
+    report = asyncio.run(index_report(chaos_stack))
+    states = report["states"]
+    ids = {s.job_id for s in states}
+    assert set(first) <= ids and set(answered) <= ids
+    assert 10 <= len(answered) < 40, len(answered)  # the kill landed mid-burst
+    assert report["counts"] == report["recount"], report
+    assert report["open"] == sorted(
+        s.job_id for s in states if s.status != types_pb2.JOB_STATUS_CANCELLED
+    )
+    # Every job once, newest first (by the position its create took).
+    assert sorted(report["listed"]) == sorted(ids)
+    position = {s.job_id: s.list_position for s in states}
+    assert [position[j] for j in report["listed"]] == sorted(position.values(), reverse=True)
+    assert sorted(listed_by_api) == sorted(ids)
+    for client, listed in report["by_client"].items():
+        assert sorted(listed) == sorted(s.job_id for s in states if s.request.client_id == client)
 
 
 def test_cancel_mid_job_stops_within_a_frame(chaos_stack):

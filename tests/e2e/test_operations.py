@@ -67,9 +67,9 @@ def test_cancel_and_list(stack):
             with pytest.raises(grpc.aio.AioRpcError) as too_late:
                 await client.cancel(done.job_id)
             listed = await client.list(page_size=2)
-            return cancelled, tail, final, again, too_late.value, listed, job.job_id
+            return cancelled, tail, final, again, too_late.value, listed, job.job_id, done.job_id
 
-    cancelled, tail, final, again, too_late, listed, job_id = asyncio.run(main())
+    cancelled, tail, final, again, too_late, listed, job_id, done_id = asyncio.run(main())
     assert cancelled.status == types_pb2.JOB_STATUS_CANCELLED
     kinds = [e.type for e in tail]
     assert bus_pb2.EVENT_TYPE_JOB_CANCELLED in kinds
@@ -81,6 +81,8 @@ def test_cancel_and_list(stack):
     assert too_late.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "COMPLETED" in too_late.details()
     assert job_id in {a.job_id for a in listed}  # pages of 2 walked to the end
+    assert len({a.job_id for a in listed}) == len(listed)  # each job once
+    assert [a.job_id for a in listed][:2] == [done_id, job_id]  # newest first
 
 
 def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):

@@ -9,7 +9,7 @@ and the message on stderr; a few cases run the real ``ghibli-anim`` program, for
 uploads (CreateUpload, a PUT to the presigned URL, then ``init_upload_id``).
 
 Every refused request must name the field and what is allowed, and leave nothing
-behind: the number of keys in KV ``anim-jobs`` and of objects under ``jobs/`` is the
+behind: the number of jobs in KV ``anim-jobs`` and of objects under ``jobs/`` is the
 same before and after (``assert_refused``). The tests that create jobs come last
 (tests/e2e/test_bad_input_nats.py, whose name sorts last), so the refusals run on a stack
 that holds no job.
@@ -32,7 +32,7 @@ import pytest
 from PIL import Image
 
 from ghibli_anim.cli import main as cli
-from ghibli_anim.contracts import limits
+from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE
@@ -419,14 +419,16 @@ def matches(actual: str, expected: str) -> bool:
 
 
 def counts(stack: LocalStack) -> tuple[int, int]:
-    """(keys in KV anim-jobs, objects under jobs/ in the bucket)."""
+    """(jobs in KV anim-jobs, objects under jobs/ in the bucket). Jobs, not keys: a job's
+    index entries are written with it, in one atomic write, and jobs that other tests
+    left running change their entries as they finish."""
 
     async def kv_keys() -> int:
         nc = await nats.connect(stack.nats.url)
         try:
             kv = await nc.jetstream().key_value(JOBS_BUCKET)
             try:
-                return len(await kv.keys())
+                return sum(1 for key in await kv.keys() if keys.is_job_id(key))
             except nats.js.errors.NoKeysError:
                 return 0
         finally:

@@ -17,6 +17,7 @@ from ghibli_anim.contracts import keys, lifecycle
 from ghibli_anim.contracts.lifecycle import InvalidTransition, UnexpectedStatus
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime.jobstore import (
+    LIST_BLOCK,
     ConcurrentUpdateError,
     JobExists,
     JobNotFound,
@@ -46,6 +47,7 @@ __all__ = [
     "test_idempotency_claims",
     "test_list_and_delete",
     "test_listings_are_newest_first_by_client_and_by_status",
+    "test_listings_span_full_blocks_and_the_head",
     "test_slot_records_are_not_jobs",
     "test_slots_cap_a_clients_unfinished_jobs",
     "test_unfinished_and_finished_entries",
@@ -528,3 +530,25 @@ async def test_a_rebuild_indexes_jobs_written_without_the_index(jobs_kv, idem_kv
     await jobs_kv.create(stray.job_id, stray.SerializeToString())
     await store.ensure_index()
     assert stray.job_id not in await listed(store, 5)
+
+
+async def test_listings_span_full_blocks_and_the_head(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for i in range(2 * LIST_BLOCK + 5):
+        state = client_state("alice" if i % 3 else "bob", lifecycle.COMPLETED)
+        await store.create(state)
+        made.append(state.job_id)
+    gone = [made[3], made[LIST_BLOCK + 7], made[-2]]  # in block 0, block 1, the head
+    for job_id in gone:
+        await store.delete(job_id)
+    newest_first = [j for j in reversed(made) if j not in gone]
+    assert await listed(store, 50) == newest_first
+    assert await listed(store, 7) == newest_first
+    bobs = [j for i, j in reversed(list(enumerate(made))) if i % 3 == 0 and j not in gone]
+    assert await listed(store, 10, client_id="bob") == bobs
+    # A rebuild from the jobs alone gives the same listings.
+    await store.rebuild_index()
+    assert await listed(store, 50) == newest_first
+    assert await listed(store, 10, client_id="bob") == bobs
+    assert await store.counts() == {"COMPLETED": len(newest_first)}
