@@ -86,7 +86,9 @@ async def _seed_history(stack: LocalStack, template: animation_pb2.JobState, tot
                 await store.jobs.create(state.job_id, state.SerializeToString())
 
         await asyncio.gather(*(put(i) for i in range(have, total)))
-        await store.rebuild_index()
+        started = time.monotonic()
+        indexed = await store.rebuild_index()
+        print(f"indexed {indexed} jobs in {time.monotonic() - started:.1f} s", flush=True)
     finally:
         await bus.close()
 

@@ -235,6 +235,9 @@ class Entry:
 
 _KV_OPERATION = "KV-Operation"
 _WRONG_LAST_SEQUENCE = 10071  # server error code: an expected revision did not match
+_BATCH_INCOMPLETE = 10176  # a message of the batch was refused (e.g. too many in flight)
+COMMITS_IN_FLIGHT = 16
+"""Atomic batches one process has open at once: the server takes 50 per stream."""
 
 
 class JobsBucket:
@@ -262,6 +265,7 @@ class JobsBucket:
         self._nc = nc
         self._stream = f"KV_{bucket}"
         self._prefix = f"$KV.{bucket}."
+        self._in_flight = asyncio.Semaphore(COMMITS_IN_FLIGHT)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._kv, name)
@@ -300,6 +304,17 @@ class JobsBucket:
         """Write every key of ``writes`` or none; the revision of the last one (the
         writes get consecutive revisions, in order). ``KeyWrongLastSequenceError`` when a
         key's revision is not the one expected."""
+        async with self._in_flight:
+            ack = await self._commit(writes)
+        if "error" in ack:
+            error = ack["error"]
+            if error.get("err_code") in (_WRONG_LAST_SEQUENCE, _BATCH_INCOMPLETE):
+                # Both mean: nothing was written, read again and retry.
+                raise nats.js.errors.KeyWrongLastSequenceError(error.get("description"))
+            nats.js.errors.APIError.from_error(error)
+        return int(ack["seq"])
+
+    async def _commit(self, writes: Sequence[Write]) -> dict:
         batch = uuid.uuid4().hex
         reply = None
         for number, write in enumerate(writes, 1):
@@ -317,13 +332,7 @@ class JobsBucket:
             reply = await self._nc.request(subject, write.value, headers=headers, timeout=10)
         if reply is None:
             raise ValueError("commit: no writes")
-        ack = json.loads(reply.data)
-        if "error" in ack:
-            error = ack["error"]
-            if error.get("err_code") == _WRONG_LAST_SEQUENCE:
-                raise nats.js.errors.KeyWrongLastSequenceError(error.get("description"))
-            nats.js.errors.APIError.from_error(error)
-        return int(ack["seq"])
+        return json.loads(reply.data)
 
     async def next_after(self, prefix: str, revision: int) -> Entry | None:
         """The first key under ``prefix`` whose last write came after ``revision``."""

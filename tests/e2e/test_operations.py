@@ -15,6 +15,7 @@ import time
 import grpc
 import pytest
 
+from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
@@ -83,6 +84,36 @@ def test_cancel_and_list(stack):
     assert job_id in {a.job_id for a in listed}  # pages of 2 walked to the end
     assert len({a.job_id for a in listed}) == len(listed)  # each job once
     assert [a.job_id for a in listed][:2] == [done_id, job_id]  # newest first
+
+
+def test_cli_list_is_newest_first_by_client_and_status(stack, capsys):
+    async def main():
+        async with AnimationClient(stack.planner_target) as client:
+            made = []
+            for client_id in ("lister", "lister", "someone-else"):
+                job = await client.create(request(frames=60, client_id=client_id))
+                await client.cancel(job.job_id)
+                made.append(job.job_id)
+            return made
+
+    first, second, other = asyncio.run(main())
+
+    def listed(*flags: str) -> list[str]:
+        capsys.readouterr()
+        assert cli.main(["list", "--server", stack.planner_target, *flags]) == 0
+        return [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+
+    assert listed("--client", "lister") == [second, first]
+    assert listed("--limit", "1") == [other]
+    assert listed("--client", "lister", "--status", "cancelled", "--limit", "5") == [
+        second,
+        first,
+    ]
+    assert listed("--client", "lister", "--status", "COMPLETED") == []
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["list", "--server", stack.planner_target, "--limit", "0"])
+    assert refused.value.code == 2
+    assert "--limit: must be an integer of at least 1, got '0'" in capsys.readouterr().err
 
 
 def test_resume_continues_a_cancelled_job_from_the_first_missing_frame(stack):
