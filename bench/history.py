@@ -9,9 +9,12 @@ bucket written before the indexes: the same entries as creating each job would w
 Then, for each N: ``--samples`` CreateAnimation calls (each job cancelled at once, so the
 renderers stay idle), GetAnimation of random history jobs, ListAnimations' first page,
 ``--jobs`` 1-frame jobs end to end (create to job.completed), and the planner's memory
-(RSS). Also, at the largest N, ``--burst`` concurrent creates of one client, all of which
-must be answered (admitted or RESOURCE_EXHAUSTED, never an error). Prints a table, then a
-last line ``create_p95_ms_<N>=<ms> list_p95_ms_<N>=<ms> e2e_ratio_<N>=<t(N)/t(0)>`` for the
+(RSS); also the first page of one client's jobs and of the FAILED ones (there are none:
+that call reads as far as its scan bound), and what the planner's timers read (the
+unfinished jobs, the status counters, the finished jobs up to the first recent one).
+Also, at the largest N, ``--burst`` concurrent creates of one client, all of which must be
+answered (admitted or RESOURCE_EXHAUSTED, never an error). Prints a table, then a last
+line ``create_p95_ms_<N>=<ms> list_p95_ms_<N>=<ms> e2e_ratio_<N>=<t(N)/t(0)>`` for the
 largest N.
 
     python bench/history.py [--sizes 0,1000,10000,100000] [--samples 30] [--jobs 3]
@@ -30,7 +33,7 @@ from pathlib import Path
 import grpc
 
 from ghibli_anim.contracts import config, keys, lifecycle
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
@@ -111,7 +114,7 @@ async def _measure(stack: LocalStack, args: argparse.Namespace, size: int) -> di
                 )
             ).animations
         ]
-        creates, gets, lists = [], [], []
+        creates, gets, lists, by_client, by_status = [], [], [], [], []
         for i in range(args.samples):
             started = time.monotonic()
             job = await client.create(_request(1_000_000 + i, client=f"bench-{size}"))
@@ -126,14 +129,47 @@ async def _measure(stack: LocalStack, args: argparse.Namespace, size: int) -> di
                 animation_pb2.ListAnimationsRequest(page_size=50), timeout=120
             )
             lists.append(time.monotonic() - started)
+            for query, times in (
+                ({"client_id": f"history-{i % 100}"}, by_client),
+                # No job in the history failed: the call reads as far as its scan bound.
+                ({"status": types_pb2.JOB_STATUS_FAILED}, by_status),
+            ):
+                started = time.monotonic()
+                await client.stub.ListAnimations(
+                    animation_pb2.ListAnimationsRequest(page_size=50, **query), timeout=120
+                )
+                times.append(time.monotonic() - started)
         e2e = [await _one_job(client, 2_000_000 + i) for i in range(args.jobs)]
     return {
         "creates": creates,
         "gets": gets,
         "lists": lists,
+        "by_client": by_client,
+        "by_status": by_status,
+        "timers": await _timers(stack, args.samples),
         "e2e": statistics.median(e2e),
         "rss": _rss_mb(stack),
     }
+
+
+async def _timers(stack: LocalStack, samples: int) -> list[float]:
+    """What the planner's timers read, through the job store: the unfinished jobs (time
+    limit), the status counters (metrics scrape) and the finished jobs up to the first one
+    within a day (retention, with nothing to expire)."""
+    bus = await connect(config.load("client", stack.env()), "bench-history")
+    try:
+        store = await JobStore.open(bus.js)
+        times = []
+        for _ in range(samples):
+            started = time.monotonic()
+            await store.open_jobs()
+            await store.counts()
+            async for _ in store.finished_before(time.time() - 86400):
+                pass
+            times.append(time.monotonic() - started)
+        return times
+    finally:
+        await bus.close()
 
 
 async def _burst(stack: LocalStack, count: int) -> tuple[int, int, int]:
@@ -205,15 +241,16 @@ def main() -> None:
     print()
     print(
         "| finished jobs | Create p50 / p95 ms | Get p50 ms | List p50 / p95 ms "
-        "| 1-frame job s | planner RSS MB |"
+        "| List by client / by status p95 ms | timers p95 ms | 1-frame job s | planner RSS MB |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for size, m in rows:
         get = f"{_ms(m['gets'], 0.5):.1f}" if m["gets"] else "-"
         print(
             f"| {size:,} | {_ms(m['creates'], 0.5):.1f} / {_ms(m['creates'], 0.95):.1f} | {get} "
-            f"| {_ms(m['lists'], 0.5):.1f} / {_ms(m['lists'], 0.95):.1f} | {m['e2e']:.2f} "
-            f"| {m['rss']:.0f} |"
+            f"| {_ms(m['lists'], 0.5):.1f} / {_ms(m['lists'], 0.95):.1f} "
+            f"| {_ms(m['by_client'], 0.95):.1f} / {_ms(m['by_status'], 0.95):.1f} "
+            f"| {_ms(m['timers'], 0.95):.1f} | {m['e2e']:.2f} | {m['rss']:.0f} |"
         )
     print(
         f"\n{args.burst} concurrent creates of one client (cap 16) with {sizes[-1]:,} jobs: "

@@ -26,6 +26,9 @@ def test_history_benchmark_small_run() -> None:
     lines = proc.stdout.splitlines()
     rows = [line for line in lines if re.match(r"^\| [\d,]+ \|", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["0", "120"]
+    for row in rows:  # every figure printed, timers and filtered listings included
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 8 and all(re.fullmatch(r"[\d.,/ -]+", c) for c in cells), row
     assert "24 concurrent creates of one client (cap 16) with 120 jobs: 16 admitted, 8 refused" in (
         proc.stdout
     )
