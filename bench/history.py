@@ -42,8 +42,8 @@ from ghibli_anim.runtime.jobstore import JobStore
 IDEA = "a lantern festival by the river"
 
 
-def _request(seed: int, client: str = "") -> animation_pb2.CreateAnimationRequest:
-    req = animation_pb2.CreateAnimationRequest(idea=IDEA, frames=1, seed=seed, profile="tiny")
+def _request(seed: int, client: str = "", frames: int = 1) -> animation_pb2.CreateAnimationRequest:
+    req = animation_pb2.CreateAnimationRequest(idea=IDEA, frames=frames, seed=seed, profile="tiny")
     req.client_id = client
     return req
 
@@ -178,7 +178,8 @@ async def _burst(stack: LocalStack, count: int) -> tuple[int, int, int]:
 
         async def create(i: int) -> str:
             try:
-                job = await client.create(_request(3_000_000 + i, client="burst"))
+                # Long jobs: none finishes (and frees its slot) while the burst lasts.
+                job = await client.create(_request(3_000_000 + i, client="burst", frames=120))
             except grpc.aio.AioRpcError as exc:
                 return "refused" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "error"
             return job.job_id

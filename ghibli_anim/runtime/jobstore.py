@@ -289,12 +289,6 @@ class JobsBucket:
                 return keys
             request["offset"] = len(keys)  # the server sends 100,000 subjects at most
 
-    async def keys(self) -> list[str]:
-        keys = await self.keys_under()
-        if not keys:
-            raise nats.js.errors.NoKeysError
-        return keys
-
     async def purge(self, key: str, before: int | None = None) -> bool:
         """Remove the key; with ``before``, only if its revision is below that (a
         conditional purge: a write that came later stays)."""
@@ -660,7 +654,12 @@ class JobStore:
         filter skips jobs), so a page can be short while the position returned is not 0.
         A position never changes: a job created meanwhile is above the first page, a job
         deleted meanwhile is not shown, and no job comes twice.
+
+        An unfinished ``status`` is looked up among the unfinished jobs instead (every one
+        of them read, however few match: no scan of the history, and no short page).
         """
+        if status and not is_terminal(status):
+            return await self._unfinished_page(client_id, before, size, status)
         scope = list_scope(client_id)
         head = await self._read_head(scope)
         top = min(before - 1, head.n) if before > 0 else head.n
@@ -689,15 +688,36 @@ class JobStore:
                         break
         return found, position + 1 if position > 0 else 0
 
-    async def open_jobs(self) -> list[animation_pb2.JobState]:
-        """Every unfinished job, from the unfinished entries (one read per entry)."""
+    async def _unfinished_page(
+        self, client_id: str | None, before: int, size: int, status: JobStatus
+    ) -> tuple[list[animation_pb2.JobState], int]:
+        def position(state: animation_pb2.JobState) -> int:
+            return state.list_position if client_id is None else state.client_list_position
+
+        matching = sorted(
+            (
+                s
+                for s in await self.open_jobs(tidy=False)
+                if s.status == status
+                and (client_id is None or s.request.client_id == client_id)
+                and (not before or position(s) < before)
+            ),
+            key=position,
+            reverse=True,
+        )
+        found = matching[:size]
+        return found, position(found[-1]) if len(matching) > size else 0
+
+    async def open_jobs(self, *, tidy: bool = True) -> list[animation_pb2.JobState]:
+        """Every unfinished job, from the unfinished entries (one read per entry);
+        ``tidy`` drops the entries of jobs that are no longer unfinished."""
         ids = [key.removeprefix(OPEN_PREFIX) for key in await self.jobs.keys_under(OPEN_PREFIX)]
         found = await asyncio.gather(*(self._maybe(job_id) for job_id in ids))
         unfinished = []
         for job_id, (state, revision) in zip(ids, found, strict=True):
             if state is not None and not is_terminal(state.status):
                 unfinished.append(state)
-            else:  # left behind (see _try_update); a resume after the read keeps its own
+            elif tidy:  # left behind (see _try_update); a resume after the read keeps its own
                 await self._drop_entry(
                     OPEN_PREFIX + job_id, before=revision + 1 if revision else None
                 )

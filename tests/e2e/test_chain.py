@@ -123,12 +123,15 @@ def test_job_created_over_the_bus_request_subject(stack):
 
 
 def _job_count(stack) -> tuple[int, int]:
+    """(jobs in KV anim-jobs: its keys that are job ids, not index entries; objects
+    under jobs/ in the bucket)."""
+
     async def kv_keys():
         nc = await nats.connect(stack.nats.url)
         try:
             kv = await nc.jetstream().key_value(JOBS_BUCKET)
             try:
-                return len(await kv.keys())
+                return sum(1 for key in await kv.keys() if keys.is_job_id(key))
             except nats.js.errors.NoKeysError:
                 return 0
         finally:

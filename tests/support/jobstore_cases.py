@@ -37,6 +37,7 @@ __all__ = [
     "test_a_status_change_the_table_refuses_is_refused",
     "test_always_losing_the_race_gives_up",
     "test_an_idempotency_claim_is_released_only_by_its_owner",
+    "test_an_unfinished_status_is_listed_from_the_unfinished_jobs",
     "test_counters_follow_every_status_change_and_delete",
     "test_create_refuses_a_taken_id",
     "test_create_then_get_stamps_the_times",
@@ -552,3 +553,26 @@ async def test_listings_span_full_blocks_and_the_head(jobs_kv, idem_kv):
     assert await listed(store, 50) == newest_first
     assert await listed(store, 10, client_id="bob") == bobs
     assert await store.counts() == {"COMPLETED": len(newest_first)}
+
+
+async def test_an_unfinished_status_is_listed_from_the_unfinished_jobs(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for i, status in enumerate([lifecycle.PENDING] * 5 + [lifecycle.RENDERING] * 2):
+        state = client_state("alice" if i % 2 else "bob", status)
+        await store.create(state)
+        made.append(state)
+    for _ in range(3):  # finished history that the lookup never reads
+        await store.create(client_state("alice", lifecycle.COMPLETED))
+    await store.update(made[2].job_id, lambda s: lifecycle.failed(s, "x"))
+    pending = [s.job_id for s in reversed(made[:5]) if s is not made[2]]
+    pages = await all_pages(store, 2, status=lifecycle.PENDING)
+    assert pages == [pending[:2], pending[2:]]  # full pages: no scan bound
+    assert await listed(store, 1, status=lifecycle.PENDING, client_id="alice") == [
+        s.job_id for s in reversed(made[:5]) if s.request.client_id == "alice"
+    ]
+    assert await listed(store, 5, status=lifecycle.RENDERING) == [
+        made[6].job_id,
+        made[5].job_id,
+    ]
+    assert await listed(store, 5, status=lifecycle.ASSEMBLING) == []

@@ -2,7 +2,7 @@
 
 For unit tests of the job store without a server. It keeps only what the job store uses
 (``create``, ``get``, ``put``, ``update(last=)``, ``delete(last=)``, ``purge(before=)``,
-``keys``, and :class:`~ghibli_anim.runtime.jobstore.JobsBucket`'s ``commit``,
+and :class:`~ghibli_anim.runtime.jobstore.JobsBucket`'s ``commit``,
 ``keys_under`` and ``next_after``) with the server's semantics: one revision counter per
 bucket (a key's revision is its place in the stream, so a rewrite moves it to the end),
 ``KeyWrongLastSequenceError`` on a stale or taken revision (for a delete, the server's
@@ -96,11 +96,6 @@ class MemoryKV:
             del self._values[key]
         self._next()
         return True
-
-    async def keys(self) -> list[str]:
-        if not self._values:
-            raise nats.js.errors.NoKeysError
-        return list(self._values)
 
     async def keys_under(self, prefix: str = "", *, one_token: bool = False) -> list[str]:
         return [
