@@ -32,14 +32,16 @@ the cap's number of jobs, however many jobs the store keeps.
   records by job id (:meth:`JobStore.counts`, the metrics scrape).
 - ``open.<id>`` while a job is unfinished (the time limit's :meth:`JobStore.open_jobs`),
   ``done.<id>`` with when it finished once it is (retention's
-  :meth:`JobStore.finished_before`, which walks them in the order they were written).
+  :meth:`JobStore.finished_before`, which walks them in the order they were written, from
+  the revision in ``sweep.done``).
 
 A create, and every status change, is **one atomic write** of the job with what changes in
-the indexes (:meth:`JobsBucket.commit`: a JetStream atomic batch in which every key's
-expected revision is checked at commit): a process killed at any point leaves all of it or
-none, so the counters stay exact with no reconciliation. The only later write is the
-removal of the ``open.``/``done.`` entry a job left; one left behind by a process that died
-just then names a job that is no longer in that state, and the sweep that meets it drops it.
+the indexes (``JobsBucket.commit`` in :mod:`ghibli_anim.runtime.bus.buckets`: a JetStream
+atomic batch in which every key's expected revision is checked at commit): a process killed
+at any point leaves all of it or none, so the counters stay exact with no reconciliation.
+The only later write is the removal of the ``open.``/``done.`` entry a job left; one left
+behind by a process that died just then names a job that is no longer in that state, and
+the sweep that meets it drops it.
 A bucket written before the indexes existed is indexed once by :meth:`JobStore.ensure_index`.
 """
 
@@ -50,12 +52,10 @@ import hashlib
 import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 import nats.js.errors
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -69,6 +69,7 @@ from ghibli_anim.contracts.lifecycle import (
 )
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime import faults, retry
+from ghibli_anim.runtime.bus.buckets import JobsBucket, Write
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
@@ -90,6 +91,8 @@ LIST_BLOCK = 64
 COUNTS_PREFIX = "counts."
 OPEN_PREFIX = "open."
 DONE_PREFIX = "done."
+SWEEP_MARK_KEY = "sweep.done"
+"""The revision from which the next walk of the finished entries starts."""
 INDEX_VERSION_KEY = "index.version"
 INDEX_VERSION = b"1"
 INDEX_LOCK_KEY = "index.lock"
@@ -209,139 +212,6 @@ def _status_entry(state: animation_pb2.JobState) -> Write:
     if is_terminal(state.status):
         return Write(DONE_PREFIX + state.job_id, str(state.updated_at.ToSeconds()).encode())
     return Write(OPEN_PREFIX + state.job_id)
-
-
-@dataclass(frozen=True)
-class Write:
-    """One key of an atomic multi-key write (:meth:`JobsBucket.commit`)."""
-
-    key: str
-    value: bytes = b""
-    last: int | None = None
-    """The revision the key must still have (0: the key must not exist); None: any."""
-    purge: bool = False
-    """Remove the key (a purge marker) instead of writing ``value``."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A key as the bucket's stream holds it, found by :meth:`JobsBucket.next_after`."""
-
-    key: str
-    value: bytes | None
-    """None for a delete or purge marker."""
-    revision: int
-
-
-_KV_OPERATION = "KV-Operation"
-_WRONG_LAST_SEQUENCE = 10071  # server error code: an expected revision did not match
-_BATCH_INCOMPLETE = 10176  # a message of the batch was refused (e.g. too many in flight)
-COMMITS_IN_FLIGHT = 16
-"""Atomic batches one process has open at once: the server takes 50 per stream."""
-
-
-class JobsBucket:
-    """The ``anim-jobs`` bucket, with what its stream offers beyond nats-py's ``KeyValue``.
-
-    - ``keys_under(prefix)`` lists keys with one stream-info request per 100,000 (a
-      subjects filter), never through an ordered consumer: nats-py's ``KeyValue.keys()``
-      can decide it is done before the first keys arrive.
-    - ``purge(key)`` purges the key's subject, leaving no delete marker behind.
-    - ``commit(writes)`` writes several keys as one atomic batch (nats-server 2.12+,
-      ``allow_atomic`` on the stream, which ``bus init`` sets): every key's expected
-      revision is checked when the batch commits, and either every write lands or none.
-    - ``next_after(prefix, revision)`` is the first key under ``prefix`` written after
-      ``revision``: the stream keeps one message per key (history 1), so keys come in
-      the order they were last written.
-
-    Everything else is the bucket's own.
-    """
-
-    def __init__(
-        self, kv: KeyValue, js: JetStreamContext, nc: Client, bucket: str = JOBS_BUCKET
-    ) -> None:
-        self._kv = kv
-        self._js = js
-        self._nc = nc
-        self._stream = f"KV_{bucket}"
-        self._prefix = f"$KV.{bucket}."
-        self._in_flight = asyncio.Semaphore(COMMITS_IN_FLIGHT)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._kv, name)
-
-    async def keys_under(self, prefix: str = "", *, one_token: bool = False) -> list[str]:
-        """Keys that start with ``prefix`` (``one_token``: without a further dot)."""
-        wildcard = "*" if one_token else ">"
-        request = {"subjects_filter": self._prefix + prefix + wildcard, "offset": 0}
-        keys: list[str] = []
-        while True:
-            reply = await self._nc.request(
-                f"$JS.API.STREAM.INFO.{self._stream}", json.dumps(request).encode(), timeout=10
-            )
-            info = json.loads(reply.data)
-            if "error" in info:
-                nats.js.errors.APIError.from_error(info["error"])
-            subjects = info.get("state", {}).get("subjects") or {}
-            keys.extend(subject.removeprefix(self._prefix) for subject in subjects)
-            total = info.get("total", 0)
-            if not subjects or len(keys) >= total:
-                return keys
-            request["offset"] = len(keys)  # the server sends 100,000 subjects at most
-
-    async def purge(self, key: str, before: int | None = None) -> bool:
-        """Remove the key; with ``before``, only if its revision is below that (a
-        conditional purge: a write that came later stays)."""
-        return await self._js.purge_stream(self._stream, seq=before, subject=self._prefix + key)
-
-    async def commit(self, writes: Sequence[Write]) -> int:
-        """Write every key of ``writes`` or none; the revision of the last one (the
-        writes get consecutive revisions, in order). ``KeyWrongLastSequenceError`` when a
-        key's revision is not the one expected."""
-        async with self._in_flight:
-            ack = await self._commit(writes)
-        if "error" in ack:
-            error = ack["error"]
-            if error.get("err_code") in (_WRONG_LAST_SEQUENCE, _BATCH_INCOMPLETE):
-                # Both mean: nothing was written, read again and retry.
-                raise nats.js.errors.KeyWrongLastSequenceError(error.get("description"))
-            nats.js.errors.APIError.from_error(error)
-        return int(ack["seq"])
-
-    async def _commit(self, writes: Sequence[Write]) -> dict:
-        batch = uuid.uuid4().hex
-        reply = None
-        for number, write in enumerate(writes, 1):
-            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
-            if write.last is not None:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(write.last)
-            if write.purge:
-                headers[_KV_OPERATION] = "PURGE"
-                headers["Nats-Rollup"] = "sub"
-            subject = self._prefix + write.key
-            if number < len(writes):
-                await self._nc.publish(subject, write.value, headers=headers)
-                continue
-            headers["Nats-Batch-Commit"] = "1"
-            reply = await self._nc.request(subject, write.value, headers=headers, timeout=10)
-        if reply is None:
-            raise ValueError("commit: no writes")
-        return json.loads(reply.data)
-
-    async def next_after(self, prefix: str, revision: int) -> Entry | None:
-        """The first key under ``prefix`` whose last write came after ``revision``."""
-        try:
-            msg = await self._js.get_msg(
-                self._stream, seq=revision + 1, subject=self._prefix + prefix + ">", next=True
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        marker = (msg.headers or {}).get(_KV_OPERATION) in ("DEL", "PURGE")
-        return Entry(
-            key=(msg.subject or "").removeprefix(self._prefix),
-            value=None if marker else (msg.data or b""),
-            revision=int(msg.seq or 0),
-        )
 
 
 class JobStore:
@@ -726,8 +596,15 @@ class JobStore:
     async def finished_before(self, cutoff: float) -> AsyncIterator[animation_pb2.JobState]:
         """Finished jobs that finished before ``cutoff`` (seconds since the epoch), the
         earliest first, from the finished entries in the order they were written: the
-        walk ends at the first entry at or after ``cutoff``."""
-        after = 0
+        walk ends at the first entry at or after ``cutoff``.
+
+        The server finds the next entry by reading the stream forward, so the walk starts
+        where the first finished entry was when the last walk ended (``sweep.done``): the
+        records that an earlier sweep walked past, or whose jobs it deleted, are not read
+        again. A walk the caller stops early leaves that mark as it was.
+        """
+        start = await self._sweep_mark()
+        after = start
         while (entry := await self.jobs.next_after(DONE_PREFIX, after)) is not None:
             after = entry.revision
             state, revision = await self._maybe(entry.key.removeprefix(DONE_PREFIX))
@@ -736,8 +613,20 @@ class JobStore:
                 await self._drop_entry(entry.key, before=revision + 1 if revision else None)
                 continue
             if float(entry.value or b"0") >= cutoff:
-                return
+                break
             yield state
+        # Just before the first finished entry left (what the caller deleted is gone); with
+        # none left, after the last one seen: any entry written later comes after either.
+        first = await self.jobs.next_after(DONE_PREFIX, start)
+        mark = first.revision - 1 if first is not None else after
+        if mark > start:
+            await self.jobs.put(SWEEP_MARK_KEY, str(mark).encode())
+
+    async def _sweep_mark(self) -> int:
+        try:
+            return int((await self.jobs.get(SWEEP_MARK_KEY)).value or b"0")
+        except nats.js.errors.NotFoundError:
+            return 0
 
     async def _maybe(self, job_id: str) -> tuple[animation_pb2.JobState | None, int]:
         """The job and its revision, or (None, 0) when there is none."""
@@ -795,6 +684,7 @@ class JobStore:
         for prefix in (LIST_PREFIX, COUNTS_PREFIX, OPEN_PREFIX, DONE_PREFIX):
             for key in await self.jobs.keys_under(prefix):
                 await self.jobs.purge(key)
+        await self.jobs.purge(SWEEP_MARK_KEY)
         limit = asyncio.Semaphore(concurrency)
 
         async def read(job_id: str) -> tuple[animation_pb2.JobState, int] | None:

@@ -51,6 +51,7 @@ __all__ = [
     "test_listings_span_full_blocks_and_the_head",
     "test_slot_records_are_not_jobs",
     "test_slots_cap_a_clients_unfinished_jobs",
+    "test_the_finished_walk_starts_after_what_earlier_sweeps_deleted",
     "test_unfinished_and_finished_entries",
     "test_update_applies_a_transition_and_writes_once",
 ]
@@ -576,3 +577,34 @@ async def test_an_unfinished_status_is_listed_from_the_unfinished_jobs(jobs_kv, 
         made[5].job_id,
     ]
     assert await listed(store, 5, status=lifecycle.ASSEMBLING) == []
+
+
+async def test_the_finished_walk_starts_after_what_earlier_sweeps_deleted(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    states = [client_state("a", lifecycle.RENDERING) for _ in range(4)]
+    for state in states:
+        await store.create(state)
+        await store.update(state.job_id, lifecycle.cancelled)
+    ids = [s.job_id for s in states]
+
+    async def walk() -> list[str]:
+        return [s.job_id async for s in store.finished_before(time.time() + 60)]
+
+    async def mark() -> int:
+        return int((await jobs_kv.get("sweep.done")).value)
+
+    assert await walk() == ids
+    assert await walk() == ids  # nothing deleted: the same entries again
+    first = await mark()
+    for job_id in ids[:2]:  # what a retention sweep does with them
+        await store.delete(job_id)
+    assert await walk() == ids[2:]
+    assert await mark() > first  # the next walk starts past the deleted ones
+    later = client_state("a", lifecycle.RENDERING)
+    await store.create(later)
+    await store.update(later.job_id, lifecycle.cancelled)
+    assert await walk() == [*ids[2:], later.job_id]
+    before = await mark()
+    async for _ in store.finished_before(time.time() + 60):
+        break  # a walk stopped early leaves the mark alone
+    assert await mark() == before

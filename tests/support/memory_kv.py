@@ -2,7 +2,7 @@
 
 For unit tests of the job store without a server. It keeps only what the job store uses
 (``create``, ``get``, ``put``, ``update(last=)``, ``delete(last=)``, ``purge(before=)``,
-and :class:`~ghibli_anim.runtime.jobstore.JobsBucket`'s ``commit``,
+and :class:`~ghibli_anim.runtime.bus.buckets.JobsBucket`'s ``commit``,
 ``keys_under`` and ``next_after``) with the server's semantics: one revision counter per
 bucket (a key's revision is its place in the stream, so a rewrite moves it to the end),
 ``KeyWrongLastSequenceError`` on a stale or taken revision (for a delete, the server's
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from ghibli_anim.runtime.jobstore import Entry, Write
+from ghibli_anim.runtime.bus.buckets import Entry, Write
 
 
 @dataclass

@@ -6,5 +6,6 @@
 - ``publish``: publishing work and events (dedup ids, trace context);
 - ``consumer``: ``WorkConsumer``, one message at a time with heartbeats, retries and
   give-up; the planner's conductor and advisories consumers;
-- ``watch``: one job's events in stream order (WatchAnimation).
+- ``watch``: one job's events in stream order (WatchAnimation);
+- ``buckets``: the job bucket on its stream (atomic batches, key listing, ordered walks).
 """
