@@ -24,6 +24,7 @@ from ghibli_anim.cli.render_flags import (
 from ghibli_anim.contracts import events, lifecycle
 from ghibli_anim.contracts.events import event_name
 from ghibli_anim.contracts.lifecycle import STATUS_NAMES, status_name
+from ghibli_anim.contracts.limits import LIST_PAGE_SIZE
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
             rows = [
                 (a.job_id, status_name(a.status), f"{a.frames_done}/{a.frames_total}", a.title)
                 for a in await client.list(
+                    page_size=LIST_PAGE_SIZE.hi,
                     status=types_pb2.JobStatus.Value(f"JOB_STATUS_{args.status}")
                     if args.status
                     else 0,
