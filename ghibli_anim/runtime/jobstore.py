@@ -660,7 +660,10 @@ class JobStore:
             try:
                 await self.jobs.create(INDEX_LOCK_KEY, str(now).encode())
             except nats.js.errors.KeyWrongLastSequenceError:
-                lock = await self.jobs.get(INDEX_LOCK_KEY)
+                try:
+                    lock = await self.jobs.get(INDEX_LOCK_KEY)
+                except nats.js.errors.NotFoundError:
+                    continue  # the builder just finished: the version is there now
                 if now - float(lock.value or b"0") < INDEX_LOCK_S:
                     if time.monotonic() > deadline:
                         raise TimeoutError("the job index is still being built") from None
