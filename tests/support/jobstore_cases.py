@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import time
 
+import nats.js.errors
 import pytest
 
 from ghibli_anim.contracts import keys, lifecycle
 from ghibli_anim.contracts.lifecycle import InvalidTransition, UnexpectedStatus
 from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.runtime import jobstore
 from ghibli_anim.runtime.jobstore import (
     LIST_BLOCK,
     ConcurrentUpdateError,
@@ -26,15 +30,21 @@ from ghibli_anim.runtime.jobstore import (
 )
 
 __all__ = [
+    "test_a_create_never_overwrites_a_written_block",
     "test_a_cursor_holds_while_jobs_come_and_go",
+    "test_a_delete_blanks_positions_at_the_edges_of_a_block",
+    "test_a_delete_trusts_no_stored_position",
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
     "test_a_mutation_that_changes_nothing_writes_nothing",
     "test_a_rebuild_indexes_jobs_written_without_the_index",
+    "test_a_rebuild_replaces_every_index_record",
     "test_a_release_keeps_a_claim_taken_over_meanwhile",
     "test_a_replacement_state_is_written",
     "test_a_slot_whose_job_never_came_is_freed_after_the_grace",
+    "test_a_status_change_drops_only_the_entry_the_job_left",
     "test_a_status_change_the_table_refuses_is_refused",
+    "test_always_losing_the_race_gives_a_delete_up",
     "test_always_losing_the_race_gives_up",
     "test_an_idempotency_claim_is_released_only_by_its_owner",
     "test_an_unfinished_status_is_listed_from_the_unfinished_jobs",
@@ -42,17 +52,23 @@ __all__ = [
     "test_create_refuses_a_taken_id",
     "test_create_then_get_stamps_the_times",
     "test_creates_racing_for_the_head_each_get_their_own_place",
+    "test_empty_index_records_read_as_empty",
     "test_entries_left_by_a_writer_that_died_are_dropped_by_the_sweeps",
     "test_expect_status_guards_the_update",
     "test_get_of_a_missing_or_malformed_id",
     "test_idempotency_claims",
+    "test_index_records_have_a_stable_layout",
+    "test_index_writes_that_race_start_over",
     "test_list_and_delete",
     "test_listings_are_newest_first_by_client_and_by_status",
     "test_listings_span_full_blocks_and_the_head",
     "test_slot_records_are_not_jobs",
     "test_slots_cap_a_clients_unfinished_jobs",
+    "test_sweeps_drop_only_entries_older_than_the_state_they_read",
+    "test_the_finished_walk_ends_at_the_cutoff_and_moves_its_mark",
     "test_the_finished_walk_starts_after_what_earlier_sweeps_deleted",
     "test_unfinished_and_finished_entries",
+    "test_unfinished_pages_go_on_from_positions_in_their_listing",
     "test_update_applies_a_transition_and_writes_once",
 ]
 
@@ -608,3 +624,341 @@ async def test_the_finished_walk_starts_after_what_earlier_sweeps_deleted(jobs_k
     async for _ in store.finished_before(time.time() + 60):
         break  # a walk stopped early leaves the mark alone
     assert await mark() == before
+
+
+# -- the index records, byte for byte, and the races every index write must lose -----------
+
+
+def job_id_in_shard(prefix: str) -> str:
+    """A fresh job id whose first eight hex digits are ``prefix`` (which picks its shard
+    of the status counters)."""
+    return prefix + keys.new_job_id()[8:]
+
+
+async def raw(jobs_kv, key: str) -> bytes | None:
+    """A key's stored bytes (nats-py reads an empty value as None), None when there is no
+    such key."""
+    try:
+        return (await jobs_kv.get(key)).value or b""
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+class SlipsIn:
+    """A bucket in which ``action`` (another writer) runs once, just before the first
+    atomic write that ``when`` picks; then every write goes through."""
+
+    def __init__(self, inner, action, when=lambda writes: True) -> None:
+        self.inner, self.action, self.when = inner, action, when
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def commit(self, writes):
+        if self.action is not None and self.when(writes):
+            action, self.action = self.action, None
+            await action()
+        return await self.inner.commit(writes)
+
+
+async def test_index_records_have_a_stable_layout(jobs_kv, idem_kv):
+    # Stored records outlive an upgrade: keys and bytes must never change. The counter
+    # shard is the first 8 hex digits of the id, mod 8 (0x13 = 19 -> shard 3).
+    store = JobStore(jobs_kv, idem_kv)
+    first = client_state("alice")
+    first.job_id = job_id_in_shard("00000013")
+    await store.create(first)
+    alice = "list." + hashlib.sha256(b"alice").hexdigest()
+    assert await raw(jobs_kv, "list.all.head") == b'{"ids":["%s"],"n":1}' % first.job_id.encode()
+    assert await raw(jobs_kv, alice + ".head") == await raw(jobs_kv, "list.all.head")
+    assert await raw(jobs_kv, "counts.3") == b'{"PENDING":1}'
+    assert await raw(jobs_kv, "open." + first.job_id) == b""
+    failed = await store.update(first.job_id, lambda s: lifecycle.failed(s, "x"))
+    assert await raw(jobs_kv, "counts.3") == b'{"FAILED":1,"PENDING":0}'
+    finished_at = str(failed.updated_at.ToSeconds()).encode()
+    assert await raw(jobs_kv, "done." + first.job_id) == finished_at
+    assert await raw(jobs_kv, "open." + first.job_id) is None
+    # A delete blanks the job's position and takes every entry of the job at once.
+    second = client_state("bob")
+    await store.create(second)
+    await store.delete(first.job_id)
+    assert await raw(jobs_kv, "list.all.head") == b'{"ids":["","%s"],"n":2}' % (
+        second.job_id.encode()
+    )
+    assert await raw(jobs_kv, alice + ".head") == b'{"ids":[""],"n":1}'
+    assert [k for k in await jobs_kv.keys_under() if first.job_id in k] == []
+
+
+async def test_a_delete_blanks_positions_at_the_edges_of_a_block(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for _ in range(LIST_BLOCK + 2):
+        state = client_state("alice", lifecycle.COMPLETED)
+        await store.create(state)
+        made.append(state.job_id)
+    for job_id in (made[0], made[LIST_BLOCK - 2], made[LIST_BLOCK]):
+        await store.delete(job_id)
+    block = json.loads(await raw(jobs_kv, "list.all.0"))
+    assert len(block) == LIST_BLOCK and block[0] == block[-2] == ""
+    assert block[1:-2] == made[1 : LIST_BLOCK - 2] and block[-1] == made[LIST_BLOCK - 1]
+    assert json.loads(await raw(jobs_kv, "list.all.head")) == {
+        "ids": ["", made[-1]],
+        "n": LIST_BLOCK + 2,
+    }
+    # A scan that reaches only the last two positions of a block still reads that block.
+    found, before = await store.page(before=LIST_BLOCK + 1, size=5, scan_limit=2)
+    assert [s.job_id for s in found] == [made[LIST_BLOCK - 1]] and before == LIST_BLOCK - 1
+    assert (await store.page(before=1, size=5, scan_limit=50)) == ([], 0)
+
+
+async def test_a_delete_trusts_no_stored_position(jobs_kv, idem_kv):
+    # Jobs written behind the index (no position, or one that is not theirs): deleting them
+    # leaves every listing as it was.
+    store = JobStore(jobs_kv, idem_kv)
+    listed_ones = [client_state("alice") for _ in range(3)]
+    for state in listed_ones:
+        await store.create(state)
+    strays = [client_state("alice") for _ in range(3)]
+    strays[1].list_position = strays[1].client_list_position = 2  # another job's
+    strays[2].list_position = strays[2].client_list_position = 4  # past the head
+    for state in strays:
+        await jobs_kv.put(state.job_id, state.SerializeToString())
+    before = {key: await raw(jobs_kv, key) for key in await jobs_kv.keys_under("list.")}
+    for state in strays:
+        await store.delete(state.job_id)
+    assert {key: await raw(jobs_kv, key) for key in await jobs_kv.keys_under("list.")} == before
+    assert await listed(store, 5) == [s.job_id for s in reversed(listed_ones)]
+
+
+async def test_index_writes_that_race_start_over(jobs_kv, idem_kv):
+    # Every index record is written only at the revision read: a writer that raced for a
+    # counter shard, or for a listing, starts over and the counters stay exact.
+    store = JobStore(jobs_kv, idem_kv)
+    a, b, c = (client_state("alice") for _ in range(3))
+    a.job_id, b.job_id, c.job_id = (
+        job_id_in_shard(p) for p in ("00000001", "00000009", "00000011")
+    )
+    await store.create(a)
+
+    def racing(action) -> JobStore:
+        return JobStore(SlipsIn(jobs_kv, action), idem_kv)
+
+    async def plan(state) -> None:
+        await store.update(state.job_id, lifecycle.start_planning)
+
+    async def cancel(state) -> None:
+        await store.update(state.job_id, lifecycle.cancelled)
+
+    # A create racing a status change in its shard.
+    await racing(lambda: plan(a)).create(b)
+    assert await store.counts() == await recount(store) == {"PENDING": 1, "PLANNING": 1}
+    # A status change racing another one in its shard.
+    await racing(lambda: cancel(a)).update(b.job_id, lifecycle.start_planning)
+    assert await store.counts() == await recount(store) == {"PLANNING": 1, "CANCELLED": 1}
+    # A delete racing a status change of another job in its shard, and of its own job.
+    await store.create(c)
+    await racing(lambda: plan(c)).delete(a.job_id)
+    assert await store.counts() == await recount(store) == {"PLANNING": 2}
+    await racing(lambda: cancel(c)).delete(c.job_id)
+    assert await store.counts() == await recount(store) == {"PLANNING": 1}
+    # A delete racing a create for the head of the listings.
+    d = client_state("alice")
+    await racing(lambda: store.create(d)).delete(b.job_id)
+    assert await listed(store, 5) == await listed(store, 5, client_id="alice") == [d.job_id]
+
+
+async def test_a_create_never_overwrites_a_written_block(jobs_kv, idem_kv, monkeypatch):
+    # A head one short of a full block whose block is written already (a rebuild under
+    # way): the create is refused rather than overwrite that block.
+    monkeypatch.setattr(jobstore, "CREATE_MAX_TRIES", 2)
+    store = JobStore(jobs_kv, idem_kv)
+    ids = [keys.new_job_id() for _ in range(LIST_BLOCK - 1)]
+    await jobs_kv.put("list.all.0", b'["kept"]')
+    await jobs_kv.put("list.all.head", json.dumps({"n": LIST_BLOCK - 1, "ids": ids}).encode())
+    state = new_state()
+    with pytest.raises(
+        ConcurrentUpdateError, match=f"^job {state.job_id}: create lost its race for the index$"
+    ):
+        await store.create(state)
+    assert await raw(jobs_kv, "list.all.0") == b'["kept"]'
+
+
+async def test_always_losing_the_race_gives_a_delete_up(jobs_kv, idem_kv):
+    state = new_state()
+    await JobStore(jobs_kv, idem_kv).create(state)
+    store = JobStore(Racing(jobs_kv, races=10), idem_kv, max_tries=3)
+    with pytest.raises(ConcurrentUpdateError, match=f"^job {state.job_id}: delete lost its race$"):
+        await store.delete(state.job_id)
+
+
+async def test_empty_index_records_read_as_empty(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = client_state("alice")
+    alice = "list." + hashlib.sha256(b"alice").hexdigest()
+    for key in (alice + ".head", "counts." + str(int(state.job_id[:8], 16) % 8)):
+        await jobs_kv.put(key, b"")
+    await jobs_kv.put("list.all.head", json.dumps({"n": LIST_BLOCK, "ids": []}).encode())
+    await jobs_kv.put("list.all.0", b"")
+    await store.create(state)
+    stored, _ = await store.get(state.job_id)
+    assert (stored.list_position, stored.client_list_position) == (LIST_BLOCK + 1, 1)
+    assert await store.counts() == {"PENDING": 1}
+    assert await listed(store, 80) == [state.job_id]
+    assert await listed(store, 5, client_id="alice") == [state.job_id]
+
+
+async def test_a_status_change_drops_only_the_entry_the_job_left(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = client_state("a")
+    await store.create(state)
+    assert (await store.apply(state.job_id, lifecycle.start_planning))[1] is True
+    titled, wrote = await store.apply(state.job_id, lambda s: setattr(s, "title", "t"))
+    assert wrote is True and titled == (await store.get(state.job_id))[0]
+    assert await raw(jobs_kv, "open." + state.job_id) == b""  # still unfinished
+    await store.update(state.job_id, lifecycle.cancelled)
+    assert await raw(jobs_kv, "open." + state.job_id) is None  # gone at once, no sweep
+    # A resume that lands between a finish and the drop of its unfinished entry keeps
+    # the entry it wrote.
+    other = client_state("a", lifecycle.RENDERING)
+    await store.create(other)
+
+    class ResumedBeforeTheDrop:
+        def __init__(self, inner) -> None:
+            self.inner, self.done = inner, False
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        async def purge(self, key, before=None):
+            if not self.done:
+                self.done = True
+                await store.update(other.job_id, lambda s: lifecycle.resumed(s, []))
+            return await self.inner.purge(key, before)
+
+    await JobStore(ResumedBeforeTheDrop(jobs_kv), idem_kv).update(other.job_id, lifecycle.cancelled)
+    assert [s.job_id for s in await store.open_jobs()] == [other.job_id]
+
+
+async def test_sweeps_drop_only_entries_older_than_the_state_they_read(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    finished, unfinished = new_state(lifecycle.CANCELLED), new_state(lifecycle.RENDERING)
+
+    async def entry_then_job(prefix: str, state) -> str:
+        await jobs_kv.put(prefix + state.job_id, b"1")
+        await jobs_kv.put(state.job_id, state.SerializeToString())
+        return prefix + state.job_id
+
+    async def job_then_entry(prefix: str, state) -> str:
+        await jobs_kv.put(state.job_id, state.SerializeToString())
+        await jobs_kv.put(prefix + state.job_id, b"1")
+        return prefix + state.job_id
+
+    async def entry_only(prefix: str) -> str:
+        key = prefix + keys.new_job_id()
+        await jobs_kv.put(key, b"1")
+        return key
+
+    def copy(state):
+        other = animation_pb2.JobState()
+        other.CopyFrom(state)
+        other.job_id = keys.new_job_id()
+        return other
+
+    # An entry older than the job's state is a leftover; one written after the state the
+    # sweep read belongs to a change that came later, and stays.
+    stale_open = [await entry_then_job("open.", finished), await entry_only("open.")]
+    newer_open = await job_then_entry("open.", copy(finished))
+    stale_done = [await entry_then_job("done.", unfinished), await entry_only("done.")]
+    newer_done = await job_then_entry("done.", copy(unfinished))
+    # A listing of unfinished jobs reads the entries but writes nothing.
+    assert await store.page(size=5, status=lifecycle.CANCELLED, scan_limit=50) == ([], 0)
+    assert await store.page(size=5, status=lifecycle.RENDERING, scan_limit=50) == ([], 0)
+    assert set(stale_open) <= set(await jobs_kv.keys_under("open."))
+    assert await store.open_jobs() == []
+    assert await jobs_kv.keys_under("open.") == [newer_open]
+    assert [s async for s in store.finished_before(time.time() + 60)] == []
+    assert await jobs_kv.keys_under("done.") == [newer_done]
+    assert not set(stale_done) & set(await jobs_kv.keys_under())
+
+
+async def test_the_finished_walk_ends_at_the_cutoff_and_moves_its_mark(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    # The very first write of the bucket (revision 1) is a finished entry: walked too.
+    early = new_state(lifecycle.FAILED)
+    await jobs_kv.put("done." + early.job_id, b"")  # no time: finished at 0
+    await jobs_kv.put(early.job_id, early.SerializeToString())
+
+    async def walk(cutoff: float) -> list[str]:
+        return [s.job_id async for s in store.finished_before(cutoff)]
+
+    assert await walk(1) == [early.job_id]
+    a, b = client_state("a", lifecycle.RENDERING), client_state("a", lifecycle.RENDERING)
+    for state in (a, b):
+        await store.create(state)
+    finished_at = [
+        (await store.update(s.job_id, lifecycle.cancelled)).updated_at.ToSeconds() for s in (a, b)
+    ]
+    assert await walk(finished_at[0]) == [early.job_id]  # finished at the cutoff: not before
+    assert await walk(finished_at[1] + 1) == [early.job_id, a.job_id, b.job_id]
+    # The mark is just before the first finished entry left, written only when it moves
+    # (here the first entry is the bucket's first write: the mark stays at the start).
+    entries = {k: (await jobs_kv.get(k)).revision for k in await jobs_kv.keys_under("done.")}
+    assert await raw(jobs_kv, "sweep.done") is None
+    await store.delete(early.job_id)
+    await store.delete(a.job_id)
+    assert await walk(0) == []  # stops at b, and moves the mark past what is gone
+    mark = await jobs_kv.get("sweep.done")
+    assert mark.value == str(entries["done." + b.job_id] - 1).encode()
+    assert await walk(0) == []
+    assert (await jobs_kv.get("sweep.done")).revision == mark.revision
+    # A mark decides where a walk starts; an empty one is the start of the bucket.
+    await jobs_kv.put("sweep.done", str(entries["done." + b.job_id]).encode())
+    assert await walk(finished_at[1] + 1) == []
+    await jobs_kv.put("sweep.done", b"")
+    assert await walk(finished_at[1] + 1) == [b.job_id]
+
+
+async def test_unfinished_pages_go_on_from_positions_in_their_listing(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    for i in range(4):
+        await store.create(client_state("alice" if i % 2 else "bob"))
+    found, before = await store.page(
+        client_id="alice", size=1, status=lifecycle.PENDING, scan_limit=9
+    )
+    assert before == found[0].client_list_position == 2
+    found, before = await store.page(size=1, status=lifecycle.PENDING, scan_limit=9)
+    assert before == found[0].list_position == 4
+
+
+async def test_a_rebuild_replaces_every_index_record(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    made = []
+    for i in range(2 * LIST_BLOCK + 1):
+        state = client_state("alice", lifecycle.COMPLETED if i % 2 else lifecycle.RENDERING)
+        state.created_at.FromSeconds(1000 + i)
+        await jobs_kv.create(state.job_id, state.SerializeToString())
+        made.append(state)
+    # What an index of another version left behind: none of it may survive.
+    stale = {"counts.7": b'{"PENDING":5}', "open." + keys.new_job_id(): b""}
+    stale |= {"done." + keys.new_job_id(): b"1", "list.all.9": b"[]", "sweep.done": b"3"}
+    for key, value in stale.items():
+        await jobs_kv.put(key, value)
+    assert await store.rebuild_index() == len(made)
+    left = set(await jobs_kv.keys_under())
+    assert not {k for k in stale if k != "counts.7"} & left
+    assert await store.counts() == await recount(store)
+    block = json.loads(await raw(jobs_kv, "list.all.0"))
+    assert block == [s.job_id for s in made[:LIST_BLOCK]]
+    for position, state in enumerate(made, 1):
+        stored, _ = await store.get(state.job_id)
+        assert (stored.list_position, stored.client_list_position) == (position, position)
+        if lifecycle.is_terminal(state.status):
+            assert "open." + state.job_id not in left
+            assert await raw(jobs_kv, "done." + state.job_id) == b"0"
+        else:
+            assert await raw(jobs_kv, "open." + state.job_id) == b""
+            assert "done." + state.job_id not in left
+    # A job changed while the rebuild ran is not overwritten: the rebuild fails.
+    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+        await JobStore(Racing(jobs_kv, races=1), idem_kv).rebuild_index()
+    assert (await store.get(made[0].job_id))[0].title == "+"
