@@ -459,16 +459,12 @@ class JobStore:
         block = (position - 1) // LIST_BLOCK
         if block >= head.full_blocks:
             return _head_key(scope), head.ids, head.revision, head.full_blocks * LIST_BLOCK + 1
+        key, first = _block_key(scope, block), block * LIST_BLOCK + 1
         try:
-            entry = await self.jobs.get(_block_key(scope, block))
+            entry = await self.jobs.get(key)
         except nats.js.errors.NotFoundError:
-            return _block_key(scope, block), [], 0, block * LIST_BLOCK + 1
-        return (
-            _block_key(scope, block),
-            json.loads(entry.value or b"[]"),
-            entry.revision or 0,
-            block * LIST_BLOCK + 1,
-        )
+            return key, [], 0, first
+        return key, json.loads(entry.value or b"[]"), entry.revision or 0, first
 
     async def _emptied(self, scope: str, position: int, job_id: str) -> Write | None:
         """The write that takes ``job_id`` off ``position`` of a listing (None: not there)."""
