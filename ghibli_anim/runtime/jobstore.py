@@ -98,6 +98,8 @@ INDEX_VERSION = b"1"
 INDEX_LOCK_KEY = "index.lock"
 INDEX_LOCK_S = 600.0
 """A build lock older than this is taken over (its builder died)."""
+INDEX_WAIT_S = 600.0
+"""How long :meth:`JobStore.ensure_index` waits for another replica's build."""
 
 log = logging.getLogger(__name__)
 
@@ -636,7 +638,7 @@ class JobStore:
         tests; listings and sweeps use the indexes)."""
         return sorted(k for k in await self.jobs.keys_under(one_token=True) if is_job_id(k))
 
-    async def ensure_index(self, *, wait_s: float = 600.0) -> None:
+    async def ensure_index(self, *, wait_s: float = INDEX_WAIT_S) -> None:
         """Index the jobs of a bucket written before the indexes existed, once.
 
         The planner calls this at start: one read when the index is there. Otherwise one

@@ -34,6 +34,7 @@ __all__ = [
     "test_a_cursor_holds_while_jobs_come_and_go",
     "test_a_delete_blanks_positions_at_the_edges_of_a_block",
     "test_a_delete_trusts_no_stored_position",
+    "test_a_deleted_job_leaves_a_purge_marker_until_its_drop",
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
     "test_a_mutation_that_changes_nothing_writes_nothing",
@@ -630,9 +631,9 @@ async def test_the_finished_walk_starts_after_what_earlier_sweeps_deleted(jobs_k
 
 
 def job_id_in_shard(prefix: str) -> str:
-    """A fresh job id whose first eight hex digits are ``prefix`` (which picks its shard
-    of the status counters)."""
-    return prefix + keys.new_job_id()[8:]
+    """A fresh job id that starts with ``prefix`` (its first eight hex digits pick its
+    shard of the status counters)."""
+    return prefix + keys.new_job_id()[len(prefix) :]
 
 
 async def raw(jobs_kv, key: str) -> bytes | None:
@@ -666,7 +667,7 @@ async def test_index_records_have_a_stable_layout(jobs_kv, idem_kv):
     # shard is the first 8 hex digits of the id, mod 8 (0x13 = 19 -> shard 3).
     store = JobStore(jobs_kv, idem_kv)
     first = client_state("alice")
-    first.job_id = job_id_in_shard("00000013")
+    first.job_id = job_id_in_shard("000000130")  # not 0x130 = 304 -> shard 0: 8 digits
     await store.create(first)
     alice = "list." + hashlib.sha256(b"alice").hexdigest()
     assert await raw(jobs_kv, "list.all.head") == b'{"ids":["%s"],"n":1}' % first.job_id.encode()
@@ -763,6 +764,7 @@ async def test_index_writes_that_race_start_over(jobs_kv, idem_kv):
     assert await store.counts() == await recount(store) == {"PLANNING": 1}
     # A delete racing a create for the head of the listings.
     d = client_state("alice")
+    d.job_id = job_id_in_shard("00000002")  # not b's shard: only the listings race
     await racing(lambda: store.create(d)).delete(b.job_id)
     assert await listed(store, 5) == await listed(store, 5, client_id="alice") == [d.job_id]
 
@@ -962,3 +964,34 @@ async def test_a_rebuild_replaces_every_index_record(jobs_kv, idem_kv):
     with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
         await JobStore(Racing(jobs_kv, races=1), idem_kv).rebuild_index()
     assert (await store.get(made[0].job_id))[0].title == "+"
+
+
+async def test_a_deleted_job_leaves_a_purge_marker_until_its_drop(jobs_kv, idem_kv):
+    # The delete's atomic write purges the job (a marker, no value); the drop after it
+    # removes the marker too. A planner that dies in between leaves the marker alone.
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+
+    class Dies(Exception):
+        pass
+
+    class DiesBeforeTheDrop:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        async def purge(self, key, before=None):
+            raise Dies
+
+    with contextlib.suppress(Dies):
+        await JobStore(DiesBeforeTheDrop(jobs_kv), idem_kv).delete(state.job_id)
+    revision, left = 0, None
+    while (entry := await jobs_kv.next_after("", revision)) is not None:
+        revision = entry.revision
+        left = entry if entry.key == state.job_id else left
+    assert left is not None and left.value is None
+    with pytest.raises(JobNotFound):
+        await store.get(state.job_id)

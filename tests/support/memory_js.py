@@ -111,7 +111,7 @@ class MemoryJetStream:
     async def stream_info(self, name: str, subjects_filter: str | None = None) -> api.StreamInfo:
         bucket = self._bucket_of_stream(name)
         if bucket is not None:
-            counts = {f"$KV.{bucket.bucket}.{k}": 1 for k in bucket._values}
+            counts = {f"$KV.{bucket.bucket}.{k}": 1 for k in [*bucket._values, *bucket._markers]}
         elif name in self._streams:
             stream = self._streams[name]
             counts = {}
@@ -139,9 +139,10 @@ class MemoryJetStream:
     async def purge_stream(self, name: str, subject: str | None = None) -> bool:
         bucket = self._bucket_of_stream(name)
         if bucket is not None:
-            for key in list(bucket._values):
+            for key in [*bucket._values, *bucket._markers]:
                 if subject is None or _matches(subject, f"$KV.{bucket.bucket}.{key}"):
-                    del bucket._values[key]
+                    bucket._values.pop(key, None)
+                    bucket._markers.pop(key, None)
             return True
         stream = self._stream(name)
         for seq, message in list(stream.messages.items()):

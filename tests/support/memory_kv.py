@@ -7,7 +7,10 @@ and :class:`~ghibli_anim.runtime.bus.buckets.JobsBucket`'s ``commit``,
 bucket (a key's revision is its place in the stream, so a rewrite moves it to the end),
 ``KeyWrongLastSequenceError`` on a stale or taken revision (for a delete, the server's
 plain ``BadRequestError``), an atomic ``commit`` that checks every expected revision
-before writing any, and ``KeyNotFoundError`` for a missing or deleted key. The same
+before writing any, and ``KeyNotFoundError`` for a missing or deleted key. A value must be
+bytes (nats-py measures it before sending). A purge inside a ``commit`` leaves a marker, as
+the server's purge message does: listed by ``keys_under``, read by ``next_after`` as a value
+of None, gone with the key's next write or its ``purge``. The same
 contract tests run against a real bucket (tests/integration/runtime/test_jobstore.py),
 so the two cannot drift apart unnoticed.
 """
@@ -28,6 +31,8 @@ class MemoryKV:
     bucket: str = "memory"
     _values: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     _revision: int = 0
+    _markers: dict[str, int] = field(default_factory=dict)
+    """Keys purged inside a commit: the revision of their marker."""
     before_write: Callable[[str], None] | None = None
     """Called before every write with the key: a test can slip a concurrent write in."""
 
@@ -36,6 +41,9 @@ class MemoryKV:
         return self._revision
 
     def _written(self, key: str, value: bytes) -> int:
+        if not isinstance(value, bytes):
+            raise TypeError(f"value of {key}: bytes expected, got {type(value).__name__}")
+        self._markers.pop(key, None)
         revision = self._next()
         self._values[key] = (value, revision)
         return revision
@@ -94,13 +102,16 @@ class MemoryKV:
         current = self._values.get(key)
         if current is not None and (before is None or current[1] < before):
             del self._values[key]
+        marker = self._markers.get(key)
+        if marker is not None and (before is None or marker < before):
+            del self._markers[key]
         self._next()
         return True
 
     async def keys_under(self, prefix: str = "", *, one_token: bool = False) -> list[str]:
         return [
             k
-            for k in self._values
+            for k in [*self._values, *self._markers]
             if k.startswith(prefix) and not (one_token and "." in k[len(prefix) :])
         ]
 
@@ -110,6 +121,7 @@ class MemoryKV:
                 self.before_write(write.key)
         for write in writes:  # every check first: all or nothing
             have = self._values[write.key][1] if write.key in self._values else 0
+            have = self._markers.get(write.key, have)
             if write.last is not None and have != write.last:
                 raise nats.js.errors.KeyWrongLastSequenceError(
                     description=f"wrong last sequence: {have}"
@@ -118,7 +130,7 @@ class MemoryKV:
         for write in writes:
             if write.purge:
                 self._values.pop(write.key, None)
-                revision = self._next()
+                revision = self._markers[write.key] = self._next()
             else:
                 revision = self._written(write.key, write.value)
         return revision
@@ -126,13 +138,17 @@ class MemoryKV:
     async def next_after(self, prefix: str, revision: int) -> Entry | None:
         later = [
             (rev, key)
-            for key, (_, rev) in self._values.items()
+            for key, rev in [
+                *((k, r) for k, (_, r) in self._values.items()),
+                *self._markers.items(),
+            ]
             if key.startswith(prefix) and rev > revision
         ]
         if not later:
             return None
         rev, key = min(later)
-        return Entry(key=key, value=self._values[key][0], revision=rev)
+        value = self._values[key][0] if key in self._values else None
+        return Entry(key=key, value=value, revision=rev)
 
     def write_behind(self, key: str, value: bytes) -> None:
         """A concurrent writer's update, as another process would make it."""
