@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+CLOSE_WAIT_S = 60.0
+"""How long a stopping renderer waits for a render it stopped to reach its next step."""
+
 
 class FrameAbandoned(Exception):
     """Raised in the torch thread to end a render whose message was handed back."""
@@ -121,10 +124,18 @@ class _Steps:
     def __init__(self, job_id: str, frame: int) -> None:
         self.job_id, self.frame = job_id, frame
         self.abandoned = threading.Event()
+        self.finished = threading.Event()
         self._slow_s = faults.step_delay("render", frame)
         self._lock = threading.Lock()
         self._reporter: ProgressReporter | None = None
         self._pending: list[tuple[int, int]] = []
+
+    def run(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` in the calling (torch) thread, noting when it has returned."""
+        try:
+            return fn(*args)
+        finally:
+            self.finished.set()
 
     def attach(self, reporter: ProgressReporter) -> None:
         with self._lock:
@@ -249,6 +260,7 @@ class RendererService(TorchService):
             max_workers=concurrency, thread_name_prefix="renderer-encode"
         )
         self._ahead: _Ahead | None = None
+        self._renders: set[_Steps] = set()  # renders whose thread may still run
         self.consumers = [
             work_consumer(
                 bus_.js,
@@ -379,11 +391,11 @@ class RendererService(TorchService):
                 self._read_reference(work.job_id, work.frame, spec),
             )
         inputs = _Inputs(source, depth, reference)
-        steps = _Steps(work.job_id, work.frame)
+        steps = self._steps(work.job_id, work.frame)
         steps.attach(progress)
         try:
             result = await asyncio.to_thread(
-                self._render, spec, inputs, steps, timer, bool(depth_key)
+                steps.run, self._render, spec, inputs, steps, timer, bool(depth_key)
             )
         except asyncio.CancelledError:
             steps.abandoned.set()
@@ -431,7 +443,7 @@ class RendererService(TorchService):
                     return
                 reference = coherence.Reference(pixels)
         timer = metrics.FrameTimer(self.name)
-        steps = _Steps(job_id, n)
+        steps = self._steps(job_id, n)
         with_depth = lifecycle.needs_depth(state.frame_specs, n)
         inputs = _Inputs(source, depth, reference)
 
@@ -440,11 +452,17 @@ class RendererService(TorchService):
             with tracing.span(self.name, "render.ahead", attributes):
                 return self._render(spec, inputs, steps, timer, with_depth)
 
-        task = asyncio.ensure_future(asyncio.to_thread(render))
+        task = asyncio.ensure_future(asyncio.to_thread(steps.run, render))
         task.add_done_callback(_quiet)
         self._ahead = _Ahead(job_id, n, spec, with_depth, task, steps, timer)
         if reference is not None and ref_key:
             self.references.put(ref_key, reference)
+
+    def _steps(self, job_id: str, frame: int) -> _Steps:
+        steps = _Steps(job_id, frame)
+        self._renders = {s for s in self._renders if not s.finished.is_set()}
+        self._renders.add(steps)
+        return steps
 
     def _claim_ahead(self, work: bus_pb2.RenderWork) -> _Ahead | None:
         """The frame rendered ahead for ``work``, if that is the one; any other is dropped."""
@@ -617,11 +635,15 @@ class RendererService(TorchService):
             self.recent.put(depth_key, result.depth.pixels)
 
     async def close(self) -> None:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:  # nobody will ask for it: stop it at its next step
-            ahead.steps.abandoned.set()
-            with contextlib.suppress(BaseException):
-                await ahead.task
+        # Every render still running (one handed back by the drain, one rendered ahead that
+        # nobody will ask for) ends at its next denoising step: wait for that, so the
+        # process exits with its threads done and their last words logged.
+        self._ahead = None
+        running = [steps for steps in self._renders if not steps.finished.is_set()]
+        for steps in running:
+            steps.abandoned.set()
+        for steps in running:
+            await asyncio.to_thread(steps.finished.wait, CLOSE_WAIT_S)
         self._encoder.shutdown(wait=True)
         await super().close()
 
