@@ -366,15 +366,6 @@ def warp_camera(
     )
 
 
-def warp_image(image: Image.Image, camera: Camera) -> Image.Image:
-    """A PIL image moved by ``camera``, in its own mode (RGB frames, "L" depth maps)."""
-    if camera.is_still:
-        return image.copy()
-    mode = image.mode if image.mode in ("RGB", "L", "I;16", "F") else "RGB"
-    arr = np.asarray(image if image.mode == mode else image.convert(mode))
-    return Image.fromarray(warp_camera(arr, camera))  # the dtype and shape give the mode
-
-
 # --- sharpening -----------------------------------------------------------------------------
 
 
@@ -460,5 +451,4 @@ __all__ = [
     "shrink",
     "unsharp_mask",
     "warp_camera",
-    "warp_image",
 ]

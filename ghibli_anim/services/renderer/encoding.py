@@ -57,13 +57,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def encode_image(image: Image.Image) -> bytes:
-    """PNG bytes of a PIL image (RGB, or "L" for a depth map), encoded as frames are."""
-    if image.mode == "L":
-        return encode_png(np.asarray(image))
-    return encode_png(as_rgb(image))
-
-
 def decode_png(png: bytes, field: str = "png") -> np.ndarray:
     """The RGB array of an encoded frame (a PNG of any mode is converted to RGB)."""
     with Image.open(io.BytesIO(png)) as im:
@@ -76,4 +69,4 @@ def decode_gray(png: bytes, field: str = "png") -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-__all__ = ["PNG_PARAMS", "as_rgb", "decode_gray", "decode_png", "encode_image", "encode_png"]
+__all__ = ["PNG_PARAMS", "as_rgb", "decode_gray", "decode_png", "encode_png"]
