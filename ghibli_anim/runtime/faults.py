@@ -16,8 +16,9 @@ exactly where the test wants it. The variable holds rules separated by ``;``::
   ``retry`` (a retryable error on every delivery), ``fail`` (a non-retryable
   error), ``crash`` (the process exits at once with status 1, like an OOM kill),
   ``slow`` (render: every denoising step of the frame takes two seconds more, in
-  the torch thread, as a slow GPU would; load: loading the models takes two seconds
-  more, as a slow disk would).
+  the torch thread, as a slow GPU would; load: loading the models takes ten seconds
+  more, as a slow disk would: long enough that a test polling health on a busy
+  machine sees the replica alive and not ready).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 POINTS = ("render", "depth", "assemble", "load", "index")
 ACTIONS = ("pause", "retry", "fail", "crash", "slow")
 SLOW_STEP_S = 2.0
+SLOW_LOAD_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -89,4 +91,4 @@ def step_delay(point: str, frame: int) -> float:
 
 def load_delay() -> float:
     """Seconds to add to loading the models at start: ``load:-1:slow`` (or ``load:*:slow``)."""
-    return step_delay("load", -1)
+    return SLOW_LOAD_S if step_delay("load", -1) else 0.0

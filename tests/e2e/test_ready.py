@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.nvidia_smi import fake_nvidia_smi, without_nvidia_smi
 
 from ghibli_anim.devtools.stack import LocalStack, ServiceProcess
+from ghibli_anim.runtime import faults
 from ghibli_anim.runtime.grpcserver import LIVENESS, NOT_SERVING, SERVING
 from ghibli_anim.runtime.processes import free_port
 
@@ -44,7 +45,7 @@ def _status(target: str, service: str) -> int | None:
     with grpc.insecure_channel(target) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=0.5
+                health_pb2.HealthCheckRequest(service=service), timeout=2.0
             )
         except grpc.RpcError:
             return None  # not listening yet
@@ -91,7 +92,7 @@ def test_ready_only_once_the_models_are_loaded(infra, tmp_path, name) -> None:
         assert loaded["profile"] == "tiny"
         assert loaded["device"] == "cpu"
         assert loaded["depth_model"] == "tiny:depth"  # the renderer's depth maps too
-        assert loaded["seconds"] >= 2.0  # the slow load was waited for
+        assert loaded["seconds"] >= faults.SLOW_LOAD_S  # the slow load was waited for
     finally:
         proc.stop()
 
