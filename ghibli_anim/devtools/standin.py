@@ -68,17 +68,35 @@ def painting(width: int, height: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _texture(height: int, width: int) -> np.ndarray:
+def _texture(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded texture with the warm cast, as what it adds and what it takes away (uint8,
+    stacked twice in height so that a shifted copy is a slice, not a new array)."""
     rng = np.random.default_rng(99)
     cast = np.asarray(WARM_CAST, np.float32)
-    return np.rint(rng.normal(0.0, 1.5, (height, width, 1)) + cast).astype(np.int16)
+    texture = np.rint(rng.normal(0.0, 1.5, (height, width, 1)) + cast).astype(np.int16)
+    twice = np.concatenate([texture, texture])
+    return np.clip(twice, 0, 255).astype(np.uint8), np.clip(-twice, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_floats() -> np.ndarray:
+    """``x / 255`` as float32 for x in 0..255, per channel: the pipeline's 0..1 output."""
+    return np.repeat(np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0), 3, axis=1)[None]
 
 
 def next_frame(previous: np.ndarray, seed: int) -> np.ndarray:
     """``previous`` (uint8 RGB) slightly changed: the warm cast and a faint texture, shifted
-    by ``seed`` (made once per size: the stand-in itself should cost next to nothing)."""
-    texture = np.roll(_texture(*previous.shape[:2]), seed % previous.shape[0], axis=0)
-    return np.clip(previous.astype(np.int16) + texture, 0, 255).astype(np.uint8)
+    down by ``seed`` rows, clipped to 0..255. Two saturating OpenCV passes over textures made
+    once per size: the stand-in itself should cost next to nothing."""
+    import cv2
+
+    height = previous.shape[0]
+    adds, takes = _texture(*previous.shape[:2])
+    start = height - seed % height  # rows [start, start + height) of the doubled texture
+    # Only one of the two is non-zero at any pixel: add then subtract clips as one sum would.
+    return cv2.subtract(
+        cv2.add(previous, adds[start : start + height]), takes[start : start + height]
+    )
 
 
 def _pipeline_call(
@@ -96,7 +114,7 @@ def _pipeline_call(
     import torch
 
     if image is not None:
-        source = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        source = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         height, width = source.shape[:2]
         steps = int(num_inference_steps * strength)
         seed = int(generator.initial_seed()) if generator is not None else 0
@@ -110,7 +128,9 @@ def _pipeline_call(
     for step in range(steps):
         if callback_on_step_end is not None:
             callback_on_step_end(self, step, 0, {"latents": latents})
-    return SimpleNamespace(images=pixels[None].astype(np.float32) / 255.0)
+    import cv2
+
+    return SimpleNamespace(images=cv2.LUT(pixels, _unit_floats())[None])
 
 
 def _depth_map(height: int, width: int) -> Any:

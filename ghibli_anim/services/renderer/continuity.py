@@ -11,8 +11,9 @@ once when it goes there, by :mod:`ghibli_anim.services.renderer.encoding`):
   long chain does not drift;
 * :func:`color_distance` measures what is left: CIEDE2000 (Sharma, Wu and Dalal 2005, as
   scikit-image's ``deltaE_ciede2000`` computes it) between the mean CIELAB colours of a frame
-  and its reference, and the mean per-pixel CIEDE2000 (on copies at most ``DISTANCE_SIDE``
-  pixels wide). A :class:`Reference` keeps what a reference costs to prepare, once.
+  and its reference, and the mean per-pixel CIEDE2000, both on copies at most
+  ``DISTANCE_SIDE`` pixels wide. A :class:`Reference` keeps what a reference costs to
+  prepare, once.
 
 Images are ``H x W x 3`` ``uint8`` RGB arrays (PIL's layout) unless a docstring says otherwise.
 
@@ -56,10 +57,12 @@ COLOR_MODES = limits.COLOR_COHERENCE
 MAX_STD_RATIO = 2.5
 SHARPEN_SIGMA = 1.0  # px; the blur img2img chains add is about a pixel wide
 DISTANCE_SIDE = 128
-"""The per-pixel colour distance of a frame is measured on copies of it and its reference
-shrunk (by area averaging) to at most this many pixels on their longer side: CIEDE2000 per
-pixel costs ~45 ms at 512 x 512 and ~2 ms at 128 x 128, and a distance that says how far a
-frame has drifted does not need every pixel. The record states the size it was measured at."""
+"""The colour distances of a frame are measured on copies of it and its reference shrunk (by
+area averaging) to at most this many pixels on their longer side: CIEDE2000 per pixel costs
+~45 ms at 512 x 512 and ~2 ms at 128 x 128, converting a frame to CIELAB once more ~2 ms at
+512 x 512, and a distance that says how far a frame has drifted needs neither every pixel nor
+the exact full-size mean (the two means differ by hundredths of a unit on painted frames).
+The record states the size they were measured at."""
 _EPS = 1e-6
 
 
@@ -110,18 +113,17 @@ class ColorDistance:
     """How far a frame's colours are from its reference's, in CIEDE2000 units."""
 
     mean_color: float
-    """CIEDE2000 between the two images' mean CIELAB colours (global drift), at full size."""
+    """CIEDE2000 between the two images' mean CIELAB colours (global drift)."""
     per_pixel: float
-    """Mean over pixels of the CIEDE2000 between co-located pixels (drift plus motion),
-    measured at ``pixels_size``."""
-    pixels_size: tuple[int, int] = (0, 0)
-    """(width, height) the per-pixel distance was measured at (see ``DISTANCE_SIDE``)."""
+    """Mean over pixels of the CIEDE2000 between co-located pixels (drift plus motion)."""
+    size: tuple[int, int] = (0, 0)
+    """(width, height) both were measured at (see ``DISTANCE_SIDE``)."""
 
     def as_record(self) -> dict[str, Any]:
         return {
             "delta_e_mean_color": round(self.mean_color, 4),
             "delta_e_pixels": round(self.per_pixel, 4),
-            "delta_e_pixels_size": list(self.pixels_size),
+            "delta_e_size": list(self.size),
         }
 
 
@@ -154,10 +156,15 @@ class Reference:
     def mean_lab(self) -> np.ndarray:
         return self.lab_stats[0]
 
-    def shrunk_lab(self, width: int, height: int) -> np.ndarray:
-        """CIELAB of the reference resized to the frame (width x height), then shrunk."""
-        key = f"shrunk_lab {width}x{height}"
-        return self._get(key, lambda: rgb_to_lab(shrink(_same_size(self.rgb, width, height))))
+    def shrunk_lab(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """CIELAB of the reference resized to the frame (width x height), then shrunk; and
+        its mean colour."""
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            lab = rgb_to_lab(shrink(_same_size(self.rgb, width, height)))
+            return lab, _mean(lab)
+
+        return self._get(f"shrunk_lab {width}x{height}", make)
 
 
 def _stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,30 +177,35 @@ def _reference(reference: Reference | Image.Image | np.ndarray) -> Reference:
 
 
 def color_distance(
-    image: Image.Image | np.ndarray,
-    reference: Reference | Image.Image | np.ndarray,
-    *,
-    lab: np.ndarray | None = None,
+    image: Image.Image | np.ndarray, reference: Reference | Image.Image | np.ndarray
 ) -> ColorDistance:
-    """CIEDE2000 distances of ``image`` to ``reference`` (resized to the image for per-pixel).
-
-    The mean colours are compared at full size; the per-pixel distance is measured on copies
-    shrunk to at most ``DISTANCE_SIDE`` pixels (see there). ``lab`` is the image's CIELAB, if
-    the caller has it.
-    """
-    img = as_rgb(image, "image")
-    ref = _reference(reference)
-    height, width = img.shape[:2]
-    lab_img = rgb_to_lab(img) if lab is None else lab
-    small = rgb_to_lab(shrink(img))
-    small_ref = ref.shrunk_lab(width, height)
+    """CIEDE2000 distances of ``image`` to ``reference`` (resized to the image), measured on
+    copies of both shrunk to at most ``DISTANCE_SIDE`` pixels (see there)."""
+    small, (small_ref, small_ref_mean) = _shrunk_pair(image, reference)
     # The Lab images stay float32, which the library keeps: per-pixel differences of ~1e-5
     # vanish in the 4-decimal record.
     return ColorDistance(
-        mean_color=float(deltaE_ciede2000(_mean(lab_img), ref.mean_lab)),
+        mean_color=float(deltaE_ciede2000(_mean(small), small_ref_mean)),
         per_pixel=float(deltaE_ciede2000(small, small_ref).mean(dtype=np.float64)),
-        pixels_size=(small.shape[1], small.shape[0]),
+        size=(small.shape[1], small.shape[0]),
     )
+
+
+def mean_color_distance(
+    image: Image.Image | np.ndarray, reference: Reference | Image.Image | np.ndarray
+) -> float:
+    """``color_distance(image, reference).mean_color`` without the per-pixel distance."""
+    small, (_, small_ref_mean) = _shrunk_pair(image, reference)
+    return float(deltaE_ciede2000(_mean(small), small_ref_mean))
+
+
+def _shrunk_pair(
+    image: Image.Image | np.ndarray, reference: Reference | Image.Image | np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """CIELAB of the shrunk image, and of the reference resized to it and shrunk (its mean)."""
+    img = as_rgb(image, "image")
+    height, width = img.shape[:2]
+    return rgb_to_lab(shrink(img)), _reference(reference).shrunk_lab(width, height)
 
 
 def _same_size(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -228,8 +240,8 @@ def _transfer(channel: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (channel - mean) * _scale(std, ref_std) + ref_mean
 
 
-def _match_lab(img: np.ndarray, ref: Reference, lab: np.ndarray | None = None) -> np.ndarray:
-    lab = rgb_to_lab(img) if lab is None else lab
+def _match_lab(img: np.ndarray, ref: Reference) -> np.ndarray:
+    lab = rgb_to_lab(img)
     (mean, std), (ref_mean, ref_std) = _stats(lab), ref.lab_stats
     scale = np.array([_scale(float(std[c]), float(ref_std[c])) for c in range(3)])
     # One affine map per channel, applied by OpenCV in a single pass (float32 throughout).
@@ -241,7 +253,7 @@ def _match_lab(img: np.ndarray, ref: Reference, lab: np.ndarray | None = None) -
     return lab_to_rgb(out)
 
 
-def _match_rgb(img: np.ndarray, reference: Reference, lab: np.ndarray | None = None) -> np.ndarray:
+def _match_rgb(img: np.ndarray, reference: Reference) -> np.ndarray:
     f, r = img.astype(np.float32), reference.rgb.astype(np.float32)
     return _to_uint8(np.stack([_transfer(f[..., c], r[..., c]) for c in range(3)], axis=-1))
 
@@ -254,7 +266,7 @@ def _circular_mean_deg(hue: np.ndarray, weight: np.ndarray) -> float | None:
     return float(np.degrees(np.arctan2(y, x)))
 
 
-def _match_hsv(img: np.ndarray, reference: Reference, lab: np.ndarray | None = None) -> np.ndarray:
+def _match_hsv(img: np.ndarray, reference: Reference) -> np.ndarray:
     ref = reference.rgb
     hsv = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
     hsv_ref = cv2.cvtColor(ref.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
@@ -277,19 +289,17 @@ def match_colors(
     image: Image.Image | np.ndarray,
     reference: Reference | Image.Image | np.ndarray,
     mode: str = "lab",
-    *,
-    lab: np.ndarray | None = None,
 ) -> np.ndarray:
     """``image`` with its colour statistics moved to ``reference``'s (see the module docs).
 
     The reference may have another size (only its statistics are used). ``off`` returns an
-    unchanged copy. ``lab`` is the image's CIELAB, if the caller has it.
+    unchanged copy.
     """
     name = check_mode(mode)
     img = as_rgb(image, "image")
     if name == "off":
         return img.copy()
-    return _MATCHERS[name](img, _reference(reference), lab)
+    return _MATCHERS[name](img, _reference(reference))
 
 
 # --- camera ---------------------------------------------------------------------------------
@@ -405,8 +415,9 @@ def finish_frame(
 
     ``reference`` None means the frame is its own reference (frame 0, a cut, a palette
     shift): nothing to match, distance 0. The record holds ``sharpen`` and ``color``:
-    ``mode``, ``delta_e_mean_color``, ``delta_e_pixels`` and ``delta_e_pixels_size`` after
-    matching (see :func:`color_distance`), ``delta_e_mean_color_before`` before it.
+    ``mode``, ``delta_e_mean_color``, ``delta_e_pixels`` and ``delta_e_size`` after
+    matching (see :func:`color_distance`), ``delta_e_mean_color_before`` before it (at the
+    same size).
     """
     name = check_mode(mode)
     amount = limits.SHARPEN.check("sharpen", _f32(sharpen))
@@ -418,17 +429,15 @@ def finish_frame(
         color.update(
             delta_e_mean_color=0.0,
             delta_e_pixels=0.0,
-            delta_e_pixels_size=None,
+            delta_e_size=None,
             delta_e_mean_color_before=0.0,
         )
         return rgb, {"sharpen": amount, "color": color}
     ref = _reference(reference)
-    lab = rgb_to_lab(rgb)
-    before = float(deltaE_ciede2000(_mean(lab), ref.mean_lab))
+    before = mean_color_distance(rgb, ref)
     if name != "off":
-        rgb = _MATCHERS[name](rgb, ref, lab)
-        lab = None  # the matched frame's CIELAB is another one
-    color.update(color_distance(rgb, ref, lab=lab).as_record())
+        rgb = _MATCHERS[name](rgb, ref)
+    color.update(color_distance(rgb, ref).as_record())
     color["delta_e_mean_color_before"] = round(before, 4)
     return rgb, {"sharpen": amount, "color": color}
 
@@ -445,6 +454,7 @@ __all__ = [
     "finish_frame",
     "lab_to_rgb",
     "match_colors",
+    "mean_color_distance",
     "mean_lab",
     "prepare_seed",
     "rgb_to_lab",

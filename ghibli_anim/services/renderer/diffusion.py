@@ -29,6 +29,7 @@ a float32), so later frames keep their bytes. The record says what ran
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,9 +163,19 @@ def _lora_record(models: LoadedModels, profile: types_pb2.Profile, pipe: Any) ->
     return out
 
 
+_ATTENTION: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
 def _attention(pipe: Any) -> str:
-    names = sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()})
-    return ",".join(names)
+    """The attention processor classes of the pipeline's UNet, for the record. Nothing in
+    this package changes them after loading (LoRAs are PEFT layers, not processors), and
+    finding them walks every module (~1 ms a frame): once per UNet."""
+    unet = pipe.unet
+    if unet not in _ATTENTION:
+        _ATTENTION[unet] = ",".join(
+            sorted({type(p).__name__ for p in unet.attn_processors.values()})
+        )
+    return _ATTENTION[unet]
 
 
 def _blended_embeds(

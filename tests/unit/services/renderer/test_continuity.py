@@ -211,8 +211,12 @@ def test_finish_frame_records_distances() -> None:
     got = color_distance(matched, reference)
     assert color["delta_e_mean_color"] == pytest.approx(got.mean_color, abs=1e-3)
     assert color["delta_e_pixels"] == pytest.approx(got.per_pixel, abs=1e-3)
-    # Measured on a copy shrunk to DISTANCE_SIDE on its longer side, as the record says.
-    assert color["delta_e_pixels_size"] == [DISTANCE_SIDE, DISTANCE_SIDE * H // W]
+    # Measured on copies shrunk to DISTANCE_SIDE on their longer side, as the record says,
+    # the distance before matching too.
+    assert color["delta_e_size"] == [DISTANCE_SIDE, DISTANCE_SIDE * H // W]
+    assert color["delta_e_mean_color_before"] == pytest.approx(
+        color_distance(drifted, reference).mean_color, abs=1e-3
+    )
     # off: the pixels stay, the distance is still measured.
     same, off = finish_frame(drifted, reference=reference, mode="off", sharpen=0.0)
     assert np.array_equal(same, drifted)
@@ -220,24 +224,26 @@ def test_finish_frame_records_distances() -> None:
     # Its own reference (frame 0, a cut, a palette shift): nothing to match.
     own, rec = finish_frame(drifted, reference=None, mode="lab", sharpen=0.0)
     assert np.array_equal(own, drifted) and rec["color"]["delta_e_mean_color"] == 0.0
-    assert rec["color"]["delta_e_pixels_size"] is None
+    assert rec["color"]["delta_e_size"] is None
 
 
 def test_distance_on_the_shrunk_copy_tracks_the_full_size_one() -> None:
-    """The per-pixel CIEDE2000 on the shrunk copies stays close to the full-size measure,
+    """The CIEDE2000 distances on the shrunk copies stay close to the full-size measures,
     for a global cast (where both are the same) and for motion plus a cast."""
     big = cv2.resize(texture(0), (4 * W, 4 * H), interpolation=cv2.INTER_CUBIC)
     moved = cv2.resize(cast(texture(SHIFT), 3), (4 * W, 4 * H), interpolation=cv2.INTER_CUBIC)
     for image in (cast(big, 3), moved):
         shrunk = color_distance(image, big)
         full = deltaE_ciede2000(rgb_to_lab(image), rgb_to_lab(big)).mean()
-        assert shrunk.pixels_size == (DISTANCE_SIDE, DISTANCE_SIDE * H // W)
+        assert shrunk.size == (DISTANCE_SIDE, DISTANCE_SIDE * H // W)
         assert shrunk.per_pixel == pytest.approx(full, rel=0.25)
-        assert shrunk.mean_color == pytest.approx(
-            float(deltaE_ciede2000(mean_lab(image), mean_lab(big))), abs=1e-6
-        )
+        full_mean = float(deltaE_ciede2000(mean_lab(image), mean_lab(big)))
+        assert shrunk.mean_color == pytest.approx(full_mean, abs=0.05)
     # An image already within the side is measured as it is.
-    assert color_distance(texture(0), texture(0)).pixels_size == (W, H)
+    small = color_distance(cast(texture(0), 3), texture(0))
+    assert small.size == (W, H)
+    full_mean = deltaE_ciede2000(mean_lab(cast(texture(0), 3)), mean_lab(texture(0)))
+    assert small.mean_color == pytest.approx(float(full_mean), abs=1e-6)
 
 
 def test_a_prepared_reference_matches_like_the_raw_one() -> None:
