@@ -19,13 +19,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from ghibli_anim.cli import fork
 from ghibli_anim.cli.render_flags import (
     add_render_flags,
     attach_init_image,
     build_request,
     compare_replay,
 )
-from ghibli_anim.contracts import config
+from ghibli_anim.contracts import config, lifecycle
 
 COMMANDS = ("generate",)
 
@@ -40,6 +41,7 @@ _RENDERER_FLAGS = {
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="render an animation on this machine (embedded mode)")
     add_render_flags(p)
+    fork.add_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--low-vram", action="store_true", help="model CPU offload and VAE slicing (small GPUs)"
@@ -120,7 +122,13 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
     from ghibli_anim.runtime.client import AnimationClient
     from ghibli_anim.runtime.service import install_stop_signals
 
-    request = build_request(args)
+    runs_dir = Path(settings["ANIM_RUNS_DIR"])
+    if args.from_run is not None:
+        request = fork.fork_request(args, runs_dir)
+    elif args.from_frame is not None or args.prompt:
+        raise ValueError("--from-frame and --prompt: only with --from-run DIR")
+    else:
+        request = build_request(args)
     # A bad request is refused before any service starts (the planner checks it again).
     validate_create(
         request,
@@ -128,7 +136,6 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
         default_profile=settings["ANIM_PROFILE"],
         settings=settings,
     )
-    runs_dir = Path(settings["ANIM_RUNS_DIR"])
     profile = resolve_profile(request, settings)  # the profile with the request's overrides
     _warn_if_slow(profile.name)
     if args.init_image is not None:
@@ -157,9 +164,17 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
             )
             if follow_task not in done:
                 follow_task.cancel()
+                # The job cannot go on without this process (the services are stopping):
+                # recorded as cancelled.
+                anim = resp.animation
+                anim.status, anim.error = lifecycle.CANCELLED, "interrupted"
+                fork.write_job_record(runs_dir / job_id, fork.job_record(request, anim))
                 print(f"interrupted; job {job_id} stopped", file=sys.stderr)
                 return 130
             rc = follow_task.result()
+            # How the job ended, with its request: what a fork of this run starts from.
+            anim = await client.get(job_id)
+            fork.write_job_record(runs_dir / job_id, fork.job_record(request, anim))
     if rc == 0 and args.out is not None:
         shutil.copytree(runs_dir / job_id, args.out, dirs_exist_ok=True)
         print(f"copied the job's files to {args.out}", file=sys.stderr)

@@ -68,7 +68,7 @@ def add_render_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="job seed (default: random, recorded)")
     p.add_argument(
         "--seed-mode",
-        default="increment",
+        default="",
         help="increment, fixed or random, or keyframes such as '0:increment, 10:fixed'",
     )
     p.add_argument("--depth", action="store_true", help="guide frames i>0 with ControlNet depth")
@@ -137,12 +137,33 @@ def build_request(args: argparse.Namespace):
         raise ValueError("idea: must not be empty (or give --from-manifest FILE)")
     if args.frames is None:
         raise ValueError(f"--frames: required ({limits.FRAMES.describe()})")
+    req = flag_request(args)
+    req.idea = args.idea
+    req.frames = args.frames
+    if not args.seed_mode:
+        req.seed_mode = seeds.SEED_MODES["increment"]
+    if args.plan is not None:
+        req.storyboard_json = read_plan(args.plan)
+    return req
+
+
+def read_plan(path: Path) -> str:
+    """The text of ``--plan FILE`` (validated as a storyboard by the planner)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc  # the path once, not twice
+        raise ValueError(f"--plan: cannot read {path} ({why})") from None
+
+
+def flag_request(args: argparse.Namespace) -> animation_pb2.CreateAnimationRequest:
+    """The request fields the render flags set; a flag left at its default sets none
+    (so a fork takes its parent's value for it)."""
+    seed_mode = args.seed_mode
     req = animation_pb2.CreateAnimationRequest(
-        idea=args.idea,
-        frames=args.frames,
         profile=args.profile,
-        seed_mode=seeds.parse_seed_mode(args.seed_mode) if ":" not in args.seed_mode else 0,
-        seed_mode_schedule=args.seed_mode if ":" in args.seed_mode else "",
+        seed_mode=seeds.parse_seed_mode(seed_mode) if seed_mode and ":" not in seed_mode else 0,
+        seed_mode_schedule=seed_mode if ":" in seed_mode else "",
         negative_prompt=args.negative,
         depth=args.depth,
         idempotency_key=args.idempotency_key,
@@ -172,12 +193,6 @@ def build_request(args: argparse.Namespace):
             setattr(req, name, float(value))
         except ValueError:
             setattr(req, f"{name}_schedule", value)
-    if args.plan is not None:
-        try:
-            req.storyboard_json = args.plan.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or exc  # the path once, not twice
-            raise ValueError(f"--plan: cannot read {args.plan} ({why})") from None
     return req
 
 

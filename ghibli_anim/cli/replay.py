@@ -27,8 +27,9 @@ from ghibli_anim.contracts.manifest import Manifest, parse_manifest
 from ghibli_anim.contracts.pb import animation_pb2
 
 _STILL = {"zoom": 1.0, "pan_x": 0.0, "pan_y": 0.0, "rotate": 0.0}
-# Request fields that name a one-off resource of the original run.
-_DROP = ("idempotency_key", "client_id", "init_upload_id", "storyboard_json")
+# Request fields that name a one-off resource of the original run (a fork's parent
+# too: the replay renders every frame).
+_DROP = ("idempotency_key", "client_id", "init_upload_id", "storyboard_json", "fork")
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -149,8 +149,13 @@ def planned(
     profile: types_pb2.Profile,
     specs: Iterable[types_pb2.FrameSpec],
     event_id: str,
+    stored: Collection[str] = (),
 ) -> bool:
-    """PLANNING -> RENDERING with the storyboard resolved into one FrameSpec per frame."""
+    """PLANNING -> RENDERING with the storyboard resolved into one FrameSpec per frame.
+
+    ``stored``: the job's keys already in the store (a fork's copies of its parent's
+    frames); a frame whose PNG and record are there counts as done, as on a resume.
+    """
     if state.status != PLANNING:
         return False  # cancelled or failed while planning, or planned already
     specs = list(specs)
@@ -162,6 +167,10 @@ def planned(
     state.frame_specs.extend(specs)
     del state.frame_states[:]
     state.frame_states.extend(types_pb2.FrameState(index=i) for i in range(len(specs)))
+    if stored:
+        _mark_stored(state, stored)
+        if first_frame_not_rendered(state) is None:
+            state.status = ASSEMBLING
     state.last_event_id = event_id
     return True
 
@@ -273,6 +282,13 @@ def resumed(state: animation_pb2.JobState, stored: Collection[str]) -> bool:
     if not state.frame_specs:
         state.status = PENDING
         return True
+    _mark_stored(state, stored)
+    state.status = ASSEMBLING if first_frame_not_rendered(state) is None else RENDERING
+    return True
+
+
+def _mark_stored(state: animation_pb2.JobState, stored: Collection[str]) -> None:
+    """Frames done when their PNG and record are stored, depth maps when their PNG is."""
     job_id, stored = state.job_id, set(stored)
     for frame in state.frame_states:
         frame.rendered = {
@@ -280,8 +296,6 @@ def resumed(state: animation_pb2.JobState, stored: Collection[str]) -> bool:
             keys.frame_record_key(job_id, frame.index),
         } <= stored
         frame.depth_ready = keys.depth_key(job_id, frame.index) in stored
-    state.status = ASSEMBLING if first_frame_not_rendered(state) is None else RENDERING
-    return True
 
 
 def time_out_reason(state: animation_pb2.JobState, limit_s: float, elapsed_s: float) -> str:

@@ -198,12 +198,14 @@ def frame_entry(state: animation_pb2.JobState, index: int, record: dict[str, Any
         "depth_key": keys.depth_key(state.job_id, index) if has_depth else None,
     }
     if spec is not None:
+        # The job's own spec, profile by name (the record's spec, with the whole profile,
+        # is the one a fork reads: a fork's copied records name the parent's keys).
         entry["record"] = {
+            **record,
             "spec": MessageToDict(
                 spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
             | {"profile": spec.profile.name},
-            **record,
         }
     return ManifestFrame.model_validate(entry)
 

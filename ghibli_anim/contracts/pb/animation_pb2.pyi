@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateAnimationRequest(_message.Message):
-    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id", "loras", "base_model", "controlnet", "init_upload_id", "preset", "truncate_prompts", "color_coherence", "interpolate", "camera", "strength_schedule", "guidance_schedule", "sharpen", "blend_prompts", "seed_mode_schedule")
+    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id", "loras", "base_model", "controlnet", "init_upload_id", "preset", "truncate_prompts", "color_coherence", "interpolate", "camera", "strength_schedule", "guidance_schedule", "sharpen", "blend_prompts", "seed_mode_schedule", "fork")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IDEA_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class CreateAnimationRequest(_message.Message):
     SHARPEN_FIELD_NUMBER: _ClassVar[int]
     BLEND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SEED_MODE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     idea: str
     frames: int
@@ -75,7 +76,16 @@ class CreateAnimationRequest(_message.Message):
     sharpen: str
     blend_prompts: bool
     seed_mode_schedule: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., controlnet: _Optional[str] = ..., init_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., truncate_prompts: _Optional[bool] = ..., color_coherence: _Optional[str] = ..., interpolate: _Optional[int] = ..., camera: _Optional[str] = ..., strength_schedule: _Optional[str] = ..., guidance_schedule: _Optional[str] = ..., sharpen: _Optional[str] = ..., blend_prompts: _Optional[bool] = ..., seed_mode_schedule: _Optional[str] = ...) -> None: ...
+    fork: ForkFrom
+    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., controlnet: _Optional[str] = ..., init_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., truncate_prompts: _Optional[bool] = ..., color_coherence: _Optional[str] = ..., interpolate: _Optional[int] = ..., camera: _Optional[str] = ..., strength_schedule: _Optional[str] = ..., guidance_schedule: _Optional[str] = ..., sharpen: _Optional[str] = ..., blend_prompts: _Optional[bool] = ..., seed_mode_schedule: _Optional[str] = ..., fork: _Optional[_Union[ForkFrom, _Mapping]] = ...) -> None: ...
+
+class ForkFrom(_message.Message):
+    __slots__ = ("parent_job_id", "from_frame")
+    PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_FRAME_FIELD_NUMBER: _ClassVar[int]
+    parent_job_id: str
+    from_frame: int
+    def __init__(self, parent_job_id: _Optional[str] = ..., from_frame: _Optional[int] = ...) -> None: ...
 
 class CreateAnimationResponse(_message.Message):
     __slots__ = ("job_id", "existing", "animation")

@@ -116,6 +116,14 @@ class Store(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def copy(self, source: str, dest: str) -> None:
+        """Copy the object at ``source`` to ``dest`` (replacing it); ``NotFound`` when there
+        is no source. The copy is an object of its own: deleting the source keeps it."""
+        info = self.stat(source)
+        if info is None:
+            raise NotFound(source)
+        self.put(dest, self.get(source), info.content_type)
+
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, sorted."""

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
@@ -331,6 +332,22 @@ class S3Store(Store):
             )
 
         return self._call(f"stat {key}", do)
+
+    def copy(self, source: str, dest: str) -> None:
+        """A server-side copy (CopyObject): the bytes never leave the S3 server, and the
+        copy keeps the source's metadata (its sha256)."""
+        keys.check_key(source)
+        keys.check_key(dest)
+
+        def do() -> None:
+            try:
+                self._client.copy_object(self.bucket, dest, CopySource(self.bucket, source))
+            except S3Error as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    raise NotFound(source) from None
+                raise
+
+        self._call(f"copy {source} to {dest}", do)
 
     def list(self, prefix: str) -> list[str]:
         check_prefix(prefix)

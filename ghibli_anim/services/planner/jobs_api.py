@@ -35,6 +35,7 @@ from ghibli_anim.runtime.bus.publish import announce
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, SlotsTaken, list_scope
 from ghibli_anim.runtime.store.base import Store
+from ghibli_anim.services.planner import forks
 from ghibli_anim.services.planner.uploads import load_upload
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class JobsApi:
         # Model overrides and the preset resolved against the profile now, so a bad LoRA,
         # base model, ControlNet or profile entry is refused naming the field.
         await asyncio.to_thread(resolve_profile, req, self.settings)
+        parent = await self._fork_parent(req) if req.HasField("fork") else None
         if req.storyboard_json:
             # Shape errors (frame count, fields) are the caller's: refuse now.
             try:
@@ -159,6 +161,9 @@ class JobsApi:
             created_at=now,
             updated_at=now,
         )
+        if parent is not None:
+            # The fork's own copies (server-side on S3): deleting the parent loses nothing.
+            await asyncio.to_thread(forks.copy_frames, self.store, parent, job_id)
         if init_png is not None:
             # The job's own validated copy: later PUTs to the upload URL cannot change it.
             await asyncio.to_thread(self.store.put, keys.init_key(job_id), init_png, "image/png")
@@ -168,6 +173,29 @@ class JobsApi:
         return animation_pb2.CreateAnimationResponse(
             job_id=job_id, existing=False, animation=self.view(state, files=False)
         )
+
+    async def _fork_parent(self, req: animation_pb2.CreateAnimationRequest) -> forks.ParentFrames:
+        """A fork's parent, checked (:mod:`.forks`); ``req.storyboard_json`` becomes the
+        fork's whole storyboard, so planning reads nothing of the parent."""
+        forks.check_request(req)
+        parent_id = req.fork.parent_job_id
+        try:
+            parent_state, _ = await self.jobs.get(parent_id)
+        except JobNotFound:
+            # The embedded mode forks runs of earlier processes, each with a bus of its
+            # own: the parent's stored files are what a fork needs (read_parent checks).
+            parent_state = None
+        if parent_state is not None and not lifecycle.is_terminal(parent_state.status):
+            raise FailedPrecondition(
+                f"fork.parent_job_id: job {parent_id} is "
+                f"{lifecycle.status_name(parent_state.status)}; a fork needs a completed, "
+                "failed or cancelled job"
+            )
+        parent = await asyncio.to_thread(
+            forks.read_parent, self.store, parent_id, req.fork.from_frame
+        )
+        req.storyboard_json = forks.board_of(req, parent).to_json()
+        return parent
 
     async def create_upload(
         self, content_type: str, size_bytes: int

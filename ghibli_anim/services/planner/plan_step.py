@@ -31,7 +31,8 @@ from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import NonRetryable
 from ghibli_anim.runtime.bus.publish import announce, job_event, publish_event
 from ghibli_anim.runtime.jobstore import JobStore
-from ghibli_anim.runtime.store.base import Store
+from ghibli_anim.runtime.store.base import NotFound, Store
+from ghibli_anim.services.planner import forks
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.planner.storyboard_llm import PlanningFailed, Storyboarder
 
@@ -137,6 +138,10 @@ class PlanStep:
             counter.check(prompts_with_style(board))
         await asyncio.to_thread(self._write_plan, state.job_id, board, attempts)
         specs = resolve_frames(state.job_id, req, state.seed, board, profile)
+        stored: list[str] = []
+        if req.HasField("fork"):
+            # Frames 0..K-1 are the parent's, copied at creation: their specs as they ran.
+            specs, stored = await asyncio.to_thread(self._fork_specs, state.job_id, req, specs)
         # Built first: the job's state records its id as the cause of the change.
         planned = job_event(
             events.JOB_PLANNED,
@@ -155,12 +160,32 @@ class PlanStep:
                 profile=profile,
                 specs=specs,
                 event_id=planned.event_id,
+                stored=stored,
             ),
         )
-        if state.status != lifecycle.RENDERING:
+        if state.status not in (lifecycle.RENDERING, lifecycle.ASSEMBLING):
             return  # cancelled while planning
         await publish_event(self.bus.js, planned)
         log.info("job planned", extra={"job_id": state.job_id, "backend": backend})
+
+    def _fork_specs(
+        self, job_id: str, req: animation_pb2.CreateAnimationRequest, resolved: list
+    ) -> tuple[list, list[str]]:
+        """A fork's FrameSpecs (:func:`forks.fork_specs`) and the keys it holds already."""
+        records = []
+        for i in range(req.fork.from_frame):
+            try:
+                records.append(json.loads(self.store.get(keys.frame_record_key(job_id, i))))
+            except (NotFound, ValueError):
+                raise NonRetryable(
+                    f"fork: frame {i}'s record, copied from the parent at creation, is "
+                    "missing or unreadable"
+                ) from None
+        try:
+            specs = forks.fork_specs(job_id, req.fork.from_frame, resolved, records)
+        except forks.ForkError as exc:
+            raise NonRetryable(str(exc)) from None
+        return specs, self.store.list(keys.job_prefix(job_id))
 
     def _write_plan(self, job_id: str, board: Storyboard, attempts: list[dict]) -> None:
         self.store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from google.protobuf.json_format import MessageToDict
 from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
@@ -340,6 +341,13 @@ class RendererService(TorchService):
             "sha256": sha256_hex(png),
             "source_read": source_read,
             "rendered_ahead": rendered_ahead,
+            # The whole spec, so a fork of this job renders from exactly what this frame
+            # ran with, from the store alone (services/planner/forks.py).
+            "spec": MessageToDict(
+                work.spec,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ),
         }
         with timer.time("store"):
             await self._write(job_id, i, result, png, record, depth_key)

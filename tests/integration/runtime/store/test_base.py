@@ -65,6 +65,21 @@ def test_missing_key(store: Store) -> None:
     store.delete(key)  # deleting nothing is fine
 
 
+def test_copy_is_an_object_of_its_own(store: Store) -> None:
+    # A fork's frames are copies of its parent's: deleting the parent's keeps them.
+    source, dest = keys.frame_key(JOB, 1), keys.frame_key(OTHER_JOB, 1)
+    store.put(source, PNG, "image/png")
+    store.copy(source, dest)
+    store.delete_prefix(keys.job_prefix(JOB))
+    assert store.get(dest) == PNG
+    assert store.stat(dest) == ObjectInfo(
+        dest, len(PNG), hashlib.sha256(PNG).hexdigest(), "image/png"
+    )
+    with pytest.raises(NotFound):
+        store.copy(source, keys.frame_key(OTHER_JOB, 2))
+    assert not store.exists(keys.frame_key(OTHER_JOB, 2))
+
+
 def test_list_is_sorted_and_scoped(store: Store) -> None:
     for i in (2, 0, 1):
         store.put(keys.frame_key(JOB, i), b"f%d" % i)

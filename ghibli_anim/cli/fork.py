@@ -1,0 +1,166 @@
+"""Forking a finished run: ``generate --from-run runs/JOB --from-frame K``.
+
+The parent is a run folder of this machine's runs folder (``ANIM_RUNS_DIR``, the embedded
+store) that ended: ``job.json``, which ``generate`` writes when a job ends, says how (a
+completed run's ``manifest.json`` says so too). The fork's request is the parent's, with
+the render flags given here replacing its values, and its storyboard is the parent's with
+``--prompt K:TEXT`` edits, or ``--plan FILE``. The job API makes the fork
+(:mod:`ghibli_anim.services.planner.forks`); the same checks run here first, so a bad fork
+is refused before any service starts and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
+
+from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.contracts.storyboard import parse_storyboard
+from ghibli_anim.services.planner import forks
+
+JOB_FILE = "job.json"
+"""How an embedded run ended: its id, status, error and request (written by generate)."""
+# The parent's request fields a fork does not take over.
+_DROP = ("idempotency_key", "client_id", "storyboard_json", "fork")
+_FINISHED = {lifecycle.status_name(s) for s in lifecycle.TERMINAL}
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--from-run",
+        type=Path,
+        metavar="DIR",
+        help="fork a finished run (a folder of ANIM_RUNS_DIR): frames before --from-frame "
+        "are its frames, the rest are rendered with the changes given",
+    )
+    p.add_argument(
+        "--from-frame", type=int, metavar="K", help="with --from-run: the first frame rendered"
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="K:TEXT",
+        help="with --from-run: frame K's new prompt (K >= --from-frame); repeatable",
+    )
+
+
+def job_record(
+    request: animation_pb2.CreateAnimationRequest, anim: animation_pb2.Animation, error: str = ""
+) -> dict[str, Any]:
+    """``job.json``: how a run ended and the request it ran (seed resolved)."""
+    recorded = MessageToDict(request, preserving_proto_field_name=True)
+    recorded["seed"] = anim.seed
+    for name in ("client_id", "storyboard_json"):
+        recorded.pop(name, None)
+    return {
+        "job_id": anim.job_id,
+        "status": lifecycle.status_name(anim.status),
+        "error": error or anim.error,
+        "request": recorded,
+    }
+
+
+def write_job_record(folder: Path, record: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _parent_record(folder: Path) -> dict[str, Any]:
+    """The parent's status and request: job.json, else a completed run's manifest."""
+    for name in (JOB_FILE, "manifest.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--from-run: cannot read {path} ({exc})") from None
+        if isinstance(data, dict) and isinstance(data.get("request"), dict):
+            return data
+        raise ValueError(f"--from-run: {path} holds no request")
+    raise ValueError(
+        f"--from-run: {folder} is not a finished run (no {JOB_FILE} or manifest.json: "
+        "still rendering, or its process was killed before the end was recorded)"
+    )
+
+
+def _prompt_edits(items: list[str]) -> dict[int, str]:
+    edits: dict[int, str] = {}
+    for item in items:
+        index, sep, text = item.partition(":")
+        if not sep or not index.strip().isdigit() or not text.strip():
+            raise ValueError(f"--prompt: must be K:TEXT (a frame index and a prompt), got {item!r}")
+        edits[int(index)] = text.strip()
+    return edits
+
+
+def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.CreateAnimationRequest:
+    """The fork's CreateAnimationRequest, checked against the parent run folder
+    (ValueError naming the flag or field; nothing is written)."""
+    from ghibli_anim.cli.render_flags import flag_request, read_plan
+    from ghibli_anim.runtime.store.local import LocalStore
+
+    if args.from_frame is None:
+        raise ValueError("--from-frame: required with --from-run (the first frame rendered)")
+    if args.idea or args.frames is not None or args.from_manifest is not None:
+        raise ValueError(
+            "--from-run: the fork takes the parent's idea, and its frame count from the "
+            "storyboard; give no idea, --frames or --from-manifest"
+        )
+    if args.init_image is not None:
+        raise ValueError("--init-image: a fork keeps the parent's frame 0")
+    folder = args.from_run.expanduser().absolute()
+    parent_id = folder.name
+    if folder.parent != runs_dir.expanduser().absolute() or not keys.is_job_id(parent_id):
+        raise ValueError(
+            f"--from-run: must be a run folder in ANIM_RUNS_DIR ({runs_dir}/JOB_ID), got {folder}"
+        )
+    record = _parent_record(folder)
+    status = record.get("status")
+    if status not in _FINISHED:
+        raise ValueError(
+            f"--from-run: job {parent_id} is {status}; a fork needs a completed, failed or "
+            "cancelled run"
+        )
+    recorded = {k: v for k, v in record["request"].items() if k not in _DROP}
+    if recorded.get("init_upload_id"):
+        raise ValueError(
+            f"--from-run: job {parent_id} started from an init image; forks of such runs "
+            "are not supported"
+        )
+    req = animation_pb2.CreateAnimationRequest()
+    try:
+        ParseDict(recorded, req, ignore_unknown_fields=True)
+    except ParseError as exc:
+        raise ValueError(f"--from-run: the recorded request does not parse ({exc})") from None
+    # The flags given replace the parent's values (a repeated one, such as --lora, whole).
+    for field, value in flag_request(args).ListFields():
+        req.ClearField(field.name)
+        if field.label == field.LABEL_REPEATED:
+            getattr(req, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(req, field.name).CopyFrom(value)
+        else:
+            setattr(req, field.name, value)
+    req.fork.parent_job_id = parent_id
+    req.fork.from_frame = args.from_frame
+    store = LocalStore(runs_dir)
+    parent = forks.read_parent(store, parent_id, args.from_frame)
+    board = parent.board
+    if args.plan is not None:
+        try:
+            board = parse_storyboard(read_plan(args.plan))
+        except ValueError as exc:
+            raise ValueError(f"--plan: {exc}") from None
+    board = forks.edit_prompts(board, _prompt_edits(args.prompt), args.from_frame)
+    req.frames = len(board.frames)
+    req.storyboard_json = board.to_json()
+    forks.check_request(req)
+    forks.board_of(req, parent)
+    return req
