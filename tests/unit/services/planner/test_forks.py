@@ -1,0 +1,146 @@
+"""services/planner/forks.py without a server: which shots a fork may change, prompt edits,
+rekeyed specs, what is copied, and the frames a fork's plan counts as done."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
+from ghibli_anim.contracts.storyboard import parse_storyboard
+from ghibli_anim.runtime.store.local import LocalStore
+from ghibli_anim.services.planner import forks
+
+PARENT = "0123456789abcdef0123456789abcdef"
+FORK = "fedcba9876543210fedcba9876543210"
+
+
+def board(*shots: dict, style: str = "ghibli style"):
+    return parse_storyboard(
+        {"version": 1, "title": "t", "style": style, "frames": list(shots)}, len(shots)
+    )
+
+
+SHOTS = [
+    {"prompt": "a boat", "camera": {"zoom": 1.05}},
+    {"prompt": "a bridge", "camera": {"pan_x": 0.05}},
+    {"prompt": "an eddy"},
+]
+
+
+def test_the_first_k_shots_must_be_the_parents_but_shot_k_minus_1s_camera() -> None:
+    parent = board(*SHOTS)
+    moved = [SHOTS[0], {**SHOTS[1], "camera": {"rotate": 5.0}}, {"prompt": "a pond"}]
+    forks.check_board(parent, board(*moved), 2)  # shot 1's move only changes frame 2
+    with pytest.raises(forks.ForkError, match=r"^storyboard_json: frames\[1\]\.camera differs"):
+        forks.check_board(parent, board(*moved), 3)
+    cut0 = [{**SHOTS[0], "continuity": "cut"}, *SHOTS[1:]]
+    forks.check_board(parent, board(*cut0), 2)  # frame 0 starts fresh whatever it says
+    with pytest.raises(forks.ForkError, match=r"frames\[0\]\.prompt \(with the style\) differs"):
+        forks.check_board(parent, board(*SHOTS, style="watercolour"), 1)
+    strong = [SHOTS[0], {**SHOTS[1], "strength": 0.5}, SHOTS[2]]
+    with pytest.raises(forks.ForkError, match=r"frames\[1\]\.strength differs.*0\.\.1 of a fork"):
+        forks.check_board(parent, board(*strong), 2)
+    forks.check_board(parent, board(*strong), 1)
+
+
+def test_from_frame_and_prompt_edits_are_checked() -> None:
+    for k in (0, 3, -1):
+        with pytest.raises(forks.ForkError, match=r"^fork\.from_frame: must be in 1\.\.2 \(the"):
+            forks.check_from_frame(k, 3)
+    edited = forks.edit_prompts(board(*SHOTS), {2: "a pond"}, 1)
+    assert [s.prompt for s in edited.frames] == ["a boat", "a bridge", "a pond"]
+    assert edited.frames[1].camera.pan_x == 0.05
+    for frame in (0, 3):
+        with pytest.raises(forks.ForkError, match=rf"^--prompt: frame {frame} must be in 1\.\.2"):
+            forks.edit_prompts(board(*SHOTS), {frame: "x"}, 1)
+    with pytest.raises(ValueError, match=r"duplicates frames\[0\]\.prompt"):
+        forks.edit_prompts(board(*SHOTS), {1: "a boat"}, 1)
+    req = animation_pb2.CreateAnimationRequest(frames=3, init_upload_id="u")
+    req.fork.parent_job_id, req.fork.from_frame = "../x", 1
+    with pytest.raises(forks.ForkError, match=r"^fork\.parent_job_id: must be a job id"):
+        forks.check_request(req)
+    req.fork.parent_job_id = PARENT
+    with pytest.raises(forks.ForkError, match=r"^init_upload_id: a fork keeps"):
+        forks.check_request(req)
+
+
+def _spec(job: str, i: int) -> types_pb2.FrameSpec:
+    return types_pb2.FrameSpec(
+        index=i,
+        prompt=f"p{i}",
+        seed=7 + i,
+        source_key=keys.frame_key(job, i - 1) if i else "",
+        depth_key=keys.depth_key(job, i - 1) if i else "",
+        color_reference_key=keys.frame_key(job, 0),
+        profile=types_pb2.Profile(name="tiny"),
+    )
+
+
+def _record(job: str, i: int) -> dict:
+    spec = MessageToDict(_spec(job, i), preserving_proto_field_name=True)
+    return {"job_id": job, "frame": i, "spec": spec}
+
+
+def test_a_forks_specs_are_the_parents_rekeyed_then_its_own() -> None:
+    own = [_spec(FORK, i) for i in range(3)]
+    for s in own:
+        s.prompt += " (fork)"
+    specs = forks.fork_specs(FORK, 2, own, [_record(PARENT, 0), _record(PARENT, 1)])
+    assert [s.prompt for s in specs] == ["p0", "p1", "p2 (fork)"]
+    assert specs[1].source_key == keys.frame_key(FORK, 0)
+    assert specs[1].depth_key == keys.depth_key(FORK, 0)
+    assert specs[1].color_reference_key == keys.frame_key(FORK, 0)
+    # A fork of a fork: each copied record names the job that rendered it.
+    grand = forks.fork_specs(PARENT, 2, own, [_record(FORK, 0), _record(FORK, 1)])
+    assert grand[1].source_key == keys.frame_key(PARENT, 0)
+    with pytest.raises(forks.ForkError, match=r"record of frame 0 holds no FrameSpec"):
+        forks.fork_specs(FORK, 1, own, [{"job_id": PARENT, "frame": 0}])
+
+
+def test_reading_the_parent_and_copying_its_frames(tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    store.put(keys.plan_key(PARENT), board(*SHOTS).to_json().encode())
+    for i in range(2):
+        store.put(keys.frame_key(PARENT, i), b"png%d" % i)
+        store.put(keys.frame_record_key(PARENT, i), json.dumps(_record(PARENT, i)).encode())
+    store.put(keys.depth_key(PARENT, 0), b"depth0")
+    with pytest.raises(forks.ForkError, match=r"^fork\.from_frame: must be in 1\.\.2 \(job "):
+        forks.read_parent(store, PARENT, 3)
+    with pytest.raises(forks.ForkError, match=rf"^fork\.parent_job_id: job {FORK} has no story"):
+        forks.read_parent(store, FORK, 1)
+    parent = forks.read_parent(store, PARENT, 2)
+    assert parent.depth_maps == {0} and [s.prompt for s in parent.specs] == ["p0", "p1"]
+    written = forks.copy_frames(store, parent, FORK)
+    assert written == [
+        keys.frame_key(FORK, 0),
+        keys.frame_record_key(FORK, 0),
+        keys.depth_key(FORK, 0),
+        keys.frame_key(FORK, 1),
+        keys.frame_record_key(FORK, 1),
+    ]
+    store.delete_prefix(keys.job_prefix(PARENT))
+    assert store.get(keys.frame_key(FORK, 1)) == b"png1"
+
+    # Planned with the copies: frames 0 and 1 done (frame 0's depth map too), frame 2 next.
+    state = animation_pb2.JobState(job_id=FORK, status=lifecycle.PLANNING)
+    specs = [_spec(FORK, i) for i in range(3)]
+    assert lifecycle.planned(
+        state,
+        title="t",
+        backend="user",
+        profile=types_pb2.Profile(),
+        specs=specs,
+        event_id="e",
+        stored=store.list(keys.job_prefix(FORK)),
+    )
+    assert [(f.rendered, f.depth_ready) for f in state.frame_states] == [
+        (True, True),
+        (True, False),
+        (False, False),
+    ]
+    assert state.status == lifecycle.RENDERING
+    assert lifecycle.first_frame_not_rendered(state) == 2
