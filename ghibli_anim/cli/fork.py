@@ -140,14 +140,10 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
     except ParseError as exc:
         raise ValueError(f"--from-run: the recorded request does not parse ({exc})") from None
     # The flags given replace the parent's values (a repeated one, such as --lora, whole).
-    for field, value in flag_request(args).ListFields():
+    flags = flag_request(args)
+    for field, _ in flags.ListFields():
         req.ClearField(field.name)
-        if field.label == field.LABEL_REPEATED:
-            getattr(req, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(req, field.name).CopyFrom(value)
-        else:
-            setattr(req, field.name, value)
+    req.MergeFrom(flags)  # only the fields set: the cleared ones, whole
     req.fork.parent_job_id = parent_id
     req.fork.from_frame = args.from_frame
     store = LocalStore(runs_dir)

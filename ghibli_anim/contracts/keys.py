@@ -190,14 +190,14 @@ LAYOUT: tuple[KeyKind, ...] = (
     ),
     KeyKind(
         "jobs/{job_id}/frames/{i:04d}.png",
-        "renderer",
+        "renderer (a fork's frames before K: planner, job API, copied from the parent)",
         "per frame (a retry writes the same bytes)",
         lambda ids: frame_key(ids["job_id"], ids["i"]),
     ),
     KeyKind(
         "jobs/{job_id}/frames/{i:04d}.json",
-        "renderer",
-        "per frame: what ran for it",
+        "renderer (a fork's frames before K: copied with them)",
+        "per frame: what ran for it, the whole FrameSpec included",
         lambda ids: frame_record_key(ids["job_id"], ids["i"]),
     ),
     KeyKind(

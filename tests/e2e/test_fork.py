@@ -179,6 +179,18 @@ def test_bad_forks_are_refused_naming_the_field(tmp_path: Path, runs: Path, caps
     err = refused("--from-run", src, "--from-frame", "2", "--prompt", "1:a new start")
     assert "--prompt: frame 1 must be in 2..2" in err, err
 
+    # A request-level change applies from frame K: frames before it stay the parent's.
+    rc, fork = _generate(runs, "--from-run", src, "--from-frame", "2", "--strength", "0.5")
+    assert rc == 0 and fork is not None
+    capsys.readouterr()
+    assert _renders(runs / fork, fork) == [2]
+    records = [json.loads((runs / fork / "frames" / f"000{i}.json").read_text()) for i in range(3)]
+    assert [round(r["spec"]["strength"], 3) for r in records] == [0.15, 0.15, 0.5]
+    for i in range(2):
+        assert (runs / fork / "frames" / f"000{i}.png").read_bytes() == (
+            runs / parent / "frames" / f"000{i}.png"
+        ).read_bytes()
+
     # A run still going (or killed before its end was recorded): no job.json.
     job = json.loads((runs / parent / "job.json").read_text())
     (runs / parent / "job.json").write_text(json.dumps({**job, "status": "RENDERING"}))
