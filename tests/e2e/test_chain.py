@@ -255,6 +255,7 @@ def test_generate_from_a_subprocess(tiny_cache_dir, tmp_path):
         "animation.mp4",
         "animation.webp",
         "frames.zip",
+        "job.json",  # how the run ended: what `generate --from-run` checks before a fork
     }
     assert "notice: offline planner" in out.stderr
 

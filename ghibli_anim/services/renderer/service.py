@@ -99,10 +99,11 @@ class _Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class _DepthMap:
-    """A frame's depth map: as the next frame reads it (H x W pixels) and as stored (PNG)."""
+    """A frame's depth map: as the next frame reads it (H x W pixels) and as stored (its PNG,
+    being encoded on the encoder thread)."""
 
     pixels: np.ndarray
-    png: bytes
+    encoded: Future[bytes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,7 +574,8 @@ class RendererService(TorchService):
         gray.setflags(write=False)
         # The stored PNG decodes to exactly these pixels: the next frame on this replica
         # is guided as it would be by the map read from the store.
-        return _DepthMap(pixels=gray, png=encode_png(gray))
+        # Encoded off the torch thread, like the frame: the next frame only needs the pixels.
+        return _DepthMap(pixels=gray, encoded=self._encoder.submit(encode_png, gray))
 
     async def _read(self, key: str, field: str) -> np.ndarray | bytes | None:
         """The pixels of ``key`` if this replica has them in memory, else its stored bytes
@@ -630,9 +632,8 @@ class RendererService(TorchService):
             ),
         ]
         if depth_key and result.depth is not None:
-            writes.append(
-                asyncio.to_thread(self.store.put, depth_key, result.depth.png, "image/png")
-            )
+            depth_png = await asyncio.wrap_future(result.depth.encoded)
+            writes.append(asyncio.to_thread(self.store.put, depth_key, depth_png, "image/png"))
         # Side by side: one store round trip on the critical path, not two or three.
         await asyncio.gather(*writes)
         # The stored PNGs decode to exactly these pixels (PNG is lossless): the next
