@@ -327,10 +327,12 @@ class RendererService(TorchService):
             result, timer, source_read, rendered_ahead = await self._result(
                 work, delivery, ahead, depth_key, progress
             )
+            # The next frame starts on the device now, while this one's last progress
+            # event, PNG, store writes and announcement follow.
+            if self.settings["ANIM_RENDER_AHEAD"] and self.recent.capacity:
+                self._start_ahead(state, work, result)
         finally:
             await progress.close()
-        if self.settings["ANIM_RENDER_AHEAD"] and self.recent.capacity:
-            self._start_ahead(state, work, result)
         png = await asyncio.wrap_future(result.encoded)
         record = {
             **result.record,
