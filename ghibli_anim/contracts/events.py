@@ -12,6 +12,7 @@ from ghibli_anim.contracts.pb import bus_pb2
 
 JOB_CREATED = bus_pb2.EVENT_TYPE_JOB_CREATED
 JOB_PLANNED = bus_pb2.EVENT_TYPE_JOB_PLANNED
+JOB_APPROVED = bus_pb2.EVENT_TYPE_JOB_APPROVED
 JOB_ASSEMBLED = bus_pb2.EVENT_TYPE_JOB_ASSEMBLED
 JOB_COMPLETED = bus_pb2.EVENT_TYPE_JOB_COMPLETED
 JOB_FAILED = bus_pb2.EVENT_TYPE_JOB_FAILED
@@ -56,7 +57,8 @@ STEP_FAILURES: Mapping[int, str] = {
 
 EMITTED_BY: Mapping[int, str] = {
     JOB_CREATED: "planner (job API: create, or a resume before planning ended)",
-    JOB_PLANNED: "planner (plan step; job API on resume)",
+    JOB_PLANNED: "planner (plan step, also when the job then waits for review; job API on resume)",
+    JOB_APPROVED: "planner (job API: a job waiting for review approved)",
     JOB_ASSEMBLED: "assembler",
     JOB_COMPLETED: "planner (conductor)",
     JOB_FAILED: "planner (conductor, time limit)",

@@ -3,9 +3,15 @@
 ::
 
     PENDING -> PLANNING -> RENDERING -> ASSEMBLING -> COMPLETED
-       |          |           |             |
-       +----------+-----------+-------------+--> FAILED | CANCELLED --resume--> RENDERING,
-                                                                      ASSEMBLING or PENDING
+       |          |           ^             |
+       |          +-> PLANNED + (approved)  |
+       |          |      |    |             |
+       +----------+------+----+-------------+--> FAILED | CANCELLED --resume--> RENDERING,
+                                                            ASSEMBLING, PLANNED or PENDING
+
+PLANNED is review before rendering: a job created with ``review`` stops there after
+planning, with its storyboard and FrameSpecs, until the user approves it (:func:`approved`,
+with or without an edited storyboard) or cancels it.
 
 A job's state is one ``JobState`` in the KV bucket ``anim-jobs``, changed only by
 compare-and-swap (``runtime.jobstore.JobStore.update``), which applies one of the
@@ -15,7 +21,8 @@ arguments): it may run several times when writers race, and a transition that do
 apply to the state it finds leaves it unchanged and returns False, so a repeated event
 or a late message changes nothing.
 
-Who applies which: the job API (``create``, :func:`cancelled`, :func:`resumed`), the plan
+Who applies which: the job API (``create``, :func:`approved`, :func:`cancelled`,
+:func:`resumed`), the plan
 step (:func:`start_planning`, :func:`planned`), the conductor (:func:`frame_rendered`,
 :func:`depth_ready`, :func:`assembled`, :func:`failed`) and the planner's time limit
 (:func:`timed_out`). The conductor alone decides what work a state calls for next.
@@ -37,10 +44,12 @@ ASSEMBLING = types_pb2.JOB_STATUS_ASSEMBLING
 COMPLETED = types_pb2.JOB_STATUS_COMPLETED
 FAILED = types_pb2.JOB_STATUS_FAILED
 CANCELLED = types_pb2.JOB_STATUS_CANCELLED
+PLANNED = types_pb2.JOB_STATUS_PLANNED
 
 STATUSES: tuple[JobStatus, ...] = (
     PENDING,
     PLANNING,
+    PLANNED,
     RENDERING,
     ASSEMBLING,
     COMPLETED,
@@ -51,13 +60,17 @@ STATUSES: tuple[JobStatus, ...] = (
 
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     PENDING: frozenset({PLANNING, CANCELLED, FAILED}),
-    PLANNING: frozenset({RENDERING, FAILED, CANCELLED}),
+    # PLANNED: a job created with review waits for approval (ASSEMBLING: approved with
+    # every frame stored already, as planned() does).
+    PLANNING: frozenset({RENDERING, PLANNED, FAILED, CANCELLED}),
+    PLANNED: frozenset({RENDERING, ASSEMBLING, FAILED, CANCELLED}),
     RENDERING: frozenset({ASSEMBLING, FAILED, CANCELLED}),
     ASSEMBLING: frozenset({COMPLETED, FAILED, CANCELLED}),
     # Resume: rendering continues from the first frame not yet done (ASSEMBLING when
-    # every frame is done; PENDING when the job stopped before it was planned).
-    FAILED: frozenset({RENDERING, ASSEMBLING, PENDING}),
-    CANCELLED: frozenset({RENDERING, ASSEMBLING, PENDING}),
+    # every frame is done; PENDING when the job stopped before it was planned; PLANNED
+    # when it stopped while waiting for review).
+    FAILED: frozenset({RENDERING, ASSEMBLING, PENDING, PLANNED}),
+    CANCELLED: frozenset({RENDERING, ASSEMBLING, PENDING, PLANNED}),
     COMPLETED: frozenset(),
 }
 """Allowed status changes: from -> the statuses it may become. Staying in the same
@@ -151,28 +164,73 @@ def planned(
     event_id: str,
     stored: Collection[str] = (),
 ) -> bool:
-    """PLANNING -> RENDERING with the storyboard resolved into one FrameSpec per frame.
+    """PLANNING -> RENDERING with the storyboard resolved into one FrameSpec per frame
+    (PLANNED instead when the request asks for review: nothing renders until
+    :func:`approved`).
 
     ``stored``: the job's keys already in the store (a fork's copies of its parent's
     frames); a frame whose PNG and record are there counts as done, as on a resume.
     """
     if state.status != PLANNING:
         return False  # cancelled or failed while planning, or planned already
-    specs = list(specs)
-    state.status = RENDERING
-    state.title = title
     state.planner_backend = backend
     state.profile.CopyFrom(profile)
+    _set_plan(state, title, specs, stored)
+    if awaits_review(state):
+        state.status = PLANNED
+    state.last_event_id = event_id
+    return True
+
+
+def approved(
+    state: animation_pb2.JobState,
+    *,
+    event_id: str,
+    title: str = "",
+    specs: Iterable[types_pb2.FrameSpec] | None = None,
+    storyboard_json: str = "",
+    stored: Collection[str] = (),
+) -> bool:
+    """PLANNED -> RENDERING: the user approved the storyboard.
+
+    With ``specs`` (an edited storyboard, ``storyboard_json``, resolved as planning does)
+    the job renders those; the request then carries the edited storyboard, so the job's
+    record (and a replay of its manifest) names what was rendered.
+    """
+    if state.status != PLANNED:
+        return False
+    state.approved = True
+    if specs is not None:
+        state.planner_backend = "user"
+        state.request.storyboard_json = storyboard_json
+        _set_plan(state, title, specs, stored)
+    else:
+        _set_status_from_frames(state)
+    state.last_event_id = event_id
+    return True
+
+
+def _set_plan(
+    state: animation_pb2.JobState,
+    title: str,
+    specs: Iterable[types_pb2.FrameSpec],
+    stored: Collection[str],
+) -> None:
+    specs = list(specs)
+    state.title = title
     del state.frame_specs[:]
     state.frame_specs.extend(specs)
     del state.frame_states[:]
     state.frame_states.extend(types_pb2.FrameState(index=i) for i in range(len(specs)))
+    state.status = RENDERING
     if stored:
         _mark_stored(state, stored)
-        if first_frame_not_rendered(state) is None:
-            state.status = ASSEMBLING
-    state.last_event_id = event_id
-    return True
+        _set_status_from_frames(state)
+
+
+def _set_status_from_frames(state: animation_pb2.JobState) -> None:
+    """RENDERING, or ASSEMBLING once every frame is stored."""
+    state.status = RENDERING if first_frame_not_rendered(state) is not None else ASSEMBLING
 
 
 def frame_rendered(
@@ -273,7 +331,8 @@ def resumed(state: animation_pb2.JobState, stored: Collection[str]) -> bool:
     PNG and its record are there (the store, not the events: a cancelled job's last
     frame.rendered may have been ignored), a depth map when its PNG is there. Same seed,
     specs, profile and colour references. A job stopped before planning ended goes back
-    to PENDING; one with every frame done goes to ASSEMBLING.
+    to PENDING; one stopped while waiting for review (never approved) waits again in
+    PLANNED; one with every frame done goes to ASSEMBLING.
     """
     if state.status not in RESUMABLE:
         return False
@@ -283,8 +342,15 @@ def resumed(state: animation_pb2.JobState, stored: Collection[str]) -> bool:
         state.status = PENDING
         return True
     _mark_stored(state, stored)
-    state.status = ASSEMBLING if first_frame_not_rendered(state) is None else RENDERING
+    _set_status_from_frames(state)
+    if awaits_review(state):
+        state.status = PLANNED
     return True
+
+
+def awaits_review(state: animation_pb2.JobState) -> bool:
+    """Whether the job asked for review and was not approved yet."""
+    return state.request.review and not state.approved
 
 
 def _mark_stored(state: animation_pb2.JobState, stored: Collection[str]) -> None:
@@ -301,6 +367,8 @@ def _mark_stored(state: animation_pb2.JobState, stored: Collection[str]) -> None
 def time_out_reason(state: animation_pb2.JobState, limit_s: float, elapsed_s: float) -> str:
     """Why a job past ``ANIM_JOB_TIMEOUT_S`` fails: the limit, where it was, how long ago."""
     where = status_name(state.status)
+    if state.status == PLANNED:
+        where += " (waiting for review)"
     if state.status == RENDERING:
         frame = first_frame_not_rendered(state)
         if frame is not None:

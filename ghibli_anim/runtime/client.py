@@ -164,6 +164,14 @@ class AnimationClient:
             metadata=self._metadata(),
         )
 
+    async def approve(self, job_id: str, storyboard_json: str = "") -> animation_pb2.Animation:
+        """Start rendering a job waiting for review, as planned or with an edited storyboard."""
+        return await self.stub.ApproveAnimation(
+            animation_pb2.ApproveAnimationRequest(job_id=job_id, storyboard_json=storyboard_json),
+            timeout=self.timeout_s,
+            metadata=self._metadata(),
+        )
+
     async def resume(self, job_id: str) -> animation_pb2.Animation:
         return await self.stub.ResumeAnimation(
             animation_pb2.ResumeAnimationRequest(job_id=job_id),

@@ -35,6 +35,7 @@ from ghibli_anim.runtime.bus.names import (
     IDEM_BUCKET,
     JOBS_BUCKET,
     PLANNER_QUEUE,
+    REQUEST_APPROVE,
     REQUEST_CREATE,
     STEPS,
     WORK_PREFIX,
@@ -210,12 +211,15 @@ def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
             elif subject.startswith("$KV."):
                 assert subject.split(".")[1] in (JOBS_BUCKET, IDEM_BUCKET), subject
             elif subject.startswith("anim."):
-                assert subject.startswith((WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE)), subject
+                assert subject.startswith(
+                    (WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE, REQUEST_APPROVE)
+                ), subject
     # Each worker pulls from its own durable only.
     for user, step in (("renderer", "render"), ("depth", "depth"), ("assembler", "assemble")):
         pulls = [s for s in allowed_publish(user) if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
         assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{step}"]
-    assert f'"{REQUEST_CREATE} {PLANNER_QUEUE}"' in AUTH_CONF.read_text()
+    for subject in (REQUEST_CREATE, REQUEST_APPROVE):
+        assert f'"{subject} {PLANNER_QUEUE}"' in AUTH_CONF.read_text()
 
 
 async def test_services_do_their_work_within_their_permissions(secured_nats: NatsServer) -> None:

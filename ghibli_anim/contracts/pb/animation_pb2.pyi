@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateAnimationRequest(_message.Message):
-    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id", "loras", "base_model", "controlnet", "init_upload_id", "preset", "truncate_prompts", "color_coherence", "interpolate", "camera", "strength_schedule", "guidance_schedule", "sharpen", "blend_prompts", "seed_mode_schedule", "fork")
+    __slots__ = ("idempotency_key", "idea", "frames", "profile", "seed", "seed_mode", "width", "height", "steps", "guidance", "strength", "negative_prompt", "fps", "formats", "depth", "storyboard_json", "client_id", "loras", "base_model", "controlnet", "init_upload_id", "preset", "truncate_prompts", "color_coherence", "interpolate", "camera", "strength_schedule", "guidance_schedule", "sharpen", "blend_prompts", "seed_mode_schedule", "fork", "review")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     IDEA_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class CreateAnimationRequest(_message.Message):
     BLEND_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SEED_MODE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     FORK_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     idea: str
     frames: int
@@ -77,7 +78,8 @@ class CreateAnimationRequest(_message.Message):
     blend_prompts: bool
     seed_mode_schedule: str
     fork: ForkFrom
-    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., controlnet: _Optional[str] = ..., init_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., truncate_prompts: _Optional[bool] = ..., color_coherence: _Optional[str] = ..., interpolate: _Optional[int] = ..., camera: _Optional[str] = ..., strength_schedule: _Optional[str] = ..., guidance_schedule: _Optional[str] = ..., sharpen: _Optional[str] = ..., blend_prompts: _Optional[bool] = ..., seed_mode_schedule: _Optional[str] = ..., fork: _Optional[_Union[ForkFrom, _Mapping]] = ...) -> None: ...
+    review: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., idea: _Optional[str] = ..., frames: _Optional[int] = ..., profile: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., strength: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., fps: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., depth: _Optional[bool] = ..., storyboard_json: _Optional[str] = ..., client_id: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., base_model: _Optional[str] = ..., controlnet: _Optional[str] = ..., init_upload_id: _Optional[str] = ..., preset: _Optional[str] = ..., truncate_prompts: _Optional[bool] = ..., color_coherence: _Optional[str] = ..., interpolate: _Optional[int] = ..., camera: _Optional[str] = ..., strength_schedule: _Optional[str] = ..., guidance_schedule: _Optional[str] = ..., sharpen: _Optional[str] = ..., blend_prompts: _Optional[bool] = ..., seed_mode_schedule: _Optional[str] = ..., fork: _Optional[_Union[ForkFrom, _Mapping]] = ..., review: _Optional[bool] = ...) -> None: ...
 
 class ForkFrom(_message.Message):
     __slots__ = ("parent_job_id", "from_frame")
@@ -211,6 +213,22 @@ class CreateUploadResponse(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, upload_id: _Optional[str] = ..., key: _Optional[str] = ..., put_url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ApproveAnimationRequest(_message.Message):
+    __slots__ = ("job_id", "storyboard_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STORYBOARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    storyboard_json: str
+    def __init__(self, job_id: _Optional[str] = ..., storyboard_json: _Optional[str] = ...) -> None: ...
+
+class ApproveReply(_message.Message):
+    __slots__ = ("animation", "error")
+    ANIMATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    animation: Animation
+    error: BusError
+    def __init__(self, animation: _Optional[_Union[Animation, _Mapping]] = ..., error: _Optional[_Union[BusError, _Mapping]] = ...) -> None: ...
+
 class CreateReply(_message.Message):
     __slots__ = ("response", "error")
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
@@ -228,7 +246,7 @@ class BusError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobState(_message.Message):
-    __slots__ = ("job_id", "status", "request", "seed", "frames", "attempt", "frame_specs", "frame_states", "error", "title", "planner_backend", "profile", "outputs", "created_at", "updated_at", "last_event_id", "list_position", "client_list_position")
+    __slots__ = ("job_id", "status", "request", "seed", "frames", "attempt", "frame_specs", "frame_states", "error", "title", "planner_backend", "profile", "outputs", "created_at", "updated_at", "last_event_id", "list_position", "client_list_position", "approved")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +265,7 @@ class JobState(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     LIST_POSITION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_LIST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: _types_pb2.JobStatus
     request: CreateAnimationRequest
@@ -265,4 +284,5 @@ class JobState(_message.Message):
     last_event_id: str
     list_position: int
     client_list_position: int
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., request: _Optional[_Union[CreateAnimationRequest, _Mapping]] = ..., seed: _Optional[int] = ..., frames: _Optional[int] = ..., attempt: _Optional[int] = ..., frame_specs: _Optional[_Iterable[_Union[_types_pb2.FrameSpec, _Mapping]]] = ..., frame_states: _Optional[_Iterable[_Union[_types_pb2.FrameState, _Mapping]]] = ..., error: _Optional[str] = ..., title: _Optional[str] = ..., planner_backend: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.Profile, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., list_position: _Optional[int] = ..., client_list_position: _Optional[int] = ...) -> None: ...
+    approved: bool
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., request: _Optional[_Union[CreateAnimationRequest, _Mapping]] = ..., seed: _Optional[int] = ..., frames: _Optional[int] = ..., attempt: _Optional[int] = ..., frame_specs: _Optional[_Iterable[_Union[_types_pb2.FrameSpec, _Mapping]]] = ..., frame_states: _Optional[_Iterable[_Union[_types_pb2.FrameState, _Mapping]]] = ..., error: _Optional[str] = ..., title: _Optional[str] = ..., planner_backend: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.Profile, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_event_id: _Optional[str] = ..., list_position: _Optional[int] = ..., client_list_position: _Optional[int] = ..., approved: _Optional[bool] = ...) -> None: ...

@@ -75,6 +75,11 @@ class AnimationServiceStub:
                 request_serializer=animation_dot_v1_dot_animation__pb2.CreateUploadRequest.SerializeToString,
                 response_deserializer=animation_dot_v1_dot_animation__pb2.CreateUploadResponse.FromString,
                 _registered_method=True)
+        self.ApproveAnimation = channel.unary_unary(
+                '/animation.v1.AnimationService/ApproveAnimation',
+                request_serializer=animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.SerializeToString,
+                response_deserializer=animation_dot_v1_dot_animation__pb2.Animation.FromString,
+                _registered_method=True)
 
 
 class AnimationServiceServicer:
@@ -133,6 +138,17 @@ class AnimationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveAnimation(self, request, context):
+        """Review before rendering. A job created with `review` stops after planning, in
+        PLANNED, with its storyboard in GetAnimation; this starts rendering it, as
+        planned or with an edited storyboard. FAILED_PRECONDITION naming the status for a
+        job that is not PLANNED; INVALID_ARGUMENT naming the field for a bad storyboard
+        (nothing is written then). CancelAnimation ends a job waiting for review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnimationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +191,11 @@ def add_AnimationServiceServicer_to_server(servicer, server):
                     servicer.CreateUpload,
                     request_deserializer=animation_dot_v1_dot_animation__pb2.CreateUploadRequest.FromString,
                     response_serializer=animation_dot_v1_dot_animation__pb2.CreateUploadResponse.SerializeToString,
+            ),
+            'ApproveAnimation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAnimation,
+                    request_deserializer=animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.FromString,
+                    response_serializer=animation_dot_v1_dot_animation__pb2.Animation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -393,6 +414,33 @@ class AnimationService:
             '/animation.v1.AnimationService/CreateUpload',
             animation_dot_v1_dot_animation__pb2.CreateUploadRequest.SerializeToString,
             animation_dot_v1_dot_animation__pb2.CreateUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAnimation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/animation.v1.AnimationService/ApproveAnimation',
+            animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.SerializeToString,
+            animation_dot_v1_dot_animation__pb2.Animation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PLAN_FAILED: _ClassVar[EventType]
     EVENT_TYPE_ASSEMBLY_FAILED: _ClassVar[EventType]
     EVENT_TYPE_WATCH_HEARTBEAT: _ClassVar[EventType]
+    EVENT_TYPE_JOB_APPROVED: _ClassVar[EventType]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_JOB_CREATED: EventType
 EVENT_TYPE_JOB_PLANNED: EventType
@@ -45,6 +46,7 @@ EVENT_TYPE_DEPTH_FAILED: EventType
 EVENT_TYPE_PLAN_FAILED: EventType
 EVENT_TYPE_ASSEMBLY_FAILED: EventType
 EVENT_TYPE_WATCH_HEARTBEAT: EventType
+EVENT_TYPE_JOB_APPROVED: EventType
 
 class PlanWork(_message.Message):
     __slots__ = ("job_id", "attempt", "causation_id")

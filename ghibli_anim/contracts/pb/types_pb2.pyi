@@ -17,6 +17,7 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_COMPLETED: _ClassVar[JobStatus]
     JOB_STATUS_FAILED: _ClassVar[JobStatus]
     JOB_STATUS_CANCELLED: _ClassVar[JobStatus]
+    JOB_STATUS_PLANNED: _ClassVar[JobStatus]
 
 class SeedMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ JOB_STATUS_ASSEMBLING: JobStatus
 JOB_STATUS_COMPLETED: JobStatus
 JOB_STATUS_FAILED: JobStatus
 JOB_STATUS_CANCELLED: JobStatus
+JOB_STATUS_PLANNED: JobStatus
 SEED_MODE_UNSPECIFIED: SeedMode
 SEED_MODE_INCREMENT: SeedMode
 SEED_MODE_FIXED: SeedMode

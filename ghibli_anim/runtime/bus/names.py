@@ -11,7 +11,8 @@ file (ARCHITECTURE.md's tables are generated from it):
 - stream ``ANIM_ADVISORIES``: the server's max-deliveries advisories of ``ANIM_WORK``,
   durable ``advisories``;
 - KV buckets ``anim-jobs`` (one JobState per job) and ``anim-idem`` (idempotency);
-- ``anim.request.create``: CreateAnimation as core request/reply, queue group ``planner``;
+- ``anim.request.create`` and ``anim.request.approve``: CreateAnimation and
+  ApproveAnimation as core request/reply, queue group ``planner``;
 - ``Nats-Msg-Id`` of every publish, built from (job, step or event, frame, attempt), so a
   re-publish within the dedup window is dropped while a retry (a new attempt) is not.
 """
@@ -38,6 +39,7 @@ CONDUCTOR = "conductor"
 CONDUCTOR_EVENTS: tuple[int, ...] = (
     events.JOB_CREATED,
     events.JOB_PLANNED,
+    events.JOB_APPROVED,
     events.FRAME_RENDERED,
     events.DEPTH_READY,
     events.JOB_ASSEMBLED,
@@ -71,8 +73,10 @@ IDEM_BUCKET = "anim-idem"
 
 REQUEST_CREATE = "anim.request.create"
 """Core request/reply subject for CreateAnimation over the bus."""
+REQUEST_APPROVE = "anim.request.approve"
+"""Core request/reply subject for ApproveAnimation over the bus."""
 PLANNER_QUEUE = "planner"
-"""Queue group of the planners answering ``REQUEST_CREATE``."""
+"""Queue group of the planners answering ``REQUEST_CREATE`` and ``REQUEST_APPROVE``."""
 
 MSG_ID_HEADER = api.Header.MSG_ID.value  # "Nats-Msg-Id"
 

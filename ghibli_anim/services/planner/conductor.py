@@ -11,7 +11,9 @@ The :class:`Conductor` applies each event the planner's durable ``conductor`` re
 =====================  =====================================================================
 job.created            publish what the state calls for (planning)
 job.planned            the same: frame 0 after planning; after a resume, the first frame
-                       not done, its predecessor's depth map, or assembly
+                       not done, its predecessor's depth map, or assembly; nothing for
+                       a job waiting for review (PLANNED)
+job.approved           the same as job.planned, once a job waiting for review is approved
 frame.rendered{i}      KV marks frame i done (the last one: ASSEMBLING), and its depth map
                        when the event names it, then publish what the state calls for
 depth.ready{i}         KV marks the depth map done, then publish what the state calls for
@@ -68,6 +70,7 @@ WORK_TYPES: dict[str, type[Message]] = {
 _STARTS = {
     events.JOB_CREATED: frozenset({PENDING}),
     events.JOB_PLANNED: frozenset({RENDERING, ASSEMBLING}),
+    events.JOB_APPROVED: frozenset({RENDERING, ASSEMBLING}),
 }
 
 # The failure event a worker would have sent for each step, had it lived to say so.
@@ -204,7 +207,7 @@ class Conductor:
 
     async def _handle(self, event: bus_pb2.Event) -> None:
         kind = event.type
-        if kind in (events.JOB_CREATED, events.JOB_PLANNED):
+        if kind in _STARTS:
             state, _ = await self.jobs.get(event.job_id)
             # A late copy of an earlier attempt's event, or of one the job is past, starts
             # nothing.

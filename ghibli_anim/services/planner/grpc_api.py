@@ -1,4 +1,4 @@
-"""gRPC AnimationService and the bus request subject: thin shells over :class:`JobsApi`.
+"""gRPC AnimationService and the bus request subjects: thin shells over :class:`JobsApi`.
 
 Both edges give the same error code and text for the same bad request; the text
 names the field and the allowed range.
@@ -7,6 +7,7 @@ names the field and the allowed range.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.lifecycle import InvalidTransition
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
+from ghibli_anim.runtime.bus.names import REQUEST_APPROVE, REQUEST_CREATE
 from ghibli_anim.runtime.jobstore import JobNotFound
 from ghibli_anim.services.planner.jobs_api import FailedPrecondition, JobsApi, QuotaExceeded
 
@@ -178,10 +180,42 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
             context, self.api.create_upload(request.content_type, request.size_bytes)
         )
 
+    async def ApproveAnimation(self, request, context):
+        return await self._call(context, self.api.approve(request.job_id, request.storyboard_json))
 
-async def handle_bus_create(api: JobsApi, data: bytes) -> bytes:
-    """anim.request.create: the same request, validation and error text as gRPC."""
-    reply = animation_pb2.CreateReply()
+
+@dataclass(frozen=True)
+class BusCall:
+    """One job API call as core request/reply on the bus: its request, its reply (a
+    ``oneof result`` of the response field and ``error``) and the call."""
+
+    request_type: type[Message]
+    reply_type: type[Message]
+    response_field: str
+    call: Callable[[JobsApi, Message], Awaitable[Message]]
+
+
+BUS_CALLS: dict[str, BusCall] = {
+    REQUEST_CREATE: BusCall(
+        animation_pb2.CreateAnimationRequest,
+        animation_pb2.CreateReply,
+        "response",
+        lambda api, req: api.create(req),
+    ),
+    REQUEST_APPROVE: BusCall(
+        animation_pb2.ApproveAnimationRequest,
+        animation_pb2.ApproveReply,
+        "animation",
+        lambda api, req: api.approve(req.job_id, req.storyboard_json),
+    ),
+}
+"""The requests the planner answers on the bus, by subject."""
+
+
+async def handle_bus_request(api: JobsApi, subject: str, data: bytes) -> bytes:
+    """``anim.request.*``: the same requests, validation and error text as gRPC."""
+    call = BUS_CALLS[subject]
+    reply = call.reply_type()
     if len(data) > limits.REQUEST_BYTES:
         reply.error.code = grpc.StatusCode.INVALID_ARGUMENT.name
         reply.error.message = (
@@ -189,13 +223,13 @@ async def handle_bus_create(api: JobsApi, data: bytes) -> bytes:
         )
         return reply.SerializeToString()
     try:
-        request = decode_request(animation_pb2.CreateAnimationRequest, data)
+        request = decode_request(call.request_type, data)
     except ValueError as exc:
         reply.error.code = grpc.StatusCode.INVALID_ARGUMENT.name
         reply.error.message = str(exc)
         return reply.SerializeToString()
     try:
-        reply.response.CopyFrom(await api.create(request))
+        getattr(reply, call.response_field).CopyFrom(await call.call(api, request))
     except Exception as exc:
         code, message = classify(exc)
         reply.error.code = code.name

@@ -1,4 +1,5 @@
-"""The job API as plain async Python: create, get, list, cancel, resume, delete, watch.
+"""The job API as plain async Python: create, get, list, approve, cancel, resume, delete,
+watch.
 
 gRPC and the bus request subject (:mod:`.grpc_api`) both call :class:`JobsApi`; they
 differ only in how they carry errors. Validation happens before anything is written,
@@ -31,11 +32,11 @@ from ghibli_anim.runtime import tracing
 from ghibli_anim.runtime.auth import ANONYMOUS, current_client
 from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM, job_events_filter
-from ghibli_anim.runtime.bus.publish import announce
+from ghibli_anim.runtime.bus.publish import announce, job_event, publish_event
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore, SlotsTaken, list_scope
 from ghibli_anim.runtime.store.base import Store
-from ghibli_anim.services.planner import forks
+from ghibli_anim.services.planner import forks, plan_step
 from ghibli_anim.services.planner.uploads import load_upload
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,7 @@ class JobsApi:
         parent = await self._fork_parent(req) if req.HasField("fork") else None
         if req.storyboard_json:
             # Shape errors (frame count, fields) are the caller's: refuse now.
-            try:
-                board = parse_storyboard(req.storyboard_json, req.frames)
-            except ValueError as exc:
-                raise ValueError(f"storyboard_json: {exc}") from None
-            if not req.truncate_prompts:
-                await self._check_tokens(req.profile, board)
+            await self._user_board(req, req.storyboard_json)
         init_png = None
         if req.init_upload_id:
             # Validated and re-encoded before the job exists.
@@ -232,22 +228,48 @@ class JobsApi:
         ):
             await announce(self.bus.js, events.JOB_CREATED, job_id, attempt, "", service=SERVICE)
 
-    async def _check_tokens(self, profile_name: str, board: Storyboard) -> None:
+    async def _user_board(
+        self,
+        req: animation_pb2.CreateAnimationRequest,
+        storyboard_json: str,
+        profile: types_pb2.Profile | None = None,
+    ) -> Storyboard:
+        """A storyboard a user gave (``storyboard_json`` at creation, or the edited one of
+        an approval), checked the same way for both: the job's frame count and the fields
+        (:func:`parse_storyboard`), then every prompt with the style within CLIP's 77
+        tokens unless the request truncates; a ValueError naming ``storyboard_json``."""
+        try:
+            board = parse_storyboard(storyboard_json, req.frames)
+        except ValueError as exc:
+            raise ValueError(f"storyboard_json: {exc}") from None
+        if not req.truncate_prompts:
+            await self._check_tokens(req.profile, board, profile)
+        return board
+
+    async def _check_tokens(
+        self, profile_name: str, board: Storyboard, profile: types_pb2.Profile | None = None
+    ) -> None:
         """Refuse a storyboard whose prompt, style included, is over CLIP's 77 tokens.
 
-        Uses the profile's tokenizer only (no torch). When the tokenizer cannot be loaded
-        here, planning makes the same check before anything renders.
+        Uses the profile's tokenizer only (no torch). At creation, when the tokenizer
+        cannot be loaded here, planning makes the same check before anything renders. With
+        ``profile`` (a planned job's, on approval, when nothing checks later) the check
+        is not skipped.
         """
         if self.settings is None:
             return
         settings = self.settings
 
         def counter() -> TokenCounter:
-            return TokenCounter.for_profile(load_profile(profile_name, settings), settings)
+            return TokenCounter.for_profile(
+                profile or load_profile(profile_name, settings), settings
+            )
 
         try:
             tokens = await asyncio.to_thread(counter)
         except Exception as exc:  # a missing tokenizer is not the caller's fault
+            if profile is not None:
+                raise
             log.warning(
                 "tokenizer unavailable at creation; planning checks the prompts",
                 extra={"profile": profile_name, "error": str(exc)},
@@ -341,6 +363,72 @@ class JobsApi:
             next_page_token=next_token(position, client_id),
         )
 
+    # -- review -------------------------------------------------------------
+
+    async def approve(self, job_id: str, storyboard_json: str = "") -> animation_pb2.Animation:
+        """A job waiting for review (PLANNED) -> RENDERING (:func:`lifecycle.approved`),
+        as planned or with an edited storyboard; then ``job.approved``, on which the
+        conductor publishes the first frame.
+
+        The edited storyboard is checked like ``storyboard_json`` at creation, and its
+        FrameSpecs are built as planning builds them (:func:`plan_step.frame_specs_of`);
+        a fork's edit must keep the parent's first K shots. Every check runs before
+        anything is written.
+        """
+        keys.check_job_id(job_id)
+        state, _ = await self.jobs.get(job_id)
+        self._check_planned(state)
+        plan = None
+        if storyboard_json:
+            board = await self._user_board(state.request, storyboard_json, state.profile)
+            if state.request.HasField("fork"):
+                # The planned storyboard holds the parent's first K shots (checked at
+                # creation); the edit must too.
+                planned = await asyncio.to_thread(self.store.get, keys.plan_key(job_id))
+                forks.check_board(parse_storyboard(planned), board, state.request.fork.from_frame)
+            specs, stored = await asyncio.to_thread(
+                plan_step.frame_specs_of, self.store, state, board, state.profile
+            )
+            plan = (board, specs, stored)
+            await asyncio.to_thread(plan_step.write_plan, self.store, job_id, board)
+        # Built first: the job's state records its id as the cause of the change.
+        event = job_event(
+            events.JOB_APPROVED,
+            job_id,
+            state.attempt,
+            state.last_event_id,
+            service=SERVICE,
+            reason="approved with an edited storyboard" if plan else "approved",
+        )
+
+        def approve(s: animation_pb2.JobState) -> bool:
+            if plan is None:
+                return lifecycle.approved(s, event_id=event.event_id)
+            board, specs, stored = plan
+            return lifecycle.approved(
+                s,
+                event_id=event.event_id,
+                title=board.title,
+                specs=specs,
+                storyboard_json=board.to_json(),
+                stored=stored,
+            )
+
+        state, approved_now = await self.jobs.apply(job_id, approve)
+        if not approved_now:
+            self._check_planned(state)  # someone else changed it meanwhile
+        await publish_event(self.bus.js, event)
+        log.info("job approved", extra={"job_id": job_id, "edited": plan is not None})
+        return self.view(state, files=False)
+
+    @staticmethod
+    def _check_planned(state: animation_pb2.JobState) -> None:
+        if state.status != lifecycle.PLANNED:
+            raise FailedPrecondition(
+                f"job_id: job {state.job_id} is {lifecycle.status_name(state.status)}, "
+                "only a job waiting for review (PLANNED, created with review) can be approved"
+            )
+
     # -- cancel and resume ----------------------------------------------------
 
     async def cancel(self, job_id: str) -> animation_pb2.Animation:
@@ -349,7 +437,7 @@ class JobsApi:
         if state.status != lifecycle.CANCELLED:
             raise FailedPrecondition(
                 f"job_id: job {job_id} is {lifecycle.status_name(state.status)}, "
-                "only PENDING, PLANNING, RENDERING or ASSEMBLING jobs can be cancelled "
+                "only PENDING, PLANNING, PLANNED, RENDERING or ASSEMBLING jobs can be cancelled "
                 "(cancelling a CANCELLED job again is harmless)"
             )
         await announce(
@@ -379,6 +467,12 @@ class JobsApi:
             await self._announce_created(state)
             return self.view(state, files=False)
         first = lifecycle.first_frame_not_rendered(state)
+        if state.status == lifecycle.PLANNED:
+            reason = f"resumed: {plan_step.REVIEW_NOTICE}"
+        elif first is not None:
+            reason = f"resumed at frame {first}"
+        else:
+            reason = "resumed: assembling"
         await announce(
             self.bus.js,
             events.JOB_PLANNED,
@@ -386,7 +480,7 @@ class JobsApi:
             state.attempt,
             state.last_event_id,
             service=SERVICE,
-            reason=f"resumed at frame {first}" if first is not None else "resumed: assembling",
+            reason=reason,
         )
         log.info("job resumed", extra={"job_id": job_id, "frame": first})
         return self.view(state, files=False)

@@ -1,6 +1,7 @@
 """The plan step (anim.work.plan): storyboard, token check, FrameSpecs, ``job.planned``.
 
-PENDING -> PLANNING -> RENDERING. The storyboard comes from the request
+PENDING -> PLANNING -> RENDERING (or PLANNED, for a request with ``review``: the job
+waits there until the job API approves it). The storyboard comes from the request
 (``storyboard_json``) or from the storyboard LLM (:mod:`.storyboard_llm`, which falls back
 to the offline planner); every prompt with the style line must fit CLIP's 77 tokens
 unless the request asks to truncate; :mod:`.frame_specs` resolves it into one FrameSpec
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ghibli_anim.contracts import events, keys, lifecycle
 from ghibli_anim.contracts.config import Settings
-from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
+from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.contracts.profiles import resolve_profile
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong, TokenCounter
@@ -39,6 +40,8 @@ from ghibli_anim.services.planner.storyboard_llm import PlanningFailed, Storyboa
 log = logging.getLogger(__name__)
 
 SERVICE = "planner"
+_PLANNED = (lifecycle.RENDERING, lifecycle.ASSEMBLING, lifecycle.PLANNED)
+REVIEW_NOTICE = "waiting for review: approve the storyboard (ApproveAnimation) or cancel the job"
 
 
 @dataclass
@@ -58,7 +61,7 @@ class PlanStep:
     async def handle(self, work: bus_pb2.PlanWork) -> None:
         job_id = keys.check_job_id(work.job_id)
         state = await self.jobs.update(job_id, lifecycle.start_planning)
-        if state.status in (lifecycle.RENDERING, lifecycle.ASSEMBLING) and state.frame_specs:
+        if state.status in _PLANNED and state.frame_specs:
             # Planned before a crash; job.planned may not have gone out.
             await announce(
                 self.bus.js,
@@ -137,11 +140,9 @@ class PlanStep:
             # Otherwise the renderer cuts at 77 tokens and records what it dropped.
             counter.check(prompts_with_style(board))
         await asyncio.to_thread(self._write_plan, state.job_id, board, attempts)
-        specs = resolve_frames(state.job_id, req, state.seed, board, profile)
-        stored: list[str] = []
-        if req.HasField("fork"):
-            # Frames 0..K-1 are the parent's, copied at creation: their specs as they ran.
-            specs, stored = await asyncio.to_thread(self._fork_specs, state.job_id, req, specs)
+        specs, stored = await asyncio.to_thread(frame_specs_of, self.store, state, board, profile)
+        if lifecycle.awaits_review(state):
+            notice = "; ".join(filter(None, (notice, REVIEW_NOTICE)))
         # Built first: the job's state records its id as the cause of the change.
         planned = job_event(
             events.JOB_PLANNED,
@@ -163,32 +164,13 @@ class PlanStep:
                 stored=stored,
             ),
         )
-        if state.status not in (lifecycle.RENDERING, lifecycle.ASSEMBLING):
+        if state.status not in _PLANNED:
             return  # cancelled while planning
         await publish_event(self.bus.js, planned)
         log.info("job planned", extra={"job_id": state.job_id, "backend": backend})
 
-    def _fork_specs(
-        self, job_id: str, req: animation_pb2.CreateAnimationRequest, resolved: list
-    ) -> tuple[list, list[str]]:
-        """A fork's FrameSpecs (:func:`forks.fork_specs`) and the keys it holds already."""
-        records = []
-        for i in range(req.fork.from_frame):
-            try:
-                records.append(json.loads(self.store.get(keys.frame_record_key(job_id, i))))
-            except (NotFound, ValueError):
-                raise NonRetryable(
-                    f"fork: frame {i}'s record, copied from the parent at creation, is "
-                    "missing or unreadable"
-                ) from None
-        try:
-            specs = forks.fork_specs(job_id, req.fork.from_frame, resolved, records)
-        except forks.ForkError as exc:
-            raise NonRetryable(str(exc)) from None
-        return specs, self.store.list(keys.job_prefix(job_id))
-
     def _write_plan(self, job_id: str, board: Storyboard, attempts: list[dict]) -> None:
-        self.store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")
+        write_plan(self.store, job_id, board)
         self._write_attempts(job_id, attempts)
 
     def _write_attempts(self, job_id: str, attempts: list[dict]) -> None:
@@ -198,3 +180,35 @@ class PlanStep:
             json.dumps(attempts, indent=2).encode(),
             "application/json",
         )
+
+
+def write_plan(store: Store, job_id: str, board: Storyboard) -> None:
+    """``plan.json``: the storyboard the job renders (GetAnimation shows it)."""
+    store.put(keys.plan_key(job_id), board.to_json().encode(), "application/json")
+
+
+def frame_specs_of(
+    store: Store, state: animation_pb2.JobState, board: Storyboard, profile: types_pb2.Profile
+) -> tuple[list[types_pb2.FrameSpec], list[str]]:
+    """The job's FrameSpecs for ``board`` (:func:`resolve_frames`), and the keys it holds
+    already: a fork's frames 0..K-1 are its parent's, copied at creation, with their specs
+    as they ran (:func:`forks.fork_specs`). Planning and an approval with an edited
+    storyboard both build them here. Blocking (store reads): run it in a thread."""
+    req = state.request
+    specs = resolve_frames(state.job_id, req, state.seed, board, profile)
+    if not req.HasField("fork"):
+        return specs, []
+    records = []
+    for i in range(req.fork.from_frame):
+        try:
+            records.append(json.loads(store.get(keys.frame_record_key(state.job_id, i))))
+        except (NotFound, ValueError):
+            raise NonRetryable(
+                f"fork: frame {i}'s record, copied from the parent at creation, is "
+                "missing or unreadable"
+            ) from None
+    try:
+        specs = forks.fork_specs(state.job_id, req.fork.from_frame, specs, records)
+    except forks.ForkError as exc:
+        raise NonRetryable(str(exc)) from None
+    return specs, store.list(keys.job_prefix(state.job_id))

@@ -1,9 +1,9 @@
 """The planner service: the job API, the plan step, the conductor and the housekeeping.
 
-AnimationService over gRPC and ``anim.request.create`` on the bus (:mod:`.grpc_api` over
-:mod:`.jobs_api`), the plan step (durable ``plan``), the conductor (durable ``conductor``)
-and its advisories (durable ``advisories``), and the periodic housekeeping (time limit,
-retention, job counts).
+AnimationService over gRPC and ``anim.request.create`` and ``anim.request.approve`` on
+the bus (:mod:`.grpc_api` over :mod:`.jobs_api`), the plan step (durable ``plan``), the
+conductor (durable ``conductor``) and its advisories (durable ``advisories``), and the
+periodic housekeeping (time limit, retention, job counts).
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from ghibli_anim.runtime.bus.consumer import (
     conductor_consumer,
     work_consumer,
 )
-from ghibli_anim.runtime.bus.names import PLANNER_QUEUE, REQUEST_CREATE
+from ghibli_anim.runtime.bus.names import PLANNER_QUEUE
 from ghibli_anim.runtime.grpcserver import ServiceBinding
 from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.service import Service
 from ghibli_anim.services.planner.conductor import Conductor
 from ghibli_anim.services.planner.grpc_api import (
+    BUS_CALLS,
     AnimationServicer,
     add_animation_service,
-    handle_bus_create,
+    handle_bus_request,
 )
 from ghibli_anim.services.planner.housekeeping import Housekeeping
 from ghibli_anim.services.planner.jobs_api import JobsApi
@@ -51,7 +52,7 @@ class PlannerService(Service):
     # e.g. when NATS does not answer, and close() must then report that, not itself).
     _sweeper: asyncio.Task | None = None
     _timer: asyncio.Task | None = None
-    _request_sub = None
+    _request_subs: tuple = ()
 
     async def start(self, bus_: Bus, store) -> None:
         await super().start(bus_, store)
@@ -91,11 +92,11 @@ class PlannerService(Service):
         ]
 
         async def on_request(msg) -> None:
-            await msg.respond(await handle_bus_create(self.api, msg.data))
+            await msg.respond(await handle_bus_request(self.api, msg.subject, msg.data))
 
-        self._request_sub = await bus_.nc.subscribe(
-            REQUEST_CREATE, queue=PLANNER_QUEUE, cb=on_request
-        )
+        for subject in BUS_CALLS:  # appended one by one: close() releases what started
+            sub = await bus_.nc.subscribe(subject, queue=PLANNER_QUEUE, cb=on_request)
+            self._request_subs = (*self._request_subs, sub)
         days = self.settings["ANIM_RETENTION_DAYS"]
         if days > 0:
             self._sweeper = asyncio.create_task(self._sweep(days * 86400.0), name="retention")
@@ -145,9 +146,9 @@ class PlannerService(Service):
         for task in (self._sweeper, self._timer):
             if task is not None:
                 task.cancel()
-        if self._request_sub is not None:
+        for sub in self._request_subs:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._request_sub.unsubscribe(), 2)
+                await asyncio.wait_for(sub.unsubscribe(), 2)
 
 
 SERVICE = PlannerService

@@ -17,6 +17,7 @@ S = types_pb2
 ALL = [
     S.JOB_STATUS_PENDING,
     S.JOB_STATUS_PLANNING,
+    S.JOB_STATUS_PLANNED,
     S.JOB_STATUS_RENDERING,
     S.JOB_STATUS_ASSEMBLING,
     S.JOB_STATUS_COMPLETED,
@@ -31,6 +32,12 @@ ALLOWED = {
     (S.JOB_STATUS_PLANNING, S.JOB_STATUS_RENDERING),
     (S.JOB_STATUS_PLANNING, S.JOB_STATUS_FAILED),
     (S.JOB_STATUS_PLANNING, S.JOB_STATUS_CANCELLED),
+    # Review: planned, waiting for approval (ASSEMBLING: approved with every frame stored).
+    (S.JOB_STATUS_PLANNING, S.JOB_STATUS_PLANNED),
+    (S.JOB_STATUS_PLANNED, S.JOB_STATUS_RENDERING),
+    (S.JOB_STATUS_PLANNED, S.JOB_STATUS_ASSEMBLING),
+    (S.JOB_STATUS_PLANNED, S.JOB_STATUS_FAILED),
+    (S.JOB_STATUS_PLANNED, S.JOB_STATUS_CANCELLED),
     (S.JOB_STATUS_RENDERING, S.JOB_STATUS_ASSEMBLING),
     (S.JOB_STATUS_RENDERING, S.JOB_STATUS_FAILED),
     (S.JOB_STATUS_RENDERING, S.JOB_STATUS_CANCELLED),
@@ -44,6 +51,9 @@ ALLOWED = {
     (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_RENDERING),
     (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_ASSEMBLING),
     (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_PENDING),
+    # ... or waiting for review again (stopped while PLANNED, never approved).
+    (S.JOB_STATUS_FAILED, S.JOB_STATUS_PLANNED),
+    (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_PLANNED),
 }
 
 
@@ -77,6 +87,12 @@ def test_table_is_exactly_the_allowed_set() -> None:
         (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_FAILED),
         (S.JOB_STATUS_CANCELLED, S.JOB_STATUS_PLANNING),
         (S.JOB_STATUS_UNSPECIFIED, S.JOB_STATUS_PENDING),
+        (S.JOB_STATUS_PENDING, S.JOB_STATUS_PLANNED),  # skips planning
+        (S.JOB_STATUS_PLANNED, S.JOB_STATUS_PLANNING),  # backwards
+        (S.JOB_STATUS_PLANNED, S.JOB_STATUS_PENDING),
+        (S.JOB_STATUS_PLANNED, S.JOB_STATUS_COMPLETED),
+        (S.JOB_STATUS_RENDERING, S.JOB_STATUS_PLANNED),  # approved is final
+        (S.JOB_STATUS_COMPLETED, S.JOB_STATUS_PLANNED),
     ],
 )
 def test_forbidden_transitions(old: int, new: int) -> None:
@@ -152,6 +168,10 @@ NAMED = {
     "depth_ready": lambda s: lifecycle.depth_ready(s, 0, event_id="e"),
     "assembled": lambda s: lifecycle.assembled(s, [], event_id="e"),
     "failed": lambda s: lifecycle.failed(s, "boom"),
+    "approved": lambda s: lifecycle.approved(s, event_id="a"),
+    "approved_edited": lambda s: lifecycle.approved(
+        s, event_id="a", title="t2", specs=specs(2), storyboard_json="{}"
+    ),
     "cancelled": lifecycle.cancelled,
     "resumed": lambda s: lifecycle.resumed(s, []),
     "timed_out": lambda s: lifecycle.timed_out(s, 60, 61),
@@ -308,6 +328,12 @@ def test_timed_out_says_where_the_job_was() -> None:
     assert lifecycle.time_out_reason(planning, 1.5, 2) == (
         "job exceeded ANIM_JOB_TIMEOUT_S=1.5 while PLANNING (started 2 s ago)"
     )
+    waiting = state(lifecycle.PLANNED)
+    assert lifecycle.timed_out(waiting, 60, 90)
+    assert (waiting.status, waiting.error) == (
+        lifecycle.FAILED,
+        "job exceeded ANIM_JOB_TIMEOUT_S=60 while PLANNED (waiting for review) (started 90 s ago)",
+    )
     assert not lifecycle.timed_out(state(lifecycle.COMPLETED), 60, 100)
 
 
@@ -326,6 +352,7 @@ def test_status_names_and_sets() -> None:
     assert lifecycle.STATUS_NAMES == (
         "PENDING",
         "PLANNING",
+        "PLANNED",
         "RENDERING",
         "ASSEMBLING",
         "COMPLETED",
@@ -370,7 +397,8 @@ def test_check_transition_raises_the_exact_error() -> None:
     with pytest.raises(jobs.InvalidTransition) as info:
         jobs.check_transition(S.JOB_STATUS_FAILED, S.JOB_STATUS_COMPLETED)
     assert str(info.value) == (
-        "status cannot change from FAILED to COMPLETED (allowed: ASSEMBLING, PENDING, RENDERING)"
+        "status cannot change from FAILED to COMPLETED "
+        "(allowed: ASSEMBLING, PENDING, PLANNED, RENDERING)"
     )
     assert (info.value.old, info.value.new) == (S.JOB_STATUS_FAILED, S.JOB_STATUS_COMPLETED)
     with pytest.raises(jobs.InvalidTransition) as info:
@@ -522,3 +550,92 @@ def test_resumed_forgets_what_is_no_longer_stored() -> None:
     assert lifecycle.resumed(job, stored)
     assert [(f.rendered, f.depth_ready) for f in job.frame_states] == [(False, False), (True, True)]
     assert job.status == lifecycle.RENDERING and lifecycle.first_frame_not_rendered(job) == 0
+
+
+# -- review before rendering ------------------------------------------------------------------
+
+
+def _reviewed(status: int = lifecycle.PLANNING) -> animation_pb2.JobState:
+    job = animation_pb2.JobState(job_id=JOB, status=status, attempt=1)
+    job.request.review = True
+    return job
+
+
+def _plan(job: animation_pb2.JobState, stored=()) -> bool:
+    profile = types_pb2.Profile(name="tiny")
+    return lifecycle.planned(
+        job, title="T", backend="hf", profile=profile, specs=specs(3), event_id="p", stored=stored
+    )
+
+
+def test_planned_with_review_waits_in_planned_with_its_specs() -> None:
+    job = _reviewed()
+    assert _plan(job)
+    assert job.status == lifecycle.PLANNED and not job.approved
+    assert [s.prompt for s in job.frame_specs] == ["p0", "p1", "p2"]
+    assert [f.index for f in job.frame_states] == [0, 1, 2] and job.last_event_id == "p"
+    assert lifecycle.PLANNED in lifecycle.UNFINISHED and lifecycle.awaits_review(job)
+    # A fork's copied frames are counted even while waiting.
+    fork = _reviewed()
+    stored = [keys.frame_key(JOB, 0), keys.frame_record_key(JOB, 0)]
+    assert _plan(fork, stored) and fork.status == lifecycle.PLANNED
+    assert [f.rendered for f in fork.frame_states] == [True, False, False]
+
+
+def test_approved_as_planned_renders_the_planned_specs() -> None:
+    job = _reviewed()
+    _plan(job)
+    planned = list(job.frame_specs)
+    assert lifecycle.approved(job, event_id="a")
+    assert (job.status, job.approved, job.last_event_id) == (lifecycle.RENDERING, True, "a")
+    assert list(job.frame_specs) == planned and job.title == "T" and job.planner_backend == "hf"
+    assert not job.request.storyboard_json
+    assert not lifecycle.awaits_review(job)
+    # Only once, and only from PLANNED.
+    assert not lifecycle.approved(job, event_id="again") and job.last_event_id == "a"
+    for status in set(lifecycle.STATUSES) - {lifecycle.PLANNED}:
+        other = _reviewed(status)
+        assert not lifecycle.approved(other, event_id="a") and other == _reviewed(status)
+
+
+def test_approved_with_an_edited_storyboard_renders_its_specs() -> None:
+    job = _reviewed()
+    _plan(job)
+    job.frame_states[0].rendered = True  # replaced: an edit starts the frames over
+    edited = [types_pb2.FrameSpec(index=i, prompt=f"e{i}") for i in range(3)]
+    assert lifecycle.approved(job, event_id="a", title="T2", specs=edited, storyboard_json="{}")
+    assert (job.status, job.title, job.planner_backend) == (lifecycle.RENDERING, "T2", "user")
+    assert [s.prompt for s in job.frame_specs] == ["e0", "e1", "e2"]
+    assert not any(f.rendered for f in job.frame_states)
+    assert job.request.storyboard_json == "{}" and job.approved and job.last_event_id == "a"
+
+
+def test_approved_counts_stored_frames_and_assembles_when_every_one_is() -> None:
+    job = _reviewed()
+    _plan(job)
+    stored = [keys.frame_key(JOB, 0), keys.frame_record_key(JOB, 0)]
+    assert lifecycle.approved(job, event_id="a", title="T", specs=specs(3), stored=stored)
+    assert [f.rendered for f in job.frame_states] == [True, False, False]
+    assert job.status == lifecycle.RENDERING
+    every = [k for i in range(3) for k in (keys.frame_key(JOB, i), keys.frame_record_key(JOB, i))]
+    done = _reviewed()
+    _plan(done, every)
+    assert lifecycle.approved(done, event_id="a") and done.status == lifecycle.ASSEMBLING
+
+
+def test_a_job_stopped_in_review_waits_again_when_resumed() -> None:
+    for stop in (lifecycle.cancelled, lambda s: lifecycle.timed_out(s, 60, 61)):
+        job = _reviewed()
+        _plan(job)
+        assert stop(job)
+        assert lifecycle.resumed(job, []) and job.status == lifecycle.PLANNED
+        assert job.attempt == 2 and not job.error
+    # Once approved, a resume renders.
+    job = _reviewed()
+    _plan(job)
+    lifecycle.approved(job, event_id="a")
+    lifecycle.failed(job, "frame 0: boom")
+    assert lifecycle.resumed(job, []) and job.status == lifecycle.RENDERING
+    # Stopped while planning: planned again first (and waits then).
+    early = _reviewed(lifecycle.CANCELLED)
+    assert lifecycle.resumed(early, []) and early.status == lifecycle.PENDING

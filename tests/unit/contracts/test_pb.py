@@ -16,5 +16,6 @@ def test_proto_has_every_rpc_of_the_design():
         "ListAnimations",
         "DeleteAnimation",
         "CreateUpload",
+        "ApproveAnimation",
     }
     assert service.methods_by_name["WatchAnimation"].server_streaming

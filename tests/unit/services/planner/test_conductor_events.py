@@ -158,6 +158,10 @@ async def test_job_created_publishes_planning(js, store, conductor):
         (events.JOB_PLANNED, lifecycle.RENDERING, ATTEMPT - 1),
         (events.JOB_PLANNED, lifecycle.COMPLETED, ATTEMPT),
         (events.JOB_PLANNED, lifecycle.FAILED, ATTEMPT),
+        (events.JOB_PLANNED, lifecycle.PLANNED, ATTEMPT),  # waiting for review
+        (events.JOB_APPROVED, lifecycle.PLANNED, ATTEMPT),  # a copy ahead of the write
+        (events.JOB_APPROVED, lifecycle.RENDERING, ATTEMPT - 1),
+        (events.JOB_APPROVED, lifecycle.CANCELLED, ATTEMPT),
     ],
 )
 async def test_a_start_event_the_job_is_not_at_starts_nothing(
@@ -184,6 +188,22 @@ async def test_job_planned_publishes_the_first_frame(js, store, conductor):
     )
     [message] = await published(js, WORK_STREAM)
     assert message.headers[MSG_ID_HEADER] == work_msg_id(JOB, "render", 0, ATTEMPT)
+
+
+async def test_job_approved_publishes_the_first_frame_like_job_planned(js, store, conductor):
+    state = job_state()
+    await store.create(state)
+    approved = event(events.JOB_APPROVED)
+    await conductor.handle(approved)
+    [(step, render)] = await work(js)
+    assert step == "render"
+    assert render == bus_pb2.RenderWork(
+        job_id=JOB,
+        frame=0,
+        attempt=ATTEMPT,
+        causation_id=approved.event_id,
+        spec=state.frame_specs[0],
+    )
 
 
 async def test_job_planned_after_a_resume_with_every_frame_stored_publishes_assembly(
