@@ -1,4 +1,5 @@
-"""Forking a finished run: ``generate --from-run runs/JOB --from-frame K``.
+"""Forking a finished run: ``generate --from-run runs/JOB --from-frame K``; approving a run
+that waits for review: ``generate --from-run runs/JOB --approve [--plan FILE]``.
 
 The parent is a run folder of this machine's runs folder (``ANIM_RUNS_DIR``, the embedded
 store) that ended: ``job.json``, which ``generate`` writes when a job ends, says how (a
@@ -7,6 +8,11 @@ the render flags given here replacing its values, and its storyboard is the pare
 ``--prompt K:TEXT`` edits, or ``--plan FILE``. The job API makes the fork
 (:mod:`ghibli_anim.services.planner.forks`); the same checks run here first, so a bad fork
 is refused before any service starts and nothing is written.
+
+A run made with ``generate --review`` stopped after planning (``job.json`` says PLANNED,
+``plan.json`` holds the storyboard). Its process, and the job store with it, is gone, so
+approving it renders a new job with the same request (seed included) and the storyboard
+as planned, or ``--plan FILE``: the bytes of the job had it been approved in place.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from ghibli_anim.services.planner import forks
 JOB_FILE = "job.json"
 """How an embedded run ended: its id, status, error and request (written by generate)."""
 # The parent's request fields a fork does not take over.
-_DROP = ("idempotency_key", "client_id", "storyboard_json", "fork")
+_DROP = ("idempotency_key", "client_id", "storyboard_json", "fork", "review")
 _FINISHED = {lifecycle.status_name(s) for s in lifecycle.TERMINAL}
+# The reviewed run's request fields its approval does not take over.
+_DROP_ON_APPROVE = ("idempotency_key", "client_id", "storyboard_json", "review")
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -40,6 +48,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--from-frame", type=int, metavar="K", help="with --from-run: the first frame rendered"
+    )
+    p.add_argument(
+        "--approve",
+        action="store_true",
+        help="with --from-run: render a run waiting for review (generate --review), its "
+        "storyboard as planned or --plan FILE",
     )
     p.add_argument(
         "--prompt",
@@ -103,7 +117,7 @@ def _prompt_edits(items: list[str]) -> dict[int, str]:
 def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.CreateAnimationRequest:
     """The fork's CreateAnimationRequest, checked against the parent run folder
     (ValueError naming the flag or field; nothing is written)."""
-    from ghibli_anim.cli.render_flags import flag_request, read_plan
+    from ghibli_anim.cli.render_flags import read_plan
     from ghibli_anim.runtime.store.local import LocalStore
 
     if args.from_frame is None:
@@ -115,12 +129,8 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
         )
     if args.init_image is not None:
         raise ValueError("--init-image: a fork keeps the parent's frame 0")
-    folder = args.from_run.expanduser().absolute()
+    folder = _run_folder(args.from_run, runs_dir)
     parent_id = folder.name
-    if folder.parent != runs_dir.expanduser().absolute() or not keys.is_job_id(parent_id):
-        raise ValueError(
-            f"--from-run: must be a run folder in ANIM_RUNS_DIR ({runs_dir}/JOB_ID), got {folder}"
-        )
     record = _parent_record(folder)
     status = record.get("status")
     if status not in _FINISHED:
@@ -128,22 +138,12 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
             f"--from-run: job {parent_id} is {status}; a fork needs a completed, failed or "
             "cancelled run"
         )
-    recorded = {k: v for k, v in record["request"].items() if k not in _DROP}
-    if recorded.get("init_upload_id"):
+    if record["request"].get("init_upload_id"):
         raise ValueError(
             f"--from-run: job {parent_id} started from an init image; forks of such runs "
             "are not supported"
         )
-    req = animation_pb2.CreateAnimationRequest()
-    try:
-        ParseDict(recorded, req, ignore_unknown_fields=True)
-    except ParseError as exc:
-        raise ValueError(f"--from-run: the recorded request does not parse ({exc})") from None
-    # The flags given replace the parent's values (a repeated one, such as --lora, whole).
-    flags = flag_request(args)
-    for field, _ in flags.ListFields():
-        req.ClearField(field.name)
-    req.MergeFrom(flags)  # only the fields set: the cleared ones, whole
+    req = _recorded_request(record, args, _DROP)
     req.fork.parent_job_id = parent_id
     req.fork.from_frame = args.from_frame
     store = LocalStore(runs_dir)
@@ -160,3 +160,75 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
     forks.check_request(req)
     forks.board_of(req, parent)
     return req
+
+
+def _recorded_request(
+    record: dict[str, Any], args: argparse.Namespace, drop: tuple[str, ...]
+) -> animation_pb2.CreateAnimationRequest:
+    """The run's recorded request without ``drop``, the render flags given here replacing
+    its values (a repeated one, such as --lora, whole)."""
+    from ghibli_anim.cli.render_flags import flag_request
+
+    recorded = {k: v for k, v in record["request"].items() if k not in drop}
+    req = animation_pb2.CreateAnimationRequest()
+    try:
+        ParseDict(recorded, req, ignore_unknown_fields=True)
+    except ParseError as exc:
+        raise ValueError(f"--from-run: the recorded request does not parse ({exc})") from None
+    flags = flag_request(args)
+    for field, _ in flags.ListFields():
+        req.ClearField(field.name)
+    req.MergeFrom(flags)  # only the fields set: the cleared ones, whole
+    return req
+
+
+def approve_request(
+    args: argparse.Namespace, runs_dir: Path
+) -> animation_pb2.CreateAnimationRequest:
+    """The request that renders a run waiting for review: its own, with its storyboard as
+    planned (``plan.json``) or ``--plan FILE``, checked like ``--plan`` (ValueError naming
+    the flag or field; nothing is written)."""
+    from ghibli_anim.cli.render_flags import read_plan
+
+    if args.from_frame is not None or args.prompt:
+        raise ValueError(
+            "--approve: renders the whole storyboard; give no --from-frame or --prompt"
+        )
+    if args.idea or args.frames is not None or args.from_manifest is not None:
+        raise ValueError(
+            "--approve: the run's idea and frame count are kept; give no idea, --frames or "
+            "--from-manifest"
+        )
+    if args.init_image is not None:
+        raise ValueError("--init-image: the approved run keeps its own")
+    folder = _run_folder(args.from_run, runs_dir)
+    record = _parent_record(folder)
+    planned = lifecycle.status_name(lifecycle.PLANNED)
+    if record.get("status") != planned:
+        raise ValueError(
+            f"--approve: job {folder.name} is {record.get('status')}; only a run waiting for "
+            f"review ({planned}: generate --review) can be approved"
+        )
+    req = _recorded_request(record, args, _DROP_ON_APPROVE)
+    if args.plan is not None:
+        req.storyboard_json = read_plan(args.plan)
+    else:
+        try:
+            req.storyboard_json = (folder / "plan.json").read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--from-run: cannot read {folder / 'plan.json'} ({exc})") from None
+    # Checked before any service starts (the planner checks it again, with the tokens).
+    try:
+        parse_storyboard(req.storyboard_json, req.frames)
+    except ValueError as exc:
+        raise ValueError(f"--plan: {exc}") from None
+    return req
+
+
+def _run_folder(path: Path, runs_dir: Path) -> Path:
+    folder = path.expanduser().absolute()
+    if folder.parent != runs_dir.expanduser().absolute() or not keys.is_job_id(folder.name):
+        raise ValueError(
+            f"--from-run: must be a run folder in ANIM_RUNS_DIR ({runs_dir}/JOB_ID), got {folder}"
+        )
+    return folder

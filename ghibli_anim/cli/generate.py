@@ -123,10 +123,12 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
     from ghibli_anim.runtime.service import install_stop_signals
 
     runs_dir = Path(settings["ANIM_RUNS_DIR"])
-    if args.from_run is not None:
+    if args.from_run is not None and args.approve:
+        request = fork.approve_request(args, runs_dir)
+    elif args.from_run is not None:
         request = fork.fork_request(args, runs_dir)
-    elif args.from_frame is not None or args.prompt:
-        raise ValueError("--from-frame and --prompt: only with --from-run DIR")
+    elif args.from_frame is not None or args.prompt or args.approve:
+        raise ValueError("--from-frame, --prompt and --approve: only with --from-run DIR")
     else:
         request = build_request(args)
     # A bad request is refused before any service starts (the planner checks it again).
@@ -172,9 +174,20 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
                 print(f"interrupted; job {job_id} stopped", file=sys.stderr)
                 return 130
             rc = follow_task.result()
-            # How the job ended, with its request: what a fork of this run starts from.
+            # How the job ended, with its request: what a fork of this run starts from
+            # (or, waiting for review, what its approval renders).
             anim = await client.get(job_id)
             fork.write_job_record(runs_dir / job_id, fork.job_record(request, anim))
+    if anim.status == lifecycle.PLANNED:
+        # This process, and the job store with it, ends here: the storyboard and the
+        # request in the run folder are what an approval renders.
+        folder = runs_dir / job_id
+        print(
+            f"storyboard: {folder / 'plan.json'}\n"
+            f"approve it: ghibli-anim generate --from-run {folder} --approve [--plan FILE]",
+            file=sys.stderr,
+        )
+        return rc
     if rc == 0 and args.out is not None:
         shutil.copytree(runs_dir / job_id, args.out, dirs_exist_ok=True)
         print(f"copied the job's files to {args.out}", file=sys.stderr)

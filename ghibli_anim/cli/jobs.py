@@ -1,4 +1,5 @@
-"""`ghibli-anim submit | status | watch | cancel | resume | delete | list`: a planner over gRPC.
+"""`ghibli-anim submit | status | watch | approve | cancel | resume | delete | list`: a planner
+over gRPC.
 
 ``--server HOST:PORT`` (or ``ANIM_SERVER``) names the planner; ``ANIM_CLIENT_*`` carry a
 bearer token and TLS files. :func:`follow` is shared with the embedded ``generate``: it
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from ghibli_anim.runtime.client import AnimationClient
 
-COMMANDS = ("submit", "status", "watch", "cancel", "resume", "delete", "list")
+COMMANDS = ("submit", "status", "watch", "approve", "cancel", "resume", "delete", "list")
 DEFAULT_SERVER = "localhost:50051"
 
 
@@ -53,8 +54,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_render_flags(p)
     p.add_argument("--server", default=server)
     p.add_argument("--wait", action="store_true", help="watch progress, then download outputs")
+    p = sub.add_parser("status", help="show a job")
+    p.add_argument("job_id")
+    p.add_argument("--server", default=server)
+    p.add_argument(
+        "--storyboard",
+        action="store_true",
+        help="print only the job's storyboard (JSON), e.g. to edit it before approve --plan",
+    )
     for name, text in (
-        ("status", "show a job"),
         ("watch", "stream a job's events"),
         ("cancel", "cancel a job"),
         ("resume", "resume a failed or cancelled job"),
@@ -63,6 +71,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
         p.add_argument("--server", default=server)
+    p = sub.add_parser("approve", help="start rendering a job waiting for review (PLANNED)")
+    p.add_argument("job_id")
+    p.add_argument("--server", default=server)
+    p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="the edited storyboard to render (default: the storyboard as planned)",
+    )
     p = sub.add_parser("list", help="list jobs, newest first")
     p.add_argument("--server", default=server)
     p.add_argument("--client", default="", help="only this client's jobs")
@@ -131,17 +148,26 @@ async def follow(
     quiet: bool = False,
     download: bool = True,
 ) -> int:
-    """Watch a job to its end; download its files into out_dir when it completes."""
+    """Watch a job to its end (or to its review: PLANNED, then say how to go on);
+    download its files into out_dir when it completes."""
     anim = await client.get(job_id)
     progress = Progress(quiet)
     try:
         async for ev in client.watch(job_id):
-            if ev.type == events.JOB_PLANNED:
+            if ev.type in (events.JOB_PLANNED, events.JOB_APPROVED):
                 anim = await client.get(job_id)
+                if anim.status == lifecycle.PLANNED:
+                    break
             progress.on_event(ev, anim.frames_total)
     finally:
         progress.close()
     anim = await client.get(job_id)
+    if anim.status == lifecycle.PLANNED:
+        print(
+            f"job {job_id} planned, waiting for review ({anim.frames_total} frames)",
+            file=sys.stderr,
+        )
+        return 0
     if anim.status != lifecycle.COMPLETED:
         print(f"job {job_id} {status_name(anim.status)}: {anim.error}", file=sys.stderr)
         return 1
@@ -183,13 +209,28 @@ async def _run(args: argparse.Namespace) -> int:
             resp = await client.create(request)
             note = " (existing job for this idempotency key)" if resp.existing else ""
             print(f"job {resp.job_id} created{note}", file=sys.stderr)
+            if request.review:
+                print(
+                    f"once planned: ghibli-anim status {resp.job_id} --storyboard prints the "
+                    f"storyboard; ghibli-anim approve {resp.job_id} [--plan FILE] renders it",
+                    file=sys.stderr,
+                )
             if not args.wait:
                 print(resp.job_id)
                 return 0
             out = args.out or Path("runs") / resp.job_id
             return await follow(client, resp.job_id, out_dir=out)
         if cmd == "status":
-            _print_animation(await client.get(args.job_id))
+            anim = await client.get(args.job_id)
+            if args.storyboard:
+                if not anim.storyboard_json:
+                    raise ValueError(
+                        f"--storyboard: job {anim.job_id} is {status_name(anim.status)}, "
+                        "with no storyboard yet"
+                    )
+                print(anim.storyboard_json)
+                return 0
+            _print_animation(anim)
             return 0
         if cmd == "watch":
             anim = await client.get(args.job_id)
@@ -201,6 +242,13 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{ev.sequence:>6} {event_name(ev.type)}{frame}{extra}")
             anim = await client.get(args.job_id)
             print(f"status {status_name(anim.status)}")
+            return 0
+        if cmd == "approve":
+            from ghibli_anim.cli.render_flags import read_plan
+
+            edited = read_plan(args.plan) if args.plan is not None else ""
+            anim = await client.approve(args.job_id, edited)
+            print(f"job {anim.job_id} {status_name(anim.status)}")
             return 0
         if cmd == "cancel":
             anim = await client.cancel(args.job_id)

@@ -124,6 +124,12 @@ def add_render_flags(p: argparse.ArgumentParser) -> None:
         help="ease prompt changes: each frame's text embedding leans towards the previous prompt",
     )
     p.add_argument("--plan", type=Path, help="a storyboard JSON file to use instead of planning")
+    p.add_argument(
+        "--review",
+        action="store_true",
+        help="stop after planning: the job waits with its storyboard until approved "
+        "(approve JOB, or generate --from-run runs/JOB --approve) or cancelled",
+    )
     p.add_argument("--idempotency-key", default="", help="same key, same job (safe retries)")
     p.add_argument("--out", type=Path, help="copy the job's output tree into this folder")
 
@@ -178,6 +184,7 @@ def flag_request(args: argparse.Namespace) -> animation_pb2.CreateAnimationReque
         controlnet=args.controlnet,
         preset=args.preset,
         truncate_prompts=args.truncate_prompts,
+        review=getattr(args, "review", False),
     )
     for name in ("seed", "width", "height", "steps", "fps"):
         value = getattr(args, name)

@@ -197,6 +197,12 @@ CASES = [
         env={"ANIM_SERVER": "127.0.0.1:{closed}"},
     ),
     Case(
+        "approve-missing-plan",
+        ("approve", "0" * 32, "--plan", "{tmp}/none.json", "--server", "127.0.0.1:{closed}"),
+        ("--plan: cannot read {tmp}/none.json",),
+        status=2,
+    ),
+    Case(
         "list-missing-tls-file",
         ("list", "--server", "127.0.0.1:{closed}"),
         ("ANIM_CLIENT_TLS_CA", "cannot read {tmp}/no.pem"),
