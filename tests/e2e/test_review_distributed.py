@@ -1,0 +1,57 @@
+"""Review before rendering on the distributed stack (four service processes, real NATS
+and SeaweedFS): a job created with ``review`` waits in PLANNED with its storyboard, is
+approved over gRPC with an edited storyboard, renders, and its frames, depth maps and GIF
+are byte for byte those of a fresh job created with that storyboard (``--plan``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from ghibli_anim.contracts import events, keys, lifecycle
+from ghibli_anim.runtime.client import AnimationClient
+
+from .test_chain import run_job, s3_store
+from .test_fork_distributed import SHOTS, _request
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_review_edit_approve_render_equals_a_fresh_job(stack) -> None:
+    store = s3_store(stack)
+    edited = [*SHOTS[:2], {"prompt": "the kite loops twice"}, {"prompt": "the kite lands"}]
+
+    async def review_then_approve() -> tuple[str, list]:
+        async with AnimationClient(stack.planner_target, timeout_s=30) as client:
+            job = (await client.create(_request(SHOTS, review=True))).job_id
+            deadline = time.monotonic() + 60
+            while (anim := await client.get(job)).status != lifecycle.PLANNED:
+                assert time.monotonic() < deadline, (anim.status, anim.error, stack.logs())
+                await asyncio.sleep(0.2)
+            assert [f["prompt"] for f in json.loads(anim.storyboard_json)["frames"]] == [
+                s["prompt"] for s in SHOTS
+            ]
+            assert not any(k.endswith(".png") for k in store.list(keys.job_prefix(job)))
+            board = json.loads(anim.storyboard_json)
+            board["frames"] = [{**board["frames"][i], **edited[i]} for i in range(4)]
+            await client.approve(job, json.dumps(board))
+            seen = [ev async for ev in client.watch(job)]
+            return job, seen
+
+    job, seen = asyncio.run(review_then_approve())
+    names = [events.event_name(e.type) for e in seen]
+    assert names.index("job.planned") < names.index("job.approved") < names.index("frame.started")
+    assert names[-1] == "job.completed", stack.logs()
+    fresh, _, anim = asyncio.run(run_job(stack.planner_target, _request(edited)))
+    assert anim.status == lifecycle.COMPLETED, stack.logs()
+
+    def files(j: str) -> list[bytes]:
+        found = [store.get(keys.frame_key(j, i)) for i in range(4)]
+        found += [store.get(keys.depth_key(j, i)) for i in range(3)]
+        return [*found, store.get(keys.output_key(j, "gif"))]
+
+    assert files(job) == files(fresh)
+    assert json.loads(store.get(keys.plan_key(job)))["frames"][2]["prompt"] == edited[2]["prompt"]
