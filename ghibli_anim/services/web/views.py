@@ -21,14 +21,15 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ghibli_anim.contracts import keys, limits
+from ghibli_anim.contracts import keys, lifecycle, limits
 from ghibli_anim.contracts.events import event_name
 from ghibli_anim.contracts.lifecycle import status_name
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 
-CANCELLABLE = frozenset({"PENDING", "PLANNING", "RENDERING", "ASSEMBLING"})
-RESUMABLE = frozenset({"FAILED", "CANCELLED"})
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+# By name, from the lifecycle (a job waiting for review, PLANNED, is cancellable).
+CANCELLABLE = frozenset(status_name(s) for s in lifecycle.UNFINISHED)
+RESUMABLE = frozenset(status_name(s) for s in lifecycle.RESUMABLE)
+TERMINAL = frozenset(status_name(s) for s in lifecycle.TERMINAL)
 
 # Output files by name, in the order the page shows them.
 OUTPUT_KINDS = {

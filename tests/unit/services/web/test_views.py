@@ -78,6 +78,13 @@ def test_job_view_keeps_browser_urls_in_order():
     assert board["shots"][1]["camera_text"] == "still" and board["shots"][1]["strength"] == 0.3
 
 
+def test_a_job_waiting_for_review_shows_its_storyboard_and_can_be_cancelled():
+    view = views.job_view(_animation(types_pb2.JOB_STATUS_PLANNED))
+    assert view["status"] == "PLANNED" and view["cancellable"]
+    assert not view["resumable"] and not view["terminal"]
+    assert [s["continuity"] for s in view["storyboard"]["shots"]] == ["continue", "cut"]
+
+
 def test_completed_outputs_in_page_order():
     anim = _animation(types_pb2.JOB_STATUS_COMPLETED)
     for name in ("manifest.json", "animation.mp4", "animation.gif", "frames.zip"):
