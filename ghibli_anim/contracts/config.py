@@ -397,8 +397,8 @@ VARS: tuple[Var, ...] = (
         "ANIM_JOB_TIMEOUT_S",
         "86400",
         "A job not finished this many seconds after it was created (or last resumed) fails "
-        "with the state and frame it was in; the planner checks every min(60, limit/4) s "
-        "(0 = no limit).",
+        "with the state and frame it was in, a job waiting for review (PLANNED) included; "
+        "the planner checks every min(60, limit/4) s (0 = no limit).",
         _non_negative,
     ),
     _v(
