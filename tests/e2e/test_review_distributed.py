@@ -1,7 +1,8 @@
 """Review before rendering on the distributed stack (four service processes, real NATS
 and SeaweedFS): a job created with ``review`` waits in PLANNED with its storyboard, is
 approved over gRPC with an edited storyboard, renders, and its frames, depth maps and GIF
-are byte for byte those of a fresh job created with that storyboard (``--plan``)."""
+are byte for byte those of a fresh job created with that storyboard (``--plan``). A fork
+waiting for review refuses an edit of the parent's first K shots."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ import asyncio
 import json
 import time
 
+import grpc
 import pytest
 
 from ghibli_anim.contracts import events, keys, lifecycle
+from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.runtime.client import AnimationClient
 
 from .test_chain import run_job, s3_store
 from .test_fork_distributed import SHOTS, _request
 
 pytestmark = pytest.mark.timeout(600)
+
+
+def _board(shots) -> str:
+    return json.dumps({"version": 1, "title": "kite", "style": "ghibli style", "frames": shots})
 
 
 def test_review_edit_approve_render_equals_a_fresh_job(stack) -> None:
@@ -55,3 +62,25 @@ def test_review_edit_approve_render_equals_a_fresh_job(stack) -> None:
 
     assert files(job) == files(fresh)
     assert json.loads(store.get(keys.plan_key(job)))["frames"][2]["prompt"] == edited[2]["prompt"]
+
+    async def review_a_fork() -> None:
+        async with AnimationClient(stack.planner_target, timeout_s=30) as client:
+            fork_from = animation_pb2.ForkFrom(parent_job_id=fresh, from_frame=2)
+            fork = (await client.create(_request(edited, fork=fork_from, review=True))).job_id
+            deadline = time.monotonic() + 60
+            while (anim := await client.get(fork)).status != lifecycle.PLANNED:
+                assert time.monotonic() < deadline, (anim.status, anim.error, stack.logs())
+                await asyncio.sleep(0.2)
+            assert anim.frames_done == 2  # the parent's frames 0..1, copied
+            changed = [{"prompt": "a different first shot"}, *edited[1:]]
+            plan_before = store.get(keys.plan_key(fork))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.approve(fork, _board(changed))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details().startswith(
+                "storyboard_json: frames[0].prompt (with the style) differs from the parent's"
+            )
+            assert store.get(keys.plan_key(fork)) == plan_before
+            assert (await client.cancel(fork)).status == lifecycle.CANCELLED
+
+    asyncio.run(review_a_fork())
