@@ -73,15 +73,27 @@ OUTCOMES = ("ok", "retry", "failed", "invalid", "interrupted")
 (non-retryable or the last delivery), not the expected message (termed), handed
 back at shutdown."""
 
-STAGES = ("queue_wait", "load", "decode", "warp", "denoise", "color", "depth", "encode", "store")
+STAGES = (
+    "queue_wait",
+    "load",
+    "decode",
+    "warp",
+    "denoise",
+    "color",
+    "depth",
+    "encode",
+    "measure",
+    "store",
+)
 """Stages of a frame: time since the render work was published (queue_wait);
 reading the inputs and getting the models (load: source frame, depth map, colour
 reference from memory or the store, and the pipeline from the cache, which loads it
 the first time); turning stored PNGs into pixels (decode); the camera move of the
 source and its depth map (warp); the diffusers pipeline call (denoise: prompt
-encoding, denoising steps, VAE decode); sharpening, colour matching and the colour
-distances (color); the depth map of the new frame when the renderer makes it (depth:
-the depth model and its pre- and post-processing); the PNGs to store (encode);
+encoding, denoising steps, VAE decode); sharpening and colour matching (color); the
+depth map of the new frame when the renderer makes it (depth: the depth model and its
+pre- and post-processing); the PNGs to store (encode) and the colour distances the record
+states (measure), both on the encoder thread, beside the depth map and the next frame;
 writing the frame, its record and depth map (store)."""
 
 

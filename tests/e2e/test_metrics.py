@@ -172,7 +172,8 @@ def test_each_service_shows_the_jobs_frames_and_latencies(metered):
     assert planner.value("anim_jobs", state="COMPLETED") == 1
     assert planner.value("anim_jobs") == 1  # one job in all, every other state at 0
     assert planner.labels("anim_jobs", "state") == {
-        "PENDING", "PLANNING", "RENDERING", "ASSEMBLING", "COMPLETED", "FAILED", "CANCELLED",
+        "PENDING", "PLANNING", "PLANNED", "RENDERING", "ASSEMBLING", "COMPLETED", "FAILED",
+        "CANCELLED",
     }  # fmt: skip
     assert planner.value("anim_job_seconds_count") == 1
     assert planner.labels("anim_consumer_pending", "consumer") == {

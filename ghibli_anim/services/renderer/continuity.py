@@ -404,6 +404,62 @@ def prepare_seed(
     return warp_camera(source, camera), (warp_camera(depth, camera) if depth is not None else None)
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A rendered frame sharpened and colour-matched (:func:`match_frame`): the pixels to
+    store now, and what its record needs to measure the distances later (:meth:`record`),
+    off the path to the next frame: nothing the next frame needs depends on them."""
+
+    pixels: np.ndarray
+    """The frame to store and to start the next frame from."""
+    unmatched: np.ndarray
+    """The frame before colour matching (after sharpening)."""
+    reference: Reference | None
+    mode: str
+    sharpen: float
+
+    def record(self) -> dict[str, Any]:
+        """``sharpen`` and ``color``: ``mode``, ``delta_e_mean_color``, ``delta_e_pixels`` and
+        ``delta_e_size`` after matching (see :func:`color_distance`), and
+        ``delta_e_mean_color_before`` before it (at the same size). A frame that is its own
+        reference has distance 0 and no size."""
+        color: dict[str, Any] = {"mode": self.mode}
+        if self.reference is None:
+            color.update(
+                delta_e_mean_color=0.0,
+                delta_e_pixels=0.0,
+                delta_e_size=None,
+                delta_e_mean_color_before=0.0,
+            )
+        else:
+            color.update(color_distance(self.pixels, self.reference).as_record())
+            before = mean_color_distance(self.unmatched, self.reference)
+            color["delta_e_mean_color_before"] = round(before, 4)
+        return {"sharpen": self.sharpen, "color": color}
+
+
+def match_frame(
+    image: Image.Image | np.ndarray,
+    *,
+    reference: Reference | Image.Image | np.ndarray | None,
+    mode: str,
+    sharpen: float,
+) -> Finished:
+    """Sharpen, then colour-match a rendered frame to ``reference``.
+
+    ``reference`` None means the frame is its own reference (frame 0, a cut, a palette
+    shift): nothing to match. The distances are measured by ``Finished.record()``.
+    """
+    name = check_mode(mode)
+    amount = limits.SHARPEN.check("sharpen", _f32(sharpen))
+    rgb = as_rgb(image)
+    if amount:
+        rgb = unsharp_mask(rgb, amount)
+    ref = None if reference is None else _reference(reference)
+    matched = rgb if ref is None or name == "off" else _MATCHERS[name](rgb, ref)
+    return Finished(matched, rgb, ref, name, amount)
+
+
 def finish_frame(
     image: Image.Image | np.ndarray,
     *,
@@ -411,35 +467,9 @@ def finish_frame(
     mode: str,
     sharpen: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Sharpen, then colour-match a rendered frame; returns the pixels to store and a record.
-
-    ``reference`` None means the frame is its own reference (frame 0, a cut, a palette
-    shift): nothing to match, distance 0. The record holds ``sharpen`` and ``color``:
-    ``mode``, ``delta_e_mean_color``, ``delta_e_pixels`` and ``delta_e_size`` after
-    matching (see :func:`color_distance`), ``delta_e_mean_color_before`` before it (at the
-    same size).
-    """
-    name = check_mode(mode)
-    amount = limits.SHARPEN.check("sharpen", _f32(sharpen))
-    rgb = as_rgb(image)
-    if amount:
-        rgb = unsharp_mask(rgb, amount)
-    color: dict[str, Any] = {"mode": name}
-    if reference is None:
-        color.update(
-            delta_e_mean_color=0.0,
-            delta_e_pixels=0.0,
-            delta_e_size=None,
-            delta_e_mean_color_before=0.0,
-        )
-        return rgb, {"sharpen": amount, "color": color}
-    ref = _reference(reference)
-    before = mean_color_distance(rgb, ref)
-    if name != "off":
-        rgb = _MATCHERS[name](rgb, ref)
-    color.update(color_distance(rgb, ref).as_record())
-    color["delta_e_mean_color_before"] = round(before, 4)
-    return rgb, {"sharpen": amount, "color": color}
+    """:func:`match_frame` and its record at once: the pixels to store and the record."""
+    finished = match_frame(image, reference=reference, mode=mode, sharpen=sharpen)
+    return finished.pixels, finished.record()
 
 
 __all__ = [
@@ -447,6 +477,7 @@ __all__ = [
     "DISTANCE_SIDE",
     "Camera",
     "ColorDistance",
+    "Finished",
     "Reference",
     "camera_matrix",
     "check_mode",
@@ -454,6 +485,7 @@ __all__ = [
     "finish_frame",
     "lab_to_rgb",
     "match_colors",
+    "match_frame",
     "mean_color_distance",
     "mean_lab",
     "prepare_seed",

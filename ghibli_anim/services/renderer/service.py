@@ -108,14 +108,20 @@ class _DepthMap:
 
 @dataclasses.dataclass(frozen=True)
 class _Rendered:
-    """A finished frame: the pixels kept in memory, the PNG to store (being encoded on the
-    encoder thread), its record, and its depth map when the work asked for one."""
+    """A finished frame: the pixels kept in memory, the PNG to store and its colour
+    distances (both being made on the encoder thread), the rest of its record, and its
+    depth map when the work asked for one."""
 
     pixels: np.ndarray
     encoded: Future[bytes]
     record: dict
+    color: Future[dict]
+    """The record's ``sharpen`` and ``color`` entries (``continuity.Finished.record``)."""
     notice: str = ""
     depth: _DepthMap | None = None
+
+    async def full_record(self) -> dict:
+        return {**self.record, **await asyncio.wrap_future(self.color)}
 
 
 class _Steps:
@@ -182,6 +188,12 @@ def _quiet(task: asyncio.Future) -> None:
     # A frame rendered ahead that nobody claims may fail (or be abandoned) unobserved.
     if not task.cancelled():
         task.exception()
+
+
+def _color_record(finished: coherence.Finished, reference_key: str) -> dict:
+    extra = finished.record()
+    extra["color"]["reference_key"] = reference_key
+    return extra
 
 
 def _timed(timer: metrics.FrameTimer, stage: str, fn: Callable[..., T], *args) -> T:
@@ -335,7 +347,7 @@ class RendererService(TorchService):
             await progress.close()
         png = await asyncio.wrap_future(result.encoded)
         record = {
-            **result.record,
+            **await result.full_record(),
             "job_id": job_id,
             "frame": i,
             "attempt": work.attempt,
@@ -524,14 +536,26 @@ class RendererService(TorchService):
             timer.add("load", result.record["load_s"])
             timer.add("denoise", result.record["elapsed_s"])
             with timer.time("color"):
-                pixels, extra = coherence.finish_frame(
+                finished = coherence.match_frame(
                     result.pixels,
                     reference=inputs.reference,
                     mode=spec.color_coherence,
                     sharpen=spec.sharpen,
                 )
+            pixels = finished.pixels
             encoding = self._encoder.submit(
                 contextvars.copy_context().run, _timed, timer, "encode", encode_png, pixels
+            )
+            # The distances are only for the record: measured beside the PNG, not before
+            # the depth map and the next frame.
+            color = self._encoder.submit(
+                contextvars.copy_context().run,
+                _timed,
+                timer,
+                "measure",
+                _color_record,
+                finished,
+                spec.color_reference_key,
             )
             depth = None
             if with_depth:
@@ -543,13 +567,13 @@ class RendererService(TorchService):
         except (ValueError, OSError) as exc:
             # A bad spec or a missing model will not get better on retry.
             raise NonRetryable(f"{type(exc).__name__}: {exc}") from exc
-        extra["color"]["reference_key"] = spec.color_reference_key
-        extra["camera"] = camera.as_record() if source is not None else None
+        camera_record = camera.as_record() if source is not None else None
         # Not waiting for the PNG: the next frame can start from the pixels meanwhile.
         return _Rendered(
             pixels=pixels,
             encoded=encoding,
-            record={**result.record, **extra},
+            record={**result.record, "camera": camera_record},
+            color=color,
             notice=result.notice,
             depth=depth,
         )
