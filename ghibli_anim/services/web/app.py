@@ -15,6 +15,14 @@ Routes:
   when a frame, a depth map or the outputs land.
 - ``POST /jobs/{id}/cancel`` and ``/resume``: JSON for scripts (``Accept:
   application/json``), a redirect back to the job page for plain forms.
+- Directing a job (plain forms; a refused one comes back with the values as typed
+  and the planner's message next to them):
+  ``POST /jobs/{id}/approve`` sends the storyboard editor of a job waiting for
+  review (ApproveAnimation, with the edited storyboard or none when unchanged);
+  ``GET /jobs/{id}?frame=K`` opens frame K of a finished, failed or cancelled job
+  for editing, and ``POST /jobs/{id}/fork`` re-renders from it (CreateAnimation
+  with ``fork``), then shows the new job at ``/jobs/{fork}?parent={id}``, which
+  plays the parent next to it.
 - ``GET /api/jobs`` and ``/api/jobs/{id}``: the same data as JSON.
 - ``GET /healthz`` (the process answers) and ``/readyz`` (the planner's
   grpc.health.v1 says SERVING).
@@ -60,6 +68,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.events import event_name
+from ghibli_anim.contracts.lifecycle import status_name
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.services.web import views
 
@@ -113,6 +122,28 @@ _TEMPLATES = jinja2.Environment(
 def render(name: str, **context: Any) -> str:
     """The HTML of template ``name`` (autoescaped; ``limits`` is always there)."""
     return _TEMPLATES.get_template(name).render(limits=limits, **context)
+
+
+def job_html(
+    job: dict[str, Any],
+    *,
+    editor: dict[str, Any] | None = None,
+    editor_error: str = "",
+    fork: views.ForkForm | None = None,
+    fork_error: str = "",
+    parent: dict[str, Any] | None = None,
+) -> str:
+    """The job page of ``job`` (a ``views.job_view``), with its directing forms."""
+    return render(
+        "job.html",
+        job=job,
+        player=views.player(job),
+        editor=editor,
+        editor_error=editor_error,
+        fork=fork,
+        fork_error=fork_error,
+        parent=parent,
+    )
 
 
 _REQUESTS = Counter(
@@ -252,14 +283,10 @@ class WebApp:
             profiles=self.profiles,
         )
 
-    # -- pages --------------------------------------------------------------------
-
-    async def index(self, request: Request) -> Response:
-        return await self._index(views.SubmitForm())
-
-    async def submit(self, request: Request) -> Response:
-        if not _same_origin(request):
-            return self._error(request, 403, "cross-site form submissions are refused")
+    async def _form_fields(
+        self, request: Request, max_bytes: int, max_fields: int
+    ) -> dict[str, list[str]] | Response:
+        """A posted form's fields, or the error response for a body that is not one."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             return self._error(
@@ -268,16 +295,77 @@ class WebApp:
         body = b""
         async for chunk in request.stream():
             body += chunk
-            if len(body) > views.FORM_BYTES:
-                return self._error(
-                    request, 413, f"the form must be at most {views.FORM_BYTES} bytes"
-                )
+            if len(body) > max_bytes:
+                return self._error(request, 413, f"the form must be at most {max_bytes} bytes")
         try:
-            fields = urllib.parse.parse_qs(
-                body.decode("utf-8"), keep_blank_values=True, max_num_fields=32
+            return urllib.parse.parse_qs(
+                body.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields
             )
         except (UnicodeDecodeError, ValueError):
             return self._error(request, 400, "the form is not valid UTF-8 form data")
+
+    async def _job_page(
+        self,
+        anim: Any,
+        http_status: int = 200,
+        *,
+        editor: dict[str, Any] | None = None,
+        editor_error: str = "",
+        fork: views.ForkForm | None = None,
+        fork_error: str = "",
+        parent_id: str = "",
+        from_frame: str = "",
+    ) -> HTMLResponse:
+        """The job page; a job waiting for review shows the storyboard editor (``editor``:
+        the values to show, the planned ones by default), ``fork`` the "re-render from
+        here" form of a frame, ``parent_id`` the parent played next to this job."""
+        job = views.job_view(anim)
+        if editor is None and job["status"] == views.PLANNED:
+            editor = views.board_draft(anim.storyboard_json)
+        if fork is not None and not fork.idempotency_key:
+            # One key per rendering of the form: sending it twice makes one fork.
+            fork.idempotency_key = secrets.token_hex(16)
+        parent = await self._parent(parent_id, from_frame)
+        return HTMLResponse(
+            job_html(
+                job,
+                editor=editor,
+                editor_error=editor_error,
+                fork=fork,
+                fork_error=fork_error,
+                parent=parent,
+            ),
+            status_code=http_status,
+        )
+
+    async def _parent(self, parent_id: str, from_frame: str) -> dict[str, Any] | None:
+        """The parent a fork's page plays next to it (from ``?parent=``), or None."""
+        if not keys.is_job_id(parent_id):
+            return None
+        try:
+            view = views.job_view(await self.client.get(parent_id))
+        except grpc.aio.AioRpcError as exc:
+            return {"job_id": parent_id, "error": _grpc_error(exc)[1]}
+        return {
+            "job_id": parent_id,
+            "error": "",
+            "title": view["title"],
+            "status": view["status"],
+            "from_frame": from_frame if from_frame.isdigit() else "",
+            "player": views.player(view),
+        }
+
+    # -- pages --------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        return await self._index(views.SubmitForm())
+
+    async def submit(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return self._error(request, 403, "cross-site form submissions are refused")
+        fields = await self._form_fields(request, views.FORM_BYTES, 32)
+        if isinstance(fields, Response):
+            return fields
         form = views.read_form(fields)
         try:
             req = views.build_request(form)
@@ -299,7 +387,89 @@ class WebApp:
             anim = await self.client.get(job_id)
         except grpc.aio.AioRpcError as exc:
             return self._error(request, *_grpc_error(exc))
-        return self._page("job.html", job=views.job_view(anim))
+        query = request.query_params
+        parent = {"parent_id": query.get("parent", ""), "from_frame": query.get("from", "")}
+        frame = query.get("frame")
+        if frame is None:
+            return await self._job_page(anim, **parent)
+        # A click on a frame of the strip: its shot and the seed, to re-render from it.
+        form = views.ForkForm(frame[:40], {}, "")
+        if status_name(anim.status) not in views.TERMINAL:
+            return await self._job_page(
+                anim,
+                409,
+                fork=form,
+                fork_error=f"re-render from a frame once the job has finished, failed or "
+                f"been cancelled; it is {status_name(anim.status)}",
+                **parent,
+            )
+        try:
+            k = views.check_from_frame(frame, anim.frames_total)
+        except ValueError as exc:
+            return await self._job_page(anim, 400, fork=form, fork_error=str(exc), **parent)
+        return await self._job_page(anim, fork=views.fork_form(anim, k), **parent)
+
+    async def approve(self, request: Request) -> Response:
+        """POST /jobs/{id}/approve: the storyboard editor of a job waiting for review."""
+        if not _same_origin(request):
+            return self._error(request, 403, "cross-site form submissions are refused")
+        job_id = self._job_id(request)
+        if job_id is None:
+            return self._error(request, 404, "no such job: a job id is 32 hex characters")
+        fields = await self._form_fields(request, views.EDITOR_FORM_BYTES, views.EDITOR_FORM_FIELDS)
+        if isinstance(fields, Response):
+            return fields
+        try:
+            anim = await self.client.get(job_id)
+        except grpc.aio.AioRpcError as exc:
+            return self._error(request, *_grpc_error(exc))
+        shots = len((views.board_draft(anim.storyboard_json) or {"shots": []})["shots"])
+        draft = views.read_board_draft(fields, shots)
+        try:
+            storyboard_json = views.approval_json(anim.storyboard_json, draft)
+        except ValueError as exc:
+            return await self._job_page(anim, 400, editor=draft, editor_error=str(exc))
+        try:
+            await self.client.approve(job_id, storyboard_json)
+        except grpc.aio.AioRpcError as exc:
+            status_code, message = _grpc_error(exc)
+            return await self._job_page(anim, status_code, editor=draft, editor_error=message)
+        log.info(
+            "job approved from the web page",
+            extra={"job_id": job_id, "edited": bool(storyboard_json)},
+        )
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    async def fork(self, request: Request) -> Response:
+        """POST /jobs/{id}/fork: "re-render from here", a fork of this job from frame K."""
+        if not _same_origin(request):
+            return self._error(request, 403, "cross-site form submissions are refused")
+        job_id = self._job_id(request)
+        if job_id is None:
+            return self._error(request, 404, "no such job: a job id is 32 hex characters")
+        fields = await self._form_fields(request, views.FORM_BYTES, 32)
+        if isinstance(fields, Response):
+            return fields
+        try:
+            anim = await self.client.get(job_id)
+        except grpc.aio.AioRpcError as exc:
+            return self._error(request, *_grpc_error(exc))
+        form = views.read_fork_form(fields)
+        try:
+            req = views.build_fork_request(anim, form)
+        except ValueError as exc:
+            return await self._job_page(anim, 400, fork=form, fork_error=str(exc))
+        try:
+            resp = await self.client.create(req)
+        except grpc.aio.AioRpcError as exc:
+            status_code, message = _grpc_error(exc)
+            return await self._job_page(anim, status_code, fork=form, fork_error=message)
+        k = req.fork.from_frame
+        log.info(
+            "fork created from the web page",
+            extra={"job_id": resp.job_id, "parent": job_id, "from_frame": k},
+        )
+        return RedirectResponse(f"/jobs/{resp.job_id}?parent={job_id}&from={k}", status_code=303)
 
     async def cancel(self, request: Request) -> Response:
         return await self._control(request, "cancel")
@@ -463,6 +633,8 @@ def create_app(
             Route("/jobs/{job_id}/events", web.events, methods=["GET"]),
             Route("/jobs/{job_id}/cancel", web.cancel, methods=["POST"]),
             Route("/jobs/{job_id}/resume", web.resume, methods=["POST"]),
+            Route("/jobs/{job_id}/approve", web.approve, methods=["POST"]),
+            Route("/jobs/{job_id}/fork", web.fork, methods=["POST"]),
             Route("/api/jobs", web.api_jobs, methods=["GET"]),
             Route("/api/jobs/{job_id}", web.api_job, methods=["GET"]),
             Route("/healthz", web.healthz, methods=["GET"]),

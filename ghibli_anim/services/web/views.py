@@ -25,6 +25,7 @@ from ghibli_anim.contracts import keys, lifecycle, limits
 from ghibli_anim.contracts.events import event_name
 from ghibli_anim.contracts.lifecycle import status_name
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
 
 # By name, from the lifecycle (a job waiting for review, PLANNED, is cancellable).
 CANCELLABLE = frozenset(status_name(s) for s in lifecycle.UNFINISHED)
@@ -272,6 +273,7 @@ class SubmitForm:
     frames: str = "8"
     profile: str = ""
     depth: bool = False
+    review: bool = False
     seed: str = ""
     formats: list[str] = field(default_factory=lambda: list(limits.DEFAULT_FORMATS))
     idempotency_key: str = ""
@@ -289,6 +291,7 @@ def read_form(fields: Mapping[str, list[str]]) -> SubmitForm:
         frames=one("frames").strip(),
         profile=one("profile").strip(),
         depth=one("depth") in ("on", "true", "1"),
+        review=one("review") in ("on", "true", "1"),
         seed=one("seed").strip(),
         formats=[f for f in fields.get("format", []) if f],
         idempotency_key=one("idempotency_key").strip(),
@@ -303,6 +306,14 @@ def _int(name: str, text: str, allowed: limits.IntRange) -> int:
     return allowed.check(name, value)
 
 
+def _check_idempotency_key(key: str) -> None:
+    if key and not _IDEMPOTENCY_RE.fullmatch(key):
+        raise ValueError(
+            f"idempotency_key: must be 1..{limits.IDEMPOTENCY_KEY_CHARS} letters, digits, "
+            "'-' or '_'"
+        )
+
+
 def build_request(form: SubmitForm) -> animation_pb2.CreateAnimationRequest:
     """The CreateAnimationRequest of a submitted form.
 
@@ -315,19 +326,256 @@ def build_request(form: SubmitForm) -> animation_pb2.CreateAnimationRequest:
     if not form.formats:
         raise ValueError(f"format: choose at least one of {', '.join(limits.FORMATS)}")
     formats = limits.check_formats("format", form.formats)
-    if form.idempotency_key and not _IDEMPOTENCY_RE.fullmatch(form.idempotency_key):
-        raise ValueError(
-            "idempotency_key: must be 1.."
-            f"{limits.IDEMPOTENCY_KEY_CHARS} letters, digits, '-' or '_'"
-        )
+    _check_idempotency_key(form.idempotency_key)
     req = animation_pb2.CreateAnimationRequest(
         idea=idea,
         frames=frames,
         profile=profile,
         depth=form.depth,
+        review=form.review,
         formats=list(formats),
         idempotency_key=form.idempotency_key,
     )
     if form.seed:
         req.seed = _int("seed", form.seed, limits.SEED)
     return req
+
+
+# -- directing: the storyboard editor and "re-render from here" -----------------------
+#
+# Both forms edit storyboard shots as the user typed them (``ShotDraft``: raw strings),
+# so a refused edit comes back with every field as it was. The storyboard itself
+# (contracts/storyboard.py) checks the values: its errors name the shot and the field,
+# e.g. ``frames[2].strength: must be a number in (0, 1], got 2``.
+
+CAMERA_FIELDS = ("zoom", "pan_x", "pan_y", "rotate")
+SHOT_FIELDS = ("prompt", "negative_prompt", "strength", "continuity", "palette", *CAMERA_FIELDS)
+# URL-encoding a storyboard's text at most triples it (%XX); plus the field names.
+EDITOR_FORM_BYTES = 3 * limits.STORYBOARD_JSON_BYTES + limits.FRAMES.hi * 256
+EDITOR_FORM_FIELDS = limits.FRAMES.hi * len(SHOT_FIELDS) + 16
+PLANNED = status_name(lifecycle.PLANNED)
+
+ShotDraft = dict[str, str]
+
+
+def _number_text(value: Any) -> str:
+    # json.dumps writes the shortest text that reads back as the same float, so an
+    # untouched field compares equal to the planned value.
+    return json.dumps(value) if _num(value) is not None else ""
+
+
+def shot_draft(shot: Mapping[str, Any]) -> ShotDraft:
+    """A stored shot (storyboard JSON) as the editor's fields show it."""
+    camera = shot.get("camera") if isinstance(shot.get("camera"), dict) else {}
+    draft = {
+        "prompt": _text(shot.get("prompt")),
+        "negative_prompt": _text(shot.get("negative_prompt")),
+        "strength": _number_text(shot.get("strength")),
+        "continuity": _text(shot.get("continuity")) or "continue",
+        "palette": _text(shot.get("palette")) or "keep",
+    }
+    draft.update({k: _number_text(camera.get(k)) for k in CAMERA_FIELDS})
+    return draft
+
+
+def _board_doc(text: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
+        return None
+    return doc
+
+
+def board_draft(storyboard_json: str) -> dict[str, Any] | None:
+    """The editor's fields for a planned storyboard: title, style and every shot."""
+    doc = _board_doc(storyboard_json)
+    if doc is None:
+        return None
+    shots = [shot_draft(s) for s in doc["frames"] if isinstance(s, dict)]
+    return {"title": _text(doc.get("title")), "style": _text(doc.get("style")), "shots": shots}
+
+
+def read_shot(fields: Mapping[str, list[str]], prefix: str) -> ShotDraft:
+    """One shot's fields from a posted form (``{prefix}prompt``, ...), as typed."""
+    return {name: (fields.get(prefix + name) or [""])[-1] for name in SHOT_FIELDS}
+
+
+def read_board_draft(fields: Mapping[str, list[str]], shots: int) -> dict[str, Any]:
+    """The posted storyboard editor: title, style and ``shots`` shots, as typed."""
+    return {
+        "title": (fields.get("title") or [""])[-1],
+        "style": (fields.get("style") or [""])[-1],
+        "shots": [read_shot(fields, f"shot-{i}-") for i in range(shots)],
+    }
+
+
+def _number(path: str, text: str, allowed: limits.FloatRange | None) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        what = allowed.describe() if allowed is not None else "a number"
+        raise ValueError(f"{path}: must be {what}, got {text!r:.40}") from None
+    return value
+
+
+def shot_doc(draft: ShotDraft, index: int, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The shot JSON of an edited draft over the ``stored`` shot (keeps what the form
+    does not show). Only the numbers' syntax is checked here; the storyboard checks
+    their ranges."""
+    path = f"frames[{index}]"
+    doc = dict(stored)
+    doc["prompt"] = draft["prompt"]
+    doc["negative_prompt"] = draft["negative_prompt"]
+    doc["continuity"] = draft["continuity"]
+    doc["palette"] = draft["palette"]
+    doc["strength"] = _number(f"{path}.strength", draft["strength"], limits.STRENGTH)
+    camera = dict(stored.get("camera") or {}) if isinstance(stored.get("camera"), dict) else {}
+    ranges = {"zoom": limits.ZOOM, "pan_x": limits.PAN, "pan_y": limits.PAN}
+    for name in CAMERA_FIELDS:
+        value = _number(f"{path}.camera.{name}", draft[name], ranges.get(name, limits.ROTATE))
+        if value is None:
+            camera.pop(name, None)  # empty: standing still on that axis
+        else:
+            camera[name] = value
+    doc["camera"] = camera
+    return doc
+
+
+def edited_board(storyboard_json: str, draft: Mapping[str, Any]) -> Storyboard:
+    """The planned storyboard with the editor's title, style and shots; ``ValueError``
+    naming the field (``frames[i].prompt: ...``) for a bad value."""
+    doc = _board_doc(storyboard_json)
+    if doc is None:
+        raise ValueError("storyboard_json: the job has no storyboard to edit")
+    stored = doc["frames"]
+    if len(draft["shots"]) != len(stored):
+        raise ValueError(f"frames: expected exactly {len(stored)} shots, got {len(draft['shots'])}")
+    doc = {**doc, "title": draft["title"], "style": draft["style"]}
+    doc["frames"] = [shot_doc(s, i, stored[i]) for i, s in enumerate(draft["shots"])]
+    return parse_storyboard(doc, len(stored))
+
+
+def approval_json(storyboard_json: str, draft: Mapping[str, Any]) -> str:
+    """ApproveAnimation's ``storyboard_json``: the edited storyboard, or '' when the
+    editor changed nothing (the job renders its plan as it is)."""
+    board = edited_board(storyboard_json, draft)
+    try:
+        planned = parse_storyboard(storyboard_json)
+    except ValueError:
+        return board.to_json()
+    return "" if board == planned else board.to_json()
+
+
+@dataclass
+class ForkForm:
+    """The "re-render from here" form of frame ``from_frame``, as typed."""
+
+    from_frame: str
+    shot: ShotDraft
+    seed: str
+    idempotency_key: str = ""
+
+
+def check_from_frame(text: str, frames_total: int) -> int:
+    """K of "re-render from frame K": an integer in 1..N-1 (frame 0 is what every
+    fork keeps)."""
+    if frames_total < 2:
+        raise ValueError(
+            f"from_frame: a job of {frames_total} frame cannot be re-rendered from a frame: "
+            "a fork keeps frame 0 and renders at least one frame after it"
+        )
+    try:
+        k = int(text)
+    except ValueError:
+        k = None
+    if k is None or not 0 <= k <= frames_total - 1:
+        raise ValueError(
+            f"from_frame: must be a frame of this job, an integer in 1..{frames_total - 1}, "
+            f"got {text!r:.40}"
+        )
+    if k == 0:
+        raise ValueError(
+            "from_frame: frame 0 cannot be re-rendered from: a fork keeps the frames before "
+            f"the one it starts from, at least frame 0; choose a frame in 1..{frames_total - 1}"
+        )
+    return k
+
+
+def fork_form(anim: animation_pb2.Animation, from_frame: int) -> ForkForm:
+    """The form of frame ``from_frame`` as planned: its shot and the job's seed."""
+    doc = _board_doc(anim.storyboard_json) or {"frames": []}
+    shots = doc["frames"]
+    stored = shots[from_frame] if from_frame < len(shots) else {}
+    stored = stored if isinstance(stored, dict) else {}
+    return ForkForm(str(from_frame), shot_draft(stored), str(anim.seed))
+
+
+def read_fork_form(fields: Mapping[str, list[str]]) -> ForkForm:
+    def one(name: str) -> str:
+        return (fields.get(name) or [""])[-1].strip()
+
+    return ForkForm(
+        from_frame=one("from_frame"),
+        shot=read_shot(fields, "fork-"),
+        seed=one("seed"),
+        idempotency_key=one("idempotency_key"),
+    )
+
+
+def _stored_formats(anim: animation_pb2.Animation) -> list[str]:
+    names = {o.name for o in anim.outputs}
+    formats = [kind for name, kind in OUTPUT_KINDS.items() if name in names]
+    return [f for f in formats if f in limits.FORMATS] or list(limits.DEFAULT_FORMATS)
+
+
+def _has_depth(anim: animation_pb2.Animation) -> bool:
+    prefix = keys.job_prefix(anim.job_id)
+    return any(
+        f.key.startswith(prefix) and _DEPTH_RE.match(f.key[len(prefix) :])
+        for f in [*anim.frame_files, *anim.outputs]
+    )
+
+
+def build_fork_request(
+    parent: animation_pb2.Animation, form: ForkForm
+) -> animation_pb2.CreateAnimationRequest:
+    """CreateAnimation with ``fork``: frames 0..K-1 are the parent's, the storyboard is
+    the parent's with shot K as edited, the seed the form's.
+
+    The other settings are what the job view tells of the parent: its idea, frame
+    count, profile, depth guidance (depth maps stored) and formats (outputs stored).
+    """
+    k = check_from_frame(form.from_frame, parent.frames_total)
+    doc = _board_doc(parent.storyboard_json)
+    if doc is None or len(doc["frames"]) != parent.frames_total:
+        raise ValueError(f"storyboard_json: job {parent.job_id} has no storyboard to fork")
+    frames = list(doc["frames"])
+    frames[k] = shot_doc(form.shot, k, frames[k] if isinstance(frames[k], dict) else {})
+    board = parse_storyboard({**doc, "frames": frames}, parent.frames_total)
+    seed = _int("seed", form.seed, limits.SEED)
+    _check_idempotency_key(form.idempotency_key)
+    return animation_pb2.CreateAnimationRequest(
+        idea=parent.idea,
+        frames=parent.frames_total,
+        profile=parent.profile,
+        seed=seed,
+        depth=_has_depth(parent),
+        formats=_stored_formats(parent),
+        storyboard_json=board.to_json(),
+        fork=animation_pb2.ForkFrom(parent_job_id=parent.job_id, from_frame=k),
+        idempotency_key=form.idempotency_key,
+    )
+
+
+def player(view: Mapping[str, Any]) -> dict[str, str] | None:
+    """The job's animation for a player (GIF, WebP, then MP4), or None before it exists."""
+    by_kind = {o["kind"]: o for o in view["outputs"]}
+    for kind in ("gif", "webp", "mp4"):
+        if kind in by_kind:
+            return {"kind": kind, "url": by_kind[kind]["url"]}
+    return None

@@ -2,7 +2,10 @@
 //
 // Every text from the server goes in with textContent, never innerHTML (the
 // idea and the prompts are user text). Frames and depth maps are added once,
-// keyed by index, so an image already shown is never loaded again.
+// keyed by index, so an image already shown is never loaded again. The forms
+// that direct a job (the storyboard editor, "re-render from here") are plain
+// forms the server renders: the page reloads to show the editor once the job
+// waits for review.
 "use strict";
 
 (function () {
@@ -30,7 +33,15 @@
     img.alt = kind + " " + index;
     const cap = document.createElement("figcaption");
     cap.textContent = kind + " " + index;
-    fig.append(img, cap);
+    if (kind === "frame") {
+      // A click opens the frame for editing ("re-render from here").
+      const link = document.createElement("a");
+      link.href = `/jobs/${jobId}?frame=${index}#refork`;
+      link.append(img);
+      fig.append(link, cap);
+    } else {
+      fig.append(img, cap);
+    }
     return fig;
   }
 
@@ -104,6 +115,14 @@
       $("downloads").append(li);
     }
     $("outputs-card").hidden = false;
+    // A fork's page plays it next to its parent.
+    const self = $("compare-self");
+    const first = players.querySelector("img, video");
+    if (self && first && !self.querySelector("img, video")) {
+      const placeholder = self.querySelector(".placeholder");
+      if (placeholder) placeholder.remove();
+      self.prepend(first.cloneNode(false));
+    }
   }
 
   function render(view) {
@@ -127,6 +146,13 @@
     $("resume").hidden = !view.resumable;
     $("unreachable").hidden = !view.unreachable;
     if (view.terminal) $("frame-progress-line").hidden = true;
+    $("frames-hint").hidden = !view.terminal;
+    // Waiting for review: the server renders the storyboard editor.
+    if (view.status === "PLANNED" && root.dataset.status !== "PLANNED") {
+      window.location.reload();
+      return;
+    }
+    if ($("editor-card")) $("editor-card").hidden = view.status !== "PLANNED";
     renderStoryboard(view.storyboard);
     upsertGrid($("frames"), view.frames, "frame");
     upsertGrid($("depth"), view.depth, "depth");
@@ -186,6 +212,7 @@
 
   const REFRESH_ON = new Set([
     "job.planned",
+    "job.approved",
     "job.assembled",
     "job.completed",
     "job.failed",

@@ -12,7 +12,7 @@ import pytest
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.services.web import views
-from ghibli_anim.services.web.app import render
+from ghibli_anim.services.web.app import job_html, render
 
 JOB = "ab" * 16
 
@@ -110,7 +110,7 @@ def test_browser_url_allows_http_only():
 
 
 def test_job_page_escapes_every_user_string():
-    page = render("job.html", job=views.job_view(_animation()))
+    page = job_html(views.job_view(_animation()))
     assert "<script>alert" not in page and "<img src=x" not in page
     escaped = html.escape(EVIL, quote=False)
     for text in (escaped, f"title {escaped}", f"error {escaped}", f"shot zero {escaped}"):
@@ -207,3 +207,184 @@ def test_form_errors_name_the_field_and_range(fields, message):
     with pytest.raises(ValueError) as info:
         views.build_request(_form(**fields))
     assert str(info.value).startswith(message)
+
+
+# -- directing: the storyboard editor and "re-render from here" ---------------------
+
+
+# The storyboard drops markup from prompts: what a planned job's plan.json holds.
+CLEAN_PROMPT_0 = 'shot zero alert("x") &'
+
+
+def _posted(draft: dict) -> dict[str, list[str]]:
+    """The editor's form as a browser posts it (parse_qs shape)."""
+    fields = {"title": [draft["title"]], "style": [draft["style"]]}
+    for i, shot in enumerate(draft["shots"]):
+        fields.update({f"shot-{i}-{name}": [value] for name, value in shot.items()})
+    return fields
+
+
+def test_the_editor_shows_every_shot_field_and_an_untouched_form_approves_the_plan():
+    text = json.dumps(BOARD)
+    draft = views.board_draft(text)
+    assert draft["title"] == f"title {EVIL}" and len(draft["shots"]) == 2
+    assert draft["shots"][0] == {
+        "prompt": f"shot zero {EVIL}",
+        "negative_prompt": "",
+        "strength": "",
+        "continuity": "continue",
+        "palette": "keep",
+        "zoom": "1.05",
+        "pan_x": "0.01",
+        "pan_y": "",
+        "rotate": "",
+    }
+    assert draft["shots"][1]["strength"] == "0.3" and draft["shots"][1]["continuity"] == "cut"
+    posted = views.read_board_draft(_posted(draft), 2)
+    assert posted == draft
+    assert views.approval_json(text, posted) == ""  # unchanged: render the plan as it is
+
+
+def test_an_edited_shot_is_the_approved_storyboard():
+    text = json.dumps(BOARD)
+    draft = views.board_draft(text)
+    draft["shots"][1].update(prompt="a lantern in the rain", strength="", zoom="1.1")
+    draft["style"] = "watercolour"
+    board = json.loads(views.approval_json(text, draft))
+    assert board["style"] == "watercolour" and board["planner"]["backend"] == "offline"
+    assert board["frames"][0]["prompt"] == CLEAN_PROMPT_0  # as the storyboard stores it
+    assert board["frames"][0]["camera"] == {"zoom": 1.05, "pan_x": 0.01, "pan_y": 0.0, "rotate": 0.0}
+    shot = board["frames"][1]
+    assert shot["prompt"] == "a lantern in the rain" and shot["strength"] is None
+    assert shot["camera"]["zoom"] == 1.1 and shot["continuity"] == "cut"
+
+
+@pytest.mark.parametrize(
+    ("shot", "field", "value", "message"),
+    [
+        (1, "strength", "abc", "frames[1].strength: must be a number in (0, 1], got 'abc'"),
+        (1, "strength", "2", "frames[1].strength: must be a number in (0, 1], got 2"),
+        (0, "zoom", "3", "frames[0].camera.zoom: must be a number in [0.8, 1.25], got 3"),
+        (0, "rotate", "left", "frames[0].camera.rotate: must be a number in [-15, 15]"),
+        (0, "prompt", "  ", "frames[0].prompt: must not be empty"),
+        (1, "continuity", "jump", "frames[1].continuity:"),
+        (1, "prompt", f"SHOT zero {EVIL}", "frames[1].prompt: duplicates frames[0].prompt"),
+    ],
+)
+def test_editor_errors_name_the_shot_and_field(shot, field, value, message):
+    draft = views.board_draft(json.dumps(BOARD))
+    draft["shots"][shot][field] = value
+    with pytest.raises(ValueError) as info:
+        views.approval_json(json.dumps(BOARD), draft)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_refused_edit_comes_back_as_typed_and_escaped():
+    draft = views.board_draft(json.dumps(BOARD))
+    draft["shots"][1]["prompt"] = f"typed {EVIL}"
+    draft["shots"][1]["strength"] = '2"><b>'
+    view = views.job_view(_animation(types_pb2.JOB_STATUS_PLANNED))
+    page = job_html(view, editor=draft, editor_error=f"frames[1].strength: bad {EVIL}")
+    assert "<script>alert" not in page and "<img src=x" not in page and '2"><b>' not in page
+    assert 'id="storyboard-editor"' in page and 'action="/jobs/' + JOB + '/approve"' in page
+    assert "typed &lt;script&gt;" in page and 'value="2&#34;&gt;&lt;b&gt;"' in page
+    assert "frames[1].strength: bad &lt;script&gt;" in page
+    # A job that is not waiting for review has no editor.
+    assert 'id="storyboard-editor"' not in job_html(views.job_view(_animation()))
+
+
+@pytest.mark.parametrize(
+    ("text", "frames", "message"),
+    [
+        ("0", 4, "from_frame: frame 0 cannot be re-rendered from"),
+        ("4", 4, "from_frame: must be a frame of this job, an integer in 1..3, got '4'"),
+        ("-1", 4, "from_frame: must be a frame of this job, an integer in 1..3, got '-1'"),
+        ("x", 4, "from_frame: must be a frame of this job, an integer in 1..3, got 'x'"),
+        ("1", 1, "from_frame: a job of 1 frame cannot be re-rendered from a frame"),
+    ],
+)
+def test_re_render_from_frame_k_needs_k_in_1_to_n_minus_1(text, frames, message):
+    with pytest.raises(ValueError) as info:
+        views.check_from_frame(text, frames)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def _finished_parent() -> animation_pb2.Animation:
+    anim = _animation(types_pb2.JOB_STATUS_COMPLETED)
+    anim.profile = "tiny"
+    for name in ("animation.gif", "animation.mp4", "manifest.json"):
+        anim.outputs.append(_file(name, f"http://s3.example/{name}"))
+    return anim
+
+
+def test_re_render_from_here_forks_with_the_edited_shot():
+    parent = _finished_parent()
+    form = views.fork_form(parent, 1)
+    assert (form.from_frame, form.seed) == ("1", "7")
+    assert form.shot["prompt"] == "shot one" and form.shot["strength"] == "0.3"
+    form.shot.update(prompt="a heron lands", rotate="5")
+    form.seed = "123"
+    form.idempotency_key = "k-1"
+    posted = views.read_fork_form(
+        {
+            "from_frame": [form.from_frame],
+            "seed": [form.seed],
+            "idempotency_key": [form.idempotency_key],
+            **{f"fork-{k}": [v] for k, v in form.shot.items()},
+        }
+    )
+    assert posted == form
+    req = views.build_fork_request(parent, posted)
+    assert (req.fork.parent_job_id, req.fork.from_frame) == (JOB, 1)
+    assert (req.idea, req.frames, req.profile, req.seed) == (EVIL, 2, "tiny", 123)
+    assert req.depth  # the parent stored depth maps
+    assert list(req.formats) == ["gif", "mp4"] and req.idempotency_key == "k-1"
+    board = json.loads(req.storyboard_json)
+    assert board["frames"][0]["prompt"] == CLEAN_PROMPT_0
+    assert board["frames"][1]["prompt"] == "a heron lands"
+    assert board["frames"][1]["camera"]["rotate"] == 5.0
+    assert board["frames"][1]["strength"] == 0.3 and board["frames"][1]["continuity"] == "cut"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"from_frame": "0"}, "from_frame: frame 0 cannot be re-rendered from"),
+        ({"seed": "-3"}, "seed: must be an integer in 0..4294967295, got -3"),
+        ({"seed": ""}, "seed: must be an integer in 0..4294967295, got ''"),
+        ({"idempotency_key": "a b"}, "idempotency_key: must be 1..128 letters"),
+        ({"shot": {"strength": "0"}}, "frames[1].strength: must be a number in (0, 1], got 0"),
+        ({"shot": {"pan_x": "1"}}, "frames[1].camera.pan_x: must be a number in [-0.25, 0.25]"),
+    ],
+)
+def test_re_render_errors_name_the_field(change, message):
+    form = views.fork_form(_finished_parent(), 1)
+    form.shot.update(change.pop("shot", {}))
+    for name, value in change.items():
+        setattr(form, name, value)
+    with pytest.raises(ValueError) as info:
+        views.build_fork_request(_finished_parent(), form)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_fork_page_shows_the_frame_editor_and_the_parent_side_by_side():
+    parent = views.job_view(_finished_parent())
+    assert views.player(parent) == {"kind": "gif", "url": "http://s3.example/animation.gif"}
+    view = views.job_view(_finished_parent())
+    form = views.fork_form(_finished_parent(), 1)
+    form.idempotency_key = "k"
+    compare = {
+        "job_id": "cd" * 16,
+        "error": "",
+        "title": f"parent {EVIL}",
+        "status": "COMPLETED",
+        "from_frame": "1",
+        "player": views.player(parent),
+    }
+    page = job_html(view, fork=form, parent=compare)
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert 'id="fork-editor"' in page and f'action="/jobs/{JOB}/fork"' in page
+    assert 'name="from_frame" value="1"' in page and 'id="fork-seed"' in page
+    assert f'href="/jobs/{JOB}?frame=0#refork"' in page  # every frame opens its editor
+    assert f'<a id="parent-link" href="/jobs/{"cd" * 16}">parent &lt;script&gt;' in page
+    assert page.count('src="http://s3.example/animation.gif"') == 3  # players, fork, parent
