@@ -342,16 +342,22 @@ class WebApp:
         """The parent a fork's page plays next to it (from ``?parent=``), or None."""
         if not keys.is_job_id(parent_id):
             return None
+        parent = {
+            "job_id": parent_id,
+            "from_frame": from_frame if from_frame.isdigit() else "",
+            "error": "",
+            "title": "",
+            "status": "",
+            "player": None,
+        }
         try:
             view = views.job_view(await self.client.get(parent_id))
         except grpc.aio.AioRpcError as exc:
-            return {"job_id": parent_id, "error": _grpc_error(exc)[1]}
+            return {**parent, "error": f"the parent job: {_grpc_error(exc)[1]}"}
         return {
-            "job_id": parent_id,
-            "error": "",
+            **parent,
             "title": view["title"],
             "status": view["status"],
-            "from_frame": from_frame if from_frame.isdigit() else "",
             "player": views.player(view),
         }
 

@@ -296,3 +296,162 @@ async def test_metrics_count_requests_by_route(nats_server, tmp_path, tiny_cache
     grew = {key: after[key] - before.get(key, 0.0) for key in after}
     assert grew[("/healthz", "200")] == 1
     assert grew[("/api/jobs/{job_id}", "404")] == 1  # ids folded into one label
+
+
+async def wait_status(http: httpx.AsyncClient, job_id: str, status: str) -> dict:
+    for _ in range(300):
+        view = (await http.get(f"/api/jobs/{job_id}")).json()
+        if view["status"] == status:
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {status}: {view['status']}")
+
+
+def editor_fields(page: str) -> dict[str, str]:
+    """The storyboard editor's fields as the page fills them in."""
+    form = page[
+        page.index('id="storyboard-editor"') : page.index(
+            "</form>", page.index("storyboard-editor")
+        )
+    ]
+    fields = {
+        m.group(1): html.unescape(m.group(2))
+        for m in re.finditer(r'<input id="[^"]*" name="([^"]+)"[^>]*?value="([^"]*)"', form, re.S)
+    }
+    for m in re.finditer(r'<textarea id="[^"]*" name="([^"]+)"[^>]*>([^<]*)</textarea>', form):
+        fields[m.group(1)] = html.unescape(m.group(2))
+    for m in re.finditer(r'<select id="[^"]*" name="([^"]+)">(.*?)</select>', form, re.S):
+        fields[m.group(1)] = re.search(r'<option value="([^"]+)" selected>', m.group(2)).group(1)
+    return fields
+
+
+async def test_review_edit_and_approve_from_the_page(nats_server, tmp_path, tiny_cache_dir):
+    async with (
+        planner(nats_server, tmp_path, tiny_cache_dir) as target,
+        web(target, tiny_cache_dir) as http,
+    ):
+        job_id = job_of(await submit(http, idea="a fox naps in a mossy hollow", review="on"))
+        planned = await wait_status(http, job_id, "PLANNED")
+        page = (await http.get(f"/jobs/{job_id}")).text
+        fields = editor_fields(page)
+        assert fields["shot-1-prompt"] == planned["storyboard"]["shots"][1]["prompt"]
+        assert {"title", "style", "shot-2-zoom", "shot-0-continuity"} <= set(fields)
+
+        # Bad values: refused at the edge, naming the shot and field, everything kept as typed.
+        typed = {**fields, "shot-1-prompt": "a fox wakes at dawn", "shot-2-strength": "lots"}
+        bad = await http.post(f"/jobs/{job_id}/approve", data=typed)
+        assert bad.status_code == 400
+        assert "frames[2].strength: must be a number in (0, 1], got &#39;lots&#39;" in bad.text
+        assert editor_fields(bad.text) == typed
+        # The planner's own check (77 CLIP tokens with the style), relayed next to the form.
+        long_prompt = " ".join(f"word{i}" for i in range(120))
+        refused = await http.post(
+            f"/jobs/{job_id}/approve", data={**fields, "shot-1-prompt": long_prompt}
+        )
+        assert refused.status_code == 400, refused.text
+        assert 'id="editor-error"' in refused.text and "frames[1].prompt" in refused.text
+        assert editor_fields(refused.text)["shot-1-prompt"] == long_prompt
+        assert (await http.get(f"/api/jobs/{job_id}")).json()["status"] == "PLANNED"
+        # Another site's page cannot approve.
+        cross = await http.post(
+            f"/jobs/{job_id}/approve", data=fields, headers={"sec-fetch-site": "cross-site"}
+        )
+        assert cross.status_code == 403
+
+        approved = await http.post(
+            f"/jobs/{job_id}/approve", data={**fields, "shot-1-prompt": "a fox wakes at dawn"}
+        )
+        assert approved.status_code == 303 and approved.headers["location"] == f"/jobs/{job_id}"
+        view = await wait_status(http, job_id, "RENDERING")  # no renderer here: it waits
+        assert [s["prompt"] for s in view["storyboard"]["shots"]] == [
+            planned["storyboard"]["shots"][0]["prompt"],
+            "a fox wakes at dawn",
+            planned["storyboard"]["shots"][2]["prompt"],
+        ]
+        # Approving again is the planner's refusal, shown on the page.
+        again = await http.post(f"/jobs/{job_id}/approve", data=fields)
+        assert again.status_code == 409 and "PLANNED" in again.text
+        assert 'id="storyboard-editor"' not in (await http.get(f"/jobs/{job_id}")).text
+
+        # Unchanged, the approval sends no storyboard: the job renders its plan.
+        other = job_of(await submit(http, idea="a heron in reeds", review="on"))
+        planned = await wait_status(http, other, "PLANNED")
+        page = (await http.get(f"/jobs/{other}")).text
+        assert (
+            await http.post(f"/jobs/{other}/approve", data=editor_fields(page))
+        ).status_code == 303
+        view = await wait_status(http, other, "RENDERING")
+        assert view["storyboard"] == planned["storyboard"]
+        assert (await http.post(f"/jobs/{other}/cancel")).status_code == 303
+        assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
+
+
+async def test_re_render_from_a_frame_is_checked_at_the_edge_and_by_the_planner(
+    nats_server, tmp_path, tiny_cache_dir
+):
+    async with (
+        planner(nats_server, tmp_path, tiny_cache_dir) as target,
+        web(target, tiny_cache_dir) as http,
+    ):
+        job_id = job_of(await submit(http, idea="a tram crosses a bridge"))
+        await wait_status(http, job_id, "RENDERING")
+        # Still rendering: no editor yet, and the page says why.
+        busy = await http.get(f"/jobs/{job_id}", params={"frame": "1"})
+        assert busy.status_code == 409 and "it is RENDERING" in busy.text
+        assert 'id="fork-editor"' not in busy.text
+        assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
+
+        page = await http.get(f"/jobs/{job_id}", params={"frame": "1"})
+        assert page.status_code == 200 and 'id="fork-editor"' in page.text
+        shot = (await http.get(f"/api/jobs/{job_id}")).json()["storyboard"]["shots"][1]
+        assert html.escape(shot["prompt"], quote=False) in page.text
+        assert 'id="fork-seed" name="seed" type="number" required' in page.text
+        key = re.search(r'name="idempotency_key" value="([0-9a-f]{32})"', page.text).group(1)
+        for frame, message in [
+            ("0", "from_frame: frame 0 cannot be re-rendered from"),
+            ("3", "from_frame: must be a frame of this job, an integer in 1..2, got &#39;3&#39;"),
+            ("x", "from_frame: must be a frame of this job, an integer in 1..2, got &#39;x&#39;"),
+        ]:
+            bad = await http.get(f"/jobs/{job_id}", params={"frame": frame})
+            assert bad.status_code == 400 and message in bad.text, frame
+            assert 'id="fork-editor"' not in bad.text
+
+        form = {
+            "from_frame": "1",
+            "seed": "11",
+            "idempotency_key": key,
+            "fork-prompt": "a tram in the snow",
+            "fork-negative_prompt": "",
+            "fork-strength": "0.4",
+            "fork-continuity": "continue",
+            "fork-palette": "keep",
+            "fork-zoom": "",
+            "fork-pan_x": "",
+            "fork-pan_y": "",
+            "fork-rotate": "",
+        }
+        bad = await http.post(f"/jobs/{job_id}/fork", data={**form, "fork-strength": "7"})
+        assert bad.status_code == 400
+        assert "frames[1].strength: must be a number in (0, 1], got 7" in bad.text
+        assert 'value="7"' in bad.text and "a tram in the snow</textarea>" in bad.text
+        bad = await http.post(f"/jobs/{job_id}/fork", data={**form, "from_frame": "0"})
+        assert bad.status_code == 400 and "frame 0 cannot be re-rendered from" in bad.text
+        cross = await http.post(
+            f"/jobs/{job_id}/fork", data=form, headers={"origin": "http://evil.example"}
+        )
+        assert cross.status_code == 403
+        # The planner's refusal (nothing rendered: no frame 0 to keep), next to the form.
+        refused = await http.post(f"/jobs/{job_id}/fork", data=form)
+        assert refused.status_code == 400, refused.text
+        assert 'id="fork-error"' in refused.text
+        assert f"fork.parent_job_id: frame 0 of job {job_id} is not in the store" in refused.text
+        assert "a tram in the snow</textarea>" in refused.text
+        assert len((await http.get("/api/jobs")).json()["jobs"]) == 1  # no job was made
+
+        # A fork's page plays its parent beside it (the parent named in the link).
+        side = await http.get(f"/jobs/{job_id}", params={"parent": job_id, "from": "1"})
+        assert 'id="compare-card"' in side.text
+        assert f'<a id="parent-link" href="/jobs/{job_id}">' in side.text
+        missing = "0" * 32
+        gone = await http.get(f"/jobs/{job_id}", params={"parent": missing})
+        assert gone.status_code == 200 and "not found" in gone.text.lower()

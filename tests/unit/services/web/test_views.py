@@ -253,7 +253,12 @@ def test_an_edited_shot_is_the_approved_storyboard():
     board = json.loads(views.approval_json(text, draft))
     assert board["style"] == "watercolour" and board["planner"]["backend"] == "offline"
     assert board["frames"][0]["prompt"] == CLEAN_PROMPT_0  # as the storyboard stores it
-    assert board["frames"][0]["camera"] == {"zoom": 1.05, "pan_x": 0.01, "pan_y": 0.0, "rotate": 0.0}
+    assert board["frames"][0]["camera"] == {
+        "zoom": 1.05,
+        "pan_x": 0.01,
+        "pan_y": 0.0,
+        "rotate": 0.0,
+    }
     shot = board["frames"][1]
     assert shot["prompt"] == "a lantern in the rain" and shot["strength"] is None
     assert shot["camera"]["zoom"] == 1.1 and shot["continuity"] == "cut"
