@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.devtools.stack import LocalStack, WebProcess
 from ghibli_anim.runtime.client import AnimationClient
@@ -78,7 +80,9 @@ def page(browser, web):
         context.close()
 
 
-def submit(page, web: WebProcess, idea: str, frames: int, *, depth: bool, seed: int) -> str:
+def submit(
+    page, web: WebProcess, idea: str, frames: int, *, depth: bool, seed: int, review: bool = False
+) -> str:
     """Fill in and send the form like a person; the job id from the page it lands on."""
     page.goto(web.url)
     page.fill("#idea", idea)
@@ -86,6 +90,8 @@ def submit(page, web: WebProcess, idea: str, frames: int, *, depth: bool, seed: 
     page.fill("#seed", str(seed))
     if depth:
         page.check("#depth")
+    if review:
+        page.check("#review")
     page.click("#submit")
     page.wait_for_url(re.compile(r"/jobs/[0-9a-f]{32}$"))
     return page.url.rsplit("/", 1)[1]
@@ -95,16 +101,26 @@ def count(page, selector: str) -> int:
     return page.locator(selector).count()
 
 
-def planner_status(stack: LocalStack, job_id: str) -> int:
-    """The job's status from the planner itself (not from the page)."""
+def planner_view(stack: LocalStack, job_id: str):
+    """The job as the planner itself has it (not from the page)."""
 
-    async def get() -> int:
+    async def get():
         async with AnimationClient(stack.planner_target) as client:
-            return (await client.get(job_id)).status
+            return await client.get(job_id)
 
     # Playwright's sync API runs its own event loop in this thread: use another.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, get()).result(timeout=60)
+
+
+def planner_status(stack: LocalStack, job_id: str) -> int:
+    return planner_view(stack, job_id).status
+
+
+def wait_completed(page) -> None:
+    page.wait_for_function(
+        "() => document.getElementById('job-status').textContent === 'COMPLETED'"
+    )
 
 
 def test_submit_and_watch_the_frames_land(stack, web, page, tmp_path):
@@ -183,4 +199,56 @@ def test_cancel_and_resume_from_the_page(stack, web, page):
         "() => document.getElementById('job-status').textContent === 'CANCELLED'"
     )
     assert planner_status(stack, job_id) == types_pb2.JOB_STATUS_CANCELLED
+    assert page.errors == []
+
+
+def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page):
+    from .test_chain import s3_store
+
+    # Review: the page shows the storyboard editor once the job waits; edit shot 1, approve.
+    job_id = submit(
+        page, web, "a lighthouse keeper climbs the stairs", 3, depth=False, seed=21, review=True
+    )
+    page.wait_for_selector("#storyboard-editor")
+    assert planner_status(stack, job_id) == types_pb2.JOB_STATUS_PLANNED
+    assert page.input_value("#shot-1-prompt")  # the planned prompt, ready to edit
+    page.fill("#shot-1-prompt", "a lighthouse beam sweeps the fog")
+    page.click("#approve")
+    page.wait_for_url(re.compile(rf"/jobs/{job_id}$"))
+    wait_completed(page)
+    assert "a lighthouse beam sweeps the fog" in page.inner_text("#storyboard")
+    assert json.loads(planner_view(stack, job_id).storyboard_json)["frames"][1]["prompt"] == (
+        "a lighthouse beam sweeps the fog"
+    )
+
+    # The frame strip: frame 1 opens its shot and the seed; edit, re-render from here.
+    page.wait_for_selector("#frames figure[data-index='2'] img")
+    page.click("#frames figure[data-index='1'] a")
+    page.wait_for_selector("#fork-editor")
+    assert page.input_value("#fork-prompt") == "a lighthouse beam sweeps the fog"
+    assert page.input_value("#fork-seed") == "21"
+    page.fill("#fork-prompt", "a lighthouse under a sky full of stars")
+    page.click("#refork-submit")
+    page.wait_for_url(re.compile(rf"/jobs/[0-9a-f]{{32}}\?parent={job_id}&from=1$"))
+    fork_id = page.url.split("/jobs/", 1)[1][:32]
+    assert fork_id != job_id
+    wait_completed(page)
+
+    # The fork kept frame 0 byte for byte and rendered frames 1 and 2 with the edit.
+    store = s3_store(stack)
+    assert store.get(keys.frame_key(fork_id, 0)) == store.get(keys.frame_key(job_id, 0))
+    assert store.get(keys.frame_key(fork_id, 1)) != store.get(keys.frame_key(job_id, 1))
+    assert store.exists(keys.frame_key(fork_id, 2))
+    board = json.loads(planner_view(stack, fork_id).storyboard_json)
+    assert board["frames"][1]["prompt"] == "a lighthouse under a sky full of stars"
+    manifest = json.loads(store.get(keys.manifest_key(fork_id)))
+    assert manifest["request"]["fork"] == {"parent_job_id": job_id, "from_frame": 1}
+
+    # Its page plays the parent beside it, with a link to the parent.
+    for side in ("compare-self", "compare-parent"):
+        page.wait_for_function(
+            f"() => {{ const g = document.querySelector('#{side} img');"
+            " return g !== null && g.complete && g.naturalWidth > 0; }"
+        )
+    assert page.get_attribute("#parent-link", "href") == f"/jobs/{job_id}"
     assert page.errors == []
