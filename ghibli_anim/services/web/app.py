@@ -1,4 +1,4 @@
-"""The web page as an ASGI app: submit an idea, watch its frames land.
+"""The web page as an ASGI app: submit an idea, watch its frames land, direct the job.
 
 A small Starlette app in front of the planner's gRPC API (``AnimationClient``,
 with the ANIM_CLIENT_* bearer token and TLS settings). It keeps no state of its

@@ -1,4 +1,7 @@
-"""What the web page shows, as plain data: jobs, storyboards, events, the submit form.
+"""What the web page shows, as plain data: jobs, storyboards, events, the forms.
+
+The forms: submitting an idea, the storyboard editor of a job waiting for review, and
+"re-render from here" (a fork from frame K).
 
 Pure functions (no I/O), shared by the HTML templates, the JSON API and the
 server-sent events, so the unit tests can check them without a planner.
