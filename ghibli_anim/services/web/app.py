@@ -344,7 +344,7 @@ class WebApp:
             return None
         parent = {
             "job_id": parent_id,
-            "from_frame": from_frame if from_frame.isdigit() else "",
+            "from_frame": from_frame if from_frame.isdigit() and len(from_frame) <= 3 else "",
             "error": "",
             "title": "",
             "status": "",
@@ -453,7 +453,8 @@ class WebApp:
         job_id = self._job_id(request)
         if job_id is None:
             return self._error(request, 404, "no such job: a job id is 32 hex characters")
-        fields = await self._form_fields(request, views.FORM_BYTES, 32)
+        # A shot's prompts in any script, percent-encoded: the editor's bound, not the idea's.
+        fields = await self._form_fields(request, views.EDITOR_FORM_BYTES, 32)
         if isinstance(fields, Response):
             return fields
         try:

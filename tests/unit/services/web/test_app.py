@@ -22,6 +22,7 @@ from support.planner import in_process_planner
 
 from ghibli_anim.contracts import config
 from ghibli_anim.runtime.client import AnimationClient
+from ghibli_anim.services.web import views
 from ghibli_anim.services.web.app import WebApp
 from ghibli_anim.services.web.service import run_web
 
@@ -377,6 +378,10 @@ async def test_review_edit_and_approve_from_the_page(nats_server, tmp_path, tiny
         other = job_of(await submit(http, idea="a heron in reeds", review="on"))
         planned = await wait_status(http, other, "PLANNED")
         page = (await http.get(f"/jobs/{other}")).text
+        async with AnimationClient(target) as client:
+            stored = (await client.get(other)).storyboard_json
+        as_posted = {name: [value] for name, value in editor_fields(page).items()}
+        assert views.approval_json(stored, views.read_board_draft(as_posted, 3)) == ""
         assert (
             await http.post(f"/jobs/{other}/approve", data=editor_fields(page))
         ).status_code == 303

@@ -183,8 +183,11 @@ def _form(**fields) -> views.SubmitForm:
 
 
 def test_form_builds_the_request():
-    req = views.build_request(_form(seed="42", depth="on", profile=" tiny ", idempotency_key="k-1"))
+    req = views.build_request(
+        _form(seed="42", depth="on", review="on", profile=" tiny ", idempotency_key="k-1")
+    )
     assert (req.idea, req.frames, req.profile, req.depth) == ("a cat", 4, "tiny", True)
+    assert req.review and not views.build_request(_form()).review
     assert req.HasField("seed") and req.seed == 42
     assert list(req.formats) == ["gif", "mp4"] and req.idempotency_key == "k-1"
     assert not views.build_request(_form()).HasField("seed")
