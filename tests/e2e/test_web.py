@@ -202,7 +202,7 @@ def test_cancel_and_resume_from_the_page(stack, web, page):
     assert page.errors == []
 
 
-def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page):
+def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page, tmp_path):
     from .test_chain import s3_store
 
     # Review: the page shows the storyboard editor once the job waits; edit shot 1, approve.
@@ -213,6 +213,7 @@ def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page):
     assert planner_status(stack, job_id) == types_pb2.JOB_STATUS_PLANNED
     assert page.input_value("#shot-1-prompt")  # the planned prompt, ready to edit
     page.fill("#shot-1-prompt", "a lighthouse beam sweeps the fog")
+    page.screenshot(path=str(tmp_path / "web-review.png"), full_page=True)
     page.click("#approve")
     page.wait_for_url(re.compile(rf"/jobs/{job_id}$"))
     wait_completed(page)
@@ -228,6 +229,7 @@ def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page):
     assert page.input_value("#fork-prompt") == "a lighthouse beam sweeps the fog"
     assert page.input_value("#fork-seed") == "21"
     page.fill("#fork-prompt", "a lighthouse under a sky full of stars")
+    page.screenshot(path=str(tmp_path / "web-refork.png"), full_page=True)
     page.click("#refork-submit")
     page.wait_for_url(re.compile(rf"/jobs/[0-9a-f]{{32}}\?parent={job_id}&from=1$"))
     fork_id = page.url.split("/jobs/", 1)[1][:32]
@@ -252,3 +254,5 @@ def test_review_edit_approve_then_re_render_from_a_frame(stack, web, page):
         )
     assert page.get_attribute("#parent-link", "href") == f"/jobs/{job_id}"
     assert page.errors == []
+    page.screenshot(path=str(tmp_path / "web-fork.png"), full_page=True)
+    print(f"screenshots of jobs {job_id} and its fork {fork_id}: {tmp_path}")
