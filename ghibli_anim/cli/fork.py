@@ -1,5 +1,8 @@
-"""Forking a finished run: ``generate --from-run runs/JOB --from-frame K``; approving a run
-that waits for review: ``generate --from-run runs/JOB --approve [--plan FILE]``.
+"""Forking a finished job: ``generate --from-run runs/JOB`` here, ``fork JOB`` on a planner.
+
+``generate --from-run runs/JOB --from-frame K`` forks a run of this machine, and
+``fork JOB --from-frame K`` a job of a planner (ForkAnimation); approving a run of this
+machine that waits for review: ``generate --from-run runs/JOB --approve [--plan FILE]``.
 
 The parent is a run folder of this machine's runs folder (``ANIM_RUNS_DIR``, the embedded
 store) that ended: ``job.json``, which ``generate`` writes when a job ends, says how (a
@@ -13,6 +16,10 @@ A run made with ``generate --review`` stopped after planning (``job.json`` says 
 ``plan.json`` holds the storyboard). Its process, and the job store with it, is gone, so
 approving it renders a new job with the same request (seed included) and the storyboard
 as planned, or ``--plan FILE``: the bytes of the job had it been approved in place.
+
+Against a planner, ``fork`` sends only the parent's id, K and the changes given (prompt
+edits, a storyboard, the render settings that may change from K); the planner takes the
+rest from the parent and checks everything (:func:`fork_animation_request`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from ghibli_anim.services.planner import forks
 JOB_FILE = "job.json"
 """How an embedded run ended: its id, status, error and request (written by generate)."""
 # The parent's request fields a fork does not take over.
-_DROP = ("idempotency_key", "client_id", "storyboard_json", "fork", "review")
+_DROP = forks.PARENT_ONLY
 _FINISHED = {lifecycle.status_name(s) for s in lifecycle.TERMINAL}
 # The reviewed run's request fields its approval does not take over.
 _DROP_ON_APPROVE = ("idempotency_key", "client_id", "storyboard_json", "review")
@@ -110,6 +117,8 @@ def _prompt_edits(items: list[str]) -> dict[int, str]:
         index, sep, text = item.partition(":")
         if not sep or not index.strip().isdigit() or not text.strip():
             raise ValueError(f"--prompt: must be K:TEXT (a frame index and a prompt), got {item!r}")
+        if int(index) in edits:
+            raise ValueError(f"--prompt: frame {int(index)} is given twice")
         edits[int(index)] = text.strip()
     return edits
 
@@ -232,3 +241,91 @@ def _run_folder(path: Path, runs_dir: Path) -> Path:
             f"--from-run: must be a run folder in ANIM_RUNS_DIR ({runs_dir}/JOB_ID), got {folder}"
         )
     return folder
+
+
+# -- fork JOB against a planner ----------------------------------------------------------
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``fork JOB``: K, the storyboard changes and the render settings that
+    ForkAnimation may change from frame K (each unset one stays the parent's)."""
+    p.add_argument("job_id", help="the parent: a completed, failed or cancelled job")
+    p.add_argument(
+        "--from-frame",
+        type=int,
+        required=True,
+        metavar="K",
+        help="the first frame rendered anew (1..N-1); frames before it are the parent's",
+    )
+    p.add_argument(
+        "--plan",
+        type=Path,
+        help="the fork's whole storyboard (JSON); its first K shots must be the parent's",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="K:TEXT",
+        help="frame K's new prompt (K >= --from-frame); repeatable",
+    )
+    p.add_argument("--strength", help="img2img strength, or keyframes such as '0:0.15, 10:0.35'")
+    p.add_argument("--guidance", help="guidance, or keyframes such as '0:7.5, 10:9'")
+    p.add_argument("--seed", type=int, help="job seed that frames K.. derive their seeds from")
+    p.add_argument(
+        "--seed-mode",
+        default="",
+        help="increment, fixed or random, or keyframes such as '0:increment, 10:fixed'",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH_OR_ID[:SCALE]",
+        help="a LoRA replacing the parent's (repeatable), e.g. style.safetensors:0.6",
+    )
+    p.add_argument(
+        "--color-coherence",
+        default="",
+        help="lab, hsv, rgb or off (match each frame's colours to its reference frame)",
+    )
+    p.add_argument(
+        "--depth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ControlNet depth guidance on (--depth) or off (--no-depth)",
+    )
+    p.add_argument("--idempotency-key", default="", help="same key, same job (safe retries)")
+
+
+def fork_animation_request(args: argparse.Namespace) -> animation_pb2.ForkAnimationRequest:
+    """The ForkAnimationRequest of ``fork JOB`` (the planner validates it, naming the field
+    of anything wrong; here only what the flags themselves get wrong)."""
+    from ghibli_anim.cli.render_flags import read_plan, set_number_or_schedule
+    from ghibli_anim.contracts import seeds
+
+    req = animation_pb2.ForkAnimationRequest(
+        fork=animation_pb2.ForkFrom(parent_job_id=args.job_id, from_frame=args.from_frame),
+        prompts=[
+            animation_pb2.PromptEdit(frame=i, prompt=text)
+            for i, text in sorted(_prompt_edits(args.prompt).items())
+        ],
+        loras=args.lora,
+        color_coherence=args.color_coherence,
+        idempotency_key=args.idempotency_key,
+    )
+    if args.plan is not None:
+        req.storyboard_json = read_plan(args.plan)
+    for name in ("strength", "guidance"):
+        set_number_or_schedule(req, name, getattr(args, name))
+    if args.seed is not None:
+        if not 0 <= args.seed < 2**32:
+            raise ValueError(f"--seed: must be an integer in 0..{2**32 - 1}, got {args.seed}")
+        req.seed = args.seed
+    if ":" in args.seed_mode:
+        req.seed_mode_schedule = args.seed_mode
+    elif args.seed_mode:
+        req.seed_mode = seeds.parse_seed_mode(args.seed_mode)
+    if args.depth is not None:
+        req.depth = args.depth
+    return req

@@ -1,5 +1,5 @@
-"""`ghibli-anim submit | status | watch | approve | cancel | resume | delete | list`: a planner
-over gRPC.
+"""`ghibli-anim submit | fork | status | watch | approve | cancel | resume | delete | list`:
+a planner over gRPC.
 
 ``--server HOST:PORT`` (or ``ANIM_SERVER``) names the planner; ``ANIM_CLIENT_*`` carry a
 bearer token and TLS files. :func:`follow` is shared with the embedded ``generate``: it
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ghibli_anim.cli import fork
 from ghibli_anim.cli.render_flags import (
     add_render_flags,
     attach_init_image,
@@ -33,7 +34,17 @@ if TYPE_CHECKING:
 
     from ghibli_anim.runtime.client import AnimationClient
 
-COMMANDS = ("submit", "status", "watch", "approve", "cancel", "resume", "delete", "list")
+COMMANDS = (
+    "submit",
+    "fork",
+    "status",
+    "watch",
+    "approve",
+    "cancel",
+    "resume",
+    "delete",
+    "list",
+)
 DEFAULT_SERVER = "localhost:50051"
 
 
@@ -62,6 +73,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print only the job's storyboard (JSON), e.g. to edit it before approve --plan",
     )
+    p = sub.add_parser(
+        "fork",
+        help="re-render a finished job from frame K with changes (a new job; frames before "
+        "K are the parent's)",
+    )
+    fork.add_server_flags(p)
+    p.add_argument("--server", default=server)
+    p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
+    p.add_argument("--out", type=Path, help="with --watch: download into this folder")
     for name, text in (
         ("watch", "stream a job's events"),
         ("cancel", "cancel a job"),
@@ -220,6 +240,21 @@ async def _run(args: argparse.Namespace) -> int:
                 return 0
             out = args.out or Path("runs") / resp.job_id
             return await follow(client, resp.job_id, out_dir=out)
+        if cmd == "fork":
+            request = fork.fork_animation_request(args)
+            if args.watch and args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)  # PermissionError before the job
+            resp = await client.fork(request)
+            note = " (existing job for this idempotency key)" if resp.existing else ""
+            print(
+                f"job {resp.job_id} created: a fork of {args.job_id} from frame "
+                f"{args.from_frame}{note}",
+                file=sys.stderr,
+            )
+            if not args.watch:
+                print(resp.job_id)
+                return 0
+            return await follow(client, resp.job_id, out_dir=args.out or Path("runs") / resp.job_id)
         if cmd == "status":
             anim = await client.get(args.job_id)
             if args.storyboard:

@@ -190,17 +190,21 @@ def flag_request(args: argparse.Namespace) -> animation_pb2.CreateAnimationReque
         value = getattr(args, name)
         if value is not None:
             setattr(req, name, value)
-    # A plain number sets the value for every frame; anything else is a keyframe schedule
-    # (validated, with the position of any error, by the server).
     for name in ("strength", "guidance"):
-        value = getattr(args, name)
-        if value is None:
-            continue
-        try:
-            setattr(req, name, float(value))
-        except ValueError:
-            setattr(req, f"{name}_schedule", value)
+        set_number_or_schedule(req, name, getattr(args, name))
     return req
+
+
+def set_number_or_schedule(req, name: str, value: str | None) -> None:
+    """``--strength`` or ``--guidance``: a plain number sets ``name`` for every frame;
+    anything else is the keyframe schedule ``{name}_schedule`` (validated, with the
+    position of any error, by the server). None sets nothing."""
+    if value is None:
+        return
+    try:
+        setattr(req, name, float(value))
+    except ValueError:
+        setattr(req, f"{name}_schedule", value)
 
 
 def _check_utf8(args: argparse.Namespace) -> None:

@@ -2,10 +2,10 @@
 
 Each service's user runs the bus calls its code makes (JobStore, publish_work,
 publish_event, WorkConsumer with acks and heartbeats, event watches, the
-anim.request.create request/reply) and must meet no permissions violation; then
-each user tries something outside its subjects and the server refuses it. The
-server reports a refused core publish or subscription only through the client's
-error callback (nats-py raises nothing), so the tests wait for that report.
+anim.request.* requests and replies) and must meet no permissions violation; then each
+user tries something outside its subjects and the server refuses it. The server reports a
+refused core publish or subscription only through the client's error callback (nats-py
+raises nothing), so the tests wait for that report.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ghibli_anim.runtime.bus.names import (
     PLANNER_QUEUE,
     REQUEST_APPROVE,
     REQUEST_CREATE,
+    REQUEST_FORK,
     STEPS,
     WORK_PREFIX,
     WORK_STREAM,
@@ -212,13 +213,13 @@ def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
                 assert subject.split(".")[1] in (JOBS_BUCKET, IDEM_BUCKET), subject
             elif subject.startswith("anim."):
                 assert subject.startswith(
-                    (WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE, REQUEST_APPROVE)
+                    (WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK)
                 ), subject
     # Each worker pulls from its own durable only.
     for user, step in (("renderer", "render"), ("depth", "depth"), ("assembler", "assemble")):
         pulls = [s for s in allowed_publish(user) if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
         assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{step}"]
-    for subject in (REQUEST_CREATE, REQUEST_APPROVE):
+    for subject in (REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK):
         assert f'"{subject} {PLANNER_QUEUE}"' in AUTH_CONF.read_text()
 
 
@@ -310,15 +311,17 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
             await publish_event(planner.js, new_event(E.EVENT_TYPE_JOB_COMPLETED, job_id))
             assert (await watch.next(timeout=30)).type == E.EVENT_TYPE_JOB_COMPLETED
 
-        # CreateAnimation over the bus: the planner answers in its queue group.
+        # CreateAnimation, ApproveAnimation and ForkAnimation over the bus: the planner
+        # answers in its queue group.
         async def answer(msg) -> None:
             await msg.respond(b"created:" + msg.data)
 
-        sub = await planner.nc.subscribe(REQUEST_CREATE, queue=PLANNER_QUEUE, cb=answer)
-        await planner.nc.flush()
-        reply = await submitter.nc.request(REQUEST_CREATE, b"req", timeout=30)
-        assert reply.data == b"created:req"
-        await sub.unsubscribe()
+        for subject in (REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK):
+            sub = await planner.nc.subscribe(subject, queue=PLANNER_QUEUE, cb=answer)
+            await planner.nc.flush()
+            reply = await submitter.nc.request(subject, b"req", timeout=30)
+            assert reply.data == b"created:req"
+            await sub.unsubscribe()
 
         # Work that ran out of deliveries: the planner pulls the max-deliveries
         # advisories, reads the work message they point at and removes it.
@@ -382,6 +385,7 @@ async def test_publish_outside_a_users_subjects_is_refused(
     (
         ("planner", "anim.request.create", ""),  # only in the planners' queue group
         ("submitter", "anim.request.create", "planner"),
+        ("planner", "anim.request.fork", ""),
         ("renderer", "anim.event.>", ""),
         ("assembler", "anim.work.>", ""),
     ),

@@ -80,6 +80,11 @@ class AnimationServiceStub:
                 request_serializer=animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.SerializeToString,
                 response_deserializer=animation_dot_v1_dot_animation__pb2.Animation.FromString,
                 _registered_method=True)
+        self.ForkAnimation = channel.unary_unary(
+                '/animation.v1.AnimationService/ForkAnimation',
+                request_serializer=animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.SerializeToString,
+                response_deserializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
+                _registered_method=True)
 
 
 class AnimationServiceServicer:
@@ -149,6 +154,17 @@ class AnimationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkAnimation(self, request, context):
+        """Forks. A new job from a finished (completed, failed or cancelled) one: frames
+        0..K-1 are copies of the parent's, frames K..N-1 are rendered with the changes.
+        Answered like CreateAnimation (the new job, PENDING); the same as a
+        CreateAnimationRequest with `fork` built from the parent's request. It counts
+        against the client's cap of unfinished jobs like a create.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnimationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +212,11 @@ def add_AnimationServiceServicer_to_server(servicer, server):
                     servicer.ApproveAnimation,
                     request_deserializer=animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.FromString,
                     response_serializer=animation_dot_v1_dot_animation__pb2.Animation.SerializeToString,
+            ),
+            'ForkAnimation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkAnimation,
+                    request_deserializer=animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.FromString,
+                    response_serializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +462,33 @@ class AnimationService:
             '/animation.v1.AnimationService/ApproveAnimation',
             animation_dot_v1_dot_animation__pb2.ApproveAnimationRequest.SerializeToString,
             animation_dot_v1_dot_animation__pb2.Animation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkAnimation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/animation.v1.AnimationService/ForkAnimation',
+            animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.SerializeToString,
+            animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,8 @@
 """Forks: a new job that keeps frames 0..K-1 of a finished one and renders K..N-1 anew.
 
-A fork is a CreateAnimationRequest with ``fork`` set (the parent's id and K). Frame K+1
+A fork is a CreateAnimationRequest with ``fork`` set (the parent's id and K); ForkAnimation
+(gRPC, and ``anim.request.fork`` on the bus) names only the parent, K and the changes, and
+:func:`request_of_fork` turns it into that request from the parent's. Frame K+1
 depends only on frame K and its spec (ARCHITECTURE.md, "One frame's path"), and everything
 frame K starts from is stored: frame K-1's PNG (its source), the depth map of frame K-1
 (with depth on), the colour reference frame's PNG, and the seed, camera move and every
@@ -45,6 +47,9 @@ from ghibli_anim.contracts.storyboard import Shot, Storyboard, full_prompt, pars
 from ghibli_anim.runtime.store.base import NotFound, Store
 
 FIELD = "fork"
+PARENT_ONLY = ("idempotency_key", "client_id", "storyboard_json", "fork", "review")
+"""The parent's request fields a fork never takes over: its own key and client, its
+storyboard (a fork's comes whole), its own fork, and whether it waited for review."""
 
 # FrameSpec fields that hold a store key of the job (rekeyed from the parent to the fork).
 _KEY_FIELDS = ("source_key", "depth_key", "color_reference_key", "init_key")
@@ -65,13 +70,17 @@ def check_from_frame(from_frame: int, frames: int, whose: str = "the fork") -> N
         )
 
 
-def check_request(req: animation_pb2.CreateAnimationRequest) -> None:
-    """What a fork request must hold, before the parent is read."""
-    if not keys.is_job_id(req.fork.parent_job_id):
+def check_parent_id(parent_id: str) -> None:
+    if not keys.is_job_id(parent_id):
         raise ForkError(
             f"{FIELD}.parent_job_id: must be a job id (32 lowercase hex characters), "
-            f"got {req.fork.parent_job_id!r:.60}"
+            f"got {parent_id!r:.60}"
         )
+
+
+def check_request(req: animation_pb2.CreateAnimationRequest) -> None:
+    """What a fork request must hold, before the parent is read."""
+    check_parent_id(req.fork.parent_job_id)
     check_from_frame(req.fork.from_frame, req.frames)
     if req.init_upload_id:
         raise ForkError(
@@ -109,12 +118,12 @@ def spec_of_record(record: Mapping[str, Any], index: int, field: str) -> types_p
     return spec
 
 
-def read_parent(store: Store, parent_id: str, from_frame: int) -> ParentFrames:
-    """The parent's storyboard and frames 0..K-1 (PNG, record with its spec, depth map);
-    ``ForkError`` naming ``fork.parent_job_id`` for anything missing."""
+def read_board(store: Store, parent_id: str) -> Storyboard:
+    """The parent's storyboard (``plan.json``); ``ForkError`` naming ``fork.parent_job_id``
+    when it is missing or broken."""
     field = f"{FIELD}.parent_job_id"
     try:
-        board = parse_storyboard(store.get(keys.plan_key(parent_id)).decode("utf-8"))
+        return parse_storyboard(store.get(keys.plan_key(parent_id)).decode("utf-8"))
     except NotFound:
         raise ForkError(
             f"{field}: job {parent_id} has no storyboard in the store (deleted, or it "
@@ -124,6 +133,13 @@ def read_parent(store: Store, parent_id: str, from_frame: int) -> ParentFrames:
         raise ForkError(
             f"{field}: job {parent_id}'s plan.json is not a storyboard ({exc})"
         ) from None
+
+
+def read_parent(store: Store, parent_id: str, from_frame: int) -> ParentFrames:
+    """The parent's storyboard and frames 0..K-1 (PNG, record with its spec, depth map);
+    ``ForkError`` naming ``fork.parent_job_id`` for anything missing."""
+    field = f"{FIELD}.parent_job_id"
+    board = read_board(store, parent_id)
     check_from_frame(from_frame, len(board.frames), f"job {parent_id}")
     stored = set(store.list(keys.job_prefix(parent_id)))
     specs = []
@@ -180,15 +196,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def edit_prompts(board: Storyboard, edits: Mapping[int, str], from_frame: int) -> Storyboard:
-    """The parent's storyboard with the prompts of some frames replaced (``--prompt K:text``);
-    each frame must be in from_frame..N-1."""
+def edit_prompts(
+    board: Storyboard,
+    edits: Mapping[int, str],
+    from_frame: int,
+    *,
+    field: str = "--prompt",
+    from_field: str = "--from-frame",
+) -> Storyboard:
+    """The parent's storyboard with the prompts of some frames replaced (``--prompt K:text``,
+    or ForkAnimation's ``prompts``: ``field``); each frame must be in from_frame..N-1."""
     shots = list(board.frames)
     for i, text in sorted(edits.items()):
         if not from_frame <= i < len(shots):
             raise ForkError(
-                f"--prompt: frame {i} must be in {from_frame}..{len(shots) - 1} (frames "
-                f"before --from-frame {from_frame} are the parent's)"
+                f"{field}: frame {i} must be in {from_frame}..{len(shots) - 1} (frames "
+                f"before {from_field} {from_frame} are the parent's)"
             )
         shots[i] = shots[i].model_copy(update={"prompt": text})
     data = board.model_dump(mode="json")
@@ -271,3 +294,47 @@ def board_of(req: animation_pb2.CreateAnimationRequest, parent: ParentFrames) ->
             )
     check_board(parent.board, board, parent.from_frame)
     return board
+
+
+def request_of_fork(
+    parent: animation_pb2.CreateAnimationRequest,
+    seed: int,
+    fork: animation_pb2.ForkAnimationRequest,
+    board: Storyboard,
+) -> animation_pb2.CreateAnimationRequest:
+    """ForkAnimation as the CreateAnimationRequest the job API makes forks from: the
+    parent's request (its job ``seed`` as resolved) with the fork's changes, ``fork`` and
+    its whole storyboard ``board``. A plain value replaces the parent's schedule of the
+    same setting, which would otherwise override it."""
+    req = animation_pb2.CreateAnimationRequest()
+    req.CopyFrom(parent)
+    for name in PARENT_ONLY:
+        req.ClearField(name)
+    req.seed = seed
+    req.idempotency_key = fork.idempotency_key
+    req.client_id = fork.client_id
+    req.review = fork.review
+    for name in ("strength", "guidance"):
+        if fork.HasField(name):
+            setattr(req, name, getattr(fork, name))
+            req.ClearField(f"{name}_schedule")
+        if getattr(fork, f"{name}_schedule"):
+            setattr(req, f"{name}_schedule", getattr(fork, f"{name}_schedule"))
+    if fork.HasField("seed"):
+        req.seed = fork.seed
+    if fork.seed_mode:
+        req.seed_mode = fork.seed_mode
+        req.ClearField("seed_mode_schedule")
+    if fork.seed_mode_schedule:
+        req.seed_mode_schedule = fork.seed_mode_schedule
+    if fork.loras:
+        del req.loras[:]
+        req.loras.extend(fork.loras)
+    if fork.color_coherence:
+        req.color_coherence = fork.color_coherence
+    if fork.HasField("depth"):
+        req.depth = fork.depth
+    req.fork.CopyFrom(fork.fork)
+    req.frames = len(board.frames)
+    req.storyboard_json = board.to_json()
+    return req

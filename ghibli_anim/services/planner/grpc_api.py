@@ -18,9 +18,14 @@ from google.protobuf.message import DecodeError, Message
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.lifecycle import InvalidTransition
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.runtime.bus.names import REQUEST_APPROVE, REQUEST_CREATE
+from ghibli_anim.runtime.bus.names import REQUEST_APPROVE, REQUEST_CREATE, REQUEST_FORK
 from ghibli_anim.runtime.jobstore import JobNotFound
-from ghibli_anim.services.planner.jobs_api import FailedPrecondition, JobsApi, QuotaExceeded
+from ghibli_anim.services.planner.jobs_api import (
+    FailedPrecondition,
+    JobsApi,
+    ParentNotFound,
+    QuotaExceeded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message an exception becomes at the edges."""
     if isinstance(exc, JobNotFound):
         return grpc.StatusCode.NOT_FOUND, f"job_id: {exc}"
+    if isinstance(exc, ParentNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, QuotaExceeded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, FailedPrecondition | InvalidTransition):
@@ -183,6 +190,9 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
     async def ApproveAnimation(self, request, context):
         return await self._call(context, self.api.approve(request.job_id, request.storyboard_json))
 
+    async def ForkAnimation(self, request, context):
+        return await self._call(context, self.api.fork(request))
+
 
 @dataclass(frozen=True)
 class BusCall:
@@ -207,6 +217,12 @@ BUS_CALLS: dict[str, BusCall] = {
         animation_pb2.ApproveReply,
         "animation",
         lambda api, req: api.approve(req.job_id, req.storyboard_json),
+    ),
+    REQUEST_FORK: BusCall(
+        animation_pb2.ForkAnimationRequest,
+        animation_pb2.CreateReply,
+        "response",
+        lambda api, req: api.fork(req),
     ),
 }
 """The requests the planner answers on the bus, by subject."""

@@ -1,5 +1,5 @@
-"""The job API as plain async Python: create, get, list, approve, cancel, resume, delete,
-watch.
+"""The job API as plain async Python: create, fork, get, list, approve, cancel, resume,
+delete, watch.
 
 gRPC and the bus request subject (:mod:`.grpc_api`) both call :class:`JobsApi`; they
 differ only in how they carry errors. Validation happens before anything is written,
@@ -51,6 +51,10 @@ class FailedPrecondition(ValueError):
 
 class QuotaExceeded(RuntimeError):
     """The client has too many unfinished jobs (RESOURCE_EXHAUSTED)."""
+
+
+class ParentNotFound(LookupError):
+    """A fork's parent is not in the job store (NOT_FOUND); the message names the field."""
 
 
 def is_output(job_id: str, key: str) -> bool:
@@ -181,17 +185,67 @@ class JobsApi:
             # The embedded mode forks runs of earlier processes, each with a bus of its
             # own: the parent's stored files are what a fork needs (read_parent checks).
             parent_state = None
-        if parent_state is not None and not lifecycle.is_terminal(parent_state.status):
-            raise FailedPrecondition(
-                f"fork.parent_job_id: job {parent_id} is "
-                f"{lifecycle.status_name(parent_state.status)}; a fork needs a completed, "
-                "failed or cancelled job"
-            )
+        if parent_state is not None:
+            self._check_forkable(parent_state)
         parent = await asyncio.to_thread(
             forks.read_parent, self.store, parent_id, req.fork.from_frame
         )
         req.storyboard_json = forks.board_of(req, parent).to_json()
         return parent
+
+    @staticmethod
+    def _check_forkable(parent: animation_pb2.JobState) -> None:
+        if not lifecycle.is_terminal(parent.status):
+            raise FailedPrecondition(
+                f"fork.parent_job_id: job {parent.job_id} is "
+                f"{lifecycle.status_name(parent.status)}; a fork needs a completed, "
+                "failed or cancelled job"
+            )
+
+    # -- fork ---------------------------------------------------------------
+
+    async def fork(
+        self, request: animation_pb2.ForkAnimationRequest
+    ) -> animation_pb2.CreateAnimationResponse:
+        """ForkAnimation: the parent's request with the changes asked for, made by
+        :meth:`create` as a CreateAnimationRequest with ``fork`` (:mod:`.forks`), so both
+        check and write the same things, and a fork takes a slot of the client's cap."""
+        if not request.HasField("fork"):
+            raise ValueError("fork: required (parent_job_id and from_frame)")
+        parent_id, from_frame = request.fork.parent_job_id, request.fork.from_frame
+        forks.check_parent_id(parent_id)
+        try:
+            parent_state, _ = await self.jobs.get(parent_id)
+        except JobNotFound:
+            raise ParentNotFound(
+                f"fork.parent_job_id: job {parent_id} not found (never created, or deleted)"
+            ) from None
+        self._check_forkable(parent_state)
+        if parent_state.request.init_upload_id:
+            raise ValueError(
+                f"fork.parent_job_id: job {parent_id} started from an init image; forks of "
+                "such jobs are not supported"
+            )
+        edits: dict[int, str] = {}
+        for n, edit in enumerate(request.prompts):
+            if edit.frame in edits:
+                raise ValueError(f"prompts[{n}].frame: frame {edit.frame} is edited twice")
+            edits[edit.frame] = limits.check_text(
+                f"prompts[{n}].prompt", edit.prompt, limits.PROMPT_CHARS, required=True
+            )
+        if request.storyboard_json:
+            try:
+                board = parse_storyboard(request.storyboard_json)
+            except ValueError as exc:
+                raise ValueError(f"storyboard_json: {exc}") from None
+        else:
+            board = await asyncio.to_thread(forks.read_board, self.store, parent_id)
+        forks.check_from_frame(from_frame, len(board.frames))
+        board = forks.edit_prompts(
+            board, edits, from_frame, field="prompts", from_field="fork.from_frame"
+        )
+        req = forks.request_of_fork(parent_state.request, parent_state.seed, request, board)
+        return await self.create(req)
 
     async def create_upload(
         self, content_type: str, size_bytes: int

@@ -1,9 +1,9 @@
 """The planner service: the job API, the plan step, the conductor and the housekeeping.
 
-AnimationService over gRPC and ``anim.request.create`` and ``anim.request.approve`` on
-the bus (:mod:`.grpc_api` over :mod:`.jobs_api`), the plan step (durable ``plan``), the
-conductor (durable ``conductor``) and its advisories (durable ``advisories``), and the
-periodic housekeeping (time limit, retention, job counts).
+AnimationService over gRPC and ``anim.request.create``, ``anim.request.approve`` and
+``anim.request.fork`` on the bus (:mod:`.grpc_api` over :mod:`.jobs_api`), the plan step
+(durable ``plan``), the conductor (durable ``conductor``) and its advisories (durable
+``advisories``), and the periodic housekeeping (time limit, retention, job counts).
 """
 
 from __future__ import annotations

@@ -216,6 +216,25 @@ CASES = [
         status=2,
     ),
     Case(
+        "fork-unreachable-planner",
+        ("fork", "0" * 32, "--from-frame", "2", "--server", "127.0.0.1:{closed}"),
+        ("UNAVAILABLE", UNREACHABLE_PLANNER),
+    ),
+    Case(
+        "fork-bad-prompt-edit",
+        ("fork", "0" * 32, "--from-frame", "2", "--prompt", "two:a heron"),
+        ("--prompt: must be K:TEXT (a frame index and a prompt), got 'two:a heron'",),
+        status=2,
+        env={"ANIM_SERVER": "127.0.0.1:{closed}"},
+    ),
+    Case(
+        "fork-missing-plan",
+        ("fork", "0" * 32, "--from-frame", "2", "--plan", "{tmp}/no.json"),
+        ("--plan: cannot read {tmp}/no.json",),
+        status=2,
+        env={"ANIM_SERVER": "127.0.0.1:{closed}"},
+    ),
+    Case(
         "submit-read-only-out",
         (*SUBMIT, "--wait", "--out", "{tmp}/read-only/o"),
         ("permission denied: {tmp}/read-only/o",),
