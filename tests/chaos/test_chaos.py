@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
+import grpc
 import pytest
 
 from ghibli_anim.contracts import config, keys
@@ -32,8 +34,8 @@ E = bus_pb2
 BASE = ("planner", "depth", "assembler")
 
 
-@pytest.fixture
-def chaos_stack(tmp_path, tiny_cache_dir):
+@contextlib.contextmanager
+def _stack(tmp_path, tiny_cache_dir, **extra: str):
     env = {
         "ANIM_CACHE_DIR": str(tiny_cache_dir),
         "ANIM_PROFILE": "tiny",
@@ -41,6 +43,7 @@ def chaos_stack(tmp_path, tiny_cache_dir):
         "ANIM_MAX_DELIVER": "3",
         "ANIM_DRAIN_S": "5",
         "OMP_NUM_THREADS": "1",
+        **extra,
     }
     stack = LocalStack(tmp_path, services=BASE, env=env)
     try:
@@ -51,6 +54,19 @@ def chaos_stack(tmp_path, tiny_cache_dir):
         raise
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def chaos_stack(tmp_path, tiny_cache_dir):
+    with _stack(tmp_path, tiny_cache_dir) as stack:
+        yield stack
+
+
+@pytest.fixture
+def capped_stack(tmp_path, tiny_cache_dir):
+    """A chaos stack whose planner allows each client one unfinished job."""
+    with _stack(tmp_path, tiny_cache_dir, ANIM_MAX_JOBS_PER_CLIENT="1") as stack:
+        yield stack
 
 
 def request(**fields):
@@ -124,6 +140,59 @@ def test_renderer_killed_mid_frame(chaos_stack):
     assert ref_anim.status == types_pb2.JOB_STATUS_COMPLETED
     assert_exactly_once(chaos_stack, job_id, events, 6)
     assert frames_of(chaos_stack, job_id, 6) == frames_of(chaos_stack, ref_id, 6)
+
+
+def test_renderer_killed_during_a_fork_and_forks_count_against_the_cap(capped_stack):
+    """A fork from frame 3 of 6 whose renderer is SIGKILLed holding frame 4 still gives the
+    bytes of a fresh job with the fork's storyboard, rendering frames 3..5 only; while it
+    runs, its client (at its cap of one unfinished job) is refused a fork with the same
+    error as a create, and neither refusal makes a job."""
+    shots = [{"prompt": f"lanterns on the river, shot {i}"} for i in range(6)]
+    edited = [*shots[:3], {"prompt": "the lanterns drift under a bridge"}, *shots[4:]]
+
+    def board(frames) -> str:
+        return json.dumps({"version": 1, "title": "lanterns", "style": "", "frames": frames})
+
+    first = capped_stack.add("renderer")
+
+    async def main():
+        async with AnimationClient(capped_stack.planner_target) as client:
+            parent = await client.create(request(storyboard_json=board(shots)))
+            _, anim = await finish(client, parent.job_id)
+            assert anim.status == types_pb2.JOB_STATUS_COMPLETED, capped_stack.logs()
+            first.kill()
+            stuck = capped_stack.add("renderer", env={"ANIM_FAULT": "render:4:pause"})
+            fork_request = animation_pb2.ForkAnimationRequest(
+                fork=animation_pb2.ForkFrom(parent_job_id=parent.job_id, from_frame=3),
+                prompts=[animation_pb2.PromptEdit(frame=3, prompt=edited[3]["prompt"])],
+            )
+            fork = await client.fork(fork_request)
+            await wait_event(client, fork.job_id, E.EVENT_TYPE_FRAME_STARTED, 4)
+            jobs_before = len(await client.list())
+            refused = []
+            for call in (client.create(request()), client.fork(fork_request)):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                refused.append((info.value.code(), info.value.details()))
+            assert len(await client.list()) == jobs_before
+            stuck.kill()
+            capped_stack.add("renderer")
+            events, anim = await finish(client, fork.job_id)
+            fresh = await client.create(request(storyboard_json=board(edited)))
+            _, fresh_anim = await finish(client, fresh.job_id)
+            return fork.job_id, events, anim, refused, fresh.job_id, fresh_anim
+
+    fork_id, events, anim, refused, fresh_id, fresh_anim = asyncio.run(main())
+    assert anim.status == types_pb2.JOB_STATUS_COMPLETED, capped_stack.logs()
+    assert fresh_anim.status == types_pb2.JOB_STATUS_COMPLETED, capped_stack.logs()
+    (create_code, create_text), (fork_code, fork_text) = refused
+    assert create_code == fork_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fork_text == create_text and "the limit is 1" in fork_text
+    started = {e.frame for e in events if e.type == E.EVENT_TYPE_FRAME_STARTED}
+    assert started == {3, 4, 5}
+    rendered = [(e.frame, e.attempt) for e in events if e.type == E.EVENT_TYPE_FRAME_RENDERED]
+    assert sorted({f for f, _ in rendered}) == [3, 4, 5] and len(rendered) == len(set(rendered))
+    assert frames_of(capped_stack, fork_id, 6) == frames_of(capped_stack, fresh_id, 6)
 
 
 def test_renderer_stopped_mid_frame_hands_it_back_and_exits(chaos_stack):
