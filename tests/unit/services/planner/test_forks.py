@@ -144,3 +144,60 @@ def test_reading_the_parent_and_copying_its_frames(tmp_path) -> None:
     ]
     assert state.status == lifecycle.RENDERING
     assert lifecycle.first_frame_not_rendered(state) == 2
+
+
+def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
+    parent = animation_pb2.CreateAnimationRequest(
+        idea="a boat",
+        frames=3,
+        idempotency_key="parent-key",
+        client_id="alice",
+        storyboard_json="{}",
+        strength_schedule="0:0.2, 2:0.4",
+        guidance=9.0,
+        seed_mode_schedule="0:increment, 2:fixed",
+        loras=["style.safetensors:0.8"],
+        depth=True,
+        formats=["gif"],
+        fork=animation_pb2.ForkFrom(parent_job_id=FORK, from_frame=1),
+    )
+    edited = board(*SHOTS[:2], {"prompt": "a weir"})
+    unchanged = forks.request_of_fork(
+        parent, 42, animation_pb2.ForkAnimationRequest(fork=_fork_from(2)), edited
+    )
+    assert unchanged.seed == 42 and unchanged.HasField("seed")  # the resolved one
+    assert (unchanged.idempotency_key, unchanged.client_id) == ("", "")
+    assert unchanged.fork == _fork_from(2)  # its own, not the parent's fork
+    assert parse_storyboard(unchanged.storyboard_json) == edited and unchanged.frames == 3
+    for name in ("strength_schedule", "guidance", "seed_mode_schedule", "loras", "depth"):
+        assert getattr(unchanged, name) == getattr(parent, name), name
+    assert list(unchanged.formats) == ["gif"]
+
+    changed = forks.request_of_fork(
+        parent,
+        42,
+        animation_pb2.ForkAnimationRequest(
+            fork=_fork_from(2),
+            idempotency_key="fork-key",
+            strength=0.3,
+            guidance_schedule="0:6, 2:8",
+            seed=5,
+            seed_mode=types_pb2.SEED_MODE_FIXED,
+            loras=["other.safetensors:0.5"],
+            color_coherence="off",
+            depth=False,
+        ),
+        edited,
+    )
+    # A plain value replaces the parent's schedule, which would otherwise override it.
+    assert changed.strength == pytest.approx(0.3) and not changed.strength_schedule
+    assert changed.guidance_schedule == "0:6, 2:8" and changed.guidance == 9.0
+    assert changed.seed == 5 and changed.seed_mode == types_pb2.SEED_MODE_FIXED
+    assert not changed.seed_mode_schedule
+    assert list(changed.loras) == ["other.safetensors:0.5"]
+    assert changed.color_coherence == "off" and not changed.depth
+    assert changed.idempotency_key == "fork-key"
+
+
+def _fork_from(k: int) -> animation_pb2.ForkFrom:
+    return animation_pb2.ForkFrom(parent_job_id=PARENT, from_frame=k)
