@@ -2,8 +2,8 @@
 
 =============================  ============================================================
 ``generate``                   :mod:`.generate`: render on this machine (embedded mode)
-``submit status watch cancel   :mod:`.jobs`: a running planner over gRPC
-resume delete list``
+``submit fork status watch     :mod:`.jobs`: a running planner over gRPC
+cancel resume delete list``
 ``plan``                       :mod:`.plan`: a storyboard, no services
 ``serve probe``                :mod:`.serve`: run one service, ask a service's health
 ``bus store config limits``    :mod:`.admin`: set up the bus and the bucket, print settings
