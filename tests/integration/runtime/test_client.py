@@ -62,7 +62,7 @@ class Hanging(animation_pb2_grpc.AnimationServiceServicer):
         await asyncio.Event().wait()
 
     CreateAnimation = GetAnimation = CancelAnimation = ResumeAnimation = _hang
-    ListAnimations = DeleteAnimation = CreateUpload = _hang
+    ListAnimations = DeleteAnimation = CreateUpload = ForkAnimation = _hang
 
     async def WatchAnimation(self, request, context):
         await asyncio.Event().wait()
@@ -98,6 +98,11 @@ def calls(client: AnimationClient, png: Path) -> dict[str, Callable[[], Awaitabl
         "DeleteAnimation": lambda: client.delete(JOB),
         "ListAnimations": lambda: client.list(),
         "CreateUpload": lambda: upload_init_image(client, png),
+        "ForkAnimation": lambda: client.fork(
+            animation_pb2.ForkAnimationRequest(
+                fork=animation_pb2.ForkFrom(parent_job_id=JOB, from_frame=1)
+            )
+        ),
         "WatchAnimation": watch,
     }
 

@@ -17,5 +17,6 @@ def test_proto_has_every_rpc_of_the_design():
         "DeleteAnimation",
         "CreateUpload",
         "ApproveAnimation",
+        "ForkAnimation",
     }
     assert service.methods_by_name["WatchAnimation"].server_streaming
