@@ -133,6 +133,12 @@ def test_bus_forks_and_a_fork_of_a_fork_of_a_deleted_job(stack, jobs: Jobs) -> N
             edits = [animation_pb2.PromptEdit(frame=i, prompt=t) for i, t in EDITS.items()]
             child = await bus_job(client, _fork(middle[0], 2, prompts=edits))
             await client.delete(middle[0])
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await client.fork(_fork(middle[0], 2))
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            assert gone.value.details() == (
+                f"fork.parent_job_id: job {middle[0]} not found (never created, or deleted)"
+            )
             grandchild = await client.fork(_fork(child[0], 3))
             found, anim = await _finish(client, grandchild.job_id)
             assert anim.status == types_pb2.JOB_STATUS_COMPLETED, (anim.error, stack.logs())
