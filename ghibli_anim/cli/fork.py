@@ -295,6 +295,11 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="ControlNet depth guidance on (--depth) or off (--no-depth)",
     )
+    p.add_argument(
+        "--review",
+        action="store_true",
+        help="stop after planning: the fork waits (PLANNED) until `approve JOB`",
+    )
     p.add_argument("--idempotency-key", default="", help="same key, same job (safe retries)")
 
 
@@ -313,6 +318,7 @@ def fork_animation_request(args: argparse.Namespace) -> animation_pb2.ForkAnimat
         loras=args.lora,
         color_coherence=args.color_coherence,
         idempotency_key=args.idempotency_key,
+        review=args.review,
     )
     if args.plan is not None:
         req.storyboard_json = read_plan(args.plan)

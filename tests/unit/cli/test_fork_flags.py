@@ -31,7 +31,7 @@ def test_flags_set_the_changes(tmp_path) -> None:
         "--from-frame", "2", "--prompt", "3:a heron", "--prompt", "2:a weir",
         "--plan", str(plan), "--strength", "0.4", "--guidance", "0:7, 4:9", "--seed", "9",
         "--seed-mode", "fixed", "--lora", "a.safetensors:0.5", "--color-coherence", "hsv",
-        "--no-depth",
+        "--no-depth", "--review",
     )  # fmt: skip
     assert [(e.frame, e.prompt) for e in req.prompts] == [(2, "a weir"), (3, "a heron")]
     assert req.storyboard_json == '{"frames": []}'
@@ -39,7 +39,7 @@ def test_flags_set_the_changes(tmp_path) -> None:
     assert req.guidance_schedule == "0:7, 4:9" and not req.HasField("guidance")
     assert req.seed == 9 and req.seed_mode == types_pb2.SEED_MODE_FIXED
     assert list(req.loras) == ["a.safetensors:0.5"] and req.color_coherence == "hsv"
-    assert req.HasField("depth") and not req.depth
+    assert req.HasField("depth") and not req.depth and req.review
     assert _request("--from-frame", "2", "--depth").depth
     assert _request("--from-frame", "2", "--seed-mode", "0:increment, 4:fixed").seed_mode_schedule
 

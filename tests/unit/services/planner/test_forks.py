@@ -160,6 +160,7 @@ def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
         depth=True,
         formats=["gif"],
         fork=animation_pb2.ForkFrom(parent_job_id=FORK, from_frame=1),
+        review=True,
     )
     edited = board(*SHOTS[:2], {"prompt": "a weir"})
     unchanged = forks.request_of_fork(
@@ -167,6 +168,7 @@ def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
     )
     assert unchanged.seed == 42 and unchanged.HasField("seed")  # the resolved one
     assert (unchanged.idempotency_key, unchanged.client_id) == ("", "")
+    assert not unchanged.review  # the parent's waiting for review is not the fork's
     assert unchanged.fork == _fork_from(2)  # its own, not the parent's fork
     assert parse_storyboard(unchanged.storyboard_json) == edited and unchanged.frames == 3
     for name in ("strength_schedule", "guidance", "seed_mode_schedule", "loras", "depth"):
@@ -186,6 +188,7 @@ def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
             loras=["other.safetensors:0.5"],
             color_coherence="off",
             depth=False,
+            review=True,
         ),
         edited,
     )
@@ -196,7 +199,7 @@ def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
     assert not changed.seed_mode_schedule
     assert list(changed.loras) == ["other.safetensors:0.5"]
     assert changed.color_coherence == "off" and not changed.depth
-    assert changed.idempotency_key == "fork-key"
+    assert changed.idempotency_key == "fork-key" and changed.review
 
 
 def _fork_from(k: int) -> animation_pb2.ForkFrom:
