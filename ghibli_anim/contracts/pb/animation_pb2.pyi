@@ -100,7 +100,7 @@ class CreateAnimationResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., existing: _Optional[bool] = ..., animation: _Optional[_Union[Animation, _Mapping]] = ...) -> None: ...
 
 class Animation(_message.Message):
-    __slots__ = ("job_id", "status", "frames_total", "frames_done", "error", "seed", "attempt", "title", "storyboard_json", "planner_backend", "outputs", "frame_files", "created_at", "updated_at", "profile", "idea")
+    __slots__ = ("job_id", "status", "frames_total", "frames_done", "error", "seed", "attempt", "title", "storyboard_json", "planner_backend", "outputs", "frame_files", "created_at", "updated_at", "profile", "idea", "fork")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class Animation(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     IDEA_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: _types_pb2.JobStatus
     frames_total: int
@@ -133,7 +134,8 @@ class Animation(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     profile: str
     idea: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., frames_total: _Optional[int] = ..., frames_done: _Optional[int] = ..., error: _Optional[str] = ..., seed: _Optional[int] = ..., attempt: _Optional[int] = ..., title: _Optional[str] = ..., storyboard_json: _Optional[str] = ..., planner_backend: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., frame_files: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile: _Optional[str] = ..., idea: _Optional[str] = ...) -> None: ...
+    fork: ForkFrom
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_types_pb2.JobStatus, str]] = ..., frames_total: _Optional[int] = ..., frames_done: _Optional[int] = ..., error: _Optional[str] = ..., seed: _Optional[int] = ..., attempt: _Optional[int] = ..., title: _Optional[str] = ..., storyboard_json: _Optional[str] = ..., planner_backend: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., frame_files: _Optional[_Iterable[_Union[_types_pb2.OutputFile, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile: _Optional[str] = ..., idea: _Optional[str] = ..., fork: _Optional[_Union[ForkFrom, _Mapping]] = ...) -> None: ...
 
 class GetAnimationRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -366,6 +366,8 @@ class JobsApi:
             profile=req.profile,
             idea=req.idea,
         )
+        if req.HasField("fork"):
+            anim.fork.CopyFrom(req.fork)
         if not files or state.status in (lifecycle.PENDING, lifecycle.PLANNING):
             return anim
         with contextlib.suppress(KeyError):

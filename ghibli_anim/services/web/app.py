@@ -20,9 +20,9 @@ Routes:
   ``POST /jobs/{id}/approve`` sends the storyboard editor of a job waiting for
   review (ApproveAnimation, with the edited storyboard or none when unchanged);
   ``GET /jobs/{id}?frame=K`` opens frame K of a finished, failed or cancelled job
-  for editing, and ``POST /jobs/{id}/fork`` re-renders from it (CreateAnimation
-  with ``fork``), then shows the new job at ``/jobs/{fork}?parent={id}``, which
-  plays the parent next to it.
+  for editing, and ``POST /jobs/{id}/fork`` re-renders from it (ForkAnimation:
+  the parent's settings, with shot K as edited and the form's seed), then shows the
+  new job, whose page plays its parent next to it (the job view names the parent).
 - ``GET /api/jobs`` and ``/api/jobs/{id}``: the same data as JSON.
 - ``GET /healthz`` (the process answers) and ``/readyz`` (the planner's
   grpc.health.v1 says SERVING).
@@ -313,19 +313,17 @@ class WebApp:
         editor_error: str = "",
         fork: views.ForkForm | None = None,
         fork_error: str = "",
-        parent_id: str = "",
-        from_frame: str = "",
     ) -> HTMLResponse:
         """The job page; a job waiting for review shows the storyboard editor (``editor``:
         the values to show, the planned ones by default), ``fork`` the "re-render from
-        here" form of a frame, ``parent_id`` the parent played next to this job."""
+        here" form of a frame; a fork plays its parent next to it."""
         job = views.job_view(anim)
         if editor is None and job["status"] == views.PLANNED:
             editor = views.board_draft(anim.storyboard_json)
         if fork is not None and not fork.idempotency_key:
             # One key per rendering of the form: sending it twice makes one fork.
             fork.idempotency_key = secrets.token_hex(16)
-        parent = await self._parent(parent_id, from_frame)
+        parent = await self._parent(anim)
         return HTMLResponse(
             job_html(
                 job,
@@ -338,13 +336,14 @@ class WebApp:
             status_code=http_status,
         )
 
-    async def _parent(self, parent_id: str, from_frame: str) -> dict[str, Any] | None:
-        """The parent a fork's page plays next to it (from ``?parent=``), or None."""
-        if not keys.is_job_id(parent_id):
+    async def _parent(self, anim: Any) -> dict[str, Any] | None:
+        """The parent a fork's page plays next to it (the job view names it), or None."""
+        if not anim.HasField("fork") or not keys.is_job_id(anim.fork.parent_job_id):
             return None
+        parent_id = anim.fork.parent_job_id
         parent = {
             "job_id": parent_id,
-            "from_frame": from_frame if from_frame.isdigit() and len(from_frame) <= 3 else "",
+            "from_frame": str(anim.fork.from_frame),
             "error": "",
             "title": "",
             "status": "",
@@ -393,11 +392,9 @@ class WebApp:
             anim = await self.client.get(job_id)
         except grpc.aio.AioRpcError as exc:
             return self._error(request, *_grpc_error(exc))
-        query = request.query_params
-        parent = {"parent_id": query.get("parent", ""), "from_frame": query.get("from", "")}
-        frame = query.get("frame")
+        frame = request.query_params.get("frame")
         if frame is None:
-            return await self._job_page(anim, **parent)
+            return await self._job_page(anim)
         # A click on a frame of the strip: its shot and the seed, to re-render from it.
         form = views.ForkForm(frame[:40], {}, "")
         if status_name(anim.status) not in views.TERMINAL:
@@ -407,13 +404,12 @@ class WebApp:
                 fork=form,
                 fork_error=f"re-render from a frame once the job has finished, failed or "
                 f"been cancelled; it is {status_name(anim.status)}",
-                **parent,
             )
         try:
             k = views.check_from_frame(frame, anim.frames_total)
         except ValueError as exc:
-            return await self._job_page(anim, 400, fork=form, fork_error=str(exc), **parent)
-        return await self._job_page(anim, fork=views.fork_form(anim, k), **parent)
+            return await self._job_page(anim, 400, fork=form, fork_error=str(exc))
+        return await self._job_page(anim, fork=views.fork_form(anim, k))
 
     async def approve(self, request: Request) -> Response:
         """POST /jobs/{id}/approve: the storyboard editor of a job waiting for review."""
@@ -467,16 +463,15 @@ class WebApp:
         except ValueError as exc:
             return await self._job_page(anim, 400, fork=form, fork_error=str(exc))
         try:
-            resp = await self.client.create(req)
+            resp = await self.client.fork(req)
         except grpc.aio.AioRpcError as exc:
             status_code, message = _grpc_error(exc)
             return await self._job_page(anim, status_code, fork=form, fork_error=message)
-        k = req.fork.from_frame
         log.info(
             "fork created from the web page",
-            extra={"job_id": resp.job_id, "parent": job_id, "from_frame": k},
+            extra={"job_id": resp.job_id, "parent": job_id, "from_frame": req.fork.from_frame},
         )
-        return RedirectResponse(f"/jobs/{resp.job_id}?parent={job_id}&from={k}", status_code=303)
+        return RedirectResponse(f"/jobs/{resp.job_id}", status_code=303)
 
     async def cancel(self, request: Request) -> Response:
         return await self._control(request, "cancel")

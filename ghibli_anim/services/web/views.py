@@ -530,29 +530,12 @@ def read_fork_form(fields: Mapping[str, list[str]]) -> ForkForm:
     )
 
 
-def _stored_formats(anim: animation_pb2.Animation) -> list[str]:
-    names = {o.name for o in anim.outputs}
-    formats = [kind for name, kind in OUTPUT_KINDS.items() if name in names]
-    return [f for f in formats if f in limits.FORMATS] or list(limits.DEFAULT_FORMATS)
-
-
-def _has_depth(anim: animation_pb2.Animation) -> bool:
-    prefix = keys.job_prefix(anim.job_id)
-    return any(
-        f.key.startswith(prefix) and _DEPTH_RE.match(f.key[len(prefix) :])
-        for f in [*anim.frame_files, *anim.outputs]
-    )
-
-
 def build_fork_request(
     parent: animation_pb2.Animation, form: ForkForm
-) -> animation_pb2.CreateAnimationRequest:
-    """CreateAnimation with ``fork``: frames 0..K-1 are the parent's, the storyboard is
-    the parent's with shot K as edited, the seed the form's.
-
-    The other settings are what the job view tells of the parent: its idea, frame
-    count, profile, depth guidance (depth maps stored) and formats (outputs stored).
-    """
+) -> animation_pb2.ForkAnimationRequest:
+    """ForkAnimation from frame K: frames 0..K-1 are the parent's, the storyboard is the
+    parent's with shot K as edited, the seed the form's; every other setting is the
+    parent's, as the planner keeps its request."""
     k = check_from_frame(form.from_frame, parent.frames_total)
     doc = _board_doc(parent.storyboard_json)
     if doc is None or len(doc["frames"]) != parent.frames_total:
@@ -562,15 +545,10 @@ def build_fork_request(
     board = parse_storyboard({**doc, "frames": frames}, parent.frames_total)
     seed = _int("seed", form.seed, limits.SEED)
     _check_idempotency_key(form.idempotency_key)
-    return animation_pb2.CreateAnimationRequest(
-        idea=parent.idea,
-        frames=parent.frames_total,
-        profile=parent.profile,
-        seed=seed,
-        depth=_has_depth(parent),
-        formats=_stored_formats(parent),
-        storyboard_json=board.to_json(),
+    return animation_pb2.ForkAnimationRequest(
         fork=animation_pb2.ForkFrom(parent_job_id=parent.job_id, from_frame=k),
+        storyboard_json=board.to_json(),
+        seed=seed,
         idempotency_key=form.idempotency_key,
     )
 

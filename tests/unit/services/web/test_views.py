@@ -343,10 +343,11 @@ def test_re_render_from_here_forks_with_the_edited_shot():
     )
     assert posted == form
     req = views.build_fork_request(parent, posted)
+    # ForkAnimation: the planner takes every other setting from the parent's request.
+    assert isinstance(req, animation_pb2.ForkAnimationRequest)
     assert (req.fork.parent_job_id, req.fork.from_frame) == (JOB, 1)
-    assert (req.idea, req.frames, req.profile, req.seed) == (EVIL, 2, "tiny", 123)
-    assert req.depth  # the parent stored depth maps
-    assert list(req.formats) == ["gif", "mp4"] and req.idempotency_key == "k-1"
+    assert req.seed == 123 and req.idempotency_key == "k-1"
+    assert not req.prompts and not req.HasField("strength") and not req.HasField("depth")
     board = json.loads(req.storyboard_json)
     assert board["frames"][0]["prompt"] == CLEAN_PROMPT_0
     assert board["frames"][1]["prompt"] == "a heron lands"
