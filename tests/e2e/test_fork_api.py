@@ -74,9 +74,12 @@ def jobs(stack) -> Jobs:
             assert not fork.existing and fork.animation.frames_total == 4
             fork_events, anim = await _finish(client, fork.job_id)
             assert anim.status == types_pb2.JOB_STATUS_COMPLETED, stack.logs()
+            # The job view names the parent and K (the page plays the parent beside it).
+            assert anim.fork == animation_pb2.ForkFrom(parent_job_id=parent, from_frame=2)
             fresh = (await client.create(_request(EDITED))).job_id
             _, anim = await _finish(client, fresh)
             assert anim.status == types_pb2.JOB_STATUS_COMPLETED, stack.logs()
+            assert not anim.HasField("fork")
             return Jobs(parent, fork.job_id, _started(fork_events), fresh)
 
     return asyncio.run(main())
