@@ -32,3 +32,8 @@ def backend(kind: str, server: ChatServer, *, timeout_s: float = 10.0, model: st
 def plan(kind, server, counter, *, frames=5, idea=IDEA, repairs=2, fallback="fail", **kw):
     sb = Storyboarder(backend(kind, server, **kw), repairs=repairs, fallback=fallback)
     return sb.plan(idea, frames, style=STYLE, counter=counter)
+
+
+def extend(kind, server, counter, board, frames, *, idea=IDEA, repairs=2, fallback="fail"):
+    sb = Storyboarder(backend(kind, server), repairs=repairs, fallback=fallback)
+    return sb.extend(idea, board, frames, counter=counter)

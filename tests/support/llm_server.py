@@ -92,6 +92,14 @@ def idea_of(body: dict[str, Any]) -> str:
     return json.loads(first_user.split("BEGIN IDEA\n", 1)[1].split("\nEND IDEA", 1)[0])
 
 
+def existing_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The storyboard so far that a continuation request carries (None for a plan)."""
+    first_user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    if "BEGIN STORYBOARD\n" not in first_user:
+        return None
+    return json.loads(first_user.split("BEGIN STORYBOARD\n", 1)[1].split("\nEND STORYBOARD")[0])
+
+
 def turn(body: dict[str, Any]) -> int:
     """0 for the first request of a conversation, 1 for the first repair, ..."""
     return (len(body["messages"]) - 2) // 2

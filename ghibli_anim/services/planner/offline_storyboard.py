@@ -8,14 +8,18 @@ and the CLI and an event say so too.
 Distinctness: frames are split into at most ten segments, each with its own story
 beat; inside a segment every frame gets a different scene detail, and a segment
 never holds more frames than there are details (120 frames / 10 segments = 12 <= 13).
+
+:func:`extend_offline` continues a storyboard (an extension of a finished clip): the new
+shots take the beats after the last one the existing shots reached, and the scene
+details go on cycling from where they were, skipping a prompt the storyboard holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ghibli_anim.contracts import limits
-from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
 from ghibli_anim.contracts.tokens import PromptTooLong
 
 BEATS = (
@@ -60,13 +64,13 @@ _CAMERA = {
 NOTICE = "offline planner: the storyboard is derived from the idea without an LLM"
 
 
-def _beat(index: int, frames: int) -> str:
-    segments = min(len(BEATS), frames)
+def _beat(index: int, frames: int, beats: Sequence[str] = BEATS) -> str:
+    segments = min(len(beats), frames)
     segment = index * segments // frames
     if segments == 1:
-        return BEATS[0]
+        return beats[0]
     # Spread the segments over the whole arc, so 5 frames still open and close.
-    return BEATS[round(segment * (len(BEATS) - 1) / (segments - 1))]
+    return beats[round(segment * (len(beats) - 1) / (segments - 1))]
 
 
 def title_from_idea(idea: str) -> str:
@@ -122,3 +126,69 @@ def plan_offline(
             "planner": {"backend": "offline", "model": "", "offline": True},
         }
     )
+
+
+def _key(prompt: str) -> str:
+    return " ".join(prompt.split()).casefold()
+
+
+def _beats_after(shots: Sequence[str], new: int) -> Sequence[str]:
+    """The beats the new shots take: those after the last beat the existing prompts
+    reached (a storyboard the offline planner wrote names one in each prompt). An arc that
+    ended, or named no beat, or leaves too few beats for ``new`` distinct shots, goes on
+    with the whole arc but its opening (the clip is open already)."""
+    last = -1
+    for prompt in reversed(shots):
+        found = [i for i, beat in enumerate(BEATS) if f", {beat}" in prompt]
+        if found:
+            last = max(found)
+            break
+    rest = BEATS[last + 1 :] if last >= 0 else ()
+    if not rest or len(rest) * len(DETAILS) < new:
+        rest = BEATS[1:]
+    if len(rest) * len(DETAILS) < new:
+        rest = BEATS
+    return rest
+
+
+def extend_offline(
+    idea: str,
+    board: Storyboard,
+    frames: int,
+    *,
+    fits: Callable[[str], bool] | None = None,
+) -> Storyboard:
+    """``board`` continued to ``frames`` shots: its own shots as they are, then new ones for
+    ``idea`` that go on with the story beats after the ones it reached (deterministic).
+
+    Each new shot gets the next scene detail in the cycle that makes a prompt the
+    storyboard does not hold yet; shots shed detail to fit ``fits`` as in
+    :func:`plan_offline`, and PromptTooLong names the first that cannot be distinct.
+    """
+    limits.FRAMES.check("frames", frames)
+    have = len(board.frames)
+    if frames <= have:
+        raise ValueError(f"frames: must be more than the storyboard's {have}, got {frames}")
+    idea = " ".join(idea.split())
+    style = board.style
+    used = {_key(shot.prompt) for shot in board.frames}
+    beats = _beats_after([shot.prompt for shot in board.frames], frames - have)
+    shots = []
+    for k in range(frames - have):
+        beat = _beat(k, frames - have, beats)
+        details = [DETAILS[(have + k + j) % len(DETAILS)] for j in range(len(DETAILS))]
+        candidates = [f"{idea}, {beat}, {d}" for d in details] + [f"{idea}, {beat}"]
+        fitting = [c for c in candidates if fits is None or fits(f"{c}, {style}")]
+        prompt = next((c for c in fitting if _key(c) not in used), None)
+        if prompt is None:
+            raise PromptTooLong(
+                f"frames[{have + k}].prompt: the idea leaves no room for a new shot within "
+                f"CLIP's {limits.CLIP_MAX_TOKENS} tokens (with the style line) that differs "
+                "from the storyboard's; shorten the idea, or give the new shots"
+            )
+        used.add(_key(prompt))
+        shots.append({"prompt": prompt, "camera": _CAMERA.get(beat, {})})
+    data = board.model_dump(mode="json", exclude={"planner"})
+    data["frames"] = [*data["frames"], *shots]
+    data["planner"] = {"backend": "offline", "model": "", "offline": True}
+    return parse_storyboard(data, frames)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from support.llm_planner import INJECTION, STYLE
 
-from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_style
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompts_with_style
 from ghibli_anim.contracts.tokens import PromptTooLong
-from ghibli_anim.services.planner.offline_storyboard import plan_offline
+from ghibli_anim.services.planner.offline_storyboard import extend_offline, plan_offline
 from ghibli_anim.services.planner.storyboard_llm import Storyboarder
 
 IDEAS = [
@@ -78,3 +78,56 @@ def test_offline_planner_with_the_injection_idea_gives_exactly_n(counter):
     assert len(out.board.frames) == 4 and out.board.planner.offline
     parse_storyboard(out.board.to_json(), 4)
     counter.check(prompts_with_style(out.board))
+
+
+# -- continuing a storyboard (an extension of a finished clip) ---------------------------
+
+
+def test_offline_extension_keeps_the_shots_and_goes_on_with_the_beats(counter):
+    idea = IDEAS[0]
+    first = plan_offline(idea, 4, fits=counter.fits)
+    assert first.frames[-1].prompt.startswith(f"{idea}, closing wide shot")
+    board = extend_offline(idea, first, 7, fits=counter.fits)
+    assert board.to_json() == extend_offline(idea, first, 7, fits=counter.fits).to_json()
+    assert board.frames[:4] == first.frames and board.title == first.title
+    prompts = prompts_with_style(board)
+    assert len({p.casefold() for p in prompts}) == 7
+    counter.check(prompts)
+    # The arc had closed: the new shots go on past its opening, details still cycling.
+    assert [p.removeprefix(f"{idea}, ").removesuffix(", ghibli style") for p in prompts[4:]] == [
+        "the scene comes to life, birds in the distance",
+        "the heart of the moment, painted sky",
+        "closing wide shot, sunlight through leaves",
+    ]
+    parse_storyboard(board.to_json(), 7)
+    # Half an arc: the new shots take the beats after the last one reached.
+    half = Storyboard.model_validate(
+        {
+            **first.model_dump(),
+            "frames": [s.model_dump() for s in plan_offline(idea, 10).frames[:5]],
+        }
+    )
+    assert "a gentle turn" in half.frames[-1].prompt
+    more = extend_offline(idea, half, 8, fits=counter.fits)
+    assert [s.prompt.split(", ")[1] for s in more.frames[5:]] == [
+        "the heart of the moment",
+        "the moment settles",
+        "closing wide shot",
+    ]
+
+
+def test_offline_extension_of_any_storyboard_is_distinct_up_to_the_limit(counter):
+    user = parse_storyboard(
+        {"title": "t", "frames": [{"prompt": f"{IDEAS[1]}, birds in the distance"}]}, 1
+    )
+    board = extend_offline(IDEAS[1], user, 120, fits=counter.fits)
+    assert board.frames[0] == user.frames[0] and board.planner.offline
+    prompts = prompts_with_style(board)
+    assert len({p.casefold() for p in prompts}) == 120
+    counter.check(prompts)
+    with pytest.raises(ValueError, match=r"^frames: must be more than the storyboard's 1, got 1"):
+        extend_offline(IDEAS[1], user, 1)
+    # The storyboarder without an LLM continues offline, and says so.
+    out = Storyboarder(None).extend(IDEAS[1], user, 3, counter=counter)
+    assert out.backend == "offline" and len(out.board.frames) == 3 and out.notice
+    assert [a["backend"] for a in out.attempts] == ["offline"]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.llm_planner import IDEA, INJECTION, LLM_BACKENDS, STYLE, plan
+from support.llm_planner import IDEA, INJECTION, LLM_BACKENDS, STYLE, extend, plan
 from support.llm_server import (
     ChatServer,
     Reply,
+    existing_of,
     frames_asked,
     idea_of,
     storyboard,
@@ -23,7 +24,7 @@ from support.llm_server import (
 )
 
 from ghibli_anim.contracts import config, limits
-from ghibli_anim.contracts.storyboard import prompts_with_style
+from ghibli_anim.contracts.storyboard import parse_storyboard, prompts_with_style
 from ghibli_anim.services.planner.chat_backends import DEFAULT_MODEL
 from ghibli_anim.services.planner.storyboard_llm import (
     IDEA_BEGIN,
@@ -277,3 +278,89 @@ def test_explicit_offline_says_so(counter):
 def test_a_backend_missing_its_settings_fails_at_start(env, message):
     with pytest.raises(ValueError, match=message):
         Storyboarder.from_settings(_load(**env))
+
+
+# -- continuing a storyboard (an extension of a finished clip) ---------------------------
+
+SO_FAR = parse_storyboard(
+    {
+        "title": "Lanterns",
+        "style": STYLE,
+        "frames": [
+            {"prompt": "a lantern boat leaves the pier", "camera": {"zoom": 1.03}},
+            {"prompt": "the boat drifts under willow trees", "palette": "shift"},
+            {"prompt": "lanterns rise over the water"},
+        ],
+    },
+    3,
+)
+
+
+@pytest.mark.parametrize("kind", LLM_BACKENDS)
+def test_a_continuation_is_asked_with_the_existing_shots_and_keeps_them(kind, counter):
+    with ChatServer([valid_reply]) as server:
+        out = extend(kind, server, counter, SO_FAR, 5)
+    assert out.backend == kind and out.notice == ""
+    board = out.board
+    assert board.frames[:3] == SO_FAR.frames and board.title == "Lanterns"
+    assert [s.prompt for s in board.frames[3:]] == [f["prompt"] for f in storyboard(2)["frames"]]
+    assert board.planner.backend == kind and board.style == STYLE
+    (body,) = server.bodies
+    system, user = body["messages"]
+    assert "exactly 2 objects, the new frames only" in system["content"]
+    assert "never instructions" in system["content"] and "first 3 frames" in system["content"]
+    # The existing shots are the context: their prompts and camera moves, as data.
+    assert existing_of(body) == {
+        "title": "Lanterns",
+        "frames": [s.model_dump(mode="json", exclude_defaults=True) for s in SO_FAR.frames],
+    }
+    for shot in SO_FAR.frames:
+        assert shot.prompt in user["content"]
+    assert frames_asked(body) == 2 and idea_of(body) == IDEA
+    (attempt,) = out.attempts
+    assert attempt["accepted"] and attempt["messages"] == body["messages"]
+
+
+def test_a_continuation_reply_is_checked_like_a_plan_and_repaired(counter):
+    repeat = storyboard(2)
+    repeat["frames"][1]["prompt"] = "Lanterns  rise over the water"  # an existing prompt
+    long = storyboard(2)
+    long["frames"][0]["prompt"] = ", ".join(["a very small dragon with golden wings"] * 8)
+    replies = [
+        Reply(json.dumps(storyboard(3))),
+        Reply(json.dumps({**storyboard(2), "mood": "sad"})),
+        Reply(json.dumps(repeat)),
+        Reply(json.dumps(long)),
+    ]
+
+    def script(body, skip=0):
+        step = turn(body) + skip
+        return replies[step] if step < len(replies) else valid_reply(body)
+
+    with (
+        ChatServer(script) as server,
+        pytest.raises(PlanningFailed) as failed,
+    ):
+        extend("openai", server, counter, SO_FAR, 5, repairs=3)
+    errors = [a["errors"] for a in failed.value.attempts]
+    assert "frames: expected exactly 2 frames, got 3" in errors[0]
+    assert errors[1][0].startswith("mood: unknown field")
+    assert errors[2] == [
+        "frames[1].prompt: duplicates existing frames[2].prompt (compared ignoring case and "
+        "spacing)"
+    ]
+    assert errors[3][0].startswith("frames[0].prompt: ") and "shorten it" in errors[3][0]
+    # The repair names the problems and the count of new frames, in the same conversation.
+    repair = server.bodies[3]["messages"][-1]["content"]
+    assert "duplicates existing frames[2].prompt" in repair and "exactly 2 frames" in repair
+    with ChatServer(lambda body: script(body, skip=3)) as server:
+        out = extend("hf", server, counter, SO_FAR, 5)
+    assert len(out.attempts) == 2 and len(out.board.frames) == 5
+
+
+def test_a_continuation_without_a_valid_reply_falls_back_offline(counter):
+    with ChatServer([Reply("no storyboard here")]) as server:
+        out = extend("openai", server, counter, SO_FAR, 6, repairs=0, fallback="offline")
+    assert out.backend == "offline" and "offline planner wrote the storyboard" in out.notice
+    assert out.board.frames[:3] == SO_FAR.frames and len(out.board.frames) == 6
+    assert [a["backend"] for a in out.attempts] == ["openai", "offline"]
