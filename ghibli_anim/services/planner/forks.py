@@ -30,6 +30,13 @@ The steps, each a plain function here, shared by every way a fork is asked for:
 
 A colour reference before K stays the parent's frame (copied): only frame 0, a cut or a
 ``palette: shift`` sets a new one, and K >= 1 keeps frame 0.
+
+An extension by M frames is a fork with K = N, the parent's frame count, and N+M frames:
+every frame of the parent is kept and frame N continues the chain from frame N-1. Its
+shots N..N+M-1 are the user's (a ``storyboard_json`` of N+M shots), or the planner's: the
+storyboard is then the parent's N shots (:func:`board_of`), which the plan step continues
+with the job's planner backend, the existing shots as context (:func:`to_continue`,
+:meth:`.storyboard_llm.Storyboarder.extend`).
 """
 
 from __future__ import annotations
@@ -66,6 +73,17 @@ def check_from_frame(from_frame: int, frames: int, whose: str = "the fork") -> N
     if not 1 <= from_frame <= frames - 1:
         raise ForkError(
             f"{FIELD}.from_frame: must be in 1..{frames - 1} ({whose} has {frames} frames), "
+            f"got {from_frame}"
+        )
+
+
+def check_parent_frames(from_frame: int, frames: int, parent_id: str) -> None:
+    """K in 1..N of the parent's N frames: K = N keeps them all, an extension (the fork's
+    request has more frames than the parent; :func:`check_request` sees to that)."""
+    if not 1 <= from_frame <= frames:
+        raise ForkError(
+            f"{FIELD}.from_frame: must be in 1..{frames} (job {parent_id} has {frames} frames; "
+            f"from_frame {frames} extends it by the request's frames beyond {frames}), "
             f"got {from_frame}"
         )
 
@@ -140,7 +158,7 @@ def read_parent(store: Store, parent_id: str, from_frame: int) -> ParentFrames:
     ``ForkError`` naming ``fork.parent_job_id`` for anything missing."""
     field = f"{FIELD}.parent_job_id"
     board = read_board(store, parent_id)
-    check_from_frame(from_frame, len(board.frames), f"job {parent_id}")
+    check_parent_frames(from_frame, len(board.frames), parent_id)
     stored = set(store.list(keys.job_prefix(parent_id)))
     specs = []
     for i in range(from_frame):
@@ -279,15 +297,33 @@ def fork_specs(
 
 def board_of(req: animation_pb2.CreateAnimationRequest, parent: ParentFrames) -> Storyboard:
     """The fork's storyboard (``storyboard_json``, or the parent's when empty), checked
-    against the parent's first K shots."""
+    against the parent's first K shots.
+
+    An extension (K = the parent's N frames, the request more) may leave its new shots to
+    the planner: its storyboard is then the parent's N shots, which the plan step continues
+    (:func:`to_continue`); a ``storyboard_json`` of the request's frames is the whole
+    storyboard, as for any fork."""
+    extends = parent.from_frame == len(parent.board.frames) < req.frames
     if req.storyboard_json:
         try:
-            board = parse_storyboard(req.storyboard_json, req.frames)
+            board = parse_storyboard(req.storyboard_json)
         except ValueError as exc:
             raise ForkError(f"storyboard_json: {exc}") from None
+        if len(board.frames) != req.frames and not (
+            extends and len(board.frames) == parent.from_frame
+        ):
+            also = (
+                f", or the parent's {parent.from_frame} for the planner to continue"
+                if extends
+                else ""
+            )
+            raise ForkError(
+                f"storyboard_json: frames: expected exactly {req.frames} frames{also}, "
+                f"got {len(board.frames)}"
+            )
     else:
         board = parent.board
-        if len(board.frames) != req.frames:
+        if len(board.frames) != req.frames and not extends:
             raise ForkError(
                 f"frames: the parent's storyboard has {len(board.frames)} frames, the request "
                 f"{req.frames}; give a storyboard_json of {req.frames} frames"
@@ -338,3 +374,18 @@ def request_of_fork(
     req.frames = len(board.frames)
     req.storyboard_json = board.to_json()
     return req
+
+
+def to_continue(req: animation_pb2.CreateAnimationRequest) -> Storyboard | None:
+    """An extension's storyboard so far, for the planner to continue to ``req.frames``
+    shots: a fork's ``storyboard_json`` holding exactly its K kept shots (the parent's,
+    as :func:`board_of` leaves them) when the request has more frames; None otherwise."""
+    if not req.HasField("fork") or not req.storyboard_json:
+        return None
+    try:
+        board = parse_storyboard(req.storyboard_json)
+    except ValueError:
+        return None  # not a continuation: the storyboard's own checks report it
+    if len(board.frames) == req.fork.from_frame < req.frames:
+        return board
+    return None

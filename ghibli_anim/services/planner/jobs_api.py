@@ -119,8 +119,9 @@ class JobsApi:
         # base model, ControlNet or profile entry is refused naming the field.
         await asyncio.to_thread(resolve_profile, req, self.settings)
         parent = await self._fork_parent(req) if req.HasField("fork") else None
-        if req.storyboard_json:
-            # Shape errors (frame count, fields) are the caller's: refuse now.
+        if req.storyboard_json and forks.to_continue(req) is None:
+            # Shape errors (frame count, fields) are the caller's: refuse now. (An extension
+            # left to the planner holds the parent's shots only, checked by the fork.)
             await self._user_board(req, req.storyboard_json)
         init_png = None
         if req.init_upload_id:

@@ -3,11 +3,12 @@
 PENDING -> PLANNING -> RENDERING (or PLANNED, for a request with ``review``: the job
 waits there until the job API approves it). The storyboard comes from the request
 (``storyboard_json``) or from the storyboard LLM (:mod:`.storyboard_llm`, which falls back
-to the offline planner); every prompt with the style line must fit CLIP's 77 tokens
-unless the request asks to truncate; :mod:`.frame_specs` resolves it into one FrameSpec
-per frame, stored in the job's state. Then ``job.planned`` goes out and the conductor
-publishes frame 0. A storyboard that cannot be planned is ``plan.failed`` (the conductor
-fails the job with the reason).
+to the offline planner); an extension of a finished job (:mod:`.forks`) whose request holds
+only the parent's shots has them continued by the same planner, with them as context. Every
+prompt with the style line must fit CLIP's 77 tokens unless the request asks to truncate;
+:mod:`.frame_specs` resolves it into one FrameSpec per frame, stored in the job's state.
+Then ``job.planned`` goes out and the conductor publishes frame 0. A storyboard that
+cannot be planned is ``plan.failed`` (the conductor fails the job with the reason).
 
 Each step is safe to repeat: a redelivered plan message after a crash finds the job
 where the crash left it and carries on (a job already planned announces it again; the
@@ -105,7 +106,9 @@ class PlanStep:
         counter = await asyncio.to_thread(TokenCounter.for_profile, profile, self.settings)
         started = time.monotonic()
         notice = ""
-        if req.storyboard_json:
+        # An extension whose new shots are left to the planner: its storyboard so far.
+        so_far = forks.to_continue(req)
+        if so_far is None and req.storyboard_json:
             try:
                 board = parse_storyboard(req.storyboard_json, req.frames)
             except ValueError as exc:
@@ -124,13 +127,20 @@ class PlanStep:
             # LLM (with repairs and fallback) or offline, in a thread: calls block for seconds.
             assert self.storyboarder is not None
             try:
-                outcome = await asyncio.to_thread(
-                    self.storyboarder.plan,
-                    req.idea,
-                    req.frames,
-                    style=profile.style,
-                    counter=counter,
-                )
+                if so_far is not None:
+                    # The new shots with the existing ones as context; those stay as they
+                    # are, their style included (the frames kept were rendered with it).
+                    outcome = await asyncio.to_thread(
+                        self.storyboarder.extend, req.idea, so_far, req.frames, counter=counter
+                    )
+                else:
+                    outcome = await asyncio.to_thread(
+                        self.storyboarder.plan,
+                        req.idea,
+                        req.frames,
+                        style=profile.style,
+                        counter=counter,
+                    )
             except PlanningFailed as exc:
                 await asyncio.to_thread(self._write_attempts, state.job_id, exc.attempts)
                 raise

@@ -108,8 +108,9 @@ def test_reading_the_parent_and_copying_its_frames(tmp_path) -> None:
         store.put(keys.frame_key(PARENT, i), b"png%d" % i)
         store.put(keys.frame_record_key(PARENT, i), json.dumps(_record(PARENT, i)).encode())
     store.put(keys.depth_key(PARENT, 0), b"depth0")
-    with pytest.raises(forks.ForkError, match=r"^fork\.from_frame: must be in 1\.\.2 \(job "):
-        forks.read_parent(store, PARENT, 3)
+    # K = N (3) keeps every frame (an extension, when the request has more); K > N cannot.
+    with pytest.raises(forks.ForkError, match=r"^fork\.from_frame: must be in 1\.\.3 \(job "):
+        forks.read_parent(store, PARENT, 4)
     with pytest.raises(forks.ForkError, match=rf"^fork\.parent_job_id: job {FORK} has no story"):
         forks.read_parent(store, FORK, 1)
     parent = forks.read_parent(store, PARENT, 2)
@@ -204,3 +205,67 @@ def test_fork_animation_is_the_parents_request_with_its_changes() -> None:
 
 def _fork_from(k: int) -> animation_pb2.ForkFrom:
     return animation_pb2.ForkFrom(parent_job_id=PARENT, from_frame=k)
+
+
+def _parent(tmp_path, frames: int = 3) -> forks.ParentFrames:
+    store = LocalStore(tmp_path)
+    store.put(keys.plan_key(PARENT), board(*SHOTS[:frames]).to_json().encode())
+    for i in range(frames):
+        store.put(keys.frame_key(PARENT, i), b"png%d" % i)
+        store.put(keys.frame_record_key(PARENT, i), json.dumps(_record(PARENT, i)).encode())
+    return forks.read_parent(store, PARENT, frames)
+
+
+def _extension(frames: int, storyboard_json: str = "") -> animation_pb2.CreateAnimationRequest:
+    req = animation_pb2.CreateAnimationRequest(frames=frames, storyboard_json=storyboard_json)
+    req.fork.parent_job_id, req.fork.from_frame = PARENT, 3
+    return req
+
+
+def test_an_extension_keeps_every_frame_and_leaves_or_takes_the_new_shots(tmp_path) -> None:
+    parent = _parent(tmp_path)
+    assert parent.from_frame == 3 and [s.prompt for s in parent.specs] == ["p0", "p1", "p2"]
+    assert [k for _, k in forks.copies(parent, FORK)][-2:] == [
+        keys.frame_key(FORK, 2),
+        keys.frame_record_key(FORK, 2),
+    ]
+    # No storyboard: the parent's 3 shots, for the planner to continue to 5.
+    req = _extension(5)
+    forks.check_request(req)
+    kept = forks.board_of(req, parent)
+    assert [s.prompt for s in kept.frames] == ["a boat", "a bridge", "an eddy"]
+    req.storyboard_json = kept.to_json()
+    assert forks.to_continue(req) == kept
+    # The parent's shots given (shot 2's camera may change: it moves frame 2 into frame 3).
+    moved = [*SHOTS[:2], {**SHOTS[2], "camera": {"zoom": 1.1}}]
+    assert forks.to_continue(_extension(5, board(*moved).to_json())) is not None
+    forks.board_of(_extension(5, board(*moved).to_json()), parent)
+    # The user's new shots: a storyboard of 5 is the whole one, nothing to continue.
+    five = board(*SHOTS, {"prompt": "a pond"}, {"prompt": "a heron"}).to_json()
+    assert len(forks.board_of(_extension(5, five), parent).frames) == 5
+    assert forks.to_continue(_extension(5, five)) is None
+    with pytest.raises(forks.ForkError, match=r"frames\[1\]\.prompt \(with the style\) differs"):
+        forks.board_of(
+            _extension(5, board(SHOTS[0], {"prompt": "a cat"}, SHOTS[2]).to_json()), parent
+        )
+    with pytest.raises(
+        forks.ForkError,
+        match=r"^storyboard_json: frames: expected exactly 5 frames, or the parent's 3 for the "
+        r"planner to continue, got 4$",
+    ):
+        forks.board_of(_extension(5, board(*SHOTS, {"prompt": "a pond"}).to_json()), parent)
+    # A same-length fork from K = N renders nothing: refused as ever.
+    with pytest.raises(forks.ForkError, match=r"^fork\.from_frame: must be in 1\.\.2 \(the fork"):
+        forks.check_request(_extension(3))
+    # Only an extension leaves shots to the planner: a fork from K < N gives them all.
+    store = LocalStore(tmp_path)
+    from_2 = forks.read_parent(store, PARENT, 2)
+    short = _extension(4, board(*SHOTS[:2]).to_json())
+    short.fork.from_frame = 2
+    with pytest.raises(
+        forks.ForkError, match=r"^storyboard_json: frames: expected exactly 4 frames, got 2$"
+    ):
+        forks.board_of(short, from_2)
+    short.storyboard_json = ""
+    with pytest.raises(forks.ForkError, match=r"^frames: the parent's storyboard has 3 frames"):
+        forks.board_of(short, from_2)
