@@ -31,9 +31,10 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
-from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts import keys, lifecycle, limits
 from ghibli_anim.contracts.pb import animation_pb2
-from ghibli_anim.contracts.storyboard import parse_storyboard
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
+from ghibli_anim.runtime.store.base import NotFound, Store
 from ghibli_anim.services.planner import forks
 
 JOB_FILE = "job.json"
@@ -57,6 +58,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--from-frame", type=int, metavar="K", help="with --from-run: the first frame rendered"
     )
     p.add_argument(
+        "--extend",
+        type=int,
+        metavar="M",
+        help="with --from-run: keep every frame of the run and render M more, continuing "
+        "the chain from its last frame; the new shots are --plan's, --prompt's or the "
+        "planner's continuation of the storyboard",
+    )
+    p.add_argument(
         "--approve",
         action="store_true",
         help="with --from-run: render a run waiting for review (generate --review), its "
@@ -67,7 +76,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="K:TEXT",
-        help="with --from-run: frame K's new prompt (K >= --from-frame); repeatable",
+        help="with --from-run: frame K's new prompt (K >= --from-frame, or a new frame of "
+        "--extend); repeatable",
     )
 
 
@@ -129,8 +139,15 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
     from ghibli_anim.cli.render_flags import read_plan
     from ghibli_anim.runtime.store.local import LocalStore
 
-    if args.from_frame is None:
-        raise ValueError("--from-frame: required with --from-run (the first frame rendered)")
+    if args.from_frame is None and args.extend is None:
+        raise ValueError(
+            "--from-frame: required with --from-run (the first frame rendered), or --extend M"
+        )
+    if args.from_frame is not None and args.extend is not None:
+        raise ValueError(
+            "--extend: keeps every frame of the run (from frame N on, all new); give "
+            "--from-frame K or --extend M, not both"
+        )
     if args.idea or args.frames is not None or args.from_manifest is not None:
         raise ValueError(
             "--from-run: the fork takes the parent's idea, and its frame count from the "
@@ -154,21 +171,104 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
         )
     req = _recorded_request(record, args, _DROP)
     req.fork.parent_job_id = parent_id
-    req.fork.from_frame = args.from_frame
     store = LocalStore(runs_dir)
-    parent = forks.read_parent(store, parent_id, args.from_frame)
-    board = parent.board
+    if args.extend is not None:
+        return _extend_request(args, req, store)
+    req.fork.from_frame = args.from_frame
+    board = _stored_board(store, parent_id)
     if args.plan is not None:
         try:
             board = parse_storyboard(read_plan(args.plan))
         except ValueError as exc:
             raise ValueError(f"--plan: {exc}") from None
-    board = forks.edit_prompts(board, _prompt_edits(args.prompt), args.from_frame)
+    if board is not None:
+        # K against the fork's frames first (1..N-1 for a fork of the parent's length).
+        req.frames = len(board.frames)
+        forks.check_request(req)
+    parent = forks.read_parent(store, parent_id, args.from_frame)
+    board = forks.edit_prompts(board or parent.board, _prompt_edits(args.prompt), args.from_frame)
     req.frames = len(board.frames)
     req.storyboard_json = board.to_json()
     forks.check_request(req)
     forks.board_of(req, parent)
     return req
+
+
+def _extend_request(
+    args: argparse.Namespace, req: animation_pb2.CreateAnimationRequest, store: Store
+) -> animation_pb2.CreateAnimationRequest:
+    """An extension by M frames: a fork from K = N, the parent's frame count, with N+M
+    frames. The new shots are ``--plan``'s (N+M shots, the first N the parent's; or N, the
+    parent's, for the planner to continue), with ``--prompt`` edits; or ``--prompt``'s alone
+    (one for every new frame); or, with neither, the planner continues the parent's."""
+    from ghibli_anim.cli.render_flags import read_plan
+
+    parent_id = req.fork.parent_job_id
+    stored = _stored_board(store, parent_id)
+    have = len(stored.frames) if stored is not None else None
+    if have is not None and not 1 <= args.extend <= limits.FRAMES.hi - have:
+        raise ValueError(
+            f"--extend: must be in 1..{limits.FRAMES.hi - have} (job {parent_id} has {have} "
+            f"frames, the limit is {limits.FRAMES.hi}), got {args.extend}"
+        )
+    parent = forks.read_parent(store, parent_id, have or 1)
+    have = len(parent.board.frames)
+    frames = have + args.extend
+    req.fork.from_frame = have
+    req.frames = frames
+    edits = _prompt_edits(args.prompt)
+    if args.plan is not None:
+        try:
+            board = parse_storyboard(read_plan(args.plan))
+        except ValueError as exc:
+            raise ValueError(f"--plan: {exc}") from None
+        if edits and len(board.frames) == frames:
+            board = forks.edit_prompts(board, edits, have)
+        elif edits:
+            raise ValueError(
+                f"--prompt: edits the new frames {have}..{frames - 1} of a --plan that holds "
+                f"them ({frames} shots); this one has {len(board.frames)}"
+            )
+    elif edits:
+        wanted = set(range(have, frames))
+        if set(edits) != wanted:
+            outside = sorted(set(edits) - wanted)
+            what = (
+                f"got frame {outside[0]}"
+                if outside
+                else f"frame {min(wanted - set(edits))} is missing"
+            )
+            raise ValueError(
+                f"--prompt: without --plan, give a prompt for every new frame {have}.."
+                f"{frames - 1} (or none: the planner continues the storyboard); {what}"
+            )
+        data = parent.board.model_dump(mode="json")
+        data["frames"] += [{"prompt": edits[i]} for i in sorted(edits)]
+        board = parse_storyboard(json.dumps(data), frames)
+    else:
+        board = parent.board  # the planner continues it
+    req.storyboard_json = board.to_json()
+    forks.check_request(req)
+    forks.board_of(req, parent)
+    return req
+
+
+def _stored_board(store: Store, parent_id: str) -> Storyboard | None:
+    """The parent's storyboard, None when it cannot be read (read_parent says why)."""
+    try:
+        return parse_storyboard(store.get(keys.plan_key(parent_id)))
+    except (NotFound, ValueError):
+        return None
+
+
+def describe(req: animation_pb2.CreateAnimationRequest) -> str:
+    """What a fork keeps and what it renders, for the user (one line)."""
+    kept, frames = req.fork.from_frame, req.frames
+    parent = req.fork.parent_job_id
+    rendered = f"frames {kept}..{frames - 1}" if frames - kept > 1 else f"frame {kept}"
+    continued = forks.to_continue(req) is not None
+    how = ", the planner continues the storyboard" if continued else ""
+    return f"fork of job {parent}: frames 0..{kept - 1} kept (copied), {rendered} rendered{how}"
 
 
 def _recorded_request(
@@ -199,9 +299,9 @@ def approve_request(
     the flag or field; nothing is written)."""
     from ghibli_anim.cli.render_flags import read_plan
 
-    if args.from_frame is not None or args.prompt:
+    if args.from_frame is not None or args.prompt or args.extend is not None:
         raise ValueError(
-            "--approve: renders the whole storyboard; give no --from-frame or --prompt"
+            "--approve: renders the whole storyboard; give no --from-frame, --extend or --prompt"
         )
     if args.idea or args.frames is not None or args.from_manifest is not None:
         raise ValueError(

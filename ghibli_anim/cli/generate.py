@@ -127,8 +127,9 @@ async def _generate(args: argparse.Namespace, settings: config.Settings) -> int:
         request = fork.approve_request(args, runs_dir)
     elif args.from_run is not None:
         request = fork.fork_request(args, runs_dir)
-    elif args.from_frame is not None or args.prompt or args.approve:
-        raise ValueError("--from-frame, --prompt and --approve: only with --from-run DIR")
+        print(fork.describe(request), file=sys.stderr)
+    elif args.from_frame is not None or args.prompt or args.approve or args.extend is not None:
+        raise ValueError("--from-frame, --extend, --prompt and --approve: only with --from-run DIR")
     else:
         request = build_request(args)
     # A bad request is refused before any service starts (the planner checks it again).
