@@ -101,3 +101,72 @@ def test_a_parent_still_going_is_refused(stack) -> None:
                 await client.cancel(parent)
 
     asyncio.run(main())
+
+
+def test_extend_over_grpc_gives_the_bytes_of_embedded(stack, tiny_cache_dir, tmp_path) -> None:
+    """An extension is a fork from K = N with more frames: the planner (offline here)
+    continues the parent's three shots to five, frames 3 and 4 alone are rendered, and the
+    distributed stack and the embedded mode give the same bytes."""
+    from ghibli_anim.embedded import EmbeddedStack
+
+    def three(**fields) -> animation_pb2.CreateAnimationRequest:
+        req = _request(SHOTS[:3], **fields)
+        req.depth = False  # the cheapest chain
+        return req
+
+    def extension(parent: str) -> animation_pb2.CreateAnimationRequest:
+        req = three(fork=animation_pb2.ForkFrom(parent_job_id=parent, from_frame=3))
+        req.frames = 5  # storyboard_json holds the parent's shots: the planner adds two
+        return req
+
+    async def parent_then_extension(target: str) -> tuple[str, str, list]:
+        parent, _, anim = await run_job(target, three())
+        assert anim.status == types_pb2.JOB_STATUS_COMPLETED, anim.error
+        ext, ext_events, anim = await run_job(target, extension(parent))
+        assert anim.status == types_pb2.JOB_STATUS_COMPLETED, anim.error
+        assert (anim.frames_total, anim.frames_done) == (5, 5)
+        return parent, ext, ext_events
+
+    store = s3_store(stack)
+    parent, ext, ext_events = asyncio.run(parent_then_extension(stack.planner_target))
+    assert [e.frame for e in ext_events if e.type == events.FRAME_STARTED] == [3, 4]
+    distributed = [store.get(keys.frame_key(ext, i)) for i in range(5)]
+    assert distributed[:3] == [store.get(keys.frame_key(parent, i)) for i in range(3)]
+    board = json.loads(store.get(keys.plan_key(ext)))
+    assert [s["prompt"] for s in board["frames"][:3]] == [s["prompt"] for s in SHOTS[:3]]
+    assert len(board["frames"]) == 5 and board["planner"]["backend"] == "offline"
+
+    async def refused() -> list[str]:
+        details = []
+        async with AnimationClient(stack.planner_target) as client:
+            for from_frame, frames in ((4, 6), (3, 3)):
+                req = extension(parent)
+                req.fork.from_frame, req.frames = from_frame, frames
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await client.create(req)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                details.append(info.value.details())
+        return details
+
+    beyond, same_length = asyncio.run(refused())
+    assert beyond.startswith(f"fork.from_frame: must be in 1..3 (job {parent} has 3 frames"), beyond
+    assert same_length.startswith("fork.from_frame: must be in 1..2 (the fork has 3 frames)")
+
+    runs = tmp_path / "runs"
+    env = {
+        "ANIM_CACHE_DIR": str(tiny_cache_dir),
+        "ANIM_PROFILE": "tiny",
+        "ANIM_RUNS_DIR": str(runs),
+    }
+
+    async def embedded() -> tuple[str, str, list]:
+        async with EmbeddedStack(env=env) as emb:
+            return await parent_then_extension(emb.planner_target)
+
+    _, local_ext, _ = asyncio.run(embedded())
+    local = [(runs / local_ext / "frames" / f"{i:04d}.png").read_bytes() for i in range(5)]
+    assert local == distributed
+    assert (runs / local_ext / "animation.gif").read_bytes() == store.get(
+        keys.output_key(ext, "gif")
+    )
+    assert json.loads((runs / local_ext / "plan.json").read_text())["frames"] == board["frames"]
