@@ -1,14 +1,17 @@
 """Forking a finished job: ``generate --from-run runs/JOB`` here, ``fork JOB`` on a planner.
 
-``generate --from-run runs/JOB --from-frame K`` forks a run of this machine, and
-``fork JOB --from-frame K`` a job of a planner (ForkAnimation); approving a run of this
-machine that waits for review: ``generate --from-run runs/JOB --approve [--plan FILE]``.
+``generate --from-run runs/JOB --from-frame K`` forks a run of this machine (``--extend M``
+extends it), and ``fork JOB --from-frame K`` a job of a planner (ForkAnimation); approving
+a run of this machine that waits for review: ``generate --from-run runs/JOB --approve
+[--plan FILE]``.
 
 The parent is a run folder of this machine's runs folder (``ANIM_RUNS_DIR``, the embedded
 store) that ended: ``job.json``, which ``generate`` writes when a job ends, says how (a
 completed run's ``manifest.json`` says so too). The fork's request is the parent's, with
 the render flags given here replacing its values, and its storyboard is the parent's with
-``--prompt K:TEXT`` edits, or ``--plan FILE``. The job API makes the fork
+``--prompt K:TEXT`` edits, or ``--plan FILE``. ``--extend M`` is a fork from K = N that
+renders M frames more: their shots are ``--plan``'s, ``--prompt``'s, or the planner's
+continuation of the parent's storyboard. The job API makes the fork
 (:mod:`ghibli_anim.services.planner.forks`); the same checks run here first, so a bad fork
 is refused before any service starts and nothing is written.
 
