@@ -610,6 +610,14 @@ def test_approved_with_an_edited_storyboard_renders_its_specs() -> None:
     assert job.request.storyboard_json == "{}" and job.approved and job.last_event_id == "a"
 
 
+def test_approved_specs_without_a_title_or_storyboard_leave_both_empty() -> None:
+    job = _reviewed()
+    _plan(job)
+    job.title, job.request.storyboard_json = "planned", "[planned]"
+    assert lifecycle.approved(job, event_id="a", specs=specs(3))
+    assert (job.title, job.request.storyboard_json) == ("", "")
+
+
 def test_approved_counts_stored_frames_and_assembles_when_every_one_is() -> None:
     job = _reviewed()
     _plan(job)
