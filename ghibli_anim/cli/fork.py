@@ -1,7 +1,8 @@
-"""Forking a finished job: ``generate --from-run runs/JOB`` here, ``fork JOB`` on a planner.
+"""Forks and extensions: ``generate --from-run runs/JOB`` here, ``fork|extend JOB`` on a planner.
 
 ``generate --from-run runs/JOB --from-frame K`` forks a run of this machine (``--extend M``
-extends it), and ``fork JOB --from-frame K`` a job of a planner (ForkAnimation); approving
+extends it), ``fork JOB --from-frame K`` a job of a planner (ForkAnimation) and ``extend
+JOB --frames M`` extends one (ExtendAnimation); approving
 a run of this machine that waits for review: ``generate --from-run runs/JOB --approve
 [--plan FILE]``.
 
@@ -21,8 +22,9 @@ approving it renders a new job with the same request (seed included) and the sto
 as planned, or ``--plan FILE``: the bytes of the job had it been approved in place.
 
 Against a planner, ``fork`` sends only the parent's id, K and the changes given (prompt
-edits, a storyboard, the render settings that may change from K); the planner takes the
-rest from the parent and checks everything (:func:`fork_animation_request`).
+edits, a storyboard, the render settings that may change from K), and ``extend`` the
+parent's id, M and the same changes; the planner takes the rest from the parent and checks
+everything (:func:`fork_animation_request`, :func:`extend_animation_request`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
-from ghibli_anim.contracts import keys, lifecycle, limits
+from ghibli_anim.contracts import keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
 from ghibli_anim.runtime.store.base import NotFound, Store
@@ -208,48 +210,20 @@ def _extend_request(
 
     parent_id = req.fork.parent_job_id
     stored = _stored_board(store, parent_id)
-    have = len(stored.frames) if stored is not None else None
-    if have is not None and not 1 <= args.extend <= limits.FRAMES.hi - have:
-        raise ValueError(
-            f"--extend: must be in 1..{limits.FRAMES.hi - have} (job {parent_id} has {have} "
-            f"frames, the limit is {limits.FRAMES.hi}), got {args.extend}"
-        )
-    parent = forks.read_parent(store, parent_id, have or 1)
+    if stored is not None:
+        forks.check_extension_frames(args.extend, len(stored.frames), parent_id, "--extend")
+    parent = forks.read_parent(store, parent_id, len(stored.frames) if stored else 1)
     have = len(parent.board.frames)
     frames = have + args.extend
     req.fork.from_frame = have
     req.frames = frames
-    edits = _prompt_edits(args.prompt)
+    board = None
     if args.plan is not None:
         try:
             board = parse_storyboard(read_plan(args.plan))
         except ValueError as exc:
             raise ValueError(f"--plan: {exc}") from None
-        if edits and len(board.frames) == frames:
-            board = forks.edit_prompts(board, edits, have)
-        elif edits:
-            raise ValueError(
-                f"--prompt: edits the new frames {have}..{frames - 1} of a --plan that holds "
-                f"them ({frames} shots); this one has {len(board.frames)}"
-            )
-    elif edits:
-        wanted = set(range(have, frames))
-        if set(edits) != wanted:
-            outside = sorted(set(edits) - wanted)
-            what = (
-                f"got frame {outside[0]}"
-                if outside
-                else f"frame {min(wanted - set(edits))} is missing"
-            )
-            raise ValueError(
-                f"--prompt: without --plan, give a prompt for every new frame {have}.."
-                f"{frames - 1} (or none: the planner continues the storyboard); {what}"
-            )
-        data = parent.board.model_dump(mode="json")
-        data["frames"] += [{"prompt": edits[i]} for i in sorted(edits)]
-        board = parse_storyboard(json.dumps(data), frames)
-    else:
-        board = parent.board  # the planner continues it
+    board = forks.extension_board(parent.board, frames, board, _prompt_edits(args.prompt))
     req.storyboard_json = board.to_json()
     forks.check_request(req)
     forks.board_of(req, parent)
@@ -346,7 +320,7 @@ def _run_folder(path: Path, runs_dir: Path) -> Path:
     return folder
 
 
-# -- fork JOB against a planner ----------------------------------------------------------
+# -- fork JOB and extend JOB against a planner -------------------------------------------
 
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -372,9 +346,42 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         metavar="K:TEXT",
         help="frame K's new prompt (K >= --from-frame); repeatable",
     )
+    _add_change_flags(p, "K..")
+
+
+def add_extend_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``extend JOB``: M, the new shots and the render settings of the new
+    frames (each unset one stays the parent's)."""
+    p.add_argument("job_id", help="the parent: a completed, failed or cancelled job")
+    p.add_argument(
+        "--frames",
+        type=int,
+        required=True,
+        metavar="M",
+        help="the frames to add after the parent's N (1..the frame limit - N)",
+    )
+    p.add_argument(
+        "--plan",
+        type=Path,
+        help="the whole storyboard of N+M shots (JSON), its first N the parent's; without "
+        "it (and --prompt) the planner continues the parent's storyboard",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="I:TEXT",
+        help="new frame I's prompt (N <= I < N+M); without --plan, one for every new "
+        "frame; repeatable",
+    )
+    _add_change_flags(p, "N..")
+
+
+def _add_change_flags(p: argparse.ArgumentParser, first: str) -> None:
+    """The render settings a fork or an extension may change for the frames it renders."""
     p.add_argument("--strength", help="img2img strength, or keyframes such as '0:0.15, 10:0.35'")
     p.add_argument("--guidance", help="guidance, or keyframes such as '0:7.5, 10:9'")
-    p.add_argument("--seed", type=int, help="job seed that frames K.. derive their seeds from")
+    p.add_argument("--seed", type=int, help=f"job seed that frames {first} derive their seeds from")
     p.add_argument(
         "--seed-mode",
         default="",
@@ -401,7 +408,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--review",
         action="store_true",
-        help="stop after planning: the fork waits (PLANNED) until `approve JOB`",
+        help="stop after planning: the new job waits (PLANNED) until `approve JOB`",
     )
     p.add_argument("--idempotency-key", default="", help="same key, same job (safe retries)")
 
@@ -409,20 +416,37 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
 def fork_animation_request(args: argparse.Namespace) -> animation_pb2.ForkAnimationRequest:
     """The ForkAnimationRequest of ``fork JOB`` (the planner validates it, naming the field
     of anything wrong; here only what the flags themselves get wrong)."""
+    req = animation_pb2.ForkAnimationRequest(
+        fork=animation_pb2.ForkFrom(parent_job_id=args.job_id, from_frame=args.from_frame)
+    )
+    _set_changes(req, args)
+    return req
+
+
+def extend_animation_request(args: argparse.Namespace) -> animation_pb2.ExtendAnimationRequest:
+    """The ExtendAnimationRequest of ``extend JOB`` (checked like ``fork JOB``'s)."""
+    req = animation_pb2.ExtendAnimationRequest(parent_job_id=args.job_id, frames=args.frames)
+    _set_changes(req, args)
+    return req
+
+
+def _set_changes(
+    req: animation_pb2.ForkAnimationRequest | animation_pb2.ExtendAnimationRequest,
+    args: argparse.Namespace,
+) -> None:
+    """The storyboard, prompt edits and render settings the flags give (the fields of the
+    same names in both requests)."""
     from ghibli_anim.cli.render_flags import read_plan, set_number_or_schedule
     from ghibli_anim.contracts import seeds
 
-    req = animation_pb2.ForkAnimationRequest(
-        fork=animation_pb2.ForkFrom(parent_job_id=args.job_id, from_frame=args.from_frame),
-        prompts=[
-            animation_pb2.PromptEdit(frame=i, prompt=text)
-            for i, text in sorted(_prompt_edits(args.prompt).items())
-        ],
-        loras=args.lora,
-        color_coherence=args.color_coherence,
-        idempotency_key=args.idempotency_key,
-        review=args.review,
+    req.prompts.extend(
+        animation_pb2.PromptEdit(frame=i, prompt=text)
+        for i, text in sorted(_prompt_edits(args.prompt).items())
     )
+    req.loras.extend(args.lora)
+    req.color_coherence = args.color_coherence
+    req.idempotency_key = args.idempotency_key
+    req.review = args.review
     if args.plan is not None:
         req.storyboard_json = read_plan(args.plan)
     for name in ("strength", "guidance"):
@@ -437,4 +461,3 @@ def fork_animation_request(args: argparse.Namespace) -> animation_pb2.ForkAnimat
         req.seed_mode = seeds.parse_seed_mode(args.seed_mode)
     if args.depth is not None:
         req.depth = args.depth
-    return req

@@ -1,5 +1,7 @@
-"""`ghibli-anim submit | fork | status | watch | approve | cancel | resume | delete | list`:
-a planner over gRPC.
+"""The commands that talk to a planner over gRPC: `ghibli-anim submit | fork | extend | ...`.
+
+``submit``, ``fork``, ``extend``, ``status``, ``watch``, ``approve``, ``cancel``,
+``resume``, ``delete`` and ``list``.
 
 ``--server HOST:PORT`` (or ``ANIM_SERVER``) names the planner; ``ANIM_CLIENT_*`` carry a
 bearer token and TLS files. :func:`follow` is shared with the embedded ``generate``: it
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 COMMANDS = (
     "submit",
     "fork",
+    "extend",
     "status",
     "watch",
     "approve",
@@ -79,6 +82,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "K are the parent's)",
     )
     fork.add_server_flags(p)
+    p.add_argument("--server", default=server)
+    p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
+    p.add_argument("--out", type=Path, help="with --watch: download into this folder")
+    p = sub.add_parser(
+        "extend",
+        help="render M more frames after a finished job's last one (a new job keeping every "
+        "frame of the parent)",
+    )
+    fork.add_extend_flags(p)
     p.add_argument("--server", default=server)
     p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
     p.add_argument("--out", type=Path, help="with --watch: download into this folder")
@@ -240,17 +252,22 @@ async def _run(args: argparse.Namespace) -> int:
                 return 0
             out = args.out or Path("runs") / resp.job_id
             return await follow(client, resp.job_id, out_dir=out)
-        if cmd == "fork":
-            request = fork.fork_animation_request(args)
+        if cmd in ("fork", "extend"):
+            if cmd == "fork":
+                fork_request = fork.fork_animation_request(args)
+            else:
+                extend_request = fork.extend_animation_request(args)
             if args.watch and args.out is not None:
                 args.out.mkdir(parents=True, exist_ok=True)  # PermissionError before the job
-            resp = await client.fork(request)
+            if cmd == "fork":
+                resp = await client.fork(fork_request)
+                what = f"a fork of {args.job_id} from frame {args.from_frame}"
+            else:
+                resp = await client.extend(extend_request)
+                kept = resp.animation.frames_total - args.frames
+                what = f"{args.job_id} extended by {args.frames} frames (from frame {kept})"
             note = " (existing job for this idempotency key)" if resp.existing else ""
-            print(
-                f"job {resp.job_id} created: a fork of {args.job_id} from frame "
-                f"{args.from_frame}{note}",
-                file=sys.stderr,
-            )
+            print(f"job {resp.job_id} created: {what}{note}", file=sys.stderr)
             if not args.watch:
                 print(resp.job_id)
                 return 0

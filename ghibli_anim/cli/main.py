@@ -2,8 +2,9 @@
 
 =============================  ============================================================
 ``generate``                   :mod:`.generate`: render on this machine (embedded mode)
-``submit fork status watch     :mod:`.jobs`: a running planner over gRPC
-cancel resume delete list``
+``submit fork extend status    :mod:`.jobs`: a running planner over gRPC
+watch cancel resume delete
+list``
 ``plan``                       :mod:`.plan`: a storyboard, no services
 ``serve probe``                :mod:`.serve`: run one service, ask a service's health
 ``bus store config limits``    :mod:`.admin`: set up the bus and the bucket, print settings

@@ -157,6 +157,13 @@ class AnimationClient:
             request, timeout=self.timeout_s, metadata=self._metadata()
         )
 
+    async def extend(
+        self, request: animation_pb2.ExtendAnimationRequest
+    ) -> animation_pb2.CreateAnimationResponse:
+        return await self.stub.ExtendAnimation(
+            request, timeout=self.timeout_s, metadata=self._metadata()
+        )
+
     async def get(self, job_id: str) -> animation_pb2.Animation:
         return await self.stub.GetAnimation(
             animation_pb2.GetAnimationRequest(job_id=job_id),

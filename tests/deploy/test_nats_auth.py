@@ -37,6 +37,7 @@ from ghibli_anim.runtime.bus.names import (
     PLANNER_QUEUE,
     REQUEST_APPROVE,
     REQUEST_CREATE,
+    REQUEST_EXTEND,
     REQUEST_FORK,
     STEPS,
     WORK_PREFIX,
@@ -49,6 +50,7 @@ from ghibli_anim.runtime.bus.topology import init_bus
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
 from ghibli_anim.runtime.jobstore import JobStore
 from ghibli_anim.runtime.processes import NatsServer, find_binary
+from ghibli_anim.services.planner.grpc_api import BUS_CALLS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,15 +214,15 @@ def test_auth_conf_names_the_codes_streams_consumers_and_buckets() -> None:
             elif subject.startswith("$KV."):
                 assert subject.split(".")[1] in (JOBS_BUCKET, IDEM_BUCKET), subject
             elif subject.startswith("anim."):
-                assert subject.startswith(
-                    (WORK_PREFIX, EVENT_PREFIX, REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK)
-                ), subject
+                assert subject.startswith((WORK_PREFIX, EVENT_PREFIX, *BUS_CALLS)), subject
     # Each worker pulls from its own durable only.
     for user, step in (("renderer", "render"), ("depth", "depth"), ("assembler", "assemble")):
         pulls = [s for s in allowed_publish(user) if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")]
         assert pulls == [f"$JS.API.CONSUMER.MSG.NEXT.{WORK_STREAM}.{step}"]
-    for subject in (REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK):
+    for subject in BUS_CALLS:
         assert f'"{subject} {PLANNER_QUEUE}"' in AUTH_CONF.read_text()
+    # The submitter may ask every request the planner answers on the bus, nothing else.
+    assert sorted(allowed_publish("submitter")) == sorted(BUS_CALLS)
 
 
 async def test_services_do_their_work_within_their_permissions(secured_nats: NatsServer) -> None:
@@ -311,12 +313,14 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
             await publish_event(planner.js, new_event(E.EVENT_TYPE_JOB_COMPLETED, job_id))
             assert (await watch.next(timeout=30)).type == E.EVENT_TYPE_JOB_COMPLETED
 
-        # CreateAnimation, ApproveAnimation and ForkAnimation over the bus: the planner
-        # answers in its queue group.
+        # Every request the planner answers on the bus (CreateAnimation, ApproveAnimation,
+        # ForkAnimation, ExtendAnimation): the submitter asks, the planner answers in its
+        # queue group.
         async def answer(msg) -> None:
             await msg.respond(b"created:" + msg.data)
 
-        for subject in (REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK):
+        assert set(BUS_CALLS) == {REQUEST_CREATE, REQUEST_APPROVE, REQUEST_FORK, REQUEST_EXTEND}
+        for subject in BUS_CALLS:
             sub = await planner.nc.subscribe(subject, queue=PLANNER_QUEUE, cb=answer)
             await planner.nc.flush()
             reply = await submitter.nc.request(subject, b"req", timeout=30)
@@ -386,6 +390,7 @@ async def test_publish_outside_a_users_subjects_is_refused(
         ("planner", "anim.request.create", ""),  # only in the planners' queue group
         ("submitter", "anim.request.create", "planner"),
         ("planner", "anim.request.fork", ""),
+        ("planner", "anim.request.extend", ""),
         ("renderer", "anim.event.>", ""),
         ("assembler", "anim.work.>", ""),
     ),

@@ -283,6 +283,44 @@ class ForkAnimationRequest(_message.Message):
     review: bool
     def __init__(self, fork: _Optional[_Union[ForkFrom, _Mapping]] = ..., storyboard_json: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[PromptEdit, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., client_id: _Optional[str] = ..., strength: _Optional[float] = ..., strength_schedule: _Optional[str] = ..., guidance: _Optional[float] = ..., guidance_schedule: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., seed_mode_schedule: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., color_coherence: _Optional[str] = ..., depth: _Optional[bool] = ..., review: _Optional[bool] = ...) -> None: ...
 
+class ExtendAnimationRequest(_message.Message):
+    __slots__ = ("parent_job_id", "frames", "storyboard_json", "prompts", "idempotency_key", "client_id", "strength", "strength_schedule", "guidance", "guidance_schedule", "seed", "seed_mode", "seed_mode_schedule", "loras", "color_coherence", "depth", "review")
+    PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    STORYBOARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SEED_MODE_FIELD_NUMBER: _ClassVar[int]
+    SEED_MODE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    COLOR_COHERENCE_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
+    parent_job_id: str
+    frames: int
+    storyboard_json: str
+    prompts: _containers.RepeatedCompositeFieldContainer[PromptEdit]
+    idempotency_key: str
+    client_id: str
+    strength: float
+    strength_schedule: str
+    guidance: float
+    guidance_schedule: str
+    seed: int
+    seed_mode: _types_pb2.SeedMode
+    seed_mode_schedule: str
+    loras: _containers.RepeatedScalarFieldContainer[str]
+    color_coherence: str
+    depth: bool
+    review: bool
+    def __init__(self, parent_job_id: _Optional[str] = ..., frames: _Optional[int] = ..., storyboard_json: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[PromptEdit, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., client_id: _Optional[str] = ..., strength: _Optional[float] = ..., strength_schedule: _Optional[str] = ..., guidance: _Optional[float] = ..., guidance_schedule: _Optional[str] = ..., seed: _Optional[int] = ..., seed_mode: _Optional[_Union[_types_pb2.SeedMode, str]] = ..., seed_mode_schedule: _Optional[str] = ..., loras: _Optional[_Iterable[str]] = ..., color_coherence: _Optional[str] = ..., depth: _Optional[bool] = ..., review: _Optional[bool] = ...) -> None: ...
+
 class PromptEdit(_message.Message):
     __slots__ = ("frame", "prompt")
     FRAME_FIELD_NUMBER: _ClassVar[int]

@@ -85,6 +85,11 @@ class AnimationServiceStub:
                 request_serializer=animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.SerializeToString,
                 response_deserializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
                 _registered_method=True)
+        self.ExtendAnimation = channel.unary_unary(
+                '/animation.v1.AnimationService/ExtendAnimation',
+                request_serializer=animation_dot_v1_dot_animation__pb2.ExtendAnimationRequest.SerializeToString,
+                response_deserializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
+                _registered_method=True)
 
 
 class AnimationServiceServicer:
@@ -165,6 +170,18 @@ class AnimationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtendAnimation(self, request, context):
+        """Extensions. A new job that keeps every frame of a finished one (N frames) and
+        renders M more, continuing the chain from frame N-1: a fork from K = N with N+M
+        frames, whose new shots are the request's or the planner's continuation of the
+        parent's storyboard. Answered, checked and counted against the client's cap like
+        ForkAnimation: NOT_FOUND for a parent not in the job store, FAILED_PRECONDITION for
+        one still going.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnimationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +233,11 @@ def add_AnimationServiceServicer_to_server(servicer, server):
             'ForkAnimation': grpc.unary_unary_rpc_method_handler(
                     servicer.ForkAnimation,
                     request_deserializer=animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.FromString,
+                    response_serializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.SerializeToString,
+            ),
+            'ExtendAnimation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendAnimation,
+                    request_deserializer=animation_dot_v1_dot_animation__pb2.ExtendAnimationRequest.FromString,
                     response_serializer=animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.SerializeToString,
             ),
     }
@@ -488,6 +510,33 @@ class AnimationService:
             target,
             '/animation.v1.AnimationService/ForkAnimation',
             animation_dot_v1_dot_animation__pb2.ForkAnimationRequest.SerializeToString,
+            animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendAnimation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/animation.v1.AnimationService/ExtendAnimation',
+            animation_dot_v1_dot_animation__pb2.ExtendAnimationRequest.SerializeToString,
             animation_dot_v1_dot_animation__pb2.CreateAnimationResponse.FromString,
             options,
             channel_credentials,

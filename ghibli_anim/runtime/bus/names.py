@@ -11,9 +11,9 @@ file (ARCHITECTURE.md's tables are generated from it):
 - stream ``ANIM_ADVISORIES``: the server's max-deliveries advisories of ``ANIM_WORK``,
   durable ``advisories``;
 - KV buckets ``anim-jobs`` (one JobState per job) and ``anim-idem`` (idempotency);
-- ``anim.request.create``, ``anim.request.approve`` and ``anim.request.fork``:
-  CreateAnimation, ApproveAnimation and ForkAnimation as core request/reply, queue group
-  ``planner``;
+- ``anim.request.create``, ``anim.request.approve``, ``anim.request.fork`` and
+  ``anim.request.extend``: CreateAnimation, ApproveAnimation, ForkAnimation and
+  ExtendAnimation as core request/reply, queue group ``planner``;
 - ``Nats-Msg-Id`` of every publish, built from (job, step or event, frame, attempt), so a
   re-publish within the dedup window is dropped while a retry (a new attempt) is not.
 """
@@ -78,6 +78,8 @@ REQUEST_APPROVE = "anim.request.approve"
 """Core request/reply subject for ApproveAnimation over the bus."""
 REQUEST_FORK = "anim.request.fork"
 """Core request/reply subject for ForkAnimation over the bus."""
+REQUEST_EXTEND = "anim.request.extend"
+"""Core request/reply subject for ExtendAnimation over the bus."""
 PLANNER_QUEUE = "planner"
 """Queue group of the planners answering the ``anim.request.*`` subjects."""
 

@@ -36,7 +36,9 @@ every frame of the parent is kept and frame N continues the chain from frame N-1
 shots N..N+M-1 are the user's (a ``storyboard_json`` of N+M shots), or the planner's: the
 storyboard is then the parent's N shots (:func:`board_of`), which the plan step continues
 with the job's planner backend, the existing shots as context (:func:`to_continue`,
-:meth:`.storyboard_llm.Storyboarder.extend`).
+:meth:`.storyboard_llm.Storyboarder.extend`). :func:`extension_board` makes that storyboard
+from what the user gave (``generate --from-run --extend M``, ExtendAnimation), and
+:func:`fork_of_extension` turns ExtendAnimation into the ForkAnimation it is.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from typing import Any
 
 from google.protobuf.json_format import ParseDict, ParseError
 
-from ghibli_anim.contracts import keys
+from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.contracts.storyboard import Shot, Storyboard, full_prompt, parse_storyboard
 from ghibli_anim.runtime.store.base import NotFound, Store
@@ -88,11 +90,20 @@ def check_parent_frames(from_frame: int, frames: int, parent_id: str) -> None:
         )
 
 
-def check_parent_id(parent_id: str) -> None:
+def check_extension_frames(added: int, have: int, parent_id: str, field: str = "frames") -> None:
+    """M, the frames an extension adds to the parent's N: 1..(the frame limit - N)."""
+    most = limits.FRAMES.hi - have
+    if not 1 <= added <= most:
+        raise ForkError(
+            f"{field}: must be in 1..{most} (job {parent_id} has {have} frames, the limit is "
+            f"{limits.FRAMES.hi}), got {added}"
+        )
+
+
+def check_parent_id(parent_id: str, field: str = f"{FIELD}.parent_job_id") -> None:
     if not keys.is_job_id(parent_id):
         raise ForkError(
-            f"{FIELD}.parent_job_id: must be a job id (32 lowercase hex characters), "
-            f"got {parent_id!r:.60}"
+            f"{field}: must be a job id (32 lowercase hex characters), got {parent_id!r:.60}"
         )
 
 
@@ -136,10 +147,9 @@ def spec_of_record(record: Mapping[str, Any], index: int, field: str) -> types_p
     return spec
 
 
-def read_board(store: Store, parent_id: str) -> Storyboard:
-    """The parent's storyboard (``plan.json``); ``ForkError`` naming ``fork.parent_job_id``
-    when it is missing or broken."""
-    field = f"{FIELD}.parent_job_id"
+def read_board(store: Store, parent_id: str, field: str = f"{FIELD}.parent_job_id") -> Storyboard:
+    """The parent's storyboard (``plan.json``); ``ForkError`` naming ``field`` (the
+    request's parent id) when it is missing or broken."""
     try:
         return parse_storyboard(store.get(keys.plan_key(parent_id)).decode("utf-8"))
     except NotFound:
@@ -153,11 +163,12 @@ def read_board(store: Store, parent_id: str) -> Storyboard:
         ) from None
 
 
-def read_parent(store: Store, parent_id: str, from_frame: int) -> ParentFrames:
+def read_parent(
+    store: Store, parent_id: str, from_frame: int, field: str = f"{FIELD}.parent_job_id"
+) -> ParentFrames:
     """The parent's storyboard and frames 0..K-1 (PNG, record with its spec, depth map);
-    ``ForkError`` naming ``fork.parent_job_id`` for anything missing."""
-    field = f"{FIELD}.parent_job_id"
-    board = read_board(store, parent_id)
+    ``ForkError`` naming ``field`` (the request's parent id) for anything missing."""
+    board = read_board(store, parent_id, field)
     check_parent_frames(from_frame, len(board.frames), parent_id)
     stored = set(store.list(keys.job_prefix(parent_id)))
     specs = []
@@ -332,16 +343,77 @@ def board_of(req: animation_pb2.CreateAnimationRequest, parent: ParentFrames) ->
     return board
 
 
+def extension_board(
+    parent: Storyboard,
+    frames: int,
+    board: Storyboard | None,
+    edits: Mapping[int, str],
+    *,
+    field: str = "--prompt",
+    plan_field: str = "--plan",
+) -> Storyboard:
+    """The storyboard of an extension of ``parent`` (N shots) to ``frames`` frames.
+
+    ``board`` (the user's, ``plan_field``) is the whole storyboard, N+M shots whose first
+    N :func:`board_of` checks against the parent's, with the prompt ``edits`` of new
+    frames (``field``); or N shots for the planner to continue, with no edits. Without
+    ``board``, the edits give every new shot (a prompt each), or none: the parent's N
+    shots, which the plan step continues (:func:`to_continue`)."""
+    have = len(parent.frames)
+    if board is not None:
+        if edits and len(board.frames) != frames:
+            raise ForkError(
+                f"{field}: edits the new frames {have}..{frames - 1} of a {plan_field} that "
+                f"holds them ({frames} shots); this one has {len(board.frames)}"
+            )
+        return edit_prompts(board, edits, have, field=field, from_field="frame") if edits else board
+    if not edits:
+        return parent  # the planner continues it
+    wanted = set(range(have, frames))
+    if set(edits) != wanted:
+        outside = sorted(set(edits) - wanted)
+        what = (
+            f"got frame {outside[0]}" if outside else f"frame {min(wanted - set(edits))} is missing"
+        )
+        raise ForkError(
+            f"{field}: without {plan_field}, give a prompt for every new frame {have}.."
+            f"{frames - 1} (or none: the planner continues the storyboard); {what}"
+        )
+    data = parent.model_dump(mode="json")
+    data["frames"] += [{"prompt": edits[i]} for i in sorted(edits)]
+    return parse_storyboard(json.dumps(data), frames)
+
+
+def fork_of_extension(
+    extend: animation_pb2.ExtendAnimationRequest, have: int
+) -> animation_pb2.ForkAnimationRequest:
+    """ExtendAnimation as the ForkAnimation it is: from K = ``have``, the parent's frame
+    count, with every field of the same name (the render settings, the key, the client)."""
+    fork = animation_pb2.ForkAnimationRequest(
+        fork=animation_pb2.ForkFrom(parent_job_id=extend.parent_job_id, from_frame=have)
+    )
+    names = animation_pb2.ForkAnimationRequest.DESCRIPTOR.fields_by_name
+    for field, value in extend.ListFields():
+        if field.name in names and field.name not in ("storyboard_json", "prompts"):
+            if field.is_repeated:
+                getattr(fork, field.name).extend(value)
+            else:
+                setattr(fork, field.name, value)
+    return fork
+
+
 def request_of_fork(
     parent: animation_pb2.CreateAnimationRequest,
     seed: int,
     fork: animation_pb2.ForkAnimationRequest,
     board: Storyboard,
+    frames: int | None = None,
 ) -> animation_pb2.CreateAnimationRequest:
     """ForkAnimation as the CreateAnimationRequest the job API makes forks from: the
     parent's request (its job ``seed`` as resolved) with the fork's changes, ``fork`` and
-    its whole storyboard ``board``. A plain value replaces the parent's schedule of the
-    same setting, which would otherwise override it."""
+    its storyboard ``board``, whole, or the parent's shots of an extension to ``frames``
+    frames that the planner continues. A plain value replaces the parent's schedule of
+    the same setting, which would otherwise override it."""
     req = animation_pb2.CreateAnimationRequest()
     req.CopyFrom(parent)
     for name in PARENT_ONLY:
@@ -371,7 +443,7 @@ def request_of_fork(
     if fork.HasField("depth"):
         req.depth = fork.depth
     req.fork.CopyFrom(fork.fork)
-    req.frames = len(board.frames)
+    req.frames = frames or len(board.frames)
     req.storyboard_json = board.to_json()
     return req
 

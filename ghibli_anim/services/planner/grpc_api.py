@@ -18,7 +18,12 @@ from google.protobuf.message import DecodeError, Message
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.lifecycle import InvalidTransition
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.runtime.bus.names import REQUEST_APPROVE, REQUEST_CREATE, REQUEST_FORK
+from ghibli_anim.runtime.bus.names import (
+    REQUEST_APPROVE,
+    REQUEST_CREATE,
+    REQUEST_EXTEND,
+    REQUEST_FORK,
+)
 from ghibli_anim.runtime.jobstore import JobNotFound
 from ghibli_anim.services.planner.jobs_api import (
     FailedPrecondition,
@@ -193,6 +198,9 @@ class AnimationServicer(animation_pb2_grpc.AnimationServiceServicer):
     async def ForkAnimation(self, request, context):
         return await self._call(context, self.api.fork(request))
 
+    async def ExtendAnimation(self, request, context):
+        return await self._call(context, self.api.extend(request))
+
 
 @dataclass(frozen=True)
 class BusCall:
@@ -223,6 +231,12 @@ BUS_CALLS: dict[str, BusCall] = {
         animation_pb2.CreateReply,
         "response",
         lambda api, req: api.fork(req),
+    ),
+    REQUEST_EXTEND: BusCall(
+        animation_pb2.ExtendAnimationRequest,
+        animation_pb2.CreateReply,
+        "response",
+        lambda api, req: api.extend(req),
     ),
 }
 """The requests the planner answers on the bus, by subject."""

@@ -107,8 +107,12 @@ class JobsApi:
     # -- create -------------------------------------------------------------
 
     async def create(
-        self, request: animation_pb2.CreateAnimationRequest
+        self,
+        request: animation_pb2.CreateAnimationRequest,
+        *,
+        parent: forks.ParentFrames | None = None,
     ) -> animation_pb2.CreateAnimationResponse:
+        """CreateAnimation; a fork's ``parent``, when its caller has read it already."""
         req = validate_create(
             request,
             profile_names=self.profile_names,
@@ -118,7 +122,8 @@ class JobsApi:
         # Model overrides and the preset resolved against the profile now, so a bad LoRA,
         # base model, ControlNet or profile entry is refused naming the field.
         await asyncio.to_thread(resolve_profile, req, self.settings)
-        parent = await self._fork_parent(req) if req.HasField("fork") else None
+        if req.HasField("fork"):
+            parent = await self._fork_parent(req, parent)
         if req.storyboard_json and forks.to_continue(req) is None:
             # Shape errors (frame count, fields) are the caller's: refuse now. (An extension
             # left to the planner holds the parent's shots only, checked by the fork.)
@@ -175,9 +180,12 @@ class JobsApi:
             job_id=job_id, existing=False, animation=self.view(state, files=False)
         )
 
-    async def _fork_parent(self, req: animation_pb2.CreateAnimationRequest) -> forks.ParentFrames:
-        """A fork's parent, checked (:mod:`.forks`); ``req.storyboard_json`` becomes the
-        fork's whole storyboard, so planning reads nothing of the parent."""
+    async def _fork_parent(
+        self, req: animation_pb2.CreateAnimationRequest, parent: forks.ParentFrames | None
+    ) -> forks.ParentFrames:
+        """A fork's parent (read here unless given), checked (:mod:`.forks`);
+        ``req.storyboard_json`` becomes the fork's whole storyboard, so planning reads
+        nothing of the parent."""
         forks.check_request(req)
         parent_id = req.fork.parent_job_id
         try:
@@ -187,18 +195,19 @@ class JobsApi:
             # own: the parent's stored files are what a fork needs (read_parent checks).
             parent_state = None
         if parent_state is not None:
-            self._check_forkable(parent_state)
-        parent = await asyncio.to_thread(
-            forks.read_parent, self.store, parent_id, req.fork.from_frame
-        )
+            self._check_forkable(parent_state, f"{forks.FIELD}.parent_job_id")
+        if parent is None:
+            parent = await asyncio.to_thread(
+                forks.read_parent, self.store, parent_id, req.fork.from_frame
+            )
         req.storyboard_json = forks.board_of(req, parent).to_json()
         return parent
 
     @staticmethod
-    def _check_forkable(parent: animation_pb2.JobState) -> None:
+    def _check_forkable(parent: animation_pb2.JobState, field: str) -> None:
         if not lifecycle.is_terminal(parent.status):
             raise FailedPrecondition(
-                f"fork.parent_job_id: job {parent.job_id} is "
+                f"{field}: job {parent.job_id} is "
                 f"{lifecycle.status_name(parent.status)}; a fork needs a completed, "
                 "failed or cancelled job"
             )
@@ -214,32 +223,10 @@ class JobsApi:
         if not request.HasField("fork"):
             raise ValueError("fork: required (parent_job_id and from_frame)")
         parent_id, from_frame = request.fork.parent_job_id, request.fork.from_frame
-        forks.check_parent_id(parent_id)
-        try:
-            parent_state, _ = await self.jobs.get(parent_id)
-        except JobNotFound:
-            raise ParentNotFound(
-                f"fork.parent_job_id: job {parent_id} not found (never created, or deleted)"
-            ) from None
-        self._check_forkable(parent_state)
-        if parent_state.request.init_upload_id:
-            raise ValueError(
-                f"fork.parent_job_id: job {parent_id} started from an init image; forks of "
-                "such jobs are not supported"
-            )
-        edits: dict[int, str] = {}
-        for n, edit in enumerate(request.prompts):
-            if edit.frame in edits:
-                raise ValueError(f"prompts[{n}].frame: frame {edit.frame} is edited twice")
-            edits[edit.frame] = limits.check_text(
-                f"prompts[{n}].prompt", edit.prompt, limits.PROMPT_CHARS, required=True
-            )
-        if request.storyboard_json:
-            try:
-                board = parse_storyboard(request.storyboard_json)
-            except ValueError as exc:
-                raise ValueError(f"storyboard_json: {exc}") from None
-        else:
+        parent_state = await self._parent_state(parent_id)
+        edits = self._prompt_edits(request.prompts)
+        board = self._request_board(request.storyboard_json)
+        if board is None:
             board = await asyncio.to_thread(forks.read_board, self.store, parent_id)
         forks.check_from_frame(from_frame, len(board.frames))
         board = forks.edit_prompts(
@@ -247,6 +234,77 @@ class JobsApi:
         )
         req = forks.request_of_fork(parent_state.request, parent_state.seed, request, board)
         return await self.create(req)
+
+    async def extend(
+        self, request: animation_pb2.ExtendAnimationRequest
+    ) -> animation_pb2.CreateAnimationResponse:
+        """ExtendAnimation: a fork from K = N, the parent's frame count, with N + M frames
+        (:func:`forks.fork_of_extension`), made by :meth:`create` as any fork. Without a
+        storyboard or prompts its storyboard is the parent's N shots, which the plan step
+        continues by M (:func:`forks.to_continue`)."""
+        parent_id = request.parent_job_id
+        field = "parent_job_id"
+        parent_state = await self._parent_state(parent_id, field)
+        have = len((await asyncio.to_thread(forks.read_board, self.store, parent_id, field)).frames)
+        forks.check_extension_frames(request.frames, have, parent_id)
+        # Every frame kept, read now so that a missing one is named as this request's.
+        parent = await asyncio.to_thread(forks.read_parent, self.store, parent_id, have, field)
+        board = forks.extension_board(
+            parent.board,
+            have + request.frames,
+            self._request_board(request.storyboard_json),
+            self._prompt_edits(request.prompts),
+            field="prompts",
+            plan_field="storyboard_json",
+        )
+        fork = forks.fork_of_extension(request, have)
+        req = forks.request_of_fork(
+            parent_state.request, parent_state.seed, fork, board, frames=have + request.frames
+        )
+        return await self.create(req, parent=parent)
+
+    async def _parent_state(
+        self, parent_id: str, field: str = f"{forks.FIELD}.parent_job_id"
+    ) -> animation_pb2.JobState:
+        """The state of the job a fork or an extension starts from: in the job store
+        (ParentNotFound), finished (FailedPrecondition), not started from an init image."""
+        forks.check_parent_id(parent_id, field)
+        try:
+            parent_state, _ = await self.jobs.get(parent_id)
+        except JobNotFound:
+            raise ParentNotFound(
+                f"{field}: job {parent_id} not found (never created, or deleted)"
+            ) from None
+        self._check_forkable(parent_state, field)
+        if parent_state.request.init_upload_id:
+            raise ValueError(
+                f"{field}: job {parent_id} started from an init image; forks of such jobs "
+                "are not supported"
+            )
+        return parent_state
+
+    @staticmethod
+    def _prompt_edits(prompts) -> dict[int, str]:
+        """ForkAnimation's and ExtendAnimation's ``prompts``: frame -> new prompt."""
+        edits: dict[int, str] = {}
+        for n, edit in enumerate(prompts):
+            if edit.frame in edits:
+                raise ValueError(f"prompts[{n}].frame: frame {edit.frame} is edited twice")
+            edits[edit.frame] = limits.check_text(
+                f"prompts[{n}].prompt", edit.prompt, limits.PROMPT_CHARS, required=True
+            )
+        return edits
+
+    @staticmethod
+    def _request_board(storyboard_json: str) -> Storyboard | None:
+        """A fork's or an extension's ``storyboard_json``, parsed (its frame count and the
+        parent's shots are checked by the fork); None when empty."""
+        if not storyboard_json:
+            return None
+        try:
+            return parse_storyboard(storyboard_json)
+        except ValueError as exc:
+            raise ValueError(f"storyboard_json: {exc}") from None
 
     async def create_upload(
         self, content_type: str, size_bytes: int

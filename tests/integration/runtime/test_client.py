@@ -62,7 +62,7 @@ class Hanging(animation_pb2_grpc.AnimationServiceServicer):
         await asyncio.Event().wait()
 
     CreateAnimation = GetAnimation = CancelAnimation = ResumeAnimation = _hang
-    ListAnimations = DeleteAnimation = CreateUpload = ForkAnimation = _hang
+    ListAnimations = DeleteAnimation = CreateUpload = ForkAnimation = ExtendAnimation = _hang
 
     async def WatchAnimation(self, request, context):
         await asyncio.Event().wait()
@@ -102,6 +102,9 @@ def calls(client: AnimationClient, png: Path) -> dict[str, Callable[[], Awaitabl
             animation_pb2.ForkAnimationRequest(
                 fork=animation_pb2.ForkFrom(parent_job_id=JOB, from_frame=1)
             )
+        ),
+        "ExtendAnimation": lambda: client.extend(
+            animation_pb2.ExtendAnimationRequest(parent_job_id=JOB, frames=1)
         ),
         "WatchAnimation": watch,
     }

@@ -57,3 +57,27 @@ def test_bad_flags_name_the_flag(flags, message) -> None:
     with pytest.raises(ValueError) as info:
         _request("--from-frame", "2", *flags)
     assert str(info.value).startswith(message)
+
+
+def test_extend_flags_make_an_extend_request(tmp_path) -> None:
+    """``extend JOB`` takes the same changes as ``fork JOB`` (a flag left out sets nothing)."""
+    from ghibli_anim.cli.fork import extend_animation_request
+
+    def extend(*flags: str) -> animation_pb2.ExtendAnimationRequest:
+        return extend_animation_request(build_parser().parse_args(["extend", JOB, *flags]))
+
+    assert extend("--frames", "2") == animation_pb2.ExtendAnimationRequest(
+        parent_job_id=JOB, frames=2
+    )
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"frames": []}')
+    req = extend(
+        "--frames", "2", "--prompt", "4:a heron", "--plan", str(plan), "--strength",
+        "0:0.2, 4:0.4", "--seed", "9", "--lora", "a.safetensors:0.5", "--depth", "--review",
+        "--idempotency-key", "k",
+    )  # fmt: skip
+    assert [(e.frame, e.prompt) for e in req.prompts] == [(4, "a heron")]
+    assert req.storyboard_json == '{"frames": []}' and req.frames == 2
+    assert req.strength_schedule == "0:0.2, 4:0.4" and not req.HasField("strength")
+    assert req.seed == 9 and list(req.loras) == ["a.safetensors:0.5"]
+    assert req.depth and req.review and req.idempotency_key == "k"

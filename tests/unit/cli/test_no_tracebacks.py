@@ -235,6 +235,18 @@ CASES = [
         env={"ANIM_SERVER": "127.0.0.1:{closed}"},
     ),
     Case(
+        "extend-unreachable-planner",
+        ("extend", "0" * 32, "--frames", "2", "--server", "127.0.0.1:{closed}"),
+        ("UNAVAILABLE", UNREACHABLE_PLANNER),
+    ),
+    Case(
+        "extend-bad-prompt-edit",
+        ("extend", "0" * 32, "--frames", "2", "--prompt", "four:a heron"),
+        ("--prompt: must be K:TEXT (a frame index and a prompt), got 'four:a heron'",),
+        status=2,
+        env={"ANIM_SERVER": "127.0.0.1:{closed}"},
+    ),
+    Case(
         "submit-read-only-out",
         (*SUBMIT, "--wait", "--out", "{tmp}/read-only/o"),
         ("permission denied: {tmp}/read-only/o",),

@@ -18,5 +18,6 @@ def test_proto_has_every_rpc_of_the_design():
         "CreateUpload",
         "ApproveAnimation",
         "ForkAnimation",
+        "ExtendAnimation",
     }
     assert service.methods_by_name["WatchAnimation"].server_streaming

@@ -269,3 +269,100 @@ def test_an_extension_keeps_every_frame_and_leaves_or_takes_the_new_shots(tmp_pa
     short.storyboard_json = ""
     with pytest.raises(forks.ForkError, match=r"^frames: the parent's storyboard has 3 frames"):
         forks.board_of(short, from_2)
+
+
+def test_extend_animation_is_the_fork_from_n_with_its_settings() -> None:
+    """Every field ExtendAnimation shares by name with ForkAnimation (the render settings,
+    the key, the client) carries over, so both are checked by the same code."""
+    extend = animation_pb2.ExtendAnimationRequest(
+        parent_job_id=PARENT,
+        frames=2,
+        storyboard_json="{}",
+        prompts=[animation_pb2.PromptEdit(frame=3, prompt="a pond")],
+        idempotency_key="key",
+        client_id="alice",
+        strength=0.3,
+        guidance_schedule="0:6, 2:8",
+        seed=5,
+        seed_mode=types_pb2.SEED_MODE_FIXED,
+        loras=["other.safetensors:0.5"],
+        color_coherence="off",
+        depth=False,
+        review=True,
+    )
+    fork = forks.fork_of_extension(extend, 3)
+    assert fork.fork == animation_pb2.ForkFrom(parent_job_id=PARENT, from_frame=3)
+    # The storyboard and prompts become the fork's storyboard (extension_board), not edits.
+    assert not fork.storyboard_json and not fork.prompts
+    assert fork.HasField("depth") and not fork.depth and not fork.HasField("guidance")
+    wanted = MessageToDict(extend, preserving_proto_field_name=True)
+    for name in ("parent_job_id", "frames", "storyboard_json", "prompts"):
+        wanted.pop(name)
+    got = MessageToDict(fork, preserving_proto_field_name=True)
+    got.pop("fork")
+    assert got == wanted
+    # Every render setting of ForkAnimation is one of ExtendAnimation's, of the same type.
+    fork_fields = animation_pb2.ForkAnimationRequest.DESCRIPTOR.fields_by_name
+    extend_fields = animation_pb2.ExtendAnimationRequest.DESCRIPTOR.fields_by_name
+    for name, field in fork_fields.items():
+        if name == "fork":
+            continue
+        assert name in extend_fields, name
+        same = extend_fields[name]
+        assert (same.type, same.is_repeated, same.has_presence) == (
+            field.type,
+            field.is_repeated,
+            field.has_presence,
+        ), name
+
+    parent = animation_pb2.CreateAnimationRequest(idea="a boat", frames=3, formats=["gif"])
+    req = forks.request_of_fork(parent, 42, fork, board(*SHOTS), frames=5)
+    assert req.frames == 5 and req.fork.from_frame == 3
+    assert forks.to_continue(req) == board(*SHOTS)  # the planner continues it
+
+
+def test_extension_board_from_a_plan_prompts_or_the_planner() -> None:
+    parent = board(*SHOTS)
+    assert forks.extension_board(parent, 5, None, {}) == parent  # the planner continues it
+    given = forks.extension_board(parent, 5, None, {3: "a pond", 4: "a heron"})
+    assert [s.prompt for s in given.frames] == [
+        "a boat",
+        "a bridge",
+        "an eddy",
+        "a pond",
+        "a heron",
+    ]
+    plan = board(*SHOTS, {"prompt": "a pond"}, {"prompt": "a weir"})
+    edited = forks.extension_board(parent, 5, plan, {4: "a heron"})
+    assert [s.prompt for s in edited.frames][3:] == ["a pond", "a heron"]
+    assert forks.extension_board(parent, 5, parent, {}) == parent
+
+    def refused(plan, edits, **names) -> str:
+        with pytest.raises(forks.ForkError) as info:
+            forks.extension_board(parent, 5, plan, edits, **names)
+        return str(info.value)
+
+    api = {"field": "prompts", "plan_field": "storyboard_json"}
+    assert refused(None, {3: "a pond"}, **api) == (
+        "prompts: without storyboard_json, give a prompt for every new frame 3..4 (or none: "
+        "the planner continues the storyboard); frame 4 is missing"
+    )
+    assert refused(None, {2: "a", 3: "b", 4: "c"}).endswith("; got frame 2")
+    assert refused(parent, {3: "a pond"}, **api) == (
+        "prompts: edits the new frames 3..4 of a storyboard_json that holds them (5 shots); "
+        "this one has 3"
+    )
+    assert refused(plan, {2: "a weir"}, **api) == (
+        "prompts: frame 2 must be in 3..4 (frames before frame 3 are the parent's)"
+    )
+
+
+@pytest.mark.parametrize(("added", "have"), [(0, 3), (118, 3), (-1, 3), (1, 120)])
+def test_an_extension_adds_1_to_the_limit_less_n_frames(added: int, have: int) -> None:
+    with pytest.raises(forks.ForkError) as info:
+        forks.check_extension_frames(added, have, PARENT)
+    assert str(info.value) == (
+        f"frames: must be in 1..{120 - have} (job {PARENT} has {have} frames, the limit is "
+        f"120), got {added}"
+    )
+    forks.check_extension_frames(117, 3, PARENT)
