@@ -4,7 +4,7 @@ Every combination of libpng's row filter and zlib strategy at level 1, plus zlib
 Pillow's fastest level, on :func:`ghibli_anim.devtools.standin.painting` (the stand-in picture
 with the statistics of a painted frame that ``bench/chain_host.py`` renders) and a depth-like
 map (a smooth grayscale field). One OpenCV thread, as the renderer's encoder threads use it.
-The row marked ``*`` is ``encoding.PNG_PARAMS``, what the renderer stores frames with.
+The row marked ``*`` is ``runtime/png.py``'s ``PNG_PARAMS``, what the renderer stores frames with.
 
     python bench/png_options.py [--size 512] [--repeat 30]
 """
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ghibli_anim.devtools import standin
-from ghibli_anim.services.renderer.encoding import PNG_PARAMS
+from ghibli_anim.runtime.png import PNG_PARAMS
 
 FILTERS = {
     "none": cv2.IMWRITE_PNG_FILTER_NONE,

@@ -14,6 +14,7 @@ import logging
 import threading
 
 import grpc
+import numpy as np
 from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
@@ -24,17 +25,12 @@ from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import Delivery, Failure, NonRetryable, work_consumer
 from ghibli_anim.runtime.grpcserver import ServiceBinding
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.png import encode_png
 from ghibli_anim.runtime.service import CannotServe
 from ghibli_anim.runtime.store.base import NotFound
 from ghibli_anim.runtime.torch_service import TorchService
 
 log = logging.getLogger(__name__)
-
-
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 class DepthService(TorchService):
@@ -83,7 +79,8 @@ class DepthService(TorchService):
             depth = self._estimator(model_ref).estimate(image.convert("RGB"))
         except OSError as exc:
             raise ValueError(f"depth_model: cannot load {model_ref!r} ({exc})") from exc
-        self.store.put(output_key, _png(depth), "image/png")
+        # Encoded as the renderer encodes the maps it makes: the same bytes either way.
+        self.store.put(output_key, encode_png(np.asarray(depth)), "image/png")
         return depth.size
 
     async def handle(self, work: bus_pb2.DepthWork, delivery: Delivery) -> None:

@@ -47,8 +47,8 @@ from ghibli_anim.contracts.config import Settings
 from ghibli_anim.contracts.pb import types_pb2
 from ghibli_anim.contracts.profiles import PRESETS, check_scheduler
 from ghibli_anim.contracts.tokens import TokenCounter
+from ghibli_anim.runtime.png import encode_png
 from ghibli_anim.services.renderer import provenance
-from ghibli_anim.services.renderer.encoding import encode_png
 from ghibli_anim.services.renderer.pipelines import (
     CONTROLNET_IMG2IMG,
     IMG2IMG,

@@ -1,34 +1,17 @@
-"""Frame pixels and PNG bytes: how the renderer encodes and decodes every image it stores.
+"""Frame pixels and PNG bytes: how the renderer decodes every image it reads.
 
 In memory a frame is an ``H x W x 3`` ``uint8`` RGB array (PIL's layout) and a depth map an
-``H x W`` ``uint8`` array; in the store both are PNGs. Encoding writes no timestamps or text
-chunks, so the same pixels always give the same bytes, and it favours speed over size (see
-``PNG_PARAMS``): a frame is encoded once, on its critical path.
+``H x W`` ``uint8`` array; in the store both are PNGs, encoded by
+:func:`ghibli_anim.runtime.png.encode_png` (shared with the depth service, so a depth map
+has the same bytes whichever service made it).
 """
 
 from __future__ import annotations
 
 import io
 
-import cv2
 import numpy as np
 from PIL import Image
-
-PNG_PARAMS = (
-    cv2.IMWRITE_PNG_COMPRESSION,
-    1,
-    cv2.IMWRITE_PNG_STRATEGY,
-    cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-    cv2.IMWRITE_PNG_FILTER,
-    cv2.IMWRITE_PNG_FILTER_AVG,
-)
-"""libpng with zlib level 1, Huffman coding only, after the Average filter on every row. On
-painted 512 x 512 frames (``bench/png_options.py`` prints every combination): ~5.6 ms and
-~340 KiB, against ~10 ms and ~350 KiB with Paeth, ~9 ms and ~400 KiB with zlib's LZ77 on top,
-and ~24 ms with Pillow's fastest level. The filter already removes what LZ77 matching would
-find; Average predicts a smooth painting about as well as Paeth at half its cost, and
-libpng's adaptive choice among its five filters costs a third more than Paeth alone.
-``bench/chain_host.py`` measures it in the chain."""
 
 
 def as_rgb(image: Image.Image | np.ndarray, field: str = "image") -> np.ndarray:
@@ -46,18 +29,6 @@ def as_rgb(image: Image.Image | np.ndarray, field: str = "image") -> np.ndarray:
     return arr
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of an RGB frame (``H x W x 3``) or a grayscale map (``H x W``), uint8."""
-    arr = np.asarray(pixels)
-    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
-        raise ValueError(f"pixels: must be H x W x 3 or H x W uint8, got {arr.dtype} {arr.shape}")
-    # OpenCV orders colour channels B, G, R.
-    ok, data = cv2.imencode(".png", arr if arr.ndim == 2 else arr[..., ::-1], PNG_PARAMS)
-    if not ok:  # pragma: no cover - libpng refuses only impossible shapes, checked above
-        raise ValueError(f"pixels: the PNG encoder refused an image of shape {arr.shape}")
-    return data.tobytes()
-
-
 def decode_png(png: bytes, field: str = "png") -> np.ndarray:
     """The RGB array of an encoded frame (a PNG of any mode is converted to RGB)."""
     with Image.open(io.BytesIO(png)) as im:
@@ -70,4 +41,4 @@ def decode_gray(png: bytes, field: str = "png") -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-__all__ = ["PNG_PARAMS", "as_rgb", "decode_gray", "decode_png", "encode_png"]
+__all__ = ["as_rgb", "decode_gray", "decode_png"]

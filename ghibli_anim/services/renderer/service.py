@@ -56,11 +56,12 @@ from ghibli_anim.runtime.bus.consumer import (
     work_consumer,
 )
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
+from ghibli_anim.runtime.png import encode_png
 from ghibli_anim.runtime.service import CannotServe
 from ghibli_anim.runtime.store.base import NotFound, Store, sha256_hex
 from ghibli_anim.runtime.torch_service import TorchService
 from ghibli_anim.services.renderer import continuity as coherence
-from ghibli_anim.services.renderer.encoding import decode_gray, decode_png, encode_png
+from ghibli_anim.services.renderer.encoding import decode_gray, decode_png
 from ghibli_anim.services.renderer.progress import ProgressReporter
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard
+from ghibli_anim.runtime.png import encode_png
 from ghibli_anim.services.planner.frame_specs import resolve_frames
 from ghibli_anim.services.renderer.continuity import (
     DISTANCE_SIDE,
@@ -33,7 +34,6 @@ from ghibli_anim.services.renderer.continuity import (
     unsharp_mask,
     warp_camera,
 )
-from ghibli_anim.services.renderer.encoding import encode_png
 
 H, W = 96, 128
 
