@@ -155,6 +155,32 @@ def test_extend_keeps_the_parent_and_renders_only_the_new_frames(
     assert _renders(runs / given, given) == [3]
 
 
+def test_extend_with_depth_gives_a_fresh_jobs_bytes(tmp_path: Path, runs: Path) -> None:
+    """With depth on, frame N is guided by frame N-1's depth map, which the parent's
+    renderer never made (frame N-1 was its last): the depth service makes it, to the bytes
+    the renderer of a fresh job stores."""
+    plan = _write(tmp_path / "p.json", SHOTS)
+    common = ("--seed", SEED, "--format", "gif", "--depth")
+    rc, parent = _generate(runs, IDEA, "--frames", "3", "--plan", str(plan), *common)
+    assert rc == 0 and parent is not None
+    assert not (runs / parent / "depth" / "0002.png").exists()
+    longer = _write(tmp_path / "longer.json", [*SHOTS, {"prompt": "a quiet pond"}])
+    rc, ext = _generate(
+        runs, "--from-run", str(runs / parent), "--extend", "1", "--plan", str(longer)
+    )
+    assert rc == 0 and ext is not None
+    assert _renders(runs / ext, ext) == [3]
+    rc, fresh = _generate(runs, IDEA, "--frames", "4", "--plan", str(longer), *common)
+    assert rc == 0 and fresh is not None
+
+    def files(job: str) -> list[bytes]:
+        depth = sorted((runs / job / "depth").glob("*.png"))
+        assert [p.name for p in depth] == [f"{i:04d}.png" for i in range(3)]
+        return [*_frames(runs / job), *(p.read_bytes() for p in depth)]
+
+    assert files(ext) == files(fresh)
+
+
 def test_an_llm_continues_the_storyboard_with_the_existing_prompts(
     tmp_path: Path, runs: Path, monkeypatch
 ) -> None:
