@@ -22,7 +22,9 @@ Routes:
   ``GET /jobs/{id}?frame=K`` opens frame K of a finished, failed or cancelled job
   for editing, and ``POST /jobs/{id}/fork`` re-renders from it (ForkAnimation:
   the parent's settings, with shot K as edited and the form's seed), then shows the
-  new job, whose page plays its parent next to it (the job view names the parent).
+  new job, whose page plays its parent next to it (the job view names the parent);
+  ``POST /jobs/{id}/extend`` extends a finished, failed or cancelled job by M frames
+  (ExtendAnimation: every frame kept, the planner continues the storyboard).
 - ``GET /api/jobs`` and ``/api/jobs/{id}``: the same data as JSON.
 - ``GET /healthz`` (the process answers) and ``/readyz`` (the planner's
   grpc.health.v1 says SERVING).
@@ -132,6 +134,8 @@ def job_html(
     fork: views.ForkForm | None = None,
     fork_error: str = "",
     parent: dict[str, Any] | None = None,
+    extend: views.ExtendForm | None = None,
+    extend_error: str = "",
 ) -> str:
     """The job page of ``job`` (a ``views.job_view``), with its directing forms."""
     return render(
@@ -143,6 +147,8 @@ def job_html(
         fork=fork,
         fork_error=fork_error,
         parent=parent,
+        extend=extend,
+        extend_error=extend_error,
     )
 
 
@@ -313,6 +319,8 @@ class WebApp:
         editor_error: str = "",
         fork: views.ForkForm | None = None,
         fork_error: str = "",
+        extend: views.ExtendForm | None = None,
+        extend_error: str = "",
     ) -> HTMLResponse:
         """The job page; a job waiting for review shows the storyboard editor (``editor``:
         the values to show, the planned ones by default), ``fork`` the "re-render from
@@ -323,6 +331,10 @@ class WebApp:
         if fork is not None and not fork.idempotency_key:
             # One key per rendering of the form: sending it twice makes one fork.
             fork.idempotency_key = secrets.token_hex(16)
+        if extend is None and views.extendable(job):
+            extend = views.ExtendForm()
+        if extend is not None and not extend.idempotency_key:
+            extend.idempotency_key = secrets.token_hex(16)  # as the fork form's
         parent = await self._parent(anim)
         return HTMLResponse(
             job_html(
@@ -332,6 +344,8 @@ class WebApp:
                 fork=fork,
                 fork_error=fork_error,
                 parent=parent,
+                extend=extend,
+                extend_error=extend_error,
             ),
             status_code=http_status,
         )
@@ -470,6 +484,36 @@ class WebApp:
         log.info(
             "fork created from the web page",
             extra={"job_id": resp.job_id, "parent": job_id, "from_frame": req.fork.from_frame},
+        )
+        return RedirectResponse(f"/jobs/{resp.job_id}", status_code=303)
+
+    async def extend(self, request: Request) -> Response:
+        """POST /jobs/{id}/extend: "extend by M frames", a new job keeping every frame."""
+        if not _same_origin(request):
+            return self._error(request, 403, "cross-site form submissions are refused")
+        job_id = self._job_id(request)
+        if job_id is None:
+            return self._error(request, 404, "no such job: a job id is 32 hex characters")
+        fields = await self._form_fields(request, views.FORM_BYTES, 8)
+        if isinstance(fields, Response):
+            return fields
+        try:
+            anim = await self.client.get(job_id)
+        except grpc.aio.AioRpcError as exc:
+            return self._error(request, *_grpc_error(exc))
+        form = views.read_extend_form(fields)
+        try:
+            req = views.build_extend_request(anim, form)
+        except ValueError as exc:
+            return await self._job_page(anim, 400, extend=form, extend_error=str(exc))
+        try:
+            resp = await self.client.extend(req)
+        except grpc.aio.AioRpcError as exc:
+            status_code, message = _grpc_error(exc)
+            return await self._job_page(anim, status_code, extend=form, extend_error=message)
+        log.info(
+            "extension created from the web page",
+            extra={"job_id": resp.job_id, "parent": job_id, "frames": req.frames},
         )
         return RedirectResponse(f"/jobs/{resp.job_id}", status_code=303)
 
@@ -637,6 +681,7 @@ def create_app(
             Route("/jobs/{job_id}/resume", web.resume, methods=["POST"]),
             Route("/jobs/{job_id}/approve", web.approve, methods=["POST"]),
             Route("/jobs/{job_id}/fork", web.fork, methods=["POST"]),
+            Route("/jobs/{job_id}/extend", web.extend, methods=["POST"]),
             Route("/api/jobs", web.api_jobs, methods=["GET"]),
             Route("/api/jobs/{job_id}", web.api_job, methods=["GET"]),
             Route("/healthz", web.healthz, methods=["GET"]),

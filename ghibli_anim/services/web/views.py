@@ -1,7 +1,7 @@
 """What the web page shows, as plain data: jobs, storyboards, events, the forms.
 
-The forms: submitting an idea, the storyboard editor of a job waiting for review, and
-"re-render from here" (a fork from frame K).
+The forms: submitting an idea, the storyboard editor of a job waiting for review,
+"re-render from here" (a fork from frame K) and "extend by M frames".
 
 Pure functions (no I/O), shared by the HTML templates, the JSON API and the
 server-sent events, so the unit tests can check them without a planner.
@@ -550,6 +550,49 @@ def build_fork_request(
         storyboard_json=board.to_json(),
         seed=seed,
         idempotency_key=form.idempotency_key,
+    )
+
+
+@dataclass
+class ExtendForm:
+    """The "extend by M frames" form of a finished job, as typed."""
+
+    frames: str = "1"
+    idempotency_key: str = ""
+
+
+def extendable(view: Mapping[str, Any]) -> bool:
+    """Whether the job page offers "extend": a finished, failed or cancelled job below the
+    frame limit (the planner checks that its frames are all stored)."""
+    return view["status"] in TERMINAL and 0 < view["frames_total"] < limits.FRAMES.hi
+
+
+def read_extend_form(fields: Mapping[str, list[str]]) -> ExtendForm:
+    def one(name: str) -> str:
+        return (fields.get(name) or [""])[-1].strip()
+
+    return ExtendForm(frames=one("frames")[:40], idempotency_key=one("idempotency_key"))
+
+
+def build_extend_request(
+    parent: animation_pb2.Animation, form: ExtendForm
+) -> animation_pb2.ExtendAnimationRequest:
+    """ExtendAnimation by the form's M frames: every frame of the parent is kept, the
+    planner continues its storyboard, and every setting is the parent's."""
+    have = parent.frames_total
+    most = limits.FRAMES.hi - have
+    try:
+        added = int(form.frames)
+    except ValueError:
+        added = None
+    if added is None or not 1 <= added <= most:
+        raise ValueError(
+            f"frames: must be an integer in 1..{most} (this job has {have} frames, the limit "
+            f"is {limits.FRAMES.hi}), got {form.frames!r:.40}"
+        )
+    _check_idempotency_key(form.idempotency_key)
+    return animation_pb2.ExtendAnimationRequest(
+        parent_job_id=parent.job_id, frames=added, idempotency_key=form.idempotency_key
     )
 
 

@@ -391,6 +391,52 @@ async def test_review_edit_and_approve_from_the_page(nats_server, tmp_path, tiny
         assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
 
 
+async def test_extend_is_checked_at_the_edge_and_by_the_planner(
+    nats_server, tmp_path, tiny_cache_dir
+):
+    async with (
+        planner(nats_server, tmp_path, tiny_cache_dir) as target,
+        web(target, tiny_cache_dir) as http,
+    ):
+        job_id = job_of(await submit(http, idea="a tram crosses a bridge"))
+        await wait_status(http, job_id, "RENDERING")
+        # Still rendering: no form, and the planner refuses a hand-made post.
+        assert 'id="extend-form"' not in (await http.get(f"/jobs/{job_id}")).text
+        busy = await http.post(f"/jobs/{job_id}/extend", data={"frames": "2"})
+        assert busy.status_code == 409, busy.text
+        assert f"parent_job_id: job {job_id} is RENDERING" in busy.text
+        assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 303
+
+        page = await http.get(f"/jobs/{job_id}")
+        assert page.status_code == 200 and 'id="extend-form"' in page.text
+        assert 'name="frames" type="number" required min="1"' in page.text
+        form_html = page.text[page.text.index('id="extend-form"') :]
+        key = re.search(r'name="idempotency_key" value="([0-9a-f]{32})"', form_html).group(1)
+        bad = await http.post(
+            f"/jobs/{job_id}/extend", data={"frames": "118", "idempotency_key": key}
+        )
+        assert bad.status_code == 400 and 'id="extend-error"' in bad.text
+        assert (
+            "frames: must be an integer in 1..117 (this job has 3 frames, the limit is 120), "
+            "got &#39;118&#39;"
+        ) in bad.text
+        assert 'value="118"' in bad.text and f'value="{key}"' in bad.text
+        cross = await http.post(
+            f"/jobs/{job_id}/extend",
+            data={"frames": "2", "idempotency_key": key},
+            headers={"origin": "http://evil.example"},
+        )
+        assert cross.status_code == 403
+        # The planner's refusal (nothing rendered: no frames to keep), next to the form.
+        refused = await http.post(
+            f"/jobs/{job_id}/extend", data={"frames": "2", "idempotency_key": key}
+        )
+        assert refused.status_code == 400, refused.text
+        assert 'id="extend-error"' in refused.text
+        assert f"parent_job_id: frame 0 of job {job_id} is not in the store" in refused.text
+        assert len((await http.get("/api/jobs")).json()["jobs"]) == 1  # no job was made
+
+
 async def test_re_render_from_a_frame_is_checked_at_the_edge_and_by_the_planner(
     nats_server, tmp_path, tiny_cache_dir
 ):

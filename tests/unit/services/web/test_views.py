@@ -397,3 +397,36 @@ def test_fork_page_shows_the_frame_editor_and_the_parent_side_by_side():
     assert f'href="/jobs/{JOB}?frame=0#refork"' in page  # every frame opens its editor
     assert f'<a id="parent-link" href="/jobs/{"cd" * 16}">parent &lt;script&gt;' in page
     assert page.count('src="http://s3.example/animation.gif"') == 3  # players, fork, parent
+
+
+def test_extend_by_m_frames_keeps_every_setting_of_the_parent():
+    parent = _finished_parent()
+    have = parent.frames_total
+    posted = views.read_extend_form({"frames": [" 4 "], "idempotency_key": ["k-2"]})
+    assert posted == views.ExtendForm(frames="4", idempotency_key="k-2")
+    req = views.build_extend_request(parent, posted)
+    # ExtendAnimation: the planner continues the storyboard and keeps every setting.
+    assert req == animation_pb2.ExtendAnimationRequest(
+        parent_job_id=JOB, frames=4, idempotency_key="k-2"
+    )
+    most = 120 - have
+    for frames in ("0", str(most + 1), "x", ""):
+        with pytest.raises(ValueError) as info:
+            views.build_extend_request(parent, views.ExtendForm(frames=frames))
+        assert str(info.value) == (
+            f"frames: must be an integer in 1..{most} (this job has {have} frames, the limit "
+            f"is 120), got {frames!r}"
+        )
+    with pytest.raises(ValueError, match=r"^idempotency_key: must be 1\.\.128 letters"):
+        views.build_extend_request(parent, views.ExtendForm("1", "a b"))
+
+
+def test_only_a_finished_job_below_the_limit_offers_extend():
+    finished = views.job_view(_finished_parent())
+    assert views.extendable(finished)
+    assert not views.extendable(views.job_view(_animation()))  # still rendering
+    assert not views.extendable({**finished, "frames_total": 120})
+    page = job_html(finished, extend=views.ExtendForm(frames="<2>", idempotency_key="k"))
+    assert 'id="extend-form"' in page and f'action="/jobs/{JOB}/extend"' in page
+    assert 'value="&lt;2&gt;"' in page and f'max="{120 - finished["frames_total"]}"' in page
+    assert 'id="extend-form"' not in job_html(finished)
