@@ -2,8 +2,10 @@
 
 NATS with the deployment's own ``nats.conf`` (a user and random password per service),
 SeaweedFS as the S3 server, and every service and the web page as ``ghibli-anim serve``
-processes, until Ctrl-C or SIGTERM. A development tool: it runs
-:class:`ghibli_anim.devtools.stack.LocalStack`.
+processes, until Ctrl-C or SIGTERM. A process that exits without being asked to (a
+crash, a SIGKILL) is started again on the same ports and data folder after a short
+back-off, as compose's ``restart: unless-stopped`` does (``--no-restart`` turns that
+off). A development tool: it runs :class:`ghibli_anim.devtools.stack.LocalStack`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dir", type=Path, default=Path(".local-stack"), help="data and logs folder")
     p.add_argument("--replicas", default="", help="replicas per service, e.g. renderer=2,depth=1")
+    p.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="leave a crashed process down (by default it is started again, as compose does)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ghibli_anim.devtools.stack import LocalStack
-
     """The distributed topology as processes until Ctrl-C (what `make up-local` runs)."""
+    from ghibli_anim.devtools.stack import LocalStack
+    from ghibli_anim.runtime import logs
+
     replicas: dict[str, int] = {}
     for item in filter(None, (p.strip() for p in args.replicas.split(","))):
         name, _, count = item.partition("=")
@@ -47,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         env=env,
         replicas=replicas,
         nats_auth=True,
+        restart_crashed=args.restart,
     )
+    # The supervisor's lines (a crash, a start again) on stderr; the services log to files.
+    logs.setup("up-local", fmt="text", level="WARNING")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with stack:

@@ -3,17 +3,24 @@
 ``LocalStack`` is what ``ghibli-anim up-local`` runs and what the end-to-end,
 chaos and benchmark code drive: the same ``ghibli-anim serve NAME`` processes a
 deployment runs, with the same environment variables, on loopback ports. Each
-service can be killed (SIGKILL, as a crash) and started again.
+service can be killed (SIGKILL, as a crash) and started again. With
+``restart_crashed`` (what up-local does) a :class:`Supervisor` starts again every
+process that exits without being asked to stop, as compose's ``restart:
+unless-stopped`` does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -34,6 +41,8 @@ from ghibli_anim.runtime.processes import (
     NatsServer,
     free_ports,
 )
+
+log = logging.getLogger(__name__)
 
 ACCESS_KEY = "ghibli-local"
 SECRET_KEY = "ghibli-local-secret-change-me"
@@ -174,6 +183,118 @@ class SecuredNats(NatsServer):
         return {**os.environ, **{nats_password_var(u): p for u, p in self.passwords.items()}}
 
 
+@dataclass
+class _Watched:
+    """What the supervisor remembers of one server between its looks."""
+
+    streak: int = 0  # starts again in a row that did not stay up ``stable_s``
+    due: float | None = None  # when to start it again; None while it runs
+    started: float = 0.0  # when it was last started again
+    starter: threading.Thread | None = None  # the start again in progress
+
+
+class Supervisor:
+    """A thread that starts again, on the same ports and data folder, every server that
+    exits without having been asked to stop (:attr:`ChildServer.crashed`), after a
+    back-off: ``first_delay_s`` doubled for each start again in a row that did not stay
+    up ``stable_s`` seconds, at most ``max_delay_s`` (compose's restart policy does the
+    same). A server stopped with ``stop()`` stays stopped. Each crash and each start
+    again is a log line (WARNING), and counted in :attr:`restarts` by label.
+
+    Each start again runs on a thread of its own: a renderer waiting for NATS to be
+    ready must not keep NATS itself from being started again.
+    """
+
+    poll_s = 0.2
+    first_delay_s = 0.5
+    max_delay_s = 30.0
+    stable_s = 10.0
+    start_timeout_s = 120.0
+
+    def __init__(self, servers: Callable[[], Iterable[tuple[str, ChildServer]]]) -> None:
+        self._servers = servers  # (label, server) pairs, asked again at every look
+        self._watched: dict[int, _Watched] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.restarts: Counter[str] = Counter()
+        """Starts again that succeeded, by label (``renderer-1``, ``nats-server``)."""
+
+    def start(self) -> None:
+        self._stopping.clear()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Start nothing more. A start again in progress goes on (the caller's stop() of
+        that server cuts it short); this returns at once after the next look."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.poll_s):
+            for label, server in list(self._servers()):
+                if self._stopping.is_set():
+                    return
+                self._look(label, server)
+
+    def _delay(self, watched: _Watched) -> float:
+        return min(self.max_delay_s, self.first_delay_s * 2**watched.streak)
+
+    def _look(self, label: str, server: ChildServer) -> None:
+        watched = self._watched.setdefault(id(server), _Watched())
+        if watched.starter is not None and watched.starter.is_alive():
+            return
+        if not server.crashed:
+            watched.due = None
+            return
+        now = time.monotonic()
+        if watched.due is None:
+            if watched.started and now - watched.started < self.stable_s:
+                watched.streak += 1
+            else:
+                watched.streak = 0
+            watched.due = now + self._delay(watched)
+            log.warning(
+                "%s exited with code %s without being asked to stop: starting it again in %.1f s",
+                label,
+                server.exit_code,
+                watched.due - now,
+            )
+        elif now >= watched.due:
+            watched.started = now
+            watched.starter = threading.Thread(
+                target=self._start_again,
+                args=(label, server, watched),
+                name=f"restart-{label}",
+                daemon=True,
+            )
+            watched.starter.start()
+
+    def _start_again(self, label: str, server: ChildServer, watched: _Watched) -> None:
+        try:
+            started = server.revive(timeout=self.start_timeout_s)
+        except LauncherError as exc:
+            if server.crashed:  # not a stop() that cut the start short
+                watched.streak += 1
+                watched.due = time.monotonic() + self._delay(watched)
+                log.warning(
+                    "%s did not start again (%s): next try in %.1f s",
+                    label,
+                    str(exc).splitlines()[0],
+                    self._delay(watched),
+                )
+            return
+        watched.due = None
+        if started:  # else stopped or started by someone else meanwhile
+            with self._lock:
+                self.restarts[label] += 1
+            log.warning("%s started again (pid %s)", label, server.pid)
+
+
 def tiny_cpu_env(cache_dir: Path, threads: int = 1) -> dict[str, str]:
     """The variables of a stack on the ``tiny`` profile, on the CPU with ``threads`` torch
     threads per process; the tiny models are written into ``cache_dir`` first."""
@@ -197,6 +318,9 @@ class LocalStack:
     random password, so a permission missing from auth.conf shows up here too. With
     ``standin``, the services run with instant stand-ins for the model forward calls
     (:mod:`ghibli_anim.devtools.standin`: benchmarks of the chain's own cost only).
+    With ``restart_crashed``, a :class:`Supervisor` (``self.supervisor``) starts again,
+    from the end of :meth:`start` until :meth:`stop`, any process of the stack (NATS,
+    SeaweedFS, a service) that exits without being asked to stop.
     """
 
     def __init__(
@@ -208,6 +332,7 @@ class LocalStack:
         replicas: Mapping[str, int] | None = None,
         nats_auth: bool = False,
         standin: bool = False,
+        restart_crashed: bool = False,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.module = "ghibli_anim.devtools.standin" if standin else "ghibli_anim.cli"
@@ -226,6 +351,15 @@ class LocalStack:
         # The web page needs the planner's address: it is added after the planner.
         ordered = sorted(services, key=lambda name: name == "web")
         self._wanted = {name: (replicas or {}).get(name, 1) for name in ordered}
+        self.supervisor = Supervisor(self.servers) if restart_crashed else None
+
+    def servers(self) -> list[tuple[str, ChildServer]]:
+        """Every process of the stack with its label: ``nats-server``, ``s3``, then each
+        service replica as ``NAME-INDEX`` (its folder under ``services/``)."""
+        found: list[tuple[str, ChildServer]] = [("nats-server", self.nats), ("s3", self.s3)]
+        for procs in list(self.processes.values()):
+            found += [(proc.folder.name, proc) for proc in list(procs)]
+        return found
 
     def login(self, user: str) -> dict[str, str]:
         """ANIM_NATS_USER/PASSWORD of ``user`` with nats_auth, else nothing."""
@@ -263,6 +397,8 @@ class LocalStack:
         for procs in self.processes.values():
             for proc in procs:
                 proc.start(timeout=max(5.0, deadline - time.monotonic()))
+        if self.supervisor is not None:
+            self.supervisor.start()
         return self
 
     def _init(self) -> None:
@@ -338,6 +474,8 @@ class LocalStack:
         return "\n".join(parts)
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()  # first, so that nothing starts again behind us
         errors = []
         for procs in self.processes.values():
             for proc in procs:

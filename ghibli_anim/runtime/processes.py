@@ -216,7 +216,7 @@ _S = TypeVar("_S", bound="ChildServer")
 
 
 class ChildServer:
-    """A server child process: spawn, stop, kill, restart, context manager.
+    """A server child process: spawn, stop, kill, restart, revive, context manager.
 
     Subclasses build the command line (``_command``, ``_env``), say when the
     server is ready (``_ready``), and may prepare files before each start
@@ -235,6 +235,12 @@ class ChildServer:
         self._finalizer: weakref.finalize | None = None
         # Once the server has run, clients know its ports: they never change again.
         self._has_run = False
+        # Whether the last thing asked of it was stop(): a supervisor starts again a
+        # server that exited on its own (a crash, kill()), never one that was stopped.
+        self._stop_asked = False
+        # start, stop and kill from different threads (a supervisor's, the caller's)
+        # take turns, so a stop can never land between a supervisor's look and its start.
+        self._lock = threading.RLock()
 
     # -- to override -------------------------------------------------------
     def _command(self) -> list[str]:
@@ -278,6 +284,21 @@ class ChildServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def crashed(self) -> bool:
+        """True when the server once ran and has exited without being asked to stop
+        (SIGKILL from outside, a crash, :meth:`kill`, or a start again that failed)."""
+        return self._has_run and not self._stop_asked and not self.running
+
+    def revive(self, timeout: float = 30.0) -> bool:
+        """Start the server again on the same ports and data folder if it has
+        :attr:`crashed` (else do nothing); True when it was started."""
+        with self._lock:
+            if not self.crashed:
+                return False
+            self.start(timeout=timeout)
+            return True
+
     def start(self, timeout: float = 10.0) -> Self:
         """Start the server and wait until it answers; raise LauncherError if not.
 
@@ -285,8 +306,13 @@ class ChildServer:
         server binds it: until the server has once been ready, a start that fails
         that way tries again on fresh ports, up to ``_PORT_RETRIES`` times.
         """
-        if self.running:
-            return self
+        with self._lock:
+            self._stop_asked = False
+            if self.running:
+                return self
+            return self._start_retrying(timeout)
+
+    def _start_retrying(self, timeout: float) -> Self:
         retries = 0 if self._has_run else _PORT_RETRIES
         while True:
             offset = _log_size(self.log_path)
@@ -341,6 +367,8 @@ class ChildServer:
                 )
             if self._ready():
                 return
+            if self._stop_asked:
+                raise LauncherError(f"{self.name} was asked to stop while starting")
             if time.monotonic() > deadline:
                 raise LauncherError(
                     f"{self.name} not ready after {timeout:g} s; "
@@ -349,17 +377,24 @@ class ChildServer:
             time.sleep(0.05)
 
     def stop(self, grace: float | None = None) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds (default ``stop_grace_s``)."""
-        if self._proc is not None:
-            grace = self.stop_grace_s if grace is None else grace
-            _reap(self._proc, max(grace, 0.001), self._leftovers())
-        self._detach()
+        """SIGTERM, then SIGKILL after ``grace`` seconds (default ``stop_grace_s``).
+
+        A start in progress on another thread gives up at once (LauncherError there)."""
+        self._stop_asked = True  # before the lock: the start that holds it looks at this
+        with self._lock:
+            self._stop_asked = True
+            if self._proc is not None:
+                grace = self.stop_grace_s if grace is None else grace
+                _reap(self._proc, max(grace, 0.001), self._leftovers())
+            self._detach()
 
     def kill(self) -> None:
-        """SIGKILL at once, as a crash would (for chaos tests)."""
-        if self._proc is not None:
-            _reap(self._proc, 0, self._leftovers())
-        self._detach()
+        """SIGKILL at once, as a crash would (for chaos tests): a supervisor starts the
+        server again (see :attr:`crashed`)."""
+        with self._lock:
+            if self._proc is not None:
+                _reap(self._proc, 0, self._leftovers())
+            self._detach()
 
     def restart(self, timeout: float = 30.0) -> Self:
         """Stop if running, then start again on the same ports and data folder."""

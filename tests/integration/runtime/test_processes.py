@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +116,64 @@ def test_nats_picks_fresh_ports_when_one_is_taken_before_the_first_start(
     with port_taken(port), pytest.raises(LauncherError, match="address already in use"):
         server.start(timeout=5)
     assert server.port == port and starts(server) == 3
+
+
+def test_crashed_means_exited_without_a_stop_and_revive_starts_only_that(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "ns", monitor=False)
+    assert not server.crashed and not server.revive()  # never started: nothing to revive
+    with server:
+        port, first_pid = server.port, server.pid
+        assert not server.crashed
+        os.kill(first_pid, signal.SIGKILL)  # from outside, as a crash
+        wait_until_gone({first_pid})
+        assert server.crashed and server.exit_code == -signal.SIGKILL
+        assert server.revive(timeout=10) and answers(port)
+        assert server.port == port and server.pid not in (None, first_pid)
+        server.kill()  # kill() is a crash too
+        assert server.crashed
+        server.stop()  # stop() is not
+        assert not server.crashed and not server.revive() and not server.running
+        server.start()  # a start after a stop: crashes count again
+        server.kill()
+        assert server.crashed
+    assert not server.crashed
+
+
+class _NeverReady(launcher.ChildServer):
+    name = "never-ready"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def _ready(self) -> bool:
+        return False
+
+
+def test_a_stop_from_another_thread_cuts_a_start_short(tmp_path: Path) -> None:
+    """A supervisor's start again must not keep the stack's stop() waiting until its
+    readiness deadline."""
+    server = _NeverReady(tmp_path / "nr", "nr.log")
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start(timeout=60)
+        except LauncherError as exc:
+            failed.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    deadline = time.monotonic() + 10
+    while server.pid is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pid = server.pid
+    assert pid is not None
+    began = time.monotonic()
+    server.stop()
+    starter.join(timeout=10)
+    assert time.monotonic() - began < 5 and not starter.is_alive()
+    assert [str(e) for e in failed] == ["never-ready was asked to stop while starting"]
+    assert wait_until_gone({pid}) == set() and not server.crashed
 
 
 def test_process_group_stops_the_started_on_failure(tmp_path: Path) -> None:
