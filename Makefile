@@ -21,7 +21,7 @@ MUTATION_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup proto lint format test mutation bench demo up down logs up-local clean docs
+.PHONY: help setup proto lint format test mutation bench soak demo up down logs up-local clean docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,11 @@ bench: setup ## benchmarks: print figures and ratios
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
 	$(PY) bench/history.py
+
+SOAK_ARGS ?=
+
+soak: setup ## chaos soak: 200 tiny jobs over 10 min while processes are SIGKILLed (not in CI; SOAK_ARGS=--quick)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 demo: setup ## render an animation in embedded mode (PROFILE=tiny for the offline smoke run)
 	$(VENV)/bin/ghibli-anim generate "$(IDEA)" --frames $(FRAMES) --profile $(PROFILE)
