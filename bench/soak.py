@@ -42,6 +42,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -198,6 +199,8 @@ class Outcome:
     error: str = ""
     frames_done: int = 0
     retries: int = 0  # creates sent again while the planner did not answer
+    seconds: float = 0.0  # from its create's answer to the end of its events
+    rerendered: int = 0  # frames rendered more than once (a later attempt after a kill)
     problems: list[str] = field(default_factory=list)
 
 
@@ -250,6 +253,7 @@ async def _run_job(
         return
     out.retries -= 1
     out.job_id = created.job_id
+    accepted = loop.time()
     last = 0
 
     async def follow() -> None:
@@ -260,6 +264,7 @@ async def _run_job(
     while loop.time() < deadline:  # follow it to its end, resuming after a break
         try:
             await asyncio.wait_for(follow(), deadline - loop.time())
+            out.seconds = loop.time() - accepted
             break
         except (grpc.aio.AioRpcError, TimeoutError):
             await asyncio.sleep(1.0)
@@ -339,6 +344,7 @@ async def _check_frames(stack: LocalStack, outcomes: list[Outcome]) -> None:
                 )
             except Exception:
                 manifest = None
+            out.rerendered = len(set(rendered)) - len({f for f, _ in rendered})
             out.problems = frame_problems(
                 out.job.frames, rendered, stored, manifest, shas, out.frames_done
             )
@@ -544,6 +550,8 @@ def _report(
     refused = [o for o in outcomes if not o.job_id]
     bad_frames = [o for o in completed if o.problems]
     frames = sum(o.job.frames for o in completed)
+    times = sorted(o.seconds for o in completed) or [0.0]
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     print()
     print(f"soak: {soak_s:.0f} s, {len(outcomes)} jobs submitted over {args.minutes:g} min")
     print(
@@ -555,7 +563,12 @@ def _report(
         print(f"  job {o.job.index} {o.job_id or '-'} {_status(o.status)}: {o.error}")
     print(
         f"frames: {frames} in completed jobs; exactly once in {len(completed) - len(bad_frames)} "
-        f"of {len(completed)} jobs"
+        f"of {len(completed)} jobs; {sum(o.rerendered for o in completed)} frames rendered "
+        f"more than once (a later attempt after a kill), each stored once"
+    )
+    print(
+        f"job time, created to last event: median {statistics.median(times):.1f} s, "
+        f"p95 {p95:.1f} s, max {times[-1]:.1f} s"
     )
     for o in bad_frames:
         print(f"  job {o.job.index} {o.job_id}: {'; '.join(o.problems)}")
@@ -577,7 +590,7 @@ def _report(
         + ", ".join(f"{t} {killed[t]}" for t in TARGETS)
         + (f" (skipped, still coming back: {sum(v for k, v in killed.items() if ':' in k)})")
     )
-    print("restarts: " + ", ".join(f"{k} {v}" for k, v in sorted(restarts.items())))
+    print("restarts: " + (", ".join(f"{k} {v}" for k, v in sorted(restarts.items())) or "none"))
     ok = not (failed or unfinished or refused or bad_frames or differ or left or answering) and (
         slots["slots_leaked"] == slots["slots_missing"] == 0
         and slots["counters_exact"]
@@ -591,6 +604,8 @@ def _report(
                 "failed": len(failed) + len(unfinished) + len(refused),
                 "frames": frames,
                 "frames_exactly_once": int(not bad_frames),
+                "frames_rerendered": sum(o.rerendered for o in completed),
+                "job_p95_s": round(p95, 1),
                 "identical": f"{sampled - len(differ)}/{sampled}",
                 "orphans": len(left),
                 "leaked_slots": slots["slots_leaked"],
