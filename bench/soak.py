@@ -273,7 +273,9 @@ async def _run_job(
         out.status, out.error, out.frames_done = anim.status, anim.error, anim.frames_done
 
 
-async def _chaos(stack: LocalStack, kills: list[Kill], t0: float, done: Counter) -> None:
+async def _chaos(
+    stack: LocalStack, kills: list[Kill], t0: float, done: Counter, outcomes: list[Outcome]
+) -> None:
     loop = asyncio.get_running_loop()
     for kill in kills:
         await asyncio.sleep(max(0.0, t0 + kill.at_s - loop.time()))
@@ -287,7 +289,14 @@ async def _chaos(stack: LocalStack, kills: list[Kill], t0: float, done: Counter)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         done[kill.target] += 1
-        print(f"{kill.at_s:6.0f} s  SIGKILL {kill.target} (pid {pid})", flush=True)
+        # Jobs accepted and not yet over: what the kill may have cut into.
+        busy = sum(1 for o in outcomes if o.job_id and not o.seconds)
+        done["in flight"] += busy
+        done["with jobs in flight"] += busy > 0
+        print(
+            f"{kill.at_s:6.0f} s  SIGKILL {kill.target} (pid {pid}), {busy} jobs in flight",
+            flush=True,
+        )
 
 
 async def _soak(stack: LocalStack, args: argparse.Namespace) -> tuple[list[Outcome], Counter]:
@@ -300,7 +309,7 @@ async def _soak(stack: LocalStack, args: argparse.Namespace) -> tuple[list[Outco
     deadline = t0 + (args.minutes + args.drain_minutes) * 60
     async with AnimationClient(stack.planner_target, timeout_s=30) as client:
         runs = [asyncio.create_task(_run_job(client, o, args.seed, t0, deadline)) for o in outcomes]
-        chaos = asyncio.create_task(_chaos(stack, kills, t0, killed))
+        chaos = asyncio.create_task(_chaos(stack, kills, t0, killed, outcomes))
         last_report = t0
         while not all(r.done() for r in runs):
             await asyncio.sleep(1.0)
@@ -589,6 +598,7 @@ def _report(
         "kills: "
         + ", ".join(f"{t} {killed[t]}" for t in TARGETS)
         + (f" (skipped, still coming back: {sum(v for k, v in killed.items() if ':' in k)})")
+        + f"; {killed['with jobs in flight']} with jobs in flight ({killed['in flight']} jobs)"
     )
     print("restarts: " + (", ".join(f"{k} {v}" for k, v in sorted(restarts.items())) or "none"))
     ok = not (failed or unfinished or refused or bad_frames or differ or left or answering) and (
@@ -610,6 +620,7 @@ def _report(
                 "orphans": len(left),
                 "leaked_slots": slots["slots_leaked"],
                 "kills": sum(killed[t] for t in TARGETS),
+                "kills_in_flight": killed["with jobs in flight"],
                 **{f"kills_{t.replace('-', '_')}": killed[t] for t in TARGETS},
                 "restarts": sum(restarts.values()),
                 "seconds": round(soak_s),
