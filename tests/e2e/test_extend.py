@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from support.llm_server import ChatServer, existing_of, storyboard, valid_reply
+from support.runs import generate, use_runs_dir, write_board
 
-from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys
 
 pytestmark = pytest.mark.timeout(600)
@@ -32,34 +32,7 @@ SHOTS = [
 
 @pytest.fixture
 def runs(tmp_path: Path, tiny_cache_dir: Path, monkeypatch) -> Path:
-    folder = tmp_path / "runs"
-    env = {
-        "ANIM_CACHE_DIR": str(tiny_cache_dir),
-        "ANIM_STORE": "local",
-        "ANIM_DEVICE": "cpu",
-        "ANIM_DTYPE": "float32",
-        "ANIM_RUNS_DIR": str(folder),
-        "ANIM_PROFILE": "tiny",
-        "ANIM_LOG_LEVEL": "WARNING",
-        "ANIM_PLANNER_BACKEND": "offline",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return folder
-
-
-def _generate(runs: Path, *args: str) -> tuple[int, str | None]:
-    before = set(p.name for p in runs.iterdir()) if runs.exists() else set()
-    rc = cli.main(["generate", "--quiet", *args])
-    new = sorted(set(p.name for p in runs.iterdir()) - before) if runs.exists() else []
-    assert len(new) <= 1
-    return rc, (new[0] if new else None)
-
-
-def _write(path: Path, shots: list[dict]) -> Path:
-    board = {"version": 1, "title": "paper boat", "style": "ghibli style", "frames": shots}
-    path.write_text(json.dumps(board), encoding="utf-8")
-    return path
+    return use_runs_dir(tmp_path, tiny_cache_dir, monkeypatch, ANIM_PLANNER_BACKEND="offline")
 
 
 def _frames(folder: Path) -> list[bytes]:
@@ -76,7 +49,7 @@ def _shots(folder: Path) -> list[dict]:
 
 
 def _parent(tmp_path: Path, runs: Path) -> str:
-    rc, parent = _generate(
+    rc, parent = generate(
         runs,
         IDEA,
         "--frames",
@@ -86,7 +59,7 @@ def _parent(tmp_path: Path, runs: Path) -> str:
         "--format",
         "gif",
         "--plan",
-        str(_write(tmp_path / "p.json", SHOTS)),
+        str(write_board(tmp_path / "p.json", SHOTS)),
     )
     assert rc == 0 and parent is not None
     return parent
@@ -97,7 +70,7 @@ def test_extend_keeps_the_parent_and_renders_only_the_new_frames(
 ) -> None:
     parent = _parent(tmp_path, runs)
     capsys.readouterr()
-    rc, ext = _generate(runs, "--from-run", str(runs / parent), "--extend", "2")
+    rc, ext = generate(runs, "--from-run", str(runs / parent), "--extend", "2")
     assert rc == 0 and ext is not None
     err = capsys.readouterr().err
     assert (
@@ -122,7 +95,7 @@ def test_extend_keeps_the_parent_and_renders_only_the_new_frames(
     assert Image.open(runs / ext / "animation.gif").n_frames == 5
 
     # The extension's bytes are a fresh job's with the same storyboard, for 2 frames of work.
-    rc, fresh = _generate(
+    rc, fresh = generate(
         runs,
         IDEA,
         "--frames",
@@ -141,7 +114,7 @@ def test_extend_keeps_the_parent_and_renders_only_the_new_frames(
     ).read_bytes()
 
     # The user's new shots: --prompt for every new frame (or --plan of all five).
-    rc, given = _generate(
+    rc, given = generate(
         runs,
         "--from-run",
         str(runs / parent),
@@ -159,18 +132,18 @@ def test_extend_with_depth_gives_a_fresh_jobs_bytes(tmp_path: Path, runs: Path) 
     """With depth on, frame N is guided by frame N-1's depth map, which the parent's
     renderer never made (frame N-1 was its last): the depth service makes it, to the bytes
     the renderer of a fresh job stores."""
-    plan = _write(tmp_path / "p.json", SHOTS)
+    plan = write_board(tmp_path / "p.json", SHOTS)
     common = ("--seed", SEED, "--format", "gif", "--depth")
-    rc, parent = _generate(runs, IDEA, "--frames", "3", "--plan", str(plan), *common)
+    rc, parent = generate(runs, IDEA, "--frames", "3", "--plan", str(plan), *common)
     assert rc == 0 and parent is not None
     assert not (runs / parent / "depth" / "0002.png").exists()
-    longer = _write(tmp_path / "longer.json", [*SHOTS, {"prompt": "a quiet pond"}])
-    rc, ext = _generate(
+    longer = write_board(tmp_path / "longer.json", [*SHOTS, {"prompt": "a quiet pond"}])
+    rc, ext = generate(
         runs, "--from-run", str(runs / parent), "--extend", "1", "--plan", str(longer)
     )
     assert rc == 0 and ext is not None
     assert _renders(runs / ext, ext) == [3]
-    rc, fresh = _generate(runs, IDEA, "--frames", "4", "--plan", str(longer), *common)
+    rc, fresh = generate(runs, IDEA, "--frames", "4", "--plan", str(longer), *common)
     assert rc == 0 and fresh is not None
 
     def files(job: str) -> list[bytes]:
@@ -189,7 +162,7 @@ def test_an_llm_continues_the_storyboard_with_the_existing_prompts(
         monkeypatch.setenv("ANIM_PLANNER_BACKEND", "openai")
         monkeypatch.setenv("ANIM_PLANNER_BASE_URL", server.base_url)
         monkeypatch.setenv("ANIM_PLANNER_FALLBACK", "fail")
-        rc, ext = _generate(runs, "--from-run", str(runs / parent), "--extend", "2")
+        rc, ext = generate(runs, "--from-run", str(runs / parent), "--extend", "2")
     assert rc == 0 and ext is not None
     (body,) = server.bodies
     assert [s["prompt"] for s in existing_of(body)["frames"]] == [s["prompt"] for s in SHOTS]
@@ -208,7 +181,7 @@ def test_bad_extensions_are_refused_naming_the_flag(tmp_path: Path, runs: Path, 
 
     def refused(*args: str) -> str:
         before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
-        rc, new = _generate(runs, *args)
+        rc, new = generate(runs, *args)
         assert (rc, new) == (2, None)
         assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # nothing written
         return capsys.readouterr().err
@@ -225,10 +198,10 @@ def test_bad_extensions_are_refused_naming_the_flag(tmp_path: Path, runs: Path, 
     assert (
         "every new frame 3..3 (or none: the planner continues the storyboard); got frame 2" in err
     )
-    four = _write(tmp_path / "four.json", [*SHOTS, {"prompt": "a pond"}])
+    four = write_board(tmp_path / "four.json", [*SHOTS, {"prompt": "a pond"}])
     err = refused("--from-run", src, "--extend", "2", "--plan", str(four))
     assert "storyboard_json: frames: expected exactly 5 frames, or the parent's 3" in err, err
-    changed = _write(
+    changed = write_board(
         tmp_path / "c.json", [SHOTS[0], {"prompt": "a cat"}, SHOTS[2], {"prompt": "a pond"}]
     )
     err = refused("--from-run", src, "--extend", "1", "--plan", str(changed))

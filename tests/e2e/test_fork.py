@@ -15,8 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from ghibli_anim.cli import main as cli
+from support.runs import generate, use_runs_dir, write_board
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -31,39 +30,9 @@ SHOTS = [
 ]
 
 
-def _board(shots: list[dict]) -> dict:
-    return {"version": 1, "title": "paper boat", "style": "ghibli style", "frames": shots}
-
-
-def _write(path: Path, shots: list[dict]) -> Path:
-    path.write_text(json.dumps(_board(shots)), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def runs(tmp_path: Path, tiny_cache_dir: Path, monkeypatch) -> Path:
-    folder = tmp_path / "runs"
-    env = {
-        "ANIM_CACHE_DIR": str(tiny_cache_dir),
-        "ANIM_STORE": "local",
-        "ANIM_DEVICE": "cpu",
-        "ANIM_DTYPE": "float32",
-        "ANIM_RUNS_DIR": str(folder),
-        "ANIM_PROFILE": "tiny",
-        "ANIM_LOG_LEVEL": "WARNING",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return folder
-
-
-def _generate(runs: Path, *args: str) -> tuple[int, str | None]:
-    """Run generate; its exit status and the new run folder's job id (None if none)."""
-    before = set(p.name for p in runs.iterdir()) if runs.exists() else set()
-    rc = cli.main(["generate", "--quiet", *args])
-    new = sorted(set(p.name for p in runs.iterdir()) - before) if runs.exists() else []
-    assert len(new) <= 1
-    return rc, (new[0] if new else None)
+    return use_runs_dir(tmp_path, tiny_cache_dir, monkeypatch)
 
 
 _FLAGS = ("--seed", SEED, "--depth", "--format", "gif,webp,contact", "--sharpen", "0.2")
@@ -85,8 +54,8 @@ def _renders(folder: Path, job_id: str) -> list[int]:
 
 
 def test_fork_equals_a_fresh_job_and_survives_its_parent(tmp_path: Path, runs: Path) -> None:
-    rc, parent = _generate(
-        runs, IDEA, "--frames", "4", "--plan", str(_write(tmp_path / "a.json", SHOTS)), *_FLAGS
+    rc, parent = generate(
+        runs, IDEA, "--frames", "4", "--plan", str(write_board(tmp_path / "a.json", SHOTS)), *_FLAGS
     )
     assert rc == 0 and parent is not None
     assert json.loads((runs / parent / "job.json").read_text())["status"] == "COMPLETED"
@@ -98,12 +67,12 @@ def test_fork_equals_a_fresh_job_and_survives_its_parent(tmp_path: Path, runs: P
         {"prompt": "the boat slides over a little waterfall", "palette": "shift"},
         {"prompt": "the boat rests among lily pads", "strength": 0.4},
     ]
-    plan_b = _write(tmp_path / "b.json", edited)
-    rc, fork = _generate(
+    plan_b = write_board(tmp_path / "b.json", edited)
+    rc, fork = generate(
         runs, "--from-run", str(runs / parent), "--from-frame", "2", "--plan", str(plan_b)
     )
     assert rc == 0 and fork is not None
-    rc, fresh = _generate(runs, IDEA, "--frames", "4", "--plan", str(plan_b), *_FLAGS)
+    rc, fresh = generate(runs, IDEA, "--frames", "4", "--plan", str(plan_b), *_FLAGS)
     assert rc == 0 and fresh is not None
 
     forked, fresh_files, parent_files = (_files(runs / j) for j in (fork, fresh, parent))
@@ -121,7 +90,7 @@ def test_fork_equals_a_fresh_job_and_survives_its_parent(tmp_path: Path, runs: P
     # The parent gone, the fork keeps every file, and a fork of the fork still works.
     shutil.rmtree(runs / parent)
     assert _files(runs / fork) == forked
-    rc, grandchild = _generate(
+    rc, grandchild = generate(
         runs, "--from-run", str(runs / fork), "--from-frame", "3", "--prompt", "3:a heron lands"
     )
     assert rc == 0 and grandchild is not None
@@ -140,7 +109,7 @@ def test_fork_equals_a_fresh_job_and_survives_its_parent(tmp_path: Path, runs: P
 
 def _parent_run(tmp_path: Path, runs: Path) -> str:
     """A finished 3-frame run without depth (the cheapest parent)."""
-    rc, parent = _generate(
+    rc, parent = generate(
         runs,
         IDEA,
         "--frames",
@@ -150,7 +119,7 @@ def _parent_run(tmp_path: Path, runs: Path) -> str:
         "--format",
         "gif",
         "--plan",
-        str(_write(tmp_path / "p.json", SHOTS[:3])),
+        str(write_board(tmp_path / "p.json", SHOTS[:3])),
     )
     assert rc == 0 and parent is not None
     return parent
@@ -163,7 +132,7 @@ def test_bad_forks_are_refused_naming_the_field(tmp_path: Path, runs: Path, caps
 
     def refused(*args: str) -> str:
         before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
-        rc, new = _generate(runs, *args)
+        rc, new = generate(runs, *args)
         assert (rc, new) == (2, None)
         assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before  # nothing written
         return capsys.readouterr().err
@@ -173,14 +142,19 @@ def test_bad_forks_are_refused_naming_the_field(tmp_path: Path, runs: Path, caps
         assert "fork.from_frame: must be in 1..2" in err, err
     changed = [SHOTS[0], {**SHOTS[1], "negative_prompt": "rain"}, SHOTS[2]]
     err = refused(
-        "--from-run", src, "--from-frame", "2", "--plan", str(_write(tmp_path / "x.json", changed))
+        "--from-run",
+        src,
+        "--from-frame",
+        "2",
+        "--plan",
+        str(write_board(tmp_path / "x.json", changed)),
     )
     assert "storyboard_json: frames[1].negative_prompt differs from the parent's" in err, err
     err = refused("--from-run", src, "--from-frame", "2", "--prompt", "1:a new start")
     assert "--prompt: frame 1 must be in 2..2" in err, err
 
     # A request-level change applies from frame K: frames before it stay the parent's.
-    rc, fork = _generate(runs, "--from-run", src, "--from-frame", "2", "--strength", "0.5")
+    rc, fork = generate(runs, "--from-run", src, "--from-frame", "2", "--strength", "0.5")
     assert rc == 0 and fork is not None
     capsys.readouterr()
     assert _renders(runs / fork, fork) == [2]
