@@ -425,20 +425,32 @@ class WebApp:
             return await self._job_page(anim, 400, fork=form, fork_error=str(exc))
         return await self._job_page(anim, fork=views.fork_form(anim, k))
 
-    async def approve(self, request: Request) -> Response:
-        """POST /jobs/{id}/approve: the storyboard editor of a job waiting for review."""
+    async def _job_form(
+        self, request: Request, max_bytes: int, max_fields: int
+    ) -> tuple[str, Any, dict[str, list[str]]] | Response:
+        """What a form posted on a job's page brings: the job id, the job as the planner
+        has it and the form's fields; or the error page (another site's post, a bad job
+        id, a form too large or not UTF-8, a job the planner refuses to show)."""
         if not _same_origin(request):
             return self._error(request, 403, "cross-site form submissions are refused")
         job_id = self._job_id(request)
         if job_id is None:
             return self._error(request, 404, "no such job: a job id is 32 hex characters")
-        fields = await self._form_fields(request, views.EDITOR_FORM_BYTES, views.EDITOR_FORM_FIELDS)
+        fields = await self._form_fields(request, max_bytes, max_fields)
         if isinstance(fields, Response):
             return fields
         try:
             anim = await self.client.get(job_id)
         except grpc.aio.AioRpcError as exc:
             return self._error(request, *_grpc_error(exc))
+        return job_id, anim, fields
+
+    async def approve(self, request: Request) -> Response:
+        """POST /jobs/{id}/approve: the storyboard editor of a job waiting for review."""
+        posted = await self._job_form(request, views.EDITOR_FORM_BYTES, views.EDITOR_FORM_FIELDS)
+        if isinstance(posted, Response):
+            return posted
+        job_id, anim, fields = posted
         shots = len((views.board_draft(anim.storyboard_json) or {"shots": []})["shots"])
         draft = views.read_board_draft(fields, shots)
         try:
@@ -458,19 +470,11 @@ class WebApp:
 
     async def fork(self, request: Request) -> Response:
         """POST /jobs/{id}/fork: "re-render from here", a fork of this job from frame K."""
-        if not _same_origin(request):
-            return self._error(request, 403, "cross-site form submissions are refused")
-        job_id = self._job_id(request)
-        if job_id is None:
-            return self._error(request, 404, "no such job: a job id is 32 hex characters")
         # A shot's prompts in any script, percent-encoded: the editor's bound, not the idea's.
-        fields = await self._form_fields(request, views.EDITOR_FORM_BYTES, 32)
-        if isinstance(fields, Response):
-            return fields
-        try:
-            anim = await self.client.get(job_id)
-        except grpc.aio.AioRpcError as exc:
-            return self._error(request, *_grpc_error(exc))
+        posted = await self._job_form(request, views.EDITOR_FORM_BYTES, 32)
+        if isinstance(posted, Response):
+            return posted
+        job_id, anim, fields = posted
         form = views.read_fork_form(fields)
         try:
             req = views.build_fork_request(anim, form)
@@ -489,18 +493,10 @@ class WebApp:
 
     async def extend(self, request: Request) -> Response:
         """POST /jobs/{id}/extend: "extend by M frames", a new job keeping every frame."""
-        if not _same_origin(request):
-            return self._error(request, 403, "cross-site form submissions are refused")
-        job_id = self._job_id(request)
-        if job_id is None:
-            return self._error(request, 404, "no such job: a job id is 32 hex characters")
-        fields = await self._form_fields(request, views.FORM_BYTES, 8)
-        if isinstance(fields, Response):
-            return fields
-        try:
-            anim = await self.client.get(job_id)
-        except grpc.aio.AioRpcError as exc:
-            return self._error(request, *_grpc_error(exc))
+        posted = await self._job_form(request, views.FORM_BYTES, 8)
+        if isinstance(posted, Response):
+            return posted
+        job_id, anim, fields = posted
         form = views.read_extend_form(fields)
         try:
             req = views.build_extend_request(anim, form)
