@@ -74,8 +74,8 @@ OTHER_CALLS = [
         "list-status",
         "ListAnimations",
         animation_pb2.ListAnimationsRequest(status=99),
-        "status: must be one of PENDING, PLANNING, RENDERING, ASSEMBLING, COMPLETED, FAILED, "
-        "CANCELLED or unset, got 99",
+        "status: must be one of PENDING, PLANNING, PLANNED, RENDERING, ASSEMBLING, COMPLETED, "
+        "FAILED, CANCELLED or unset, got 99",
     ),
     (
         "upload-content-type",

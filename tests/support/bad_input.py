@@ -18,6 +18,7 @@ that holds no job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -33,7 +34,7 @@ from PIL import Image
 
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys, limits
-from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE
 from ghibli_anim.runtime.client import AnimationClient, put_presigned
@@ -418,26 +419,51 @@ def matches(actual: str, expected: str) -> bool:
     return True
 
 
-def counts(stack: LocalStack) -> tuple[int, int]:
-    """(jobs in KV anim-jobs, objects under jobs/ in the bucket). Jobs, not keys: a job's
-    index entries are written with it, in one atomic write, and jobs that other tests
-    left running change their entries as they finish."""
+# Jobs that may still write: other tests leave some running, and a cancelled job's
+# renderer may store the frame it had in hand after the cancel.
+_STILL_WRITING = frozenset(
+    {
+        types_pb2.JOB_STATUS_PENDING,
+        types_pb2.JOB_STATUS_PLANNING,
+        types_pb2.JOB_STATUS_PLANNED,
+        types_pb2.JOB_STATUS_RENDERING,
+        types_pb2.JOB_STATUS_ASSEMBLING,
+        types_pb2.JOB_STATUS_CANCELLED,
+    }
+)
 
-    async def kv_keys() -> int:
+
+def counts(stack: LocalStack) -> tuple[int, int]:
+    """(jobs in KV anim-jobs, objects under jobs/ in the bucket but those of jobs that may
+    still write). Jobs, not keys: a job's index entries are written with it, in one atomic
+    write, and jobs that other tests left running change their entries as they finish.
+    Objects of no job in KV count: a refused request that wrote any shows up."""
+
+    async def kv_jobs() -> dict[str, int]:
         nc = await nats.connect(stack.nats.url)
         try:
             kv = await nc.jetstream().key_value(JOBS_BUCKET)
             try:
-                return sum(1 for key in await kv.keys() if keys.is_job_id(key))
+                ids = [key for key in await kv.keys() if keys.is_job_id(key)]
             except nats.js.errors.NoKeysError:
-                return 0
+                return {}
+            found = {}
+            for job_id in ids:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await kv.get(job_id)
+                    found[job_id] = animation_pb2.JobState.FromString(entry.value or b"").status
+            return found
         finally:
             await nc.close()
 
+    jobs = asyncio.run(kv_jobs())
     objects = stack.s3.client().list_objects(
         stack.env()["ANIM_S3_BUCKET"], prefix="jobs/", recursive=True
     )
-    return asyncio.run(kv_keys()), sum(1 for _ in objects)
+    settled = sum(
+        1 for obj in objects if jobs.get(keys.job_id_of_key(obj.object_name)) not in _STILL_WRITING
+    )
+    return len(jobs), settled
 
 
 async def upload(client: AnimationClient, data: bytes) -> str:
