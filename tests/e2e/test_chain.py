@@ -17,11 +17,12 @@ import grpc
 import nats
 import pytest
 from PIL import Image
+from support.bad_input import counts
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
-from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE
+from ghibli_anim.runtime.bus.names import REQUEST_CREATE
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.store.s3 import S3Store
 from ghibli_anim.services.assembler.assemble import count_frames_gif, count_frames_mp4
@@ -122,26 +123,6 @@ def test_job_created_over_the_bus_request_subject(stack):
     assert sum(e.type == E.EVENT_TYPE_FRAME_RENDERED for e in events) == 3
 
 
-def _job_count(stack) -> tuple[int, int]:
-    """(jobs in KV anim-jobs: its keys that are job ids, not index entries; objects
-    under jobs/ in the bucket)."""
-
-    async def kv_keys():
-        nc = await nats.connect(stack.nats.url)
-        try:
-            kv = await nc.jetstream().key_value(JOBS_BUCKET)
-            try:
-                return sum(1 for key in await kv.keys() if keys.is_job_id(key))
-            except nats.js.errors.NoKeysError:
-                return 0
-        finally:
-            await nc.close()
-
-    client = stack.s3.client()
-    objects = len(list(client.list_objects("animations", prefix="jobs/", recursive=True)))
-    return asyncio.run(kv_keys()), objects
-
-
 @pytest.mark.parametrize("job_id", ["0" * 32, "not-a-job"])
 def test_unknown_or_malformed_job_ids(stack, job_id):
     async def main():
@@ -171,10 +152,10 @@ def test_repeated_idempotency_key_returns_the_same_job(stack):
             [e async for e in client.watch(first.job_id)]
             return first, second
 
-    before_kv, _ = _job_count(stack)
+    before_kv, _ = counts(stack)
     first, second = asyncio.run(main())
     assert not first.existing and second.existing and first.job_id == second.job_id
-    assert _job_count(stack)[0] == before_kv + 1
+    assert counts(stack)[0] == before_kv + 1
 
 
 def test_same_bytes_embedded_and_distributed(stack, tiny_cache_dir, tmp_path, monkeypatch):

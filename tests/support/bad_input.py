@@ -36,6 +36,7 @@ from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys, limits
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.runtime.bus.buckets import JobsBucket
 from ghibli_anim.runtime.bus.names import JOBS_BUCKET, REQUEST_CREATE
 from ghibli_anim.runtime.client import AnimationClient, put_presigned
 
@@ -442,11 +443,12 @@ def counts(stack: LocalStack) -> tuple[int, int]:
     async def kv_jobs() -> dict[str, int]:
         nc = await nats.connect(stack.nats.url)
         try:
-            kv = await nc.jetstream().key_value(JOBS_BUCKET)
-            try:
-                ids = [key for key in await kv.keys() if keys.is_job_id(key)]
-            except nats.js.errors.NoKeysError:
-                return {}
+            js = nc.jetstream()
+            kv = await js.key_value(JOBS_BUCKET)
+            # The stream's subjects, not kv.keys(): its watcher may see nothing pending
+            # yet on a busy machine and answer that there are no keys.
+            under = await JobsBucket(kv, js, nc).keys_under(one_token=True)
+            ids = [key for key in under if keys.is_job_id(key)]
             found = {}
             for job_id in ids:
                 with contextlib.suppress(nats.js.errors.KeyNotFoundError):
