@@ -36,16 +36,14 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
-from ghibli_anim.contracts import keys, lifecycle
+from ghibli_anim.contracts import keys, lifecycle, limits
 from ghibli_anim.contracts.pb import animation_pb2
 from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
-from ghibli_anim.runtime.store.base import NotFound, Store
+from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.services.planner import forks
 
 JOB_FILE = "job.json"
 """How an embedded run ended: its id, status, error and request (written by generate)."""
-# The parent's request fields a fork does not take over.
-_DROP = forks.PARENT_ONLY
 _FINISHED = {lifecycle.status_name(s) for s in lifecycle.TERMINAL}
 # The reviewed run's request fields its approval does not take over.
 _DROP_ON_APPROVE = ("idempotency_key", "client_id", "storyboard_json", "review")
@@ -141,7 +139,6 @@ def _prompt_edits(items: list[str]) -> dict[int, str]:
 def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.CreateAnimationRequest:
     """The fork's CreateAnimationRequest, checked against the parent run folder
     (ValueError naming the flag or field; nothing is written)."""
-    from ghibli_anim.cli.render_flags import read_plan
     from ghibli_anim.runtime.store.local import LocalStore
 
     if args.from_frame is None and args.extend is None:
@@ -174,29 +171,31 @@ def fork_request(args: argparse.Namespace, runs_dir: Path) -> animation_pb2.Crea
             f"--from-run: job {parent_id} started from an init image; forks of such runs "
             "are not supported"
         )
-    req = _recorded_request(record, args, _DROP)
+    req = _recorded_request(record, args, forks.PARENT_ONLY)
     req.fork.parent_job_id = parent_id
     store = LocalStore(runs_dir)
     if args.extend is not None:
         return _extend_request(args, req, store)
     req.fork.from_frame = args.from_frame
-    board = _stored_board(store, parent_id)
-    if args.plan is not None:
-        try:
-            board = parse_storyboard(read_plan(args.plan))
-        except ValueError as exc:
-            raise ValueError(f"--plan: {exc}") from None
-    if board is not None:
-        # K against the fork's frames first (1..N-1 for a fork of the parent's length).
-        req.frames = len(board.frames)
-        forks.check_request(req)
-    parent = forks.read_parent(store, parent_id, args.from_frame)
-    board = forks.edit_prompts(board or parent.board, _prompt_edits(args.prompt), args.from_frame)
+    board = _plan(args.plan) if args.plan is not None else forks.read_board(store, parent_id)
+    # K against the fork's frames first (1..N-1 for a fork of the parent's length).
     req.frames = len(board.frames)
-    req.storyboard_json = board.to_json()
     forks.check_request(req)
+    parent = forks.read_parent(store, parent_id, args.from_frame)
+    board = forks.edit_prompts(board, _prompt_edits(args.prompt), args.from_frame)
+    req.storyboard_json = board.to_json()
     forks.board_of(req, parent)
     return req
+
+
+def _plan(path: Path) -> Storyboard:
+    """The storyboard of ``--plan`` (any frame count: the fork's is checked after)."""
+    from ghibli_anim.cli.render_flags import read_plan
+
+    try:
+        return parse_storyboard(read_plan(path))
+    except ValueError as exc:
+        raise ValueError(f"--plan: {exc}") from None
 
 
 def _extend_request(
@@ -206,36 +205,19 @@ def _extend_request(
     frames. The new shots are ``--plan``'s (N+M shots, the first N the parent's; or N, the
     parent's, for the planner to continue), with ``--prompt`` edits; or ``--prompt``'s alone
     (one for every new frame); or, with neither, the planner continues the parent's."""
-    from ghibli_anim.cli.render_flags import read_plan
-
     parent_id = req.fork.parent_job_id
-    stored = _stored_board(store, parent_id)
-    if stored is not None:
-        forks.check_extension_frames(args.extend, len(stored.frames), parent_id, "--extend")
-    parent = forks.read_parent(store, parent_id, len(stored.frames) if stored else 1)
-    have = len(parent.board.frames)
+    have = len(forks.read_board(store, parent_id).frames)
+    forks.check_extension_frames(args.extend, have, parent_id, "--extend")
+    parent = forks.read_parent(store, parent_id, have)
     frames = have + args.extend
     req.fork.from_frame = have
     req.frames = frames
-    board = None
-    if args.plan is not None:
-        try:
-            board = parse_storyboard(read_plan(args.plan))
-        except ValueError as exc:
-            raise ValueError(f"--plan: {exc}") from None
-    board = forks.extension_board(parent.board, frames, board, _prompt_edits(args.prompt))
+    given = _plan(args.plan) if args.plan is not None else None
+    board = forks.extension_board(parent.board, frames, given, _prompt_edits(args.prompt))
     req.storyboard_json = board.to_json()
     forks.check_request(req)
     forks.board_of(req, parent)
     return req
-
-
-def _stored_board(store: Store, parent_id: str) -> Storyboard | None:
-    """The parent's storyboard, None when it cannot be read (read_parent says why)."""
-    try:
-        return parse_storyboard(store.get(keys.plan_key(parent_id)))
-    except (NotFound, ValueError):
-        return None
 
 
 def describe(req: animation_pb2.CreateAnimationRequest) -> str:
@@ -436,8 +418,7 @@ def _set_changes(
 ) -> None:
     """The storyboard, prompt edits and render settings the flags give (the fields of the
     same names in both requests)."""
-    from ghibli_anim.cli.render_flags import read_plan, set_number_or_schedule
-    from ghibli_anim.contracts import seeds
+    from ghibli_anim.cli.render_flags import read_plan, set_number_or_schedule, set_seed_mode
 
     req.prompts.extend(
         animation_pb2.PromptEdit(frame=i, prompt=text)
@@ -452,12 +433,7 @@ def _set_changes(
     for name in ("strength", "guidance"):
         set_number_or_schedule(req, name, getattr(args, name))
     if args.seed is not None:
-        if not 0 <= args.seed < 2**32:
-            raise ValueError(f"--seed: must be an integer in 0..{2**32 - 1}, got {args.seed}")
-        req.seed = args.seed
-    if ":" in args.seed_mode:
-        req.seed_mode_schedule = args.seed_mode
-    elif args.seed_mode:
-        req.seed_mode = seeds.parse_seed_mode(args.seed_mode)
+        req.seed = limits.SEED.check("--seed", args.seed)
+    set_seed_mode(req, args.seed_mode)
     if args.depth is not None:
         req.depth = args.depth

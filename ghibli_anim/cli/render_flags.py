@@ -162,14 +162,19 @@ def read_plan(path: Path) -> str:
         raise ValueError(f"--plan: cannot read {path} ({why})") from None
 
 
+def set_seed_mode(req, text: str) -> None:
+    """``--seed-mode``: keyframes ("0:increment, 10:fixed") or one mode; empty sets none."""
+    if ":" in text:
+        req.seed_mode_schedule = text
+    elif text:
+        req.seed_mode = seeds.parse_seed_mode(text)
+
+
 def flag_request(args: argparse.Namespace) -> animation_pb2.CreateAnimationRequest:
     """The request fields the render flags set; a flag left at its default sets none
     (so a fork takes its parent's value for it)."""
-    seed_mode = args.seed_mode
     req = animation_pb2.CreateAnimationRequest(
         profile=args.profile,
-        seed_mode=seeds.parse_seed_mode(seed_mode) if seed_mode and ":" not in seed_mode else 0,
-        seed_mode_schedule=seed_mode if ":" in seed_mode else "",
         negative_prompt=args.negative,
         depth=args.depth,
         idempotency_key=args.idempotency_key,
@@ -192,6 +197,7 @@ def flag_request(args: argparse.Namespace) -> animation_pb2.CreateAnimationReque
             setattr(req, name, value)
     for name in ("strength", "guidance"):
         set_number_or_schedule(req, name, getattr(args, name))
+    set_seed_mode(req, args.seed_mode)
     return req
 
 
