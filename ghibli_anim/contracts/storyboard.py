@@ -104,7 +104,8 @@ class PlannerInfo(StrictModel):
     """True when no LLM was used (the deterministic offline planner)."""
 
 
-def _prompt_key(prompt: str) -> str:
+def prompt_key(prompt: str) -> str:
+    """What makes two prompts the same one: their words, whatever the case and spacing."""
     return " ".join(prompt.split()).casefold()
 
 
@@ -135,7 +136,7 @@ class Storyboard(StrictModel):
         seen: dict[str, int] = {}
         problems: list[str] = []
         for i, shot in enumerate(self.frames):
-            key = _prompt_key(shot.prompt)
+            key = prompt_key(shot.prompt)
             if key in seen:
                 problems.append(
                     f"frames[{i}].prompt: duplicates frames[{seen[key]}].prompt "
@@ -178,8 +179,8 @@ def full_prompt(shot: Shot, storyboard: Storyboard) -> str:
     style = storyboard.style
     if not style:
         return prompt
-    phrase = re.escape(_prompt_key(style)).replace(r"\ ", r"\s+")
-    if re.search(rf"(^|[\s,;.]){phrase}($|[\s,;.])", _prompt_key(prompt)):
+    phrase = re.escape(prompt_key(style)).replace(r"\ ", r"\s+")
+    if re.search(rf"(^|[\s,;.]){phrase}($|[\s,;.])", prompt_key(prompt)):
         return prompt
     return f"{prompt.rstrip(' ,;.')}, {style}"
 

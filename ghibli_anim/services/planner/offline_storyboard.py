@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ghibli_anim.contracts import limits
-from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard
+from ghibli_anim.contracts.storyboard import Storyboard, parse_storyboard, prompt_key
 from ghibli_anim.contracts.tokens import PromptTooLong
 
 BEATS = (
@@ -128,10 +128,6 @@ def plan_offline(
     )
 
 
-def _key(prompt: str) -> str:
-    return " ".join(prompt.split()).casefold()
-
-
 def _beats_after(shots: Sequence[str], new: int) -> Sequence[str]:
     """The beats the new shots take: those after the last beat the existing prompts
     reached (a storyboard the offline planner wrote names one in each prompt). An arc that
@@ -171,7 +167,7 @@ def extend_offline(
         raise ValueError(f"frames: must be more than the storyboard's {have}, got {frames}")
     idea = " ".join(idea.split())
     style = board.style
-    used = {_key(shot.prompt) for shot in board.frames}
+    used = {prompt_key(shot.prompt) for shot in board.frames}
     beats = _beats_after([shot.prompt for shot in board.frames], frames - have)
     shots = []
     for k in range(frames - have):
@@ -179,14 +175,14 @@ def extend_offline(
         details = [DETAILS[(have + k + j) % len(DETAILS)] for j in range(len(DETAILS))]
         candidates = [f"{idea}, {beat}, {d}" for d in details] + [f"{idea}, {beat}"]
         fitting = [c for c in candidates if fits is None or fits(f"{c}, {style}")]
-        prompt = next((c for c in fitting if _key(c) not in used), None)
+        prompt = next((c for c in fitting if prompt_key(c) not in used), None)
         if prompt is None:
             raise PromptTooLong(
                 f"frames[{have + k}].prompt: the idea leaves no room for a new shot within "
                 f"CLIP's {limits.CLIP_MAX_TOKENS} tokens (with the style line) that differs "
                 "from the storyboard's; shorten the idea, or give the new shots"
             )
-        used.add(_key(prompt))
+        used.add(prompt_key(prompt))
         shots.append({"prompt": prompt, "camera": _CAMERA.get(beat, {})})
     data = board.model_dump(mode="json", exclude={"planner"})
     data["frames"] = [*data["frames"], *shots]
