@@ -51,10 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import tenacity
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.lifecycle import is_terminal
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
+from ghibli_anim.devtools.procfs import descendants
 from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.client import AnimationClient
@@ -208,28 +210,35 @@ def _status(code: int) -> str:
     return types_pb2.JobStatus.Name(code).removeprefix("JOB_STATUS_")
 
 
-async def _call(what, deadline: float):
-    """``what()`` until it answers or ``deadline`` (loop time) passes: the planner or
-    NATS may be down for a few seconds at any time."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            return await what()
-        except grpc.aio.AioRpcError as exc:
-            if (
-                exc.code()
-                in (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    grpc.StatusCode.NOT_FOUND,
-                )
-                or loop.time() > deadline
-            ):
-                raise
-        except TimeoutError:
-            if loop.time() > deadline:
-                raise
-        await asyncio.sleep(1.0)
+# Answers that trying again does not change; any other failure is the planner or NATS
+# being down for a few seconds.
+_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() not in _REFUSALS
+    return isinstance(exc, TimeoutError)
+
+
+async def _call(what, budget_s: float):
+    """``what()`` until it answers or ``budget_s`` seconds pass, a try a second: the
+    planner or NATS may be down for a few seconds at any time. A refusal is final."""
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(_transient),
+        wait=tenacity.wait_fixed(1.0),
+        stop=tenacity.stop_after_delay(budget_s),
+        reraise=True,
+    )
+
+    async def attempt():
+        return await what()  # ``what`` may be a lambda: tenacity awaits only coroutine functions
+
+    return await retrying(attempt)
 
 
 async def _run_job(
@@ -244,7 +253,7 @@ async def _run_job(
         return await client.create(request)
 
     try:
-        created = await _call(create, loop.time() + SUBMIT_GIVE_UP_S)
+        created = await _call(create, SUBMIT_GIVE_UP_S)
     except grpc.aio.AioRpcError as exc:
         out.error = f"not accepted: {exc.code().name}: {exc.details()}"
         return
@@ -269,7 +278,7 @@ async def _run_job(
         except (grpc.aio.AioRpcError, TimeoutError):
             await asyncio.sleep(1.0)
     with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
-        anim = await _call(lambda: client.get(out.job_id), deadline + 60)
+        anim = await _call(lambda: client.get(out.job_id), deadline + 60 - loop.time())
         out.status, out.error, out.frames_done = anim.status, anim.error, anim.frames_done
 
 
@@ -447,23 +456,6 @@ def _processes_in(folder: Path) -> set[int]:
     return found
 
 
-def _descendants(pid: int) -> set[int]:
-    """Living processes below ``pid`` (zombies have ended), from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-                if fields[0] != "Z":
-                    parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {c for c, p in parents.items() if p in frontier} - found
-        found |= frontier
-    return found
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200, help="jobs submitted in all")
@@ -484,7 +476,7 @@ def main() -> int:
     if sys.platform != "linux":
         parser.error("the soak reads /proc to find orphans: Linux only")
 
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         work = Path(tmp)
         env = tiny_cpu_env(work / "cache")
@@ -526,7 +518,7 @@ def main() -> int:
         # the stack's folder; and nothing answers on its ports.
         deadline = time.monotonic() + 5  # a process being killed right now may linger
         while True:
-            left = (_descendants(os.getpid()) - before) | _processes_in(work / "stack")
+            left = (descendants(os.getpid()) - before) | _processes_in(work / "stack")
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ghibli_anim.devtools.procfs import descendants
 from ghibli_anim.runtime import processes as launcher
+
+__all__ = ["alive", "answers", "descendants", "port_taken", "starts", "wait_until_gone"]
 
 
 def answers(port: int) -> bool:
@@ -33,28 +36,6 @@ def port_taken(port: int) -> Iterator[None]:
 
 def starts(server: launcher.ChildServer) -> int:
     return server.log_path.read_text().count(" start: ")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every living process below ``pid`` (children, theirs...), from /proc (Linux)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat.rpartition(")")[2].split()
-        if fields[0] != "Z":  # a zombie has exited; only its parent's wait is missing
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def alive(pids: set[int]) -> set[int]:
