@@ -21,6 +21,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+import tenacity
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
@@ -323,7 +324,17 @@ async def test_services_do_their_work_within_their_permissions(secured_nats: Nat
         for subject in BUS_CALLS:
             sub = await planner.nc.subscribe(subject, queue=PLANNER_QUEUE, cb=answer)
             await planner.nc.flush()
-            reply = await submitter.nc.request(subject, b"req", timeout=30)
+            # The planner's interest can reach the submitter's requests a moment after its
+            # flush on a busy machine (no responders then): ask again, briefly.
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(nats.errors.NoRespondersError),
+                wait=tenacity.wait_fixed(0.2),
+                stop=tenacity.stop_after_delay(10),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    reply = await submitter.nc.request(subject, b"req", timeout=30)
             assert reply.data == b"created:req"
             await sub.unsubscribe()
 
