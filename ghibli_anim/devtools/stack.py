@@ -61,6 +61,21 @@ def health_status(target: str, timeout: float = 1.0) -> int | None:
     return reply.status
 
 
+def wait_for_health(target: str, status: int, timeout: float = 20.0) -> bool:
+    """Whether ``target``'s health reaches ``status`` within ``timeout`` seconds.
+
+    Asks every 0.2 s rather than once: one health check that misses its deadline on a
+    busy machine turns a replica NOT_SERVING until the next check (2 s later), which
+    is honest and which a single look would take for the answer.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health_status(target) == status:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 class ServiceProcess(ChildServer):
     """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING."""
 

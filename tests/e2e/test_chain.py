@@ -21,7 +21,7 @@ from support.bad_input import counts
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, wait_for_health
 from ghibli_anim.runtime.bus.names import REQUEST_CREATE
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.store.s3 import S3Store
@@ -258,7 +258,7 @@ def test_serve_starts_where_torch_cannot_be_imported(stack, tmp_path, name):
     proc = ServiceProcess(name, tmp_path / name, env, free_port())
     try:
         proc.start(timeout=60)
-        assert health_status(proc.target) == 1  # SERVING
+        assert wait_for_health(proc.target, 1)  # SERVING
     finally:
         proc.stop()
     check = subprocess.run(

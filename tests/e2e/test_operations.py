@@ -18,7 +18,7 @@ import pytest
 from ghibli_anim.cli import main as cli
 from ghibli_anim.contracts import keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
-from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, health_status
+from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, wait_for_health
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.client import AnimationClient, DownloadError, download_files
@@ -253,7 +253,7 @@ def test_a_download_with_a_wrong_sha256_leaves_nothing(tmp_path):
 def test_sigterm_stops_a_service_gracefully(stack, tmp_path):
     proc = ServiceProcess("renderer", tmp_path / "renderer", stack.env(), free_port())
     proc.start(timeout=60)
-    assert health_status(proc.target) == SERVING
+    assert wait_for_health(proc.target, SERVING)
     os.kill(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while proc.returncode is None and time.monotonic() < deadline:
@@ -268,17 +268,8 @@ def test_health_follows_the_dependencies(tiny_cache_dir, tmp_path):
     env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny"}
     with LocalStack(tmp_path, services=("planner",), env=env) as s:
         target = s.planner_target
-        assert health_status(target) == SERVING
+        assert wait_for_health(target, SERVING), s.logs()
         s.nats.kill()
-
-        def wait_for(status, timeout=20.0):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if health_status(target) == status:
-                    return True
-                time.sleep(0.2)
-            return False
-
-        assert wait_for(NOT_SERVING), s.logs()
+        assert wait_for_health(target, NOT_SERVING), s.logs()
         s.nats.start()
-        assert wait_for(SERVING), s.logs()
+        assert wait_for_health(target, SERVING), s.logs()
