@@ -11,14 +11,19 @@ path: what a GPU would wait on.
 
 Two arms, one after the other in one run: the services in one process (``embedded``, as
 ``ghibli-anim generate`` runs them) and as separate processes over loopback
-(``distributed``, as a deployment runs them; tiny models, one torch thread each). A warm-up
-job loads every model first. Per frame: the time from frame i-1's ``frame.rendered`` event to
-frame i's (frame 0: from its ``frame.started``). The breakdown comes from the services' own
-trace spans (exported by OTLP to this script in the distributed arm): the renderer's stages
-(``frame.*`` spans), the depth handler, the conductor's handlers, and the rest (bus hops,
-job-state reads and writes, queueing: the gap no span covers).
+(``distributed``, as a deployment runs them; tiny models, one torch and one OpenCV thread
+each). A warm-up job loads every model first. Per frame: the time from frame i-1's
+``frame.rendered`` event to frame i's (frame 0: from its ``frame.started``). The breakdown
+comes from the services' own trace spans: the renderer's stages (``frame.*`` spans), the
+depth handler, the conductor's handlers, and the rest (bus hops, job-state reads and writes,
+queueing: the gap no span covers). The distributed arm runs twice, on a fresh stack each
+time: once with every service exporting its spans to this script by OTLP, for the
+breakdown, and once without, as a deployment runs by default, for its figures (exporting
+spans costs CPU, a few ms a frame here). That second run also prints the CPU time each
+process of the stack used per frame, and their total over this machine's cores: with more
+busy processes than cores, a floor under the time per frame.
 
-Last line: ``host_ms_per_frame=<median> p95=<p95>`` of the distributed arm.
+Last line: ``host_ms_per_frame=<median> p95=<p95>`` of the distributed arm, untraced.
 
     python bench/chain_host.py [--frames 24] [--size 512] [--arms embedded,distributed]
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import threading
@@ -36,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.devtools import procfs
 from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.devtools.timed_jobs import timed_job
 from ghibli_anim.runtime.client import AnimationClient
@@ -65,6 +72,8 @@ class Run:
     job_id: str
     intervals_ms: list[float]
     spans: list[Span] = field(default_factory=list)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    """CPU time per frame of each process of the stack (distributed arm only)."""
 
 
 def _request(frames: int, size: int, seed: int) -> animation_pb2.CreateAnimationRequest:
@@ -81,9 +90,9 @@ def _request(frames: int, size: int, seed: int) -> animation_pb2.CreateAnimation
     )
 
 
-async def _job(target: str, req: animation_pb2.CreateAnimationRequest) -> Run:
+async def _job(target: str, req: animation_pb2.CreateAnimationRequest, on_last_frame=None) -> Run:
     async with AnimationClient(target, timeout_s=120) as client:
-        job = await timed_job(client, req)
+        job = await timed_job(client, req, on_last_frame)
     return Run(job.job_id, [t * 1000 for t in job.intervals_s])
 
 
@@ -224,22 +233,50 @@ def breakdown(run: Run) -> list[tuple[str, float]]:
 # --- the two arms -----------------------------------------------------------------------------
 
 
-def _distributed(work: Path, env: dict[str, str], frames: int, size: int) -> Run:
-    receiver = OtlpReceiver()
-    traced = {
-        **env,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-    }
+def _cpu_times(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds used so far by each process of ``stack`` and by this one (the watching
+    client and, when traced, the span receiver)."""
+    pids = {label: server.pid for label, server in stack.servers()}
+    pids["this benchmark (client, span receiver)"] = os.getpid()
+    return {label: procfs.cpu_seconds(pid) for label, pid in pids.items() if pid is not None}
+
+
+def _distributed(work: Path, env: dict[str, str], frames: int, size: int, *, traced: bool) -> Run:
+    """One job through the stack as separate processes. ``traced``: the services export
+    their spans to this script, for the breakdown; exporting them costs CPU too, so the
+    figures come from a run without."""
+    receiver = OtlpReceiver() if traced else None
+    if receiver is not None:
+        env = {
+            **env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+    folder = work / ("stack-traced" if traced else "stack")
     try:
-        with LocalStack(work / "stack", services=SERVICES, env=traced, standin=True) as stack:
+        with LocalStack(folder, services=SERVICES, env=env, standin=True) as stack:
             asyncio.run(_job(stack.planner_target, _request(2, size, 1)))  # warm-up
-            run = asyncio.run(_job(stack.planner_target, _request(frames, size, 42)))
-        # Stopping the services flushed their last spans.
-        run.spans = list(receiver.spans)
+            before = _cpu_times(stack)
+            after: dict[str, float] = {}
+            # Up to the last frame: the outputs' assembly that follows is not the chain's.
+            run = asyncio.run(
+                _job(
+                    stack.planner_target,
+                    _request(frames, size, 42),
+                    lambda: after.update(_cpu_times(stack)),
+                )
+            )
+        run.cpu_ms = {
+            label: (after[label] - before[label]) * 1000 / frames
+            for label in before
+            if label in after
+        }
+        if receiver is not None:  # stopping the services flushed their last spans
+            run.spans = list(receiver.spans)
         return run
     finally:
-        receiver.close()
+        if receiver is not None:
+            receiver.close()
 
 
 def _embedded(work: Path, env: dict[str, str], frames: int, size: int) -> Run:
@@ -281,9 +318,21 @@ def report(arm: str, run: Run) -> tuple[float, float]:
     print(
         f"\n{arm}: {len(run.intervals_ms)} frames, ms per frame median {median:.1f}, p95 {p95:.1f}"
     )
-    print(f"  {'part of the critical path (median ms per frame)':<72} {'ms':>7}")
-    for name, ms in breakdown(run):
-        print(f"  {name:<72} {ms:>7.1f}")
+    if run.spans:
+        print(f"  {'part of the critical path (median ms per frame)':<72} {'ms':>7}")
+        for name, ms in breakdown(run):
+            print(f"  {name:<72} {ms:>7.1f}")
+    if run.cpu_ms:
+        # On a machine with fewer cores than busy processes, the chain waits for CPU:
+        # the total over the cores is a floor under the time per frame.
+        cores = os.cpu_count() or 1
+        total = sum(run.cpu_ms.values())
+        print(f"  {'CPU time by process (ms per frame, job start to last frame)':<72} {'ms':>7}")
+        for label, ms in sorted(run.cpu_ms.items(), key=lambda kv: -kv[1]):
+            print(f"  {'  ' + label:<72} {ms:>7.1f}")
+        print(
+            f"  {'  total; over ' + str(cores) + ' cores':<72} {total:>7.1f} {total / cores:>6.1f}"
+        )
     return median, p95
 
 
@@ -304,8 +353,10 @@ def main() -> None:
         if "embedded" in arms:
             results["embedded"] = report("embedded", _embedded(work, env, args.frames, args.size))
         if "distributed" in arms:
+            traced = _distributed(work, env, args.frames, args.size, traced=True)
+            report("distributed, traced (for the breakdown)", traced)
             results["distributed"] = report(
-                "distributed", _distributed(work, env, args.frames, args.size)
+                "distributed", _distributed(work, env, args.frames, args.size, traced=False)
             )
     last = results.get("distributed") or results["embedded"]
     print(f"host_ms_per_frame={last[0]:.1f} p95={last[1]:.1f}")

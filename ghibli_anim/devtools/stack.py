@@ -312,13 +312,17 @@ class Supervisor:
 
 def tiny_cpu_env(cache_dir: Path, threads: int = 1) -> dict[str, str]:
     """The variables of a stack on the ``tiny`` profile, on the CPU with ``threads`` torch
-    threads per process; the tiny models are written into ``cache_dir`` first."""
+    and OpenCV threads per process; the tiny models are written into ``cache_dir`` first.
+
+    The stack's processes share this machine's few cores: a thread pool per library and
+    process, each as large as the machine, would only make them wait for one another."""
     env = {
         "ANIM_CACHE_DIR": str(cache_dir),
         "ANIM_PROFILE": "tiny",
         "ANIM_DEVICE": "cpu",
         "ANIM_DTYPE": "float32",
         "OMP_NUM_THREADS": str(threads),
+        "OPENCV_FOR_THREADS_NUM": str(threads),  # OpenCV's parallel_for pool
     }
     write_tiny_models(tiny_dir(config.load("client", {**env, "ANIM_STORE": "local"})))
     return env

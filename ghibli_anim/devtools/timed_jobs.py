@@ -3,6 +3,7 @@ benchmarks measure the chain (from the events' own timestamps, set where they we
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
@@ -36,10 +37,13 @@ class TimedJob:
 
 
 async def timed_job(
-    client: AnimationClient, request: animation_pb2.CreateAnimationRequest
+    client: AnimationClient,
+    request: animation_pb2.CreateAnimationRequest,
+    on_last_frame: Callable[[], None] | None = None,
 ) -> TimedJob:
     """Create the job, watch it to its end; raises RuntimeError unless it completed with
-    every frame rendered."""
+    every frame rendered. ``on_last_frame`` is called once every frame has been seen
+    rendered (before the outputs are assembled)."""
     created = await client.create(request)
     job = TimedJob(created.job_id, request.frames)
     async for event in client.watch(created.job_id):
@@ -47,7 +51,10 @@ async def timed_job(
         if event.type == bus_pb2.EVENT_TYPE_FRAME_STARTED:
             job.started.setdefault(event.frame, t)
         elif event.type == bus_pb2.EVENT_TYPE_FRAME_RENDERED:
+            first = event.frame not in job.rendered
             job.rendered.setdefault(event.frame, t)
+            if first and len(job.rendered) == request.frames and on_last_frame is not None:
+                on_last_frame()
     animation = await client.get(created.job_id)
     if animation.status != types_pb2.JOB_STATUS_COMPLETED:
         raise RuntimeError(f"job {created.job_id} ended {animation.status}: {animation.error}")

@@ -66,7 +66,7 @@ class DepthEstimator:
 
     def predict(self, image: Image.Image) -> np.ndarray:
         """Raw model output resized to the image, float32, shape (height, width)."""
-        image = image.convert("RGB")
+        image = image if image.mode == "RGB" else image.convert("RGB")
         inputs: Any = self.processor(images=image, return_tensors="pt").to(self.device)
         with self._lock, torch.inference_mode():
             predicted = self.model(**inputs).predicted_depth  # (1, h', w')
@@ -87,14 +87,18 @@ class DepthEstimator:
 
     def estimate(self, image: Image.Image) -> Image.Image:
         """Depth map of ``image``: mode "L", same size, 0..255, near = bright."""
+        return Image.fromarray(self.estimate_array(image))  # 2-D uint8: mode "L"
+
+    def estimate_array(self, image: Image.Image) -> np.ndarray:
+        """:meth:`estimate` as a 2-D uint8 array (what the renderer keeps and encodes)."""
         depth = self.predict(image)
-        if self.metric:
-            depth = -depth
-        low, high = float(depth.min()), float(depth.max())
+        low, high = float(depth.min()), float(depth.max())  # NaN anywhere makes them NaN
         if not np.isfinite([low, high]).all():
             raise ValueError(f"depth_model: {self.model_ref!r} returned non-finite depth")
         if high - low < 1e-12:  # a flat map: nothing is nearer than anything else
-            scaled = np.zeros_like(depth)
-        else:
-            scaled = (depth - low) / (high - low) * 255.0
-        return Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8: mode "L"
+            return np.zeros(depth.shape, np.uint8)
+        # (depth - low) / (high - low) * 255, or (high - depth) / ... for metric depth (far is
+        # large), rounded half to even and saturated, in one OpenCV pass.
+        scale = 255.0 / (high - low)
+        alpha, beta = (-scale, high * scale) if self.metric else (scale, -low * scale)
+        return cv2.addWeighted(depth, alpha, depth, 0.0, beta, dtype=cv2.CV_8U)

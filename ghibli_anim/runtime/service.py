@@ -41,7 +41,7 @@ from ghibli_anim.runtime.auth import BearerAuth, Tokens, server_credentials
 from ghibli_anim.runtime.bus.connection import Bus, connect
 from ghibli_anim.runtime.bus.consumer import WorkConsumer, pending
 from ghibli_anim.runtime.bus.names import JOB_LEVEL_FRAME
-from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.publish import new_event, publish_event, send_event
 from ghibli_anim.runtime.grpcserver import GrpcServer, ServiceBinding
 from ghibli_anim.runtime.store.base import Store
 from ghibli_anim.runtime.store.open import open_store
@@ -88,9 +88,11 @@ class Service:
     def bindings(self) -> list[ServiceBinding]:
         return []
 
-    async def emit(self, event_type: int, work, **fields):
+    async def emit(self, event_type: int, work, *, acked: bool = True, **fields):
         """Publish an event about ``work``: its job, frame (-1 for job-level work) and
-        attempt, caused by what caused the work, from this service."""
+        attempt, caused by what caused the work, from this service. ``acked=False``: do
+        not wait for the stream's acknowledgement (:func:`send_event`, for events that only
+        inform)."""
         event = new_event(
             event_type,
             work.job_id,
@@ -100,7 +102,10 @@ class Service:
             service=self.name,
             **fields,
         )
-        await publish_event(self.bus.js, event)
+        if acked:
+            await publish_event(self.bus.js, event)
+        else:
+            await send_event(self.bus.nc, event)
         return event
 
     def checks(self) -> dict[str, Callable[[], Awaitable[None]]]:

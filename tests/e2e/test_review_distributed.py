@@ -2,7 +2,8 @@
 and SeaweedFS): a job created with ``review`` waits in PLANNED with its storyboard, is
 approved over gRPC with an edited storyboard, renders, and its frames, depth maps and GIF
 are byte for byte those of a fresh job created with that storyboard (``--plan``). A fork
-waiting for review refuses an edit of the parent's first K shots."""
+waiting for review refuses an edit of the parent's first K shots, and an edit once its copied
+frames are damaged."""
 
 from __future__ import annotations
 
@@ -81,6 +82,18 @@ def test_review_edit_approve_render_equals_a_fresh_job(stack) -> None:
                 "storyboard_json: frames[0].prompt (with the style) differs from the parent's"
             )
             assert store.get(keys.plan_key(fork)) == plan_before
+            # A copied frame's record deleted since creation: the job's own files are
+            # damaged, not the request (FAILED_PRECONDITION, not INTERNAL), nothing written.
+            store.delete(keys.frame_record_key(fork, 1))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.approve(fork, _board(edited))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert info.value.details() == (
+                "storyboard_json: fork: frame 1's record, copied from the parent at creation, "
+                "is missing or unreadable"
+            )
+            assert store.get(keys.plan_key(fork)) == plan_before
+            assert (await client.get(fork)).status == lifecycle.PLANNED
             assert (await client.cancel(fork)).status == lifecycle.CANCELLED
 
     asyncio.run(review_a_fork())

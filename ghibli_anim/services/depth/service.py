@@ -14,7 +14,6 @@ import logging
 import threading
 
 import grpc
-import numpy as np
 from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
@@ -76,12 +75,12 @@ class DepthService(TorchService):
         except Exception as exc:
             raise ValueError(f"image_key: not a readable image ({exc})") from None
         try:
-            depth = self._estimator(model_ref).estimate(image.convert("RGB"))
+            depth = self._estimator(model_ref).estimate_array(image.convert("RGB"))
         except OSError as exc:
             raise ValueError(f"depth_model: cannot load {model_ref!r} ({exc})") from exc
         # Encoded as the renderer encodes the maps it makes: the same bytes either way.
-        self.store.put(output_key, encode_png(np.asarray(depth)), "image/png")
-        return depth.size
+        self.store.put(output_key, encode_png(depth), "image/png")
+        return depth.shape[1], depth.shape[0]
 
     async def handle(self, work: bus_pb2.DepthWork, delivery: Delivery) -> None:
         job_id = keys.check_job_id(work.job_id)

@@ -163,6 +163,13 @@ def read_board(store: Store, parent_id: str, field: str = f"{FIELD}.parent_job_i
         ) from None
 
 
+def started_from_init_image(parent_id: str, field: str) -> str:
+    """Why a job started from an init image cannot be forked or extended."""
+    return (
+        f"{field}: job {parent_id} started from an init image; forks of such jobs are not supported"
+    )
+
+
 def read_parent(
     store: Store, parent_id: str, from_frame: int, field: str = f"{FIELD}.parent_job_id"
 ) -> ParentFrames:
@@ -171,6 +178,8 @@ def read_parent(
     board = read_board(store, parent_id, field)
     check_parent_frames(from_frame, len(board.frames), parent_id)
     stored = set(store.list(keys.job_prefix(parent_id)))
+    if keys.init_key(parent_id) in stored:  # also where the job store forgot the parent
+        raise ForkError(started_from_init_image(parent_id, field))
     specs = []
     for i in range(from_frame):
         missing = [

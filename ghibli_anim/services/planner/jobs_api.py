@@ -31,6 +31,7 @@ from ghibli_anim.contracts.validate import validate_create
 from ghibli_anim.runtime import tracing
 from ghibli_anim.runtime.auth import ANONYMOUS, current_client
 from ghibli_anim.runtime.bus.connection import Bus
+from ghibli_anim.runtime.bus.consumer import NonRetryable
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM, job_events_filter
 from ghibli_anim.runtime.bus.publish import announce, job_event, publish_event
 from ghibli_anim.runtime.bus.watch import read_job_events, watch_job_events
@@ -277,10 +278,7 @@ class JobsApi:
             ) from None
         self._check_forkable(parent_state, field)
         if parent_state.request.init_upload_id:
-            raise ValueError(
-                f"{field}: job {parent_id} started from an init image; forks of such jobs "
-                "are not supported"
-            )
+            raise ValueError(forks.started_from_init_image(parent_id, field))
         return parent_state
 
     @staticmethod
@@ -501,9 +499,12 @@ class JobsApi:
                 # creation); the edit must too.
                 planned = await asyncio.to_thread(self.store.get, keys.plan_key(job_id))
                 forks.check_board(parse_storyboard(planned), board, state.request.fork.from_frame)
-            specs, stored = await asyncio.to_thread(
-                plan_step.frame_specs_of, self.store, state, board, state.profile
-            )
+            try:
+                specs, stored = await asyncio.to_thread(
+                    plan_step.frame_specs_of, self.store, state, board, state.profile
+                )
+            except NonRetryable as exc:  # a fork's copied frames damaged since creation
+                raise FailedPrecondition(f"storyboard_json: {exc}") from None
             plan = (board, specs, stored)
             await asyncio.to_thread(plan_step.write_plan, self.store, job_id, board)
         # Built first: the job's state records its id as the cause of the change.

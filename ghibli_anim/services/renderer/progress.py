@@ -7,6 +7,8 @@ order). Throttled: at most one event per ``PROGRESS_INTERVAL_S`` for a frame,
 plus the last step of every pipeline call, so a frame's progress always ends at
 the number of steps that ran. Each event has ``step``, ``steps`` (of the
 pipeline call) and ``reason`` = ``elapsed S s``: seconds since the frame started.
+They are sent without waiting for the stream's acknowledgement (``send_event``):
+on the renderer's connection, so still before its ``frame.rendered``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import contextlib
 import logging
 import time
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 
 from ghibli_anim.contracts import events
 from ghibli_anim.contracts.pb import bus_pb2
 from ghibli_anim.runtime import metrics
-from ghibli_anim.runtime.bus.publish import new_event, publish_event
+from ghibli_anim.runtime.bus.publish import new_event, send_event
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,14 @@ class ProgressReporter:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: NATS,
         work: bus_pb2.RenderWork,
         service: str,
         *,
         interval_s: float = PROGRESS_INTERVAL_S,
         started: float | None = None,
     ) -> None:
-        self._js = js
+        self._nc = nc
         self._work = work
         self._service = service
         self._interval_s = interval_s
@@ -90,7 +92,7 @@ class ProgressReporter:
     async def _publish_all(self) -> None:
         while (event := await self._queue.get()) is not None:
             try:
-                await publish_event(self._js, event)
+                await send_event(self._nc, event)
             except Exception as exc:  # a lost progress event must not fail the frame
                 log.warning(
                     "progress event not published: %s",

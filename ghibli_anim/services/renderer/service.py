@@ -326,7 +326,8 @@ class RendererService(TorchService):
         if i < len(state.frame_states) and state.frame_states[i].rendered:
             log.info("frame already rendered", extra={"job_id": job_id, "frame": i})
             return
-        await self.emit(events.FRAME_STARTED, work)
+        # Informative only: not worth a round trip on the frame's critical path.
+        await self.emit(events.FRAME_STARTED, work, acked=False)
         started = time.monotonic()
         await faults.hit("render", i)
         depth_key = ""
@@ -335,7 +336,7 @@ class RendererService(TorchService):
             if keys.job_id_of_key(depth_key) != job_id:
                 raise NonRetryable(f"depth_output_key: {depth_key} is not a key of job {job_id}")
         # frame.progress events from the torch thread, all out before frame.rendered.
-        progress = ProgressReporter(self.bus.js, work, self.name, started=started)
+        progress = ProgressReporter(self.bus.nc, work, self.name, started=started)
         try:
             result, timer, source_read, rendered_ahead = await self._result(
                 work, delivery, ahead, depth_key, progress
@@ -597,7 +598,7 @@ class RendererService(TorchService):
         # The device runs one model call at a time: the depth model waits for the
         # diffusion of another work in hand (ANIM_RENDER_CONCURRENCY), and it for it.
         with self.cache.lock:
-            gray = np.asarray(estimator.estimate(Image.fromarray(pixels)))
+            gray = estimator.estimate_array(Image.fromarray(pixels))
         gray.setflags(write=False)
         # The stored PNG decodes to exactly these pixels: the next frame on this replica
         # is guided as it would be by the map read from the store.

@@ -34,6 +34,10 @@ def test_small_run_prints_each_arm_and_the_last_line() -> None:
     # The renderer's own stages and the depth map made with each frame are in the breakdown.
     for stage in ("renderer color", "renderer depth", "renderer encode", "renderer store"):
         assert stage in out
+    # Where the distributed arm's CPU went, process by process, and its floor on these cores.
+    for process in ("renderer-0", "planner-0", "nats-server", "s3", "this benchmark"):
+        assert re.search(rf"^ +{process}\S* .* [\d.]+$", out, re.M), process
+    assert re.search(r"^ +total; over \d+ cores +[\d.]+ +[\d.]+$", out, re.M)
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"host_ms_per_frame=[\d.]+ p95=[\d.]+", last), last
 

@@ -115,6 +115,12 @@ def test_reading_the_parent_and_copying_its_frames(tmp_path) -> None:
         forks.read_parent(store, FORK, 1)
     parent = forks.read_parent(store, PARENT, 2)
     assert parent.depth_maps == {0} and [s.prompt for s in parent.specs] == ["p0", "p1"]
+    # Started from an init image: refused from its stored files alone (CreateAnimation with
+    # fork, or a parent the job store no longer holds), naming the request's field.
+    store.put(keys.init_key(PARENT), b"init")
+    with pytest.raises(forks.ForkError, match=rf"^fork\.parent_job_id: job {PARENT} started from"):
+        forks.read_parent(store, PARENT, 2)
+    store.delete(keys.init_key(PARENT))
     written = forks.copy_frames(store, parent, FORK)
     assert written == [
         keys.frame_key(FORK, 0),
