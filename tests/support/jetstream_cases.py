@@ -3,9 +3,9 @@ functions shared by two modules: one runs them on :class:`support.memory_js.Memo
 (unit tier, no server), one on a real nats-server after ``bus init`` (integration tier).
 The unit tests of the conductor rely on the in-memory copy; these keep it honest.
 
-Each module provides the fixture ``js`` (a JetStream context with the streams and
-buckets of ``bus init``, nothing published yet) and imports these tests with
-``from support.jetstream_cases import *``.
+Each module provides the fixtures ``js`` (a JetStream context with the streams and
+buckets of ``bus init``, nothing published yet) and ``nc`` (the core connection it belongs
+to) and imports these tests with ``from support.jetstream_cases import *``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,20 @@ from nats.js import api
 from ghibli_anim.contracts import events, keys
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM, MSG_ID_HEADER, WORK_STREAM, work_msg_id
-from ghibli_anim.runtime.bus.publish import announce, publish_work
+from ghibli_anim.runtime.bus.publish import (
+    announce,
+    new_event,
+    publish_event,
+    publish_work,
+    send_event,
+)
 from ghibli_anim.runtime.jobstore import JobNotFound, JobStore
 
 __all__ = [
     "test_a_deleted_message_is_gone",
     "test_a_publish_lands_in_the_stream_of_its_subject",
     "test_a_repeated_message_id_is_a_duplicate",
+    "test_an_event_sent_without_an_ack_lands_in_order_and_deduplicates",
     "test_jobs_are_listed_and_purged_through_the_buckets_stream",
     "test_the_expected_stream_must_match",
 ]
@@ -65,6 +72,19 @@ async def test_a_repeated_message_id_is_a_duplicate(js):
     assert (again.seq, again.duplicate) == (1, True)
     assert (other.seq, other.duplicate) == (2, None)
     assert [m.data for m in await published(js, WORK_STREAM)] == [b"one", b"three"]
+
+
+async def test_an_event_sent_without_an_ack_lands_in_order_and_deduplicates(js, nc):
+    """What the renderer relies on for frame.started and frame.progress (send_event)."""
+    job = keys.new_job_id()
+    started = new_event(events.FRAME_STARTED, job, 0, 1, "cause", service="renderer")
+    await send_event(nc, started)
+    await send_event(nc, started)  # the same Nats-Msg-Id: a duplicate, dropped
+    rendered = new_event(events.FRAME_RENDERED, job, 0, 1, "cause", service="renderer")
+    await publish_event(js, rendered)  # acknowledged: the unacknowledged one is in before it
+    await nc.flush()
+    stored = [bus_pb2.Event.FromString(m.data) for m in await published(js, EVENTS_STREAM)]
+    assert stored == [started, rendered]
 
 
 async def test_the_expected_stream_must_match(js):

@@ -8,6 +8,8 @@ stored), ``get_msg``/``delete_msg`` of a missing sequence raise ``NotFoundError`
 the two KV buckets of the job store (:class:`support.memory_kv.MemoryKV`) are listed
 and purged through their streams (``KV_<bucket>``, subjects ``$KV.<bucket>.<key>``) the
 way ``JobsBucket`` does it. Streams never expire, and there are no consumers.
+:class:`MemoryNats` is the core connection beside it: a plain publish (no reply, no
+acknowledgement) on a stream's subject is stored as the stream stores any publish.
 
 The same contract tests (tests/support/jetstream_cases.py) run against a real
 nats-server in tests/integration/runtime/bus/test_jetstream_contract.py, so the two
@@ -16,12 +18,14 @@ cannot drift apart unnoticed.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET, MSG_ID_HEADER
 from ghibli_anim.runtime.bus.topology import stream_configs
 from support.memory_kv import MemoryKV
@@ -154,3 +158,32 @@ class MemoryJetStream:
         if bucket not in self.buckets:
             raise nats.js.errors.BucketNotFoundError
         return self.buckets[bucket]
+
+
+class MemoryNats:
+    """The core-NATS ``publish`` of the connection ``js`` belongs to: the server stores a
+    message on a stream's subject (deduplicated by ``Nats-Msg-Id``) without answering, and
+    drops one that no stream takes."""
+
+    def __init__(self, js: MemoryJetStream) -> None:
+        self._js = js
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # No stream takes it: gone, as on the server.
+        with contextlib.suppress(nats.errors.NoRespondersError):
+            await self._js.publish(subject, payload, headers=headers)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Everything published is stored already."""
+
+
+def memory_bus(name: str = "test") -> Bus:
+    """A ``Bus`` on an in-memory JetStream and its core connection (no server)."""
+    js = MemoryJetStream()
+    return Bus(nc=MemoryNats(js), js=js, name=name)  # type: ignore[arg-type]

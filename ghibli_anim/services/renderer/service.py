@@ -35,7 +35,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -348,26 +348,29 @@ class RendererService(TorchService):
         finally:
             await progress.close()
         png = await asyncio.wrap_future(result.encoded)
-        record = {
-            **await result.full_record(),
-            "job_id": job_id,
-            "frame": i,
-            "attempt": work.attempt,
-            "causation_id": work.causation_id,
-            "key": keys.frame_key(job_id, i),
-            "sha256": sha256_hex(png),
-            "source_read": source_read,
-            "rendered_ahead": rendered_ahead,
-            # The whole spec, so a fork of this job renders from exactly what this frame
-            # ran with, from the store alone (services/planner/forks.py).
-            "spec": MessageToDict(
-                work.spec,
-                preserving_proto_field_name=True,
-                always_print_fields_with_no_presence=True,
-            ),
-        }
+
+        async def record_of() -> dict:
+            return {
+                **await result.full_record(),
+                "job_id": job_id,
+                "frame": i,
+                "attempt": work.attempt,
+                "causation_id": work.causation_id,
+                "key": keys.frame_key(job_id, i),
+                "sha256": sha256_hex(png),
+                "source_read": source_read,
+                "rendered_ahead": rendered_ahead,
+                # The whole spec, so a fork of this job renders from exactly what this
+                # frame ran with, from the store alone (services/planner/forks.py).
+                "spec": MessageToDict(
+                    work.spec,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                ),
+            }
+
         with timer.time("store"):
-            await self._write(job_id, i, result, png, record, depth_key)
+            record = await self._write(job_id, i, result, png, record_of, depth_key)
         timer.observe(record["mode"])
         if result.notice:
             log.warning(result.notice, extra={"job_id": job_id, "frame": i})
@@ -648,28 +651,40 @@ class RendererService(TorchService):
         i: int,
         result: _Rendered,
         png: bytes,
-        record: dict,
+        record_of: Callable[[], Awaitable[dict]],
         depth_key: str = "",
-    ) -> None:
+    ) -> dict:
+        """Store the frame, its record and its depth map side by side, each PUT started as
+        soon as its bytes are ready: the frame's first, while its record waits for the
+        colour distances and the map for its PNG. Then keep the pixels for the next frame
+        on this replica. Returns the record."""
         frame_key = keys.frame_key(job_id, i)
-        record_json = json.dumps(record, indent=2, sort_keys=True).encode()
-        writes = [
-            asyncio.to_thread(self.store.put, frame_key, png, "image/png"),
-            asyncio.to_thread(
-                self.store.put, keys.frame_record_key(job_id, i), record_json, "application/json"
-            ),
-        ]
-        if depth_key and result.depth is not None:
-            depth_png = await asyncio.wrap_future(result.depth.encoded)
-            writes.append(asyncio.to_thread(self.store.put, depth_key, depth_png, "image/png"))
-        # Side by side: one store round trip on the critical path, not two or three.
-        await asyncio.gather(*writes)
+        writes: list[asyncio.Future] = []
+
+        def put(key: str, data: bytes, content_type: str) -> None:
+            writes.append(
+                asyncio.ensure_future(asyncio.to_thread(self.store.put, key, data, content_type))
+            )
+
+        try:
+            put(frame_key, png, "image/png")
+            record = await record_of()
+            record_json = json.dumps(record, indent=2, sort_keys=True).encode()
+            put(keys.frame_record_key(job_id, i), record_json, "application/json")
+            if depth_key and result.depth is not None:
+                put(depth_key, await asyncio.wrap_future(result.depth.encoded), "image/png")
+            await asyncio.gather(*writes)
+        except BaseException:
+            for write in writes:  # nothing waits for them now; a retry writes the same bytes
+                write.cancel()
+            raise
         # The stored PNGs decode to exactly these pixels (PNG is lossless): the next
         # frame on this replica starts from them, as it would from the store.
         result.pixels.setflags(write=False)
         self.recent.put(frame_key, result.pixels)
         if depth_key and result.depth is not None:
             self.recent.put(depth_key, result.depth.pixels)
+        return record
 
     async def close(self) -> None:
         # Every render still running (one handed back by the drain, one rendered ahead that

@@ -13,3 +13,8 @@ from ghibli_anim.runtime.bus.connection import Bus
 @pytest.fixture
 def js(nbus: Bus):
     return nbus.js
+
+
+@pytest.fixture
+def nc(nbus: Bus):
+    return nbus.nc

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import pytest
 from support.jetstream_cases import *  # noqa: F403 (the shared contract tests)
-from support.memory_js import MemoryJetStream, _matches
+from support.memory_js import MemoryJetStream, MemoryNats, _matches
 
 
 @pytest.fixture
 def js() -> MemoryJetStream:
     return MemoryJetStream()
+
+
+@pytest.fixture
+def nc(js: MemoryJetStream) -> MemoryNats:
+    return MemoryNats(js)
 
 
 @pytest.mark.parametrize(

@@ -240,10 +240,13 @@ def test_distance_on_the_shrunk_copy_tracks_the_full_size_one() -> None:
         full_mean = float(deltaE_ciede2000(mean_lab(image), mean_lab(big)))
         assert shrunk.mean_color == pytest.approx(full_mean, abs=0.05)
     # An image already within the side is measured as it is.
-    small = color_distance(cast(texture(0), 3), texture(0))
-    assert small.size == (W, H)
-    full_mean = deltaE_ciede2000(mean_lab(cast(texture(0), 3)), mean_lab(texture(0)))
+    within = np.ascontiguousarray(texture(0)[: DISTANCE_SIDE * H // W, :DISTANCE_SIDE])
+    small = color_distance(cast(within, 3), within)
+    assert small.size == (DISTANCE_SIDE, DISTANCE_SIDE * H // W)
+    full_mean = deltaE_ciede2000(mean_lab(cast(within, 3)), mean_lab(within))
     assert small.mean_color == pytest.approx(float(full_mean), abs=1e-6)
+    full_pixels = deltaE_ciede2000(rgb_to_lab(cast(within, 3)), rgb_to_lab(within)).mean()
+    assert small.per_pixel == pytest.approx(float(full_pixels), abs=1e-4)
 
 
 def test_a_prepared_reference_matches_like_the_raw_one() -> None:

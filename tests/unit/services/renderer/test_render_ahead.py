@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 from support.jetstream_cases import published
-from support.memory_js import MemoryJetStream
+from support.memory_js import memory_bus
 
 from ghibli_anim.contracts import config, events, keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
 from ghibli_anim.contracts.profiles import load_profile
 from ghibli_anim.contracts.storyboard import Storyboard
-from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import Delivery
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM
 from ghibli_anim.runtime.store.local import LocalStore
@@ -52,7 +51,7 @@ def _settings(cache_dir: Path, ahead: bool):
 async def _renderer(tmp_path: Path, cache_dir: Path, ahead: bool) -> RendererService:
     service = RendererService(_settings(cache_dir, ahead))
     store = LocalStore(tmp_path / ("ahead" if ahead else "plain"))
-    await service.start(Bus(nc=None, js=MemoryJetStream(), name="test"), store)  # type: ignore[arg-type]
+    await service.start(memory_bus(), store)
     return service
 
 
@@ -79,7 +78,7 @@ def _job(job_id: str, cache_dir: Path, seed: int = 7) -> animation_pb2.JobState:
 
 
 def _delivery() -> Delivery:
-    return Delivery(msg=None, num_delivered=1, max_deliver=5, stream_sequence=1)  # type: ignore[arg-type]
+    return Delivery(msg=None, num_delivered=1, max_deliver=5, stream_sequence=1)
 
 
 async def _render(service: RendererService, state: animation_pb2.JobState, i: int) -> None:

@@ -18,11 +18,10 @@ import pytest
 import torch
 from support.frames import ddim_spec
 from support.jetstream_cases import published
-from support.memory_js import MemoryJetStream
+from support.memory_js import memory_bus
 
 from ghibli_anim.contracts import config, events, keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
-from ghibli_anim.runtime.bus.connection import Bus
 from ghibli_anim.runtime.bus.consumer import Delivery, NonRetryable
 from ghibli_anim.runtime.bus.names import EVENTS_STREAM
 from ghibli_anim.runtime.store.local import LocalStore
@@ -43,7 +42,7 @@ async def renderer(tmp_path: Path, tiny_cache_dir: Path) -> RendererService:
         },
     )
     service = RendererService(settings)
-    await service.start(Bus(nc=None, js=MemoryJetStream(), name="test"), LocalStore(tmp_path))  # type: ignore[arg-type]
+    await service.start(memory_bus(), LocalStore(tmp_path))
     return service
 
 
@@ -61,7 +60,7 @@ def _vae(service: RendererService, profile):
 
 
 def _delivery() -> Delivery:
-    return Delivery(msg=None, num_delivered=1, max_deliver=5, stream_sequence=1)  # type: ignore[arg-type]
+    return Delivery(msg=None, num_delivered=1, max_deliver=5, stream_sequence=1)
 
 
 async def test_a_float32_rerender_is_announced_and_recorded(renderer, profile) -> None:
