@@ -61,6 +61,13 @@ def _at_least_one(raw: str) -> int:
     return value
 
 
+def _add_new_job_flags(p: argparse.ArgumentParser, server: str) -> None:
+    """The planner, and what to do with the new job once made (``fork``, ``extend``)."""
+    p.add_argument("--server", default=server)
+    p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
+    p.add_argument("--out", type=Path, help="with --watch: download into this folder")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the commands that talk to a running planner."""
     server = os.environ.get("ANIM_SERVER", DEFAULT_SERVER)
@@ -82,18 +89,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "K are the parent's)",
     )
     fork.add_server_flags(p)
-    p.add_argument("--server", default=server)
-    p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
-    p.add_argument("--out", type=Path, help="with --watch: download into this folder")
+    _add_new_job_flags(p, server)
     p = sub.add_parser(
         "extend",
         help="render M more frames after a finished job's last one (a new job keeping every "
         "frame of the parent)",
     )
     fork.add_extend_flags(p)
-    p.add_argument("--server", default=server)
-    p.add_argument("--watch", action="store_true", help="watch progress, then download outputs")
-    p.add_argument("--out", type=Path, help="with --watch: download into this folder")
+    _add_new_job_flags(p, server)
     for name, text in (
         ("watch", "stream a job's events"),
         ("cancel", "cancel a job"),

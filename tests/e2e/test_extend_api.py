@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +28,7 @@ from ghibli_anim.runtime.bus.names import REQUEST_EXTEND
 from ghibli_anim.runtime.client import AnimationClient
 
 from .test_chain import s3_store
+from .test_fork_api import server_cli
 from .test_fork_distributed import SHOTS, _request
 
 pytestmark = pytest.mark.timeout(600)
@@ -161,16 +160,9 @@ def test_bus_extends_like_grpc(stack, jobs: Jobs) -> None:
 
 def test_cli_extend_against_the_stack(stack, jobs: Jobs, tmp_path) -> None:
     store = s3_store(stack)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "ghibli_anim.cli", "extend", jobs.parent, *args],
-            env={**env, "ANIM_SERVER": stack.planner_target},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return server_cli(stack.planner_target, "extend", jobs.parent, *args)
 
     bad = cli("--frames", "118")
     assert bad.returncode == 2, bad.stderr

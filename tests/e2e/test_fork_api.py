@@ -166,18 +166,24 @@ def test_bus_forks_and_a_fork_of_a_fork_of_a_deleted_job(stack, jobs: Jobs) -> N
     assert manifest["request"]["fork"] == {"parent_job_id": child[0], "from_frame": 3}
 
 
+def server_cli(target: str, *args: str) -> subprocess.CompletedProcess:
+    """``ghibli-anim ARGS`` as its own process against the planner at ``target`` (no other
+    ANIM_ variable of this process reaches it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ghibli_anim.cli", *args],
+        env={**env, "ANIM_SERVER": target},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_cli_fork_against_the_stack(stack, jobs: Jobs, tmp_path) -> None:
     store = s3_store(stack)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIM_")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "ghibli_anim.cli", "fork", jobs.parent, *args],
-            env={**env, "ANIM_SERVER": stack.planner_target},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return server_cli(stack.planner_target, "fork", jobs.parent, *args)
 
     bad = cli("--from-frame", "4")
     assert bad.returncode == 2, bad.stderr
