@@ -49,9 +49,19 @@ _WEED_PORTS = (
 # checks them all before binding any (a taken gRPC port it replaces by itself).
 _PORT_TAKEN = re.compile(r"Port allocation failed: port \d+ for .*?\(specified by flag ([\w.]+)\)")
 
+# A volume file begins with its superblock (version, replication, TTL...): 8 bytes.
+_SUPERBLOCK_BYTES = 8
+
 # Unix socket paths are limited to about 108 bytes; longer folders fall back to
 # a short private temporary folder for the sockets only.
 _MAX_SOCKET_PATH = 100
+
+
+def volumes_on_disk(folder: Path) -> int:
+    """The volumes in a SeaweedFS data folder that the volume server loads: each ``.dat``
+    that holds at least its 8-byte superblock. A server killed while it grew a volume
+    leaves an empty ``.dat``, which the next start skips (and the master never counts)."""
+    return sum(1 for dat in folder.glob("*.dat") if dat.stat().st_size >= _SUPERBLOCK_BYTES)
 
 
 class SeaweedS3(ChildServer):
@@ -229,7 +239,7 @@ class SeaweedS3(ChildServer):
             return False
 
     def _volumes_registered(self) -> bool:
-        on_disk = len(list((self.data_dir / "data").glob("*.dat")))
+        on_disk = volumes_on_disk(self.data_dir / "data")
         url = f"http://{LOOPBACK}:{self.ports['master.port']}/dir/status"
         with urllib.request.urlopen(url, timeout=1.0) as resp:
             topology = json.load(resp)["Topology"]

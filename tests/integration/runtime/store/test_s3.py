@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ghibli_anim.contracts import keys
-from ghibli_anim.devtools.seaweed import SeaweedS3
+from ghibli_anim.devtools.seaweed import SeaweedS3, volumes_on_disk
 from ghibli_anim.runtime.store.base import StoreAuthError, StoreError, StoreUnavailable
 from ghibli_anim.runtime.store.s3 import S3Store
 
@@ -196,3 +196,20 @@ def test_s3_gives_up_after_the_retry_budget(make_s3_store, private_seaweed: Seaw
         assert 0.5 <= time.monotonic() - started < 3.0
     finally:
         private_seaweed.start()  # so the bucket can be cleaned up
+
+
+def test_a_volume_left_empty_by_a_kill_does_not_hold_up_the_restart(
+    make_s3_store, private_seaweed: SeaweedS3
+) -> None:
+    """Killed while growing a volume, SeaweedFS leaves an empty ``N.dat`` that the next start
+    skips: the restart is ready as soon as the volumes that hold data are back (it waited
+    for the empty one, for ever, in a chaos test)."""
+    store = make_s3_store(server=private_seaweed)
+    store.put(keys.frame_key(JOB, 0), b"before")
+    private_seaweed.kill()
+    data = private_seaweed.data_dir / "data"
+    loaded = volumes_on_disk(data)
+    (data / "9999.dat").touch()  # what the kill mid-growth leaves
+    assert volumes_on_disk(data) == loaded >= 1
+    private_seaweed.start(timeout=20)
+    assert store.get(keys.frame_key(JOB, 0)) == b"before"
