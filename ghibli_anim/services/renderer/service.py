@@ -42,7 +42,6 @@ from typing import TypeVar
 
 import numpy as np
 from google.protobuf.json_format import MessageToDict
-from PIL import Image
 
 from ghibli_anim.contracts import events, keys, lifecycle
 from ghibli_anim.contracts.pb import animation_pb2, bus_pb2
@@ -601,7 +600,7 @@ class RendererService(TorchService):
         # The device runs one model call at a time: the depth model waits for the
         # diffusion of another work in hand (ANIM_RENDER_CONCURRENCY), and it for it.
         with self.cache.lock:
-            gray = estimator.estimate_array(Image.fromarray(pixels))
+            gray = estimator.estimate_array(pixels)
         gray.setflags(write=False)
         # The stored PNG decodes to exactly these pixels: the next frame on this replica
         # is guided as it would be by the map read from the store.
