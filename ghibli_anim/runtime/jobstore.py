@@ -5,7 +5,10 @@ compare-and-swap (``JobStore.update``): read the state and its revision, apply a
 transition of :mod:`ghibli_anim.contracts.lifecycle` to a copy, check the status change
 against ``lifecycle.TRANSITIONS``, and write only if the revision is still the latest;
 a concurrent writer makes the write fail, and the update starts over from a fresh
-read. Nothing ever overwrites a job blindly.
+read. Nothing ever overwrites a job blindly. The read is skipped when the store holds
+the job as it last read or wrote it (``KNOWN_STATES``): the conductor's update for each
+frame follows its own write for the frame before, and the compare-and-swap tells a state
+someone has changed since.
 
 Idempotency keys live in the bucket ``anim-idem`` (24 h): the first
 ``claim_idempotency`` for a (client, key) wins and later ones get its job id.
@@ -52,6 +55,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
@@ -73,6 +77,9 @@ from ghibli_anim.runtime.bus.buckets import JobsBucket, Write
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
+KNOWN_STATES = 256
+"""Jobs whose state (as last read or written, with its revision) a JobStore keeps for its
+next update: one read fewer per update of a job it has just read or written."""
 SLOT_GRACE_S = 60.0
 """How long a claimed slot whose job does not exist yet is kept (the create follows the
 claim within milliseconds; a planner that died in between leaks the slot this long)."""
@@ -216,6 +223,25 @@ def _status_entry(state: animation_pb2.JobState) -> Write:
     return Write(OPEN_PREFIX + state.job_id)
 
 
+def _changed(
+    job_id: str,
+    current: animation_pb2.JobState,
+    mutate: Mutation,
+    expected: frozenset[JobStatus] | None,
+) -> animation_pb2.JobState | None:
+    """``mutate`` applied to a copy of ``current``, checked; None when it changes nothing."""
+    if expected is not None and current.status not in expected:
+        raise UnexpectedStatus(job_id, current.status, expected)
+    draft = animation_pb2.JobState()
+    draft.CopyFrom(current)
+    result = mutate(draft)
+    new = result if isinstance(result, animation_pb2.JobState) else draft
+    if new.job_id != job_id:
+        raise ValueError(f"job {job_id}: a mutation must not change job_id")
+    check_transition(current.status, new.status, job_id)
+    return None if new == current else new
+
+
 class JobStore:
     """Jobs in KV ``anim-jobs`` and idempotency claims in KV ``anim-idem``."""
 
@@ -229,6 +255,9 @@ class JobStore:
         self.jobs = jobs
         self.idem = idem
         self.max_tries = max_tries
+        # job id -> (the state's bytes, its revision); the bytes, so that no caller's
+        # change to a state it was given can reach the next update's starting point.
+        self._known: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, max_tries: int = DEFAULT_MAX_TRIES) -> JobStore:
@@ -284,11 +313,13 @@ class JobStore:
             _status_entry(stored),
         ]
         try:
-            return await self.jobs.commit(writes) - len(writes) + 1  # the job's, the first
+            revision = await self.jobs.commit(writes) - len(writes) + 1  # the job's, the first
         except nats.js.errors.KeyWrongLastSequenceError:
             if await self._exists(job_id):
                 raise JobExists(f"job {job_id}: already exists") from None
             raise _LostRace from None  # another create took the head first
+        self._remember(job_id, writes[0].value, revision)
+        return revision
 
     async def _exists(self, job_id: str) -> bool:
         try:
@@ -306,7 +337,14 @@ class JobStore:
             raise JobNotFound(f"job {job_id}: not found") from None
         if not entry.value or entry.revision is None:
             raise JobNotFound(f"job {job_id}: not found")
+        self._remember(job_id, entry.value, entry.revision)
         return animation_pb2.JobState.FromString(entry.value), entry.revision
+
+    def _remember(self, job_id: str, value: bytes, revision: int) -> None:
+        self._known[job_id] = (value, revision)
+        self._known.move_to_end(job_id)
+        if len(self._known) > KNOWN_STATES:
+            self._known.popitem(last=False)
 
     async def update(
         self,
@@ -363,26 +401,61 @@ class JobStore:
     async def _try_update(
         self, job_id: str, mutate: Mutation, expected: frozenset[JobStatus] | None
     ) -> tuple[animation_pb2.JobState, bool]:
+        known = self._known.pop(job_id, None)
+        if known is not None:
+            done = await self._try_known(job_id, known, mutate, expected)
+            if done is not None:
+                return done
         current, revision = await self.get(job_id)
-        if expected is not None and current.status not in expected:
-            raise UnexpectedStatus(job_id, current.status, expected)
-        draft = animation_pb2.JobState()
-        draft.CopyFrom(current)
-        result = mutate(draft)
-        new = result if isinstance(result, animation_pb2.JobState) else draft
-        if new.job_id != job_id:
-            raise ValueError(f"job {job_id}: a mutation must not change job_id")
-        check_transition(current.status, new.status, job_id)
-        if new == current:
+        new = _changed(job_id, current, mutate, expected)
+        if new is None:
             return current, False
+        await self._write(current, new, revision)
+        return new, True
+
+    async def _try_known(
+        self,
+        job_id: str,
+        known: tuple[bytes, int],
+        mutate: Mutation,
+        expected: frozenset[JobStatus] | None,
+    ) -> tuple[animation_pb2.JobState, bool] | None:
+        """The update made from the job as this store last read or wrote it; None when a
+        fresh read must decide. That state may be old: only a write proves it was the
+        latest (its compare-and-swap), so every answer that writes nothing (nothing to
+        change, a status not expected, a mutation or transition refused) is left to the
+        fresh read, and so is a lost race."""
+        value, revision = known
+        current = animation_pb2.JobState.FromString(value)
+        try:
+            new = _changed(job_id, current, mutate, expected)
+        except Exception:  # judged on what may be an old state; the fresh read judges again
+            return None
+        if new is None:
+            return None
+        try:
+            await self._write(current, new, revision)
+        except _LostRace:
+            return None
+        return new, True
+
+    async def _write(
+        self, current: animation_pb2.JobState, new: animation_pb2.JobState, revision: int
+    ) -> None:
+        """Store ``new`` over ``current`` if the job is still at ``revision``, else
+        ``_LostRace``; with its status change, the index entries and counters."""
+        job_id = current.job_id
         new.updated_at.GetCurrentTime()
+        value = new.SerializeToString()
         try:
             if new.status == current.status:
-                await self.jobs.update(job_id, new.SerializeToString(), last=revision)
-                return new, True
+                self._remember(job_id, value, await self.jobs.update(job_id, value, last=revision))
+                return
             committed = await self._commit_status_change(current, new, revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            raise _LostRace from None  # someone wrote in between: start over from theirs
+            # Someone wrote in between: what this store knew is old; start over from theirs.
+            self._known.pop(job_id, None)
+            raise _LostRace from None
         left = _status_entry(current).key
         if left != _status_entry(new).key:
             await faults.hit("index", -1)
@@ -390,7 +463,6 @@ class JobStore:
             # this write: a later resume's or finish's stays. A leftover (a planner that
             # died here) is dropped by the next sweep that meets it.
             await self._drop_entry(left, before=committed)
-        return new, True
 
     async def _commit_status_change(
         self, current: animation_pb2.JobState, new: animation_pb2.JobState, revision: int
@@ -407,7 +479,9 @@ class JobStore:
         ]
         if is_terminal(current.status) != is_terminal(new.status):
             writes.append(_status_entry(new))
-        return await self.jobs.commit(writes)
+        committed = await self.jobs.commit(writes)
+        self._remember(current.job_id, writes[0].value, committed - len(writes) + 1)
+        return committed
 
     async def delete(self, job_id: str) -> None:
         """Remove the job and its index entries (DeleteAnimation); ``JobNotFound`` if
@@ -418,6 +492,7 @@ class JobStore:
                     state = await self._try_delete(job_id)
         except retry.RetryError:
             raise ConcurrentUpdateError(f"job {job_id}: delete lost its race") from None
+        self._known.pop(job_id, None)
         # Purges of the subjects leave no marker behind. A planner that dies before they
         # are done leaves an entry that names a missing job: the sweeps drop it.
         for key in (job_id, _status_entry(state).key):

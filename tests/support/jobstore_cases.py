@@ -34,6 +34,7 @@ __all__ = [
     "test_a_cursor_holds_while_jobs_come_and_go",
     "test_a_delete_blanks_positions_at_the_edges_of_a_block",
     "test_a_delete_trusts_no_stored_position",
+    "test_a_deleted_job_is_not_remembered",
     "test_a_deleted_job_leaves_a_purge_marker_until_its_drop",
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
@@ -41,14 +42,20 @@ __all__ = [
     "test_a_rebuild_indexes_jobs_written_without_the_index",
     "test_a_rebuild_replaces_every_index_record",
     "test_a_release_keeps_a_claim_taken_over_meanwhile",
+    "test_a_remembered_state_never_decides_alone_that_nothing_changes",
+    "test_a_remembered_state_never_refuses_a_transition_alone",
+    "test_a_remembered_status_never_decides_alone_what_is_expected",
     "test_a_replacement_state_is_written",
     "test_a_slot_whose_job_never_came_is_freed_after_the_grace",
+    "test_a_state_another_writer_changed_is_read_again",
+    "test_a_state_given_to_a_caller_is_not_what_the_store_remembers",
     "test_a_status_change_drops_only_the_entry_the_job_left",
     "test_a_status_change_the_table_refuses_is_refused",
     "test_always_losing_the_race_gives_a_delete_up",
     "test_always_losing_the_race_gives_up",
     "test_an_idempotency_claim_is_released_only_by_its_owner",
     "test_an_unfinished_status_is_listed_from_the_unfinished_jobs",
+    "test_an_update_after_the_stores_own_read_or_write_reads_nothing_more",
     "test_counters_follow_every_status_change_and_delete",
     "test_create_refuses_a_taken_id",
     "test_create_then_get_stamps_the_times",
@@ -68,6 +75,7 @@ __all__ = [
     "test_sweeps_drop_only_entries_older_than_the_state_they_read",
     "test_the_finished_walk_ends_at_the_cutoff_and_moves_its_mark",
     "test_the_finished_walk_starts_after_what_earlier_sweeps_deleted",
+    "test_the_store_remembers_at_most_known_states_jobs",
     "test_unfinished_and_finished_entries",
     "test_unfinished_pages_go_on_from_positions_in_their_listing",
     "test_update_applies_a_transition_and_writes_once",
@@ -119,6 +127,22 @@ class Racing:
         if writes[0].last:  # a change of a stored job (a create expects none)
             await self._race(writes[0].key)
         return await self.inner.commit(writes)
+
+
+class Counting:
+    """A bucket that counts the reads of job states (``get`` of a job id)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.job_reads = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def get(self, key):
+        if keys.is_job_id(key):
+            self.job_reads += 1
+        return await self.inner.get(key)
 
 
 def new_state(status: int = lifecycle.PENDING) -> animation_pb2.JobState:
@@ -995,3 +1019,125 @@ async def test_a_deleted_job_leaves_a_purge_marker_until_its_drop(jobs_kv, idem_
     assert left is not None and left.value is None
     with pytest.raises(JobNotFound):
         await store.get(state.job_id)
+
+
+# --- what a store remembers of the jobs it read or wrote ------------------------------------
+
+
+def _titled(title: str):
+    def mutate(s: animation_pb2.JobState) -> None:
+        s.title = title
+
+    return mutate
+
+
+async def test_an_update_after_the_stores_own_read_or_write_reads_nothing_more(jobs_kv, idem_kv):
+    """The conductor's update for each frame follows its own write for the frame before:
+    the job is not read again, a status change (an atomic batch) included."""
+    counting = Counting(jobs_kv)
+    store = JobStore(counting, idem_kv)
+    state = new_state()
+    await store.create(state)
+    await store.update(state.job_id, _titled("one"))
+    await store.update(state.job_id, lifecycle.start_planning)
+    stored = await store.update(state.job_id, _titled("two"))
+    assert counting.job_reads == 0
+    assert stored.title == "two" and stored.status == lifecycle.PLANNING
+    assert (await store.get(state.job_id))[0] == stored
+    other = new_state()
+    await JobStore(jobs_kv, idem_kv).create(other)
+    await store.get(other.job_id)
+    await store.update(other.job_id, _titled("read once"))
+    assert counting.job_reads == 2  # the two gets
+
+
+async def test_a_state_another_writer_changed_is_read_again(jobs_kv, idem_kv):
+    mine, theirs = JobStore(jobs_kv, idem_kv), JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await mine.create(state)
+    await theirs.update(state.job_id, _titled("theirs"))
+
+    def mark(s: animation_pb2.JobState) -> None:
+        s.error = "mine"
+
+    stored, wrote = await mine.apply(state.job_id, mark)
+    assert wrote and (stored.title, stored.error) == ("theirs", "mine")
+    assert (await theirs.get(state.job_id))[0] == stored
+
+
+async def test_a_remembered_state_never_decides_alone_that_nothing_changes(jobs_kv, idem_kv):
+    mine, theirs = JobStore(jobs_kv, idem_kv), JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await mine.create(state)  # remembered: no title
+    await theirs.update(state.job_id, _titled("theirs"))
+    stored, wrote = await mine.apply(state.job_id, _titled(""))
+    assert wrote and stored.title == ""
+    assert (await theirs.get(state.job_id))[0].title == ""
+    # And with nothing to change on the fresh state either, the fresh state is the answer.
+    await theirs.update(state.job_id, lifecycle.start_planning)
+    stored, wrote = await mine.apply(state.job_id, _titled(""))
+    assert not wrote and stored.status == lifecycle.PLANNING
+
+
+async def test_a_remembered_status_never_decides_alone_what_is_expected(jobs_kv, idem_kv):
+    mine, theirs = JobStore(jobs_kv, idem_kv), JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await mine.create(state)  # remembered: PENDING
+    await theirs.update(state.job_id, lifecycle.start_planning)
+    with pytest.raises(UnexpectedStatus, match="status is PLANNING, expected PENDING"):
+        await mine.update(state.job_id, _titled("late"), expect_status=lifecycle.PENDING)
+    other = new_state()
+    await mine.create(other)
+    await theirs.update(other.job_id, lifecycle.start_planning)
+    stored = await mine.update(other.job_id, lifecycle.cancelled, expect_status=lifecycle.PLANNING)
+    assert stored.status == lifecycle.CANCELLED
+
+
+async def test_a_remembered_state_never_refuses_a_transition_alone(jobs_kv, idem_kv):
+    mine, theirs = JobStore(jobs_kv, idem_kv), JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await mine.create(state)  # remembered: PENDING, from which RENDERING is refused
+    await theirs.update(state.job_id, lifecycle.start_planning)
+
+    def render(s: animation_pb2.JobState) -> None:
+        s.status = lifecycle.RENDERING
+
+    assert (await mine.update(state.job_id, render)).status == lifecycle.RENDERING
+    # Refused on the fresh state too: refused.
+    with pytest.raises(InvalidTransition):
+        await mine.update(state.job_id, lambda s: setattr(s, "status", lifecycle.PENDING))
+
+
+async def test_a_state_given_to_a_caller_is_not_what_the_store_remembers(jobs_kv, idem_kv):
+    counting = Counting(jobs_kv)
+    store = JobStore(counting, idem_kv)
+    state = new_state()
+    await store.create(state)
+    given, _ = await store.get(state.job_id)
+    given.title = "changed by the caller"
+    stored = await store.update(state.job_id, lambda s: setattr(s, "error", "e"))
+    assert (stored.title, stored.error) == ("", "e")
+    assert counting.job_reads == 1  # the caller's get; the update started from memory
+
+
+async def test_the_store_remembers_at_most_known_states_jobs(jobs_kv, idem_kv, monkeypatch):
+    monkeypatch.setattr(jobstore, "KNOWN_STATES", 2)
+    counting = Counting(jobs_kv)
+    store = JobStore(counting, idem_kv)
+    states = [new_state() for _ in range(3)]
+    for state in states:
+        await store.create(state)
+    await store.update(states[2].job_id, _titled("newest"))
+    await store.update(states[1].job_id, _titled("second"))
+    assert counting.job_reads == 0
+    await store.update(states[0].job_id, _titled("oldest, forgotten"))
+    assert counting.job_reads == 1
+
+
+async def test_a_deleted_job_is_not_remembered(jobs_kv, idem_kv):
+    store = JobStore(jobs_kv, idem_kv)
+    state = new_state()
+    await store.create(state)
+    await store.delete(state.job_id)
+    with pytest.raises(JobNotFound):
+        await store.update(state.job_id, _titled("gone"))
