@@ -287,8 +287,10 @@ def _embedded(work: Path, env: dict[str, str], frames: int, size: int) -> Run:
 
     from ghibli_anim.devtools import standin
     from ghibli_anim.embedded import EmbeddedStack
+    from ghibli_anim.runtime.service import use_short_gil_switches
 
     standin.install()
+    use_short_gil_switches()  # as `ghibli-anim generate` runs the embedded stack
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):

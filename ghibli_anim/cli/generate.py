@@ -56,7 +56,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ghibli_anim.runtime import logs
+    from ghibli_anim.runtime.service import use_short_gil_switches
 
+    use_short_gil_switches()
     _renderer_env(args)
     settings = config.load("embedded")
     logs.setup(

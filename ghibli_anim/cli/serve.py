@@ -48,9 +48,14 @@ def run(args: argparse.Namespace) -> int:
 def serve(name: str) -> int:
     """One bus service until SIGTERM or SIGINT; 0 after a graceful stop."""
     from ghibli_anim.runtime import logs
-    from ghibli_anim.runtime.service import install_stop_signals, run_service
+    from ghibli_anim.runtime.service import (
+        install_stop_signals,
+        run_service,
+        use_short_gil_switches,
+    )
     from ghibli_anim.services.registry import build
 
+    use_short_gil_switches()
     settings = config.load(name)  # a ConfigError names the variable (exit 2)
     logs.setup_from_settings(name, settings)
 
