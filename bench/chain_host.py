@@ -47,6 +47,7 @@ from ghibli_anim.devtools.stack import LocalStack, tiny_cpu_env
 from ghibli_anim.devtools.timed_jobs import timed_job
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.processes import free_port
+from ghibli_anim.runtime.service import use_short_gil_switches
 
 SERVICES = ("planner", "renderer", "depth", "assembler")
 
@@ -287,10 +288,8 @@ def _embedded(work: Path, env: dict[str, str], frames: int, size: int) -> Run:
 
     from ghibli_anim.devtools import standin
     from ghibli_anim.embedded import EmbeddedStack
-    from ghibli_anim.runtime.service import use_short_gil_switches
 
     standin.install()
-    use_short_gil_switches()  # as `ghibli-anim generate` runs the embedded stack
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
@@ -348,6 +347,9 @@ def main() -> None:
     unknown = set(arms) - {"embedded", "distributed"}
     if unknown or not arms:
         parser.error(f"--arms: embedded and/or distributed, got {args.arms!r}")
+    # As `ghibli-anim generate` (the embedded arm) and every service process run: this
+    # process is also the watching client of the distributed arm, whichever arms run.
+    use_short_gil_switches()
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-chain-host-") as tmp:
         work = Path(tmp)

@@ -77,9 +77,11 @@ from ghibli_anim.runtime.bus.buckets import JobsBucket, Write
 from ghibli_anim.runtime.bus.names import IDEM_BUCKET, JOBS_BUCKET
 
 DEFAULT_MAX_TRIES = 20
-KNOWN_STATES = 256
+KNOWN_STATES = 64
 """Jobs whose state (as last read or written, with its revision) a JobStore keeps for its
-next update: one read fewer per update of a job it has just read or written."""
+next update: one read fewer per update of a job it has just read or written. A job of 120
+frames is ~60 KB, so at most a few MB; a planner conducting more jobs at once than this
+reads the others as before."""
 SLOT_GRACE_S = 60.0
 """How long a claimed slot whose job does not exist yet is kept (the create follows the
 claim within milliseconds; a planner that died in between leaks the slot this long)."""
