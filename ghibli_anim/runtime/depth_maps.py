@@ -64,10 +64,11 @@ class DevicePreprocess:
     The same steps in the same order as transformers' ``DPTImageProcessor``: resize to
     ``size`` (with ``keep_aspect_ratio``, scaling as little as possible, and sides rounded
     to a multiple of ``ensure_multiple_of``) to whole 0..255 levels, as PIL's 8-bit resize
-    leaves them, then rescale and normalise. On the CPU the resize is torch's 8-bit
-    antialiased kernel, made to match PIL's (equal on all but a few pixels in a thousand, by
-    one or two levels); on a GPU it runs in float32 and is rounded, equal to PIL's within a
-    level on painted frames.
+    leaves them, then rescale and normalise. On a CUDA device the frame goes over as bytes
+    and everything runs there, the resize in float32, rounded: equal to PIL's within a
+    level on painted frames. Elsewhere the resize is torch's 8-bit antialiased CPU kernel,
+    made to match PIL's (equal on all but a few pixels in a thousand, by one or two levels),
+    and the resized levels go to the device (other devices may lack the kernel).
     """
 
     height: int
@@ -80,7 +81,7 @@ class DevicePreprocess:
     shift: torch.Tensor
     """``pixel_values = level * scale + shift`` per channel: rescale and normalise in one."""
     eight_bit: bool
-    """Resize with torch's 8-bit kernel (CPU only), else in float32, rounded."""
+    """Resize with torch's 8-bit kernel on the CPU, else in float32 on the device, rounded."""
 
     @classmethod
     def of(cls, processor: Any, device: torch.device | str) -> DevicePreprocess | None:
@@ -114,7 +115,7 @@ class DevicePreprocess:
             mode=mode,
             scale=scale.float().view(1, 3, 1, 1).to(device),
             shift=shift.float().view(1, 3, 1, 1).to(device),
-            eight_bit=torch.device(device).type == "cpu",
+            eight_bit=torch.device(device).type != "cuda",
         )
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -133,26 +134,26 @@ class DevicePreprocess:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """``pixel_values`` (1 x 3 x h x w, float32, on the device) of an RGB uint8 image."""
         size = self.output_size(*rgb.shape[:2])
-        # The frame goes to the device as bytes (a quarter of float32's); the rest runs there.
         # Frames kept for the next frame are read-only, and torch warns about tensors over
         # read-only arrays: those are copied (~0.05 ms at 512 x 512).
         rgb = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else rgb.copy()
-        levels = torch.from_numpy(rgb).to(self.scale.device)
-        levels = levels.permute(2, 0, 1).unsqueeze(0)
-        if size != tuple(rgb.shape[:2]):
-            levels = self._resize(levels, size)
+        levels = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # uint8, 1 x 3 x H x W
+        resize = size != tuple(rgb.shape[:2])
+        if self.eight_bit:
+            if resize:  # PIL's 8-bit kernel, in torch
+                levels = self._interpolate(levels, size)
+            levels = levels.to(self.scale.device)
+        else:
+            # The frame goes over as bytes (a quarter of float32's); the rest runs there.
+            levels = levels.to(self.scale.device)
+            if resize:
+                levels = self._interpolate(levels.float(), size).round_().clamp_(0.0, 255.0)
         return torch.addcmul(self.shift, levels.float(), self.scale).contiguous()
 
-    def _resize(self, levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``levels`` (uint8) resized to ``size`` as whole levels."""
-        if self.eight_bit:  # PIL's 8-bit kernel, in torch
-            return torch.nn.functional.interpolate(
-                levels, size=size, mode=self.mode, antialias=True, align_corners=False
-            )
-        resized = torch.nn.functional.interpolate(
-            levels.float(), size=size, mode=self.mode, antialias=True, align_corners=False
+    def _interpolate(self, levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return torch.nn.functional.interpolate(
+            levels, size=size, mode=self.mode, antialias=True, align_corners=False
         )
-        return resized.round_().clamp_(0.0, 255.0)
 
 
 def _size_of(size: Any) -> tuple[int, int]:

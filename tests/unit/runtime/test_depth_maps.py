@@ -92,7 +92,7 @@ def test_device_preprocessing_is_the_processors(settings, shape) -> None:
 
 
 def test_device_preprocessing_in_float_is_within_a_level() -> None:
-    """The GPU's way (resize in float32, then rounded), run here on the CPU."""
+    """The CUDA way (resize in float32, then rounded), run here on the CPU."""
     processor = DPTImageProcessorPil(**DEPTH_ANYTHING)
     preprocess = dataclasses.replace(DevicePreprocess.of(processor, "cpu"), eight_bit=False)
     rgb = painting(512, 512)
