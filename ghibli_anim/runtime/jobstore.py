@@ -494,7 +494,6 @@ class JobStore:
                     state = await self._try_delete(job_id)
         except retry.RetryError:
             raise ConcurrentUpdateError(f"job {job_id}: delete lost its race") from None
-        self._known.pop(job_id, None)
         # Purges of the subjects leave no marker behind. A planner that dies before they
         # are done leaves an entry that names a missing job: the sweeps drop it.
         for key in (job_id, _status_entry(state).key):

@@ -34,7 +34,6 @@ __all__ = [
     "test_a_cursor_holds_while_jobs_come_and_go",
     "test_a_delete_blanks_positions_at_the_edges_of_a_block",
     "test_a_delete_trusts_no_stored_position",
-    "test_a_deleted_job_is_not_remembered",
     "test_a_deleted_job_leaves_a_purge_marker_until_its_drop",
     "test_a_lost_race_starts_over_from_the_winners_state",
     "test_a_mutation_may_not_change_the_job_id",
@@ -56,6 +55,7 @@ __all__ = [
     "test_an_idempotency_claim_is_released_only_by_its_owner",
     "test_an_unfinished_status_is_listed_from_the_unfinished_jobs",
     "test_an_update_after_the_stores_own_read_or_write_reads_nothing_more",
+    "test_an_update_of_a_deleted_job_finds_it_gone",
     "test_counters_follow_every_status_change_and_delete",
     "test_create_refuses_a_taken_id",
     "test_create_then_get_stamps_the_times",
@@ -1052,17 +1052,32 @@ async def test_an_update_after_the_stores_own_read_or_write_reads_nothing_more(j
 
 
 async def test_a_state_another_writer_changed_is_read_again(jobs_kv, idem_kv):
+    """However this store came to know the job (its create, a get, a write, a status
+    change), a write by another store since is found, not overwritten."""
     mine, theirs = JobStore(jobs_kv, idem_kv), JobStore(jobs_kv, idem_kv)
-    state = new_state()
-    await mine.create(state)
-    await theirs.update(state.job_id, _titled("theirs"))
 
-    def mark(s: animation_pb2.JobState) -> None:
-        s.error = "mine"
+    async def by_get(job_id: str) -> None:
+        await mine.get(job_id)
 
-    stored, wrote = await mine.apply(state.job_id, mark)
-    assert wrote and (stored.title, stored.error) == ("theirs", "mine")
-    assert (await theirs.get(state.job_id))[0] == stored
+    async def by_write(job_id: str) -> None:
+        await mine.update(job_id, _titled("mine"))
+
+    async def by_status_change(job_id: str) -> None:
+        await mine.update(job_id, lifecycle.start_planning)
+
+    for came_to_know in (None, by_get, by_write, by_status_change):
+        state = new_state()
+        await mine.create(state)
+        if came_to_know is not None:
+            await came_to_know(state.job_id)
+        await theirs.update(state.job_id, _titled("theirs"))
+
+        def mark(s: animation_pb2.JobState) -> None:
+            s.error = "mine"
+
+        stored, wrote = await mine.apply(state.job_id, mark)
+        assert wrote and (stored.title, stored.error) == ("theirs", "mine")
+        assert (await theirs.get(state.job_id))[0] == stored
 
 
 async def test_a_remembered_state_never_decides_alone_that_nothing_changes(jobs_kv, idem_kv):
@@ -1134,7 +1149,7 @@ async def test_the_store_remembers_at_most_known_states_jobs(jobs_kv, idem_kv, m
     assert counting.job_reads == 1
 
 
-async def test_a_deleted_job_is_not_remembered(jobs_kv, idem_kv):
+async def test_an_update_of_a_deleted_job_finds_it_gone(jobs_kv, idem_kv):
     store = JobStore(jobs_kv, idem_kv)
     state = new_state()
     await store.create(state)
