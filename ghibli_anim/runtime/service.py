@@ -285,8 +285,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 default: 5 ms). A service's event loop shares the interpreter with worker threads (the torch
 thread, PNG encoders, store calls); with the default, a message or a finished write can wait
 up to 5 ms for the loop while a worker runs Python, on every hop of a frame's path.
-``bench/chain_host.py`` measured the distributed chain about 1.5 ms a frame faster at
-0.5 ms than at 5 ms (medians of four runs each, 2026-12-05, the 2-core test machine)."""
+In eight interleaved pairs of ``bench/chain_host.py`` runs (2026-12-05, the 2-core
+development machine) the distributed chain was faster with 0.5 ms in six (by 2 ms a frame,
+the median difference) and level in two."""
 
 
 def use_short_gil_switches() -> None:
