@@ -52,7 +52,8 @@ _TORCH_MODES = {
 
 
 def _multiple_of(value: float, multiple: int) -> int:
-    """``value`` rounded to a multiple of ``multiple`` (as DPT's processor rounds sizes)."""
+    """``value`` rounded to a multiple of ``multiple`` as DPT's processor rounds sizes (but
+    never to 0: a side shorter than half the multiple rounds up)."""
     rounded = round(value / multiple) * multiple
     return rounded if rounded > 0 else math.ceil(value / multiple) * multiple
 
@@ -89,12 +90,12 @@ class DevicePreprocess:
         asks for a step this does not do (padding, label reduction, another filter)."""
         if not type(processor).__name__.startswith("DPTImageProcessor"):
             return None
-        height, width = _size_of(getattr(processor, "size", None) or {})
-        mode = _TORCH_MODES.get(int(getattr(processor, "resample", -1) or -1))
+        height, width = processor.size.height or 0, processor.size.width or 0
+        mode = _TORCH_MODES.get(int(processor.resample or -1))
         if (
-            not getattr(processor, "do_resize", False)
-            or getattr(processor, "do_pad", False)
-            or getattr(processor, "do_reduce_labels", False)
+            not processor.do_resize
+            or processor.do_pad
+            or processor.do_reduce_labels
             or not (height and width)
             or mode is None
         ):
@@ -154,11 +155,6 @@ class DevicePreprocess:
         return torch.nn.functional.interpolate(
             levels, size=size, mode=self.mode, antialias=True, align_corners=False
         )
-
-
-def _size_of(size: Any) -> tuple[int, int]:
-    get = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
-    return int(get("height") or 0), int(get("width") or 0)
 
 
 def _channels(values: Any) -> tuple[float, ...]:
@@ -221,19 +217,15 @@ class DepthEstimator:
 
     def _inputs(self, image: Image.Image | np.ndarray) -> tuple[int, int, dict[str, Any]]:
         """The image's height and width, and the model's inputs on its device."""
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"image: must be H x W x 3 uint8, got {image.dtype} {image.shape}")
-            rgb = image
-        else:
-            rgb = None
-            image = image if image.mode == "RGB" else image.convert("RGB")
+        if isinstance(image, Image.Image):
+            image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        elif image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: must be H x W x 3 uint8, got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
         if self.preprocess is not None:
-            rgb = np.asarray(image) if rgb is None else rgb
-            return rgb.shape[0], rgb.shape[1], {"pixel_values": self.preprocess(rgb)}
-        pil = image if rgb is None else Image.fromarray(rgb)
-        inputs = self.processor(images=pil, return_tensors="pt").to(self.device)
-        return pil.height, pil.width, dict(inputs)
+            return height, width, {"pixel_values": self.preprocess(image)}
+        inputs = self.processor(images=Image.fromarray(image), return_tensors="pt")
+        return height, width, dict(inputs.to(self.device))
 
     def estimate(self, image: Image.Image | np.ndarray) -> Image.Image:
         """Depth map of ``image``: mode "L", same size, 0..255, near = bright."""
