@@ -84,7 +84,10 @@ def _grpc(exc: BaseException, args: argparse.Namespace | None) -> Explained | No
     codes = grpc.StatusCode
     server = getattr(args, "server", None)
     hint = ""
-    if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED) and server:
+    # An UNAVAILABLE the planner wrote itself (it cannot reach NATS or S3) says so: the
+    # planner is running, so no hint that it may not be (services/planner/grpc_api.py).
+    from_planner = details.startswith("the planner cannot reach ")
+    if code in (codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED) and server and not from_planner:
         hint = f"; is the planner running at {server}? (--server or ANIM_SERVER)"
     elif code in (codes.UNAUTHENTICATED, codes.PERMISSION_DENIED):
         hint = "; check ANIM_CLIENT_TOKEN and the ANIM_CLIENT_TLS_* files"

@@ -9,12 +9,29 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from ghibli_anim.contracts.config import Settings
 
 log = logging.getLogger(__name__)
+
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,  # and the flush, drain and fetch timeouts, its subclasses
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+"""What a call on the bus raises while NATS is away, restarting, or has not yet started
+JetStream: the same call may well succeed a moment later. A request made while the
+connection is reconnecting waits in the client's buffer and can time out unanswered."""
 
 
 @dataclass

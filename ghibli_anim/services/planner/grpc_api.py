@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from ghibli_anim.contracts import limits
 from ghibli_anim.contracts.lifecycle import InvalidTransition
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
+from ghibli_anim.runtime.bus.connection import UNAVAILABLE as BUS_UNAVAILABLE
 from ghibli_anim.runtime.bus.names import (
     REQUEST_APPROVE,
     REQUEST_CREATE,
@@ -25,6 +26,7 @@ from ghibli_anim.runtime.bus.names import (
     REQUEST_FORK,
 )
 from ghibli_anim.runtime.jobstore import JobNotFound
+from ghibli_anim.runtime.store.base import StoreUnavailable
 from ghibli_anim.services.planner.jobs_api import (
     FailedPrecondition,
     JobsApi,
@@ -33,6 +35,10 @@ from ghibli_anim.services.planner.jobs_api import (
 )
 
 log = logging.getLogger(__name__)
+
+BACKEND_UNAVAILABLE = "the planner cannot reach "
+"""How the message of an UNAVAILABLE from the planner itself begins: the planner is
+running, what it needs is not (the CLI leaves out its "is the planner running?" hint)."""
 
 
 def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -47,6 +53,15 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    # Not the caller's fault and not a bug: NATS or S3 is away for a moment (a restart, a
+    # failover). UNAVAILABLE tells clients to try again (the watch reopens by itself);
+    # where the servers are stays in the log, not in the answer.
+    for kinds, what in ((BUS_UNAVAILABLE, "NATS"), (StoreUnavailable, "the object store")):
+        if isinstance(exc, kinds):
+            log.warning("%s not answering: %s: %s", what, type(exc).__name__, exc)
+            return grpc.StatusCode.UNAVAILABLE, (
+                f"{BACKEND_UNAVAILABLE}{what} ({type(exc).__name__}); try again shortly"
+            )
     log.error("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 

@@ -52,8 +52,8 @@ def test_advice_is_not_given_twice() -> None:
 
 
 def test_grpc_codes() -> None:
-    def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "why")
+    def rpc_error(code: grpc.StatusCode, details: str = "why") -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
     args = argparse.Namespace(server="h:1")
     assert errors.explain(rpc_error(grpc.StatusCode.INVALID_ARGUMENT), args) == (
@@ -62,6 +62,11 @@ def test_grpc_codes() -> None:
     unavailable = errors.explain(rpc_error(grpc.StatusCode.UNAVAILABLE), args)
     assert unavailable == errors.Explained(
         "UNAVAILABLE: why; is the planner running at h:1? (--server or ANIM_SERVER)", 1
+    )
+    # The planner answered: it is running, what it needs is not.
+    planner = "the planner cannot reach NATS (TimeoutError); try again shortly"
+    assert errors.explain(rpc_error(grpc.StatusCode.UNAVAILABLE, planner), args) == (
+        errors.Explained(f"UNAVAILABLE: {planner}", 1)
     )
     denied = errors.explain(rpc_error(grpc.StatusCode.UNAUTHENTICATED), args)
     assert denied is not None and "ANIM_CLIENT_TOKEN" in denied.message

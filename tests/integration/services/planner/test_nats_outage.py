@@ -1,0 +1,78 @@
+"""The planner's API while NATS is away (a real nats-server stopped and started again, a
+real planner): a call it cannot serve is UNAVAILABLE, naming NATS and not where it runs,
+and a watch opened during the outage reopens until NATS is back, then streams the job's
+events from the start, each once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+import pytest
+from support.planner import in_process_planner
+
+from ghibli_anim.contracts import events, lifecycle
+from ghibli_anim.contracts.pb import animation_pb2
+from ghibli_anim.runtime.client import AnimationClient
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_outage_is_unavailable_and_a_watch_outlasts_it(
+    nats_server, tmp_path, tiny_cache_dir, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ghibli_anim.services.planner.grpc_api")
+    async with (
+        in_process_planner(
+            nats_server, tmp_path, tiny_cache_dir, ANIM_PLANNER_BACKEND="offline"
+        ) as target,
+        AnimationClient(target) as client,
+    ):
+        # With review the job waits in PLANNED: nothing else touches it during the outage.
+        request = animation_pb2.CreateAnimationRequest(
+            idea="a kite on a windy day", frames=3, seed=7, review=True
+        )
+        job = (await client.create(request)).job_id
+        async for event in client.watch(job):
+            if event.type == events.JOB_PLANNED:
+                break
+
+        await asyncio.to_thread(nats_server.stop)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.get(job)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details().startswith("the planner cannot reach NATS (")
+        assert str(nats_server.port) not in caught.value.details()
+
+        # A watch opened now fails at least once on the planner's side, then reopens.
+        caplog.clear()
+        seen: list = []
+
+        async def watch() -> None:
+            async for event in client.watch(job):
+                seen.append(event)
+                if event.type == events.JOB_PLANNED:
+                    return
+
+        watching = asyncio.create_task(watch())
+        await _until(
+            lambda: any("NATS not answering" in r.getMessage() for r in caplog.records),
+            30,
+            "the watch's first try failing",
+        )
+        assert not watching.done() and seen == []
+        await asyncio.to_thread(nats_server.start)
+        await asyncio.wait_for(watching, 60)
+
+        assert [events.event_name(e.type) for e in seen] == ["job.created", "job.planned"]
+        assert [e.sequence for e in seen] == sorted({e.sequence for e in seen})
+        assert (await client.get(job)).status == lifecycle.PLANNED
