@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,6 +51,41 @@ def channel_keepalive(seconds: float) -> list[tuple[str, int]]:
     ]
 
 
+READS_RETRIED = ("GetAnimation", "ListAnimations")
+"""The calls that only read, which the channel tries again on UNAVAILABLE by itself."""
+READ_ATTEMPTS = 3
+"""Tries of a read in all, 0.25 s and then up to 1 s apart, within the call's deadline: a
+planner restarting, or one that cannot reach NATS for a moment (it answers UNAVAILABLE),
+costs a read a second or so rather than an error. Calls that change a job are not tried
+again: the first may have been done, with only its answer lost."""
+
+
+_SERVICE = animation_pb2.DESCRIPTOR.services_by_name["AnimationService"]
+
+
+def retry_service_config() -> str:
+    """The channel's gRPC service config: the retry policy of the reads."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": _SERVICE.full_name, "method": _SERVICE.methods_by_name[m].name}
+                        for m in READS_RETRIED
+                    ],
+                    "retryPolicy": {
+                        "maxAttempts": READ_ATTEMPTS,
+                        "initialBackoff": "0.25s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
 class _Silent(Exception):
     """A watch heard nothing for ``watch_idle_s``."""
 
@@ -83,7 +119,11 @@ class AnimationClient:
     def _open_channel(self) -> None:
         # The caller's span, if any, continues into the planner (and the job's trace).
         interceptors = tracing.grpc_client_interceptors()
-        options = channel_keepalive(self.keepalive_s)
+        options = [
+            *channel_keepalive(self.keepalive_s),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", retry_service_config()),
+        ]
         if self.tls_ca or self.tls_cert:
 
             def read(field: str) -> bytes | None:

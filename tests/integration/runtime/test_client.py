@@ -3,6 +3,9 @@ never answers, it fails with DEADLINE_EXCEEDED once its deadline has passed, not
 
 Two kinds of unresponsive server: a plain TCP listener that accepts connections
 and never speaks HTTP/2, and a real gRPC server whose handlers never return.
+
+And the calls that only read are tried again on UNAVAILABLE, a few times, while the calls
+that change a job are not (a real gRPC server that answers UNAVAILABLE at first).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import grpc
 import pytest
 
 from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
-from ghibli_anim.runtime.client import AnimationClient, upload_init_image
+from ghibli_anim.runtime.client import READ_ATTEMPTS, AnimationClient, upload_init_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -131,3 +134,68 @@ async def test_calls_to_an_unresponsive_server_exceed_their_deadline(server, tmp
     for name, (code, elapsed) in zip(named, results, strict=True):
         assert code == "DEADLINE_EXCEEDED", (name, code)
         assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + SLACK_S, (name, elapsed)
+
+
+class Flaky(animation_pb2_grpc.AnimationServiceServicer):
+    """Answers UNAVAILABLE (as a planner that cannot reach NATS does) to the first
+    ``failures`` tries of each call, then answers; counts the tries."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.tries: dict[str, int] = {}
+
+    async def _answer(self, name: str, context, reply):
+        self.tries[name] = self.tries.get(name, 0) + 1
+        if self.tries[name] <= self.failures:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the planner cannot reach NATS")
+        return reply
+
+    async def GetAnimation(self, request, context):
+        return await self._answer("GetAnimation", context, animation_pb2.Animation(job_id=JOB))
+
+    async def ListAnimations(self, request, context):
+        return await self._answer("ListAnimations", context, animation_pb2.ListAnimationsResponse())
+
+    async def CancelAnimation(self, request, context):
+        return await self._answer("CancelAnimation", context, animation_pb2.Animation(job_id=JOB))
+
+
+@asynccontextmanager
+async def flaky_server(failures: int) -> AsyncIterator[tuple[AnimationClient, Flaky]]:
+    """A Flaky server and a client of it."""
+    servicer = Flaky(failures)
+    server = grpc.aio.server()
+    animation_pb2_grpc.add_AnimationServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with AnimationClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+            yield client, servicer
+    finally:
+        await server.stop(0)
+
+
+async def test_reads_are_tried_again_on_unavailable_and_changes_are_not():
+    async with flaky_server(failures=READ_ATTEMPTS - 1) as (client, servicer):
+        assert (await client.get(JOB)).job_id == JOB
+        assert await client.list() == []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.cancel(JOB)  # it may have been done: only its answer lost
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert servicer.tries == {
+        "GetAnimation": READ_ATTEMPTS,
+        "ListAnimations": READ_ATTEMPTS,
+        "CancelAnimation": 1,
+    }
+
+
+async def test_a_read_gives_up_after_its_tries():
+    async with flaky_server(failures=READ_ATTEMPTS) as (client, servicer):
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.get(JOB)
+        # Two pauses, 0.25 s and then up to 0.5 s (gRPC jitters each below its bound).
+        assert time.monotonic() - started < 0.75 + SLACK_S
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == "the planner cannot reach NATS"
+    assert servicer.tries == {"GetAnimation": READ_ATTEMPTS}
