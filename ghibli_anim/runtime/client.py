@@ -54,10 +54,11 @@ def channel_keepalive(seconds: float) -> list[tuple[str, int]]:
 READS_RETRIED = ("GetAnimation", "ListAnimations")
 """The calls that only read, which the channel tries again on UNAVAILABLE by itself."""
 READ_ATTEMPTS = 3
-"""Tries of a read in all, 0.25 s and then up to 1 s apart, within the call's deadline: a
-planner restarting, or one that cannot reach NATS for a moment (it answers UNAVAILABLE),
-costs a read a second or so rather than an error. Calls that change a job are not tried
-again: the first may have been done, with only its answer lost."""
+"""Tries of a read in all, within the call's deadline, after pauses of at most 0.25 s and
+then 0.5 s (gRPC picks each at random below its bound, so clients spread out): a planner
+restarting, or one that cannot reach NATS for a moment (it answers UNAVAILABLE), costs a
+read a moment rather than an error. Calls that change a job are not tried again: the first
+may have been done, with only its answer lost."""
 
 
 _SERVICE = animation_pb2.DESCRIPTOR.services_by_name["AnimationService"]

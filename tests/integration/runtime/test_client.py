@@ -194,7 +194,7 @@ async def test_a_read_gives_up_after_its_tries():
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.get(JOB)
-        # Two pauses, 0.25 s and then up to 0.5 s (gRPC jitters each below its bound).
+        # Two pauses, of at most 0.25 s and then 0.5 s.
         assert time.monotonic() - started < 0.75 + SLACK_S
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == "the planner cannot reach NATS"
