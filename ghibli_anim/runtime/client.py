@@ -77,7 +77,7 @@ def retry_service_config() -> str:
                     "retryPolicy": {
                         "maxAttempts": READ_ATTEMPTS,
                         "initialBackoff": "0.25s",
-                        "maxBackoff": "1s",
+                        "maxBackoff": "0.5s",
                         "backoffMultiplier": 2,
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
