@@ -1,10 +1,11 @@
 """What the PNG settings cost: encode time and size of a painted frame and of its depth map.
 
-Every combination of libpng's row filter and zlib strategy at level 1, plus zlib level 0 and
-Pillow's fastest level, on :func:`ghibli_anim.devtools.standin.painting` (the stand-in picture
-with the statistics of a painted frame that ``bench/chain_host.py`` renders) and a depth-like
-map (a smooth grayscale field). One OpenCV thread, as the renderer's encoder threads use it.
-The row marked ``*`` is ``runtime/png.py``'s ``PNG_PARAMS``, what the renderer stores frames with.
+``runtime/png.py``'s encoder (the row marked ``*``: what the renderer stores frames with),
+then, through libpng (OpenCV, one thread), every combination of row filter and zlib strategy
+at level 1, plus zlib level 0 and Pillow's fastest level, on
+:func:`ghibli_anim.devtools.standin.painting` (the stand-in picture with the statistics of a
+painted frame that ``bench/chain_host.py`` renders) and a depth-like map (a smooth grayscale
+field).
 
     python bench/png_options.py [--size 512] [--repeat 30]
 """
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ghibli_anim.devtools import standin
-from ghibli_anim.runtime.png import PNG_PARAMS
+from ghibli_anim.runtime.png import encode_png
 
 FILTERS = {
     "none": cv2.IMWRITE_PNG_FILTER_NONE,
@@ -50,7 +51,9 @@ def _ms(encode, repeat: int) -> tuple[float, int]:
 def rows(picture: np.ndarray, repeat: int) -> list[tuple[str, float, int]]:
     """(settings, ms, bytes) of every option for ``picture`` (RGB or grayscale)."""
     bgr = picture if picture.ndim == 2 else np.ascontiguousarray(picture[..., ::-1])
-    out = []
+    out = [
+        ("* runtime/png.py: average, zlib-ng huffman", *_ms(lambda: encode_png(picture), repeat))
+    ]
 
     def cv(params: tuple[int, ...]):
         return lambda: cv2.imencode(".png", bgr, params)[1].tobytes()
@@ -59,9 +62,8 @@ def rows(picture: np.ndarray, repeat: int) -> list[tuple[str, float, int]]:
         for name, f in FILTERS.items():
             params = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, s)
             params += (cv2.IMWRITE_PNG_FILTER, f)
-            mark = "*" if params == PNG_PARAMS else " "
-            out.append((f"{mark} level 1, {strategy}, {name}", *_ms(cv(params), repeat)))
-    out.append(("  level 0 (stored)", *_ms(cv((cv2.IMWRITE_PNG_COMPRESSION, 0)), repeat)))
+            out.append((f"  libpng level 1, {strategy}, {name}", *_ms(cv(params), repeat)))
+    out.append(("  libpng level 0 (stored)", *_ms(cv((cv2.IMWRITE_PNG_COMPRESSION, 0)), repeat)))
 
     def pillow() -> bytes:
         buffer = io.BytesIO()
@@ -87,9 +89,9 @@ def main() -> None:
     frame = standin.next_frame(standin.painting(args.size, args.size), 3)
     for label, picture in (("frame (RGB)", frame), ("depth map (gray)", depth_like(args.size))):
         print(f"\n{label}, {args.size} x {args.size}")
-        print(f"  {'settings':<34} {'ms':>7} {'KiB':>8}")
+        print(f"  {'settings':<44} {'ms':>7} {'KiB':>8}")
         for name, ms, size in rows(picture, args.repeat):
-            print(f"  {name:<34} {ms:>7.2f} {size / 1024:>8.1f}")
+            print(f"  {name:<44} {ms:>7.2f} {size / 1024:>8.1f}")
 
 
 if __name__ == "__main__":
