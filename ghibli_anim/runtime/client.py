@@ -61,30 +61,26 @@ read a moment rather than an error. Calls that change a job are not tried again:
 may have been done, with only its answer lost."""
 
 
-_SERVICE = animation_pb2.DESCRIPTOR.services_by_name["AnimationService"]
-
-
-def retry_service_config() -> str:
-    """The channel's gRPC service config: the retry policy of the reads."""
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [
-                        {"service": _SERVICE.full_name, "method": _SERVICE.methods_by_name[m].name}
-                        for m in READS_RETRIED
-                    ],
-                    "retryPolicy": {
-                        "maxAttempts": READ_ATTEMPTS,
-                        "initialBackoff": "0.25s",
-                        "maxBackoff": "0.5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "animation.v1.AnimationService", "method": method}
+                    for method in READS_RETRIED
+                ],
+                "retryPolicy": {
+                    "maxAttempts": READ_ATTEMPTS,
+                    "initialBackoff": "0.25s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+"""The channel's gRPC service config: the retry policy of the reads."""
 
 
 class _Silent(Exception):
@@ -123,7 +119,7 @@ class AnimationClient:
         options = [
             *channel_keepalive(self.keepalive_s),
             ("grpc.enable_retries", 1),
-            ("grpc.service_config", retry_service_config()),
+            ("grpc.service_config", RETRY_SERVICE_CONFIG),
         ]
         if self.tls_ca or self.tls_cert:
 

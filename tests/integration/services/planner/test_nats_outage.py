@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
 import pytest
+from support.bus import eventually
 from support.planner import in_process_planner
 
 from ghibli_anim.contracts import events, lifecycle
@@ -19,13 +19,6 @@ from ghibli_anim.contracts.pb import animation_pb2, animation_pb2_grpc
 from ghibli_anim.runtime.client import AnimationClient
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_an_outage_is_unavailable_and_a_read_and_a_watch_outlast_it(
@@ -70,10 +63,9 @@ async def test_an_outage_is_unavailable_and_a_read_and_a_watch_outlast_it(
 
         watching = asyncio.create_task(watch())
         reading = asyncio.create_task(client.get(job))
-        await _until(
-            lambda: sum("NATS not answering" in r.getMessage() for r in caplog.records) >= 2,
-            30,
-            "the first try of the watch and of the read failing",
+        # The first try of the watch and of the read failing.
+        await eventually(
+            lambda: sum("NATS not answering" in r.getMessage() for r in caplog.records) >= 2, 30
         )
         assert not watching.done() and not reading.done() and seen == []
         await asyncio.to_thread(nats_server.start)
