@@ -70,3 +70,17 @@ def test_stand_ins_keep_the_pipeline_contract() -> None:
     assert drift[0] > 0.5 and drift[2] < -0.3  # the warm cast colour coherence removes
     txt = standin._pipeline_call(pipe, num_inference_steps=4, width=96, height=64)
     assert np.array_equal(np.rint(txt.images[0] * 255).astype(np.uint8), picture)
+
+
+def test_the_depth_stand_in_is_one_fixed_map_and_a_fresh_tensor_each_call() -> None:
+    import torch
+
+    pixels = torch.zeros(1, 3, 24, 40)
+    first = standin._depth_forward(pixel_values=pixels).predicted_depth
+    assert first.shape == (1, 24, 40) and first.dtype == torch.float32
+    # Near at the bottom centre: the map rises downwards and falls away from the centre.
+    assert first[0, -1, 20] > first[0, 0, 20] and first[0, -1, 20] > first[0, -1, 0]
+    first.zero_()  # a caller writing to its answer changes nothing for the next call
+    second = standin._depth_forward(pixel_values=pixels).predicted_depth
+    assert torch.equal(second, standin._depth_forward(pixel_values=pixels).predicted_depth)
+    assert second[0, -1, 20] > second[0, 0, 20]
