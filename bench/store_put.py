@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,21 +42,17 @@ RECORD_BYTES = 3000
 """About the size of a frame record with its spec (``frames/NNNN.json``)."""
 
 
-def payloads(size: int) -> dict[str, tuple[str, bytes, str]]:
-    """Per kind: (key maker, bytes, content type) of one frame's three objects."""
+def payloads(size: int) -> dict[str, tuple[Callable[[str, int], str], bytes, str]]:
+    """Per kind: (its store key of a job and frame, bytes, content type) of one frame's three
+    objects."""
     from png_options import depth_like  # the same depth-like map the PNG benchmark encodes
 
     record = json.dumps({"pad": "x" * RECORD_BYTES}, indent=2).encode()
     return {
-        "frame": ("frame", encode_png(standin.painting(size, size)), "image/png"),
-        "depth map": ("depth", encode_png(depth_like(size)), "image/png"),
-        "record": ("record", record, "application/json"),
+        "frame": (keys.frame_key, encode_png(standin.painting(size, size)), "image/png"),
+        "depth map": (keys.depth_key, encode_png(depth_like(size)), "image/png"),
+        "record": (keys.frame_record_key, record, "application/json"),
     }
-
-
-def key_of(kind: str, job_id: str, i: int) -> str:
-    make = {"frame": keys.frame_key, "depth": keys.depth_key, "record": keys.frame_record_key}
-    return make[kind](job_id, i)
 
 
 def measure(store: S3Store, server_pid: int, frames: int, size: int) -> None:
@@ -63,20 +61,20 @@ def measure(store: S3Store, server_pid: int, frames: int, size: int) -> None:
         f"{'per PUT (median of ' + str(frames) + ')':<24} {'KiB':>7} {'wall ms':>8}"
         f" {'client CPU ms':>14} {'server CPU ms':>14}"
     )
-    for label, (kind, data, content_type) in objects.items():
+    for label, (key_of, data, content_type) in objects.items():
         job_id = uuid.uuid4().hex
         for i in range(5):  # warm: connections, the volume's first writes
-            store.put(key_of(kind, uuid.uuid4().hex, i), data, content_type)
+            store.put(key_of(uuid.uuid4().hex, i), data, content_type)
         walls = []
         client0, server0 = time.process_time(), procfs.cpu_seconds(server_pid)
         for i in range(frames):
             started = time.perf_counter()
-            store.put(key_of(kind, job_id, i), data, content_type)
+            store.put(key_of(job_id, i), data, content_type)
             walls.append(time.perf_counter() - started)
         client = (time.process_time() - client0) / frames
         server = (procfs.cpu_seconds(server_pid) - server0) / frames
         print(
-            f"{label:<24} {len(data) / 1024:>7.1f} {1000 * sorted(walls)[frames // 2]:>8.2f}"
+            f"{label:<24} {len(data) / 1024:>7.1f} {1000 * statistics.median(walls):>8.2f}"
             f" {1000 * client:>14.2f} {1000 * server:>14.2f}"
         )
     job_id = uuid.uuid4().hex
@@ -85,13 +83,13 @@ def measure(store: S3Store, server_pid: int, frames: int, size: int) -> None:
         for i in range(frames):
             started = time.perf_counter()
             writes = [
-                pool.submit(store.put, key_of(kind, job_id, i), data, content_type)
-                for kind, data, content_type in objects.values()
+                pool.submit(store.put, key_of(job_id, i), data, content_type)
+                for key_of, data, content_type in objects.values()
             ]
             for write in writes:
                 write.result()
             walls.append(time.perf_counter() - started)
-    print(f"the three side by side: {1000 * sorted(walls)[frames // 2]:.2f} ms a frame (median)")
+    print(f"the three side by side: {1000 * statistics.median(walls):.2f} ms a frame (median)")
 
 
 def main() -> None:

@@ -201,7 +201,7 @@ def image_flaw(images: np.ndarray) -> str | None:
     """Why decoded frames (floats in 0..1, as ``output_type="np"`` gives them) are
     unusable: ``"nan"`` (NaN or inf pixels), ``"black"``, or None when they are fine."""
     # NaN propagates through min and max, and an inf is one of them: two reductions
-    # instead of a mask of the whole frame (~0.3 ms less a 512 x 512 frame).
+    # instead of a mask of the whole frame (0.21 ms instead of 0.27 at 512 x 512).
     low, high = float(images.min()), float(images.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         return "nan"
