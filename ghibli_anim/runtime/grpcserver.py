@@ -138,6 +138,9 @@ class GrpcServer:
             self.bound_port = self.server.add_insecure_port(address)
         if self.bound_port == 0:
             raise OSError(f"ANIM_GRPC_PORT: cannot bind {self.host}:{self.port}")
+        # grpcio's servicer starts with "" SERVING: until the first checks have run, a
+        # readiness probe must not see a service that is not ready.
+        await self._set_readiness(NOT_SERVING)
         await self.server.start()
         await self.health.set(LIVENESS, SERVING)
         await self.refresh_health()
@@ -163,9 +166,13 @@ class GrpcServer:
             )
         self.last_errors = errors
         status = SERVING if not errors and self.prepared and not self._stopping else NOT_SERVING
+        await self._set_readiness(status)
+        return status == SERVING
+
+    async def _set_readiness(self, status: int) -> None:
+        """Readiness ("" and each service's name), which probes and balancers ask."""
         for name in ["", *[b.name for b in self.bindings]]:
             await self.health.set(name, status)
-        return status == SERVING
 
     async def _watch_health(self) -> None:
         while not self._stopping:
@@ -184,8 +191,7 @@ class GrpcServer:
         if self._monitor:
             self._monitor.cancel()
         async with self._refreshing:  # after a refresh in flight, which saw no stop yet
-            for name in ["", *[b.name for b in self.bindings]]:
-                await self.health.set(name, NOT_SERVING)
+            await self._set_readiness(NOT_SERVING)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.mark_not_serving()

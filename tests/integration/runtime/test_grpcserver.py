@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -60,4 +62,28 @@ async def test_not_ready_before_the_service_is_prepared() -> None:
         assert await server.mark_prepared() is True  # published at once
         assert await _status(port, "") == SERVING
     finally:
+        await server.stop(grace_s=0.1)
+
+
+async def test_not_ready_while_the_first_checks_run() -> None:
+    """Listening comes before the first checks answer: a probe in between sees NOT_SERVING
+    (grpcio's health servicer itself starts with "" SERVING)."""
+    checking, answer = asyncio.Event(), asyncio.Event()
+
+    async def nats() -> None:  # slow to answer the first time, as on a busy machine
+        checking.set()
+        await answer.wait()
+
+    server = GrpcServer(host="127.0.0.1", port=0, bindings=[], checks={"nats": nats})
+    starting = asyncio.create_task(server.start())
+    try:
+        await asyncio.wait_for(checking.wait(), timeout=10)
+        assert await _status(server.bound_port, "") == NOT_SERVING
+        assert await _status(server.bound_port, LIVENESS) == SERVING
+        answer.set()
+        assert await starting == server.bound_port
+        assert await _status(server.bound_port, "") == SERVING
+    finally:
+        answer.set()
+        await starting
         await server.stop(grace_s=0.1)
