@@ -22,7 +22,7 @@ from ghibli_anim.contracts import config
 from ghibli_anim.contracts.config import SERVICES, Settings
 from ghibli_anim.runtime.grpcserver import GrpcServer
 from ghibli_anim.runtime.processes import NatsServer
-from ghibli_anim.runtime.service import run_service
+from ghibli_anim.runtime.service import Service, run_service
 from ghibli_anim.services.registry import build
 
 
@@ -60,10 +60,18 @@ class EmbeddedStack:
         self.tasks: list[asyncio.Task] = []
         self.servers: dict[str, GrpcServer] = {}
         self.settings: dict[str, Settings] = {}
+        self._planner: Service | None = None
 
     @property
     def planner_target(self) -> str:
         return f"127.0.0.1:{self.servers['planner'].bound_port}"
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where ``/metrics`` answers for all four services (one registry in one
+        process), once started; None without ANIM_METRICS_PORT. With
+        ANIM_METRICS_PORT=0 this is the free port that was picked."""
+        return None if self._planner is None else self._planner.metrics_port
 
     async def __aenter__(self) -> EmbeddedStack:
         await asyncio.to_thread(self.nats.start)
@@ -88,6 +96,8 @@ class EmbeddedStack:
 
         for name in SERVICES:
             service = build(name, self.settings[name])
+            if name == "planner":
+                self._planner = service
             task = asyncio.create_task(
                 run_service(service, self.stop, ready=ready(name)), name=f"service-{name}"
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -76,8 +77,20 @@ def wait_for_health(target: str, status: int, timeout: float = 20.0) -> bool:
     return False
 
 
+# What ``ghibli-anim serve`` prints, then exits, when its gRPC or metrics port is taken.
+_SERVICE_PORT_TAKEN = re.compile(
+    r"^error: ANIM_(?:GRPC_PORT: cannot bind|METRICS_PORT: cannot serve metrics on) \S*?:(\d+)",
+    re.MULTILINE,
+)
+
+
 class ServiceProcess(ChildServer):
-    """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING."""
+    """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING.
+
+    ``port=0`` picks a free gRPC port, and ``metrics=True`` a free port for
+    ``/metrics`` (ANIM_METRICS_PORT); ports picked here are picked again if another
+    process takes one before the first start binds it. A given port stays.
+    """
 
     stop_grace_s = 30.0
 
@@ -86,17 +99,44 @@ class ServiceProcess(ChildServer):
         name: str,
         folder: Path,
         env: Mapping[str, str],
-        port: int,
+        port: int = 0,
         *,
+        metrics: bool = False,
         module: str = "ghibli_anim.cli",
     ) -> None:
         if name not in SERVICES:
             raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
         super().__init__(folder, f"{name}.log")
         self.name = name
-        self.port = port
         self.module = module  # what ``python -m`` runs: the CLI, or a benchmark's wrapper of it
-        self.env = {**env, "ANIM_GRPC_PORT": str(port), "ANIM_GRPC_HOST": LOOPBACK}
+        self._base_env = dict(env)
+        self._given_port = port
+        self._metrics = metrics
+        self.port = 0  # both set by _pick_ports
+        self.metrics_port: int | None = None
+        """Where ``/metrics`` answers, None unless ``metrics=True``."""
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        picked = free_ports((0 if self._given_port else 1) + (1 if self._metrics else 0))
+        self.port = self._given_port or picked.pop(0)
+        self.metrics_port = picked.pop(0) if self._metrics else None
+
+    def _repick_ports(self, log: str) -> bool:
+        chosen = {self.port, self.metrics_port} - {self._given_port, None}
+        taken = {int(port) for port in _SERVICE_PORT_TAKEN.findall(log)}
+        if not taken & chosen:
+            return False
+        self._pick_ports()
+        return True
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the service starts with (its ports included)."""
+        env = {**self._base_env, "ANIM_GRPC_PORT": str(self.port), "ANIM_GRPC_HOST": LOOPBACK}
+        if self.metrics_port is not None:
+            env["ANIM_METRICS_PORT"] = str(self.metrics_port)
+        return env
 
     @property
     def target(self) -> str:
@@ -106,7 +146,7 @@ class ServiceProcess(ChildServer):
         return [sys.executable, "-m", self.module, "serve", self.name]
 
     def _env(self) -> dict[str, str]:
-        return dict(self.env)
+        return self.env
 
     def _ready(self) -> bool:
         return health_status(self.target, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
@@ -438,12 +478,18 @@ class LocalStack:
         asyncio.run(init())
 
     def add(
-        self, name: str, *, start: bool = True, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        *,
+        start: bool = True,
+        env: Mapping[str, str] | None = None,
+        metrics: bool = False,
     ) -> ServiceProcess | WebProcess:
         """One more replica of ``name`` (its own port and log file); ``env``
-        adds or overrides variables of this replica only (e.g. ANIM_FAULT)."""
+        adds or overrides variables of this replica only (e.g. ANIM_FAULT);
+        ``metrics`` serves a service's ``/metrics`` on a port of its own
+        (``metrics_port``)."""
         index = len(self.processes.get(name, []))
-        (port,) = free_ports(1)
         folder = self.work_dir / "services" / f"{name}-{index}"
         proc: ServiceProcess | WebProcess
         if name == "web":
@@ -455,13 +501,16 @@ class LocalStack:
                 for k, v in {**self.env(), **(env or {})}.items()
                 if not k.startswith(("ANIM_NATS_", "ANIM_S3_"))
             }
+            if metrics:
+                raise ValueError("metrics: the web page serves no /metrics")
+            (port,) = free_ports(1)
             proc = WebProcess(folder, web_env, port, self.planner_target)
         else:
             proc = ServiceProcess(
                 name,
                 folder,
                 {**self.env(), **self.login(name), **(env or {})},
-                port,
+                metrics=metrics,
                 module=self.module,
             )
         self.processes.setdefault(name, []).append(proc)

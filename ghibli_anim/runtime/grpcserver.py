@@ -132,12 +132,18 @@ class GrpcServer:
             self.server,
         )
         address = f"{self.host}:{self.port}"
-        if self.credentials is not None:
-            self.bound_port = self.server.add_secure_port(address, self.credentials)
-        else:
-            self.bound_port = self.server.add_insecure_port(address)
+        try:
+            if self.credentials is not None:
+                self.bound_port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.bound_port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older releases returned 0
+            self.bound_port = 0
         if self.bound_port == 0:
-            raise OSError(f"ANIM_GRPC_PORT: cannot bind {self.host}:{self.port}")
+            raise OSError(
+                f"ANIM_GRPC_PORT: cannot bind {address}: the port is in use, or "
+                "ANIM_GRPC_HOST is not an address of this machine"
+            )
         # grpcio's servicer starts with "" SERVING: until the first checks have run, a
         # readiness probe must not see a service that is not ready.
         await self._set_readiness(NOT_SERVING)

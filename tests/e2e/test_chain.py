@@ -253,9 +253,7 @@ def test_serve_starts_where_torch_cannot_be_imported(stack, tmp_path, name):
     """)
     )
     env = {**stack.env(), "PYTHONPATH": str(blocker)}
-    from ghibli_anim.runtime.processes import free_port
-
-    proc = ServiceProcess(name, tmp_path / name, env, free_port())
+    proc = ServiceProcess(name, tmp_path / name, env)
     try:
         proc.start(timeout=60)
         assert wait_for_health(proc.target, 1)  # SERVING

@@ -16,15 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.processes import port_taken, starts
 
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.config import SERVICES
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
-from ghibli_anim.devtools.stack import LocalStack
+from ghibli_anim.devtools import stack as stack_module
+from ghibli_anim.devtools.stack import LocalStack, ServiceProcess
 from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.bus.names import CONDUCTOR_EVENTS
 from ghibli_anim.runtime.client import AnimationClient
-from ghibli_anim.runtime.processes import free_ports
 from ghibli_anim.runtime.store.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(300)
@@ -77,21 +78,18 @@ def metered(tmp_path_factory, tiny_cache_dir):
     """A stack whose four services serve metrics; yields (stack, {service: port})."""
     env = {"ANIM_CACHE_DIR": str(tiny_cache_dir), "ANIM_PROFILE": "tiny", "ANIM_ACK_WAIT_S": "10"}
     stack = LocalStack(tmp_path_factory.mktemp("metered"), services=(), env=env)
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
     try:
         stack.start()
-        procs = [
-            stack.add(name, start=False, env={"ANIM_METRICS_PORT": str(port)})
-            for name, port in ports.items()
-        ]
+        procs = {name: stack.add(name, start=False, metrics=True) for name in SERVICES}
         with ThreadPoolExecutor(len(procs)) as pool:  # start them side by side
-            for started in [pool.submit(p.start, timeout=120) for p in procs]:
+            for started in [pool.submit(p.start, timeout=120) for p in procs.values()]:
                 started.result()
     except BaseException:
         print(stack.logs())
         stack.stop()
         raise
-    yield stack, ports
+    # Read once started: a start on a port another process took meanwhile picks again.
+    yield stack, {name: p.metrics_port for name, p in procs.items()}
     stack.stop()
 
 
@@ -185,3 +183,26 @@ def test_each_service_shows_the_jobs_frames_and_latencies(metered):
     # Every process exports the client library's own metrics too.
     for scrape_ in (renderer, depth, assembler, planner):
         assert scrape_.value("process_cpu_seconds_total") > 0
+
+
+@pytest.mark.parametrize("which", ["grpc", "metrics"])
+def test_a_port_taken_before_the_first_start_is_picked_again(metered, monkeypatch, which):
+    # Another process binds a port between choosing it and the service binding it.
+    stack, _ = metered
+    pick = stack_module.free_ports
+    first = pick(2)  # what the replica picks first: its gRPC port, then its metrics port
+    taken = first[0] if which == "grpc" else first[1]
+    picks = iter([list(first)])  # the picker pops from what it gets
+    monkeypatch.setattr(stack_module, "free_ports", lambda count: next(picks, None) or pick(count))
+    with port_taken(taken):
+        proc = stack.add("planner", metrics=True)
+    try:
+        assert isinstance(proc, ServiceProcess)
+        assert proc.port != first[0] and proc.metrics_port != first[1]
+        assert scrape(proc.metrics_port).value("anim_messages_handled_total") == 0
+        log = proc.log_path.read_text()
+        assert f"error: ANIM_{which.upper()}_PORT: " in log, log
+        assert "a port was taken meanwhile" in log
+        assert starts(proc) == 2
+    finally:
+        proc.stop()  # the job test above counted on one planner

@@ -22,7 +22,6 @@ from ghibli_anim.devtools.stack import LocalStack, ServiceProcess, wait_for_heal
 from ghibli_anim.runtime.bus.connection import connect
 from ghibli_anim.runtime.bus.watch import read_job_events
 from ghibli_anim.runtime.client import AnimationClient, DownloadError, download_files
-from ghibli_anim.runtime.processes import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -251,7 +250,7 @@ def test_a_download_with_a_wrong_sha256_leaves_nothing(tmp_path):
 
 
 def test_sigterm_stops_a_service_gracefully(stack, tmp_path):
-    proc = ServiceProcess("renderer", tmp_path / "renderer", stack.env(), free_port())
+    proc = ServiceProcess("renderer", tmp_path / "renderer", stack.env())
     proc.start(timeout=60)
     assert wait_for_health(proc.target, SERVING)
     os.kill(proc.pid, signal.SIGTERM)

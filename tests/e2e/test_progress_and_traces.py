@@ -26,7 +26,6 @@ from ghibli_anim.contracts.pb import animation_pb2, bus_pb2, types_pb2
 from ghibli_anim.embedded import EmbeddedStack
 from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.client import AnimationClient
-from ghibli_anim.runtime.processes import free_port
 from ghibli_anim.services.renderer.progress import PROGRESS_INTERVAL_S
 
 pytestmark = pytest.mark.timeout(300)
@@ -56,14 +55,13 @@ def exporter():
 @pytest.fixture(scope="module")
 def run(exporter, tiny_cache_dir, tmp_path_factory) -> Run:
     tmp = tmp_path_factory.mktemp("progress")
-    port = free_port()
     env = {
         "ANIM_CACHE_DIR": str(tiny_cache_dir),
         "ANIM_PROFILE": "tiny",
         "ANIM_DEVICE": "cpu",
         "ANIM_DTYPE": "float32",
         "ANIM_RUNS_DIR": str(tmp / "runs"),
-        "ANIM_METRICS_PORT": str(port),
+        "ANIM_METRICS_PORT": "0",  # a free port, picked as it binds
     }
     # 40 steps: frame 0 (text to image) runs all of them, long enough on most
     # machines for several throttled progress events; later frames run 6 (img2img).
@@ -84,7 +82,7 @@ def run(exporter, tiny_cache_dir, tmp_path_factory) -> Run:
                     job_id = (await client.create(request)).job_id
                 events = [e async for e in client.watch(job_id)]
                 animation = await client.get(job_id)
-            url = f"http://127.0.0.1:{port}/metrics"
+            url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
             text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
         # The stack is down: every span has ended.
         return job_id, events, animation, span, text.decode()

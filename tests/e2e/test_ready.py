@@ -57,7 +57,7 @@ class Watched(ServiceProcess):
     as it was when readiness first answered SERVING."""
 
     def __init__(self, name: str, folder: Path, env: dict[str, str]) -> None:
-        super().__init__(name, folder, env, free_port())
+        super().__init__(name, folder, env)
         self.seen: list[tuple[int | None, int | None]] = []
         self.log_when_ready = ""
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.processes import port_taken
 
 from ghibli_anim.runtime.grpcserver import LIVENESS, NOT_SERVING, SERVING, GrpcServer
+from ghibli_anim.runtime.processes import free_port
 
 
 async def _status(port: int, service: str) -> int:
@@ -87,3 +90,11 @@ async def test_not_ready_while_the_first_checks_run() -> None:
         answer.set()
         await starting
         await server.stop(grace_s=0.1)
+
+
+async def test_a_taken_port_is_an_error_that_names_the_setting() -> None:
+    port = free_port()
+    server = GrpcServer(host="127.0.0.1", port=port, bindings=[], checks={})
+    expected = rf"^ANIM_GRPC_PORT: cannot bind 127\.0\.0\.1:{port}: the port is in use"
+    with port_taken(port), pytest.raises(OSError, match=expected):
+        await server.start()
