@@ -77,35 +77,32 @@ def wait_for_health(target: str, status: int, timeout: float = 20.0) -> bool:
     return False
 
 
-# What ``ghibli-anim serve`` prints, then exits, when its gRPC or metrics port is taken.
-_SERVICE_PORT_TAKEN = re.compile(
-    r"^error: ANIM_(?:GRPC_PORT: cannot bind|METRICS_PORT: cannot serve metrics on) \S*?:(\d+)",
+# What ``ghibli-anim serve`` prints, then exits, when a port it was given is taken.
+_SERVE_PORT_TAKEN = re.compile(
+    r"^error: ANIM_(?:GRPC_PORT: cannot bind|METRICS_PORT: cannot serve metrics on"
+    r"|WEB_HOST/ANIM_WEB_PORT: cannot listen on) \S*?:(\d+)",
     re.MULTILINE,
 )
 
 
-class ServiceProcess(ChildServer):
-    """``ghibli-anim serve NAME`` as a child process; ready when its health is SERVING.
+class _ServeProcess(ChildServer):
+    """``ghibli-anim serve NAME`` as a child process on loopback ports.
 
-    ``port=0`` picks a free gRPC port, and ``metrics=True`` a free port for
-    ``/metrics`` (ANIM_METRICS_PORT); ports picked here are picked again if another
-    process takes one before the first start binds it. A given port stays.
+    ``port=0`` picks a free port, and ``metrics=True`` a free port for ``/metrics``
+    (ANIM_METRICS_PORT); ports picked here are picked again if another process
+    takes one before the first start binds it. A given port stays.
     """
-
-    stop_grace_s = 30.0
 
     def __init__(
         self,
         name: str,
         folder: Path,
         env: Mapping[str, str],
-        port: int = 0,
+        port: int,
         *,
-        metrics: bool = False,
-        module: str = "ghibli_anim.cli",
+        metrics: bool,
+        module: str,
     ) -> None:
-        if name not in SERVICES:
-            raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
         super().__init__(folder, f"{name}.log")
         self.name = name
         self.module = module  # what ``python -m`` runs: the CLI, or a benchmark's wrapper of it
@@ -124,16 +121,20 @@ class ServiceProcess(ChildServer):
 
     def _repick_ports(self, log: str) -> bool:
         chosen = {self.port, self.metrics_port} - {self._given_port, None}
-        taken = {int(port) for port in _SERVICE_PORT_TAKEN.findall(log)}
+        taken = {int(port) for port in _SERVE_PORT_TAKEN.findall(log)}
         if not taken & chosen:
             return False
         self._pick_ports()
         return True
 
+    def _port_env(self) -> dict[str, str]:
+        """The variables that tell the process where to listen."""
+        raise NotImplementedError
+
     @property
     def env(self) -> dict[str, str]:
-        """The environment the service starts with (its ports included)."""
-        env = {**self._base_env, "ANIM_GRPC_PORT": str(self.port), "ANIM_GRPC_HOST": LOOPBACK}
+        """The environment the process starts with (its ports included)."""
+        env = {**self._base_env, **self._port_env()}
         if self.metrics_port is not None:
             env["ANIM_METRICS_PORT"] = str(self.metrics_port)
         return env
@@ -148,9 +149,6 @@ class ServiceProcess(ChildServer):
     def _env(self) -> dict[str, str]:
         return self.env
 
-    def _ready(self) -> bool:
-        return health_status(self.target, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
-
     def signal_stop(self, grace: float | None = None) -> None:
         """SIGTERM and wait (graceful drain), SIGKILL after ``grace``."""
         self.stop(grace)
@@ -158,6 +156,33 @@ class ServiceProcess(ChildServer):
     @property
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
+
+
+class ServiceProcess(_ServeProcess):
+    """``ghibli-anim serve NAME`` for one of the four services; ready when its health
+    is SERVING. Ports as :class:`_ServeProcess` picks them."""
+
+    stop_grace_s = 30.0
+
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        env: Mapping[str, str],
+        port: int = 0,
+        *,
+        metrics: bool = False,
+        module: str = "ghibli_anim.cli",
+    ) -> None:
+        if name not in SERVICES:
+            raise ValueError(f"service: must be one of {', '.join(SERVICES)}, got {name!r}")
+        super().__init__(name, folder, env, port, metrics=metrics, module=module)
+
+    def _port_env(self) -> dict[str, str]:
+        return {"ANIM_GRPC_PORT": str(self.port), "ANIM_GRPC_HOST": LOOPBACK}
+
+    def _ready(self) -> bool:
+        return health_status(self.target, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
 
 
 def http_ready(url: str, timeout: float = 1.0) -> bool:
@@ -169,49 +194,32 @@ def http_ready(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-class WebProcess(ChildServer):
+class WebProcess(_ServeProcess):
     """``ghibli-anim serve web`` as a child process; ready when /readyz answers 200,
     that is when it listens and the planner it talks to is SERVING."""
 
     stop_grace_s = 15.0
 
     def __init__(
-        self, folder: Path, env: Mapping[str, str], port: int, planner_target: str
+        self, folder: Path, env: Mapping[str, str], planner_target: str, port: int = 0
     ) -> None:
-        super().__init__(folder, "web.log")
-        self.name = "web"
-        self.port = port
-        self.env = {
-            **env,
-            "ANIM_WEB_PORT": str(port),
-            "ANIM_WEB_HOST": LOOPBACK,
-            "ANIM_PLANNER_TARGET": planner_target,
-        }
+        super().__init__("web", folder, env, port, metrics=False, module="ghibli_anim.cli")
+        self.planner_target = planner_target
 
-    @property
-    def target(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+    def _port_env(self) -> dict[str, str]:
+        return {
+            "ANIM_WEB_PORT": str(self.port),
+            "ANIM_WEB_HOST": LOOPBACK,
+            "ANIM_PLANNER_TARGET": self.planner_target,
+        }
 
     @property
     def url(self) -> str:
         """The page's base URL, e.g. http://127.0.0.1:PORT."""
         return f"http://{self.target}"
 
-    def _command(self) -> list[str]:
-        return [sys.executable, "-m", "ghibli_anim.cli", "serve", "web"]
-
-    def _env(self) -> dict[str, str]:
-        return dict(self.env)
-
     def _ready(self) -> bool:
         return http_ready(f"{self.url}/readyz", timeout=0.5)
-
-    def signal_stop(self, grace: float | None = None) -> None:
-        self.stop(grace)
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
 
 
 # The deployment's NATS configuration (compose, the Kubernetes dev overlay): with
@@ -502,9 +510,8 @@ class LocalStack:
                 if not k.startswith(("ANIM_NATS_", "ANIM_S3_"))
             }
             if metrics:
-                raise ValueError("metrics: the web page serves no /metrics")
-            (port,) = free_ports(1)
-            proc = WebProcess(folder, web_env, port, self.planner_target)
+                raise ValueError("metrics: the web page serves /metrics on its own port already")
+            proc = WebProcess(folder, web_env, self.planner_target)
         else:
             proc = ServiceProcess(
                 name,

@@ -22,7 +22,7 @@ from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.config import SERVICES
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
 from ghibli_anim.devtools import stack as stack_module
-from ghibli_anim.devtools.stack import LocalStack, ServiceProcess
+from ghibli_anim.devtools.stack import LocalStack
 from ghibli_anim.runtime import metrics
 from ghibli_anim.runtime.bus.names import CONDUCTOR_EVENTS
 from ghibli_anim.runtime.client import AnimationClient
@@ -185,23 +185,32 @@ def test_each_service_shows_the_jobs_frames_and_latencies(metered):
         assert scrape_.value("process_cpu_seconds_total") > 0
 
 
-@pytest.mark.parametrize("which", ["grpc", "metrics"])
-def test_a_port_taken_before_the_first_start_is_picked_again(metered, monkeypatch, which):
-    # Another process binds a port between choosing it and the service binding it.
+@pytest.mark.parametrize(
+    ("name", "metered_too", "taken_index", "error"),
+    [
+        ("planner", True, 0, "error: ANIM_GRPC_PORT: cannot bind"),
+        ("planner", True, 1, "error: ANIM_METRICS_PORT: cannot serve metrics on"),
+        ("web", False, 0, "error: ANIM_WEB_HOST/ANIM_WEB_PORT: cannot listen on"),
+    ],
+)
+def test_a_port_taken_before_the_first_start_is_picked_again(
+    metered, monkeypatch, name, metered_too, taken_index, error
+):
+    # Another process binds a port between its choice and the server binding it.
     stack, _ = metered
     pick = stack_module.free_ports
-    first = pick(2)  # what the replica picks first: its gRPC port, then its metrics port
-    taken = first[0] if which == "grpc" else first[1]
+    first = pick(2 if metered_too else 1)  # what the process picks first: its port, then metrics
     picks = iter([list(first)])  # the picker pops from what it gets
     monkeypatch.setattr(stack_module, "free_ports", lambda count: next(picks, None) or pick(count))
-    with port_taken(taken):
-        proc = stack.add("planner", metrics=True)
+    with port_taken(first[taken_index]):
+        proc = stack.add(name, metrics=metered_too)
     try:
-        assert isinstance(proc, ServiceProcess)
-        assert proc.port != first[0] and proc.metrics_port != first[1]
-        assert scrape(proc.metrics_port).value("anim_messages_handled_total") == 0
+        assert proc.port != first[0]
+        if metered_too:
+            assert proc.metrics_port not in (None, first[1])
+            assert scrape(proc.metrics_port).value("anim_messages_handled_total") == 0
         log = proc.log_path.read_text()
-        assert f"error: ANIM_{which.upper()}_PORT: " in log, log
+        assert f"{error} 127.0.0.1:{first[taken_index]}" in log, log
         assert "a port was taken meanwhile" in log
         assert starts(proc) == 2
     finally:
