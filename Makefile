@@ -68,6 +68,7 @@ docs: setup ## regenerate the tables of README.md and ARCHITECTURE.md from the c
 bench: setup ## benchmarks: print figures and ratios
 	$(PY) bench/chain_host.py
 	$(PY) bench/store_put.py
+	$(PY) bench/store_stat.py
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
 	$(PY) bench/history.py

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ghibli_anim.contracts import keys
@@ -112,6 +113,10 @@ class Store(ABC):
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """Size, sha256 and content type, or None when there is no object."""
+
+    def stat_many(self, keys_: Sequence[str]) -> list[ObjectInfo | None]:
+        """``stat`` of each key, in the same order (a store on a network asks side by side)."""
+        return [self.stat(key) for key in keys_]
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

@@ -12,7 +12,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -70,6 +71,10 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
+STAT_CONCURRENCY = 8
+"""HEADs that ``stat_many`` keeps in flight: each is a round trip, and a completed job's
+view asks one per file (about three a frame). Below the connection pool's size."""
+_POOL_SIZE = 16
 
 
 def _split_endpoint(value: str, secure: bool, field: str) -> tuple[str, bool]:
@@ -95,7 +100,7 @@ def _http_client(secure: bool, connect_s: float, read_s: float) -> urllib3.PoolM
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=connect_s, read=read_s),
         retries=False,
-        maxsize=16,
+        maxsize=_POOL_SIZE,
         **kwargs,
     )
 
@@ -332,6 +337,14 @@ class S3Store(Store):
             )
 
         return self._call(f"stat {key}", do)
+
+    def stat_many(self, keys_: Sequence[str]) -> list[ObjectInfo | None]:
+        """``stat`` of each key, in order, ``STAT_CONCURRENCY`` HEADs in flight."""
+        if len(keys_) < 2:
+            return [self.stat(key) for key in keys_]
+        workers = min(STAT_CONCURRENCY, len(keys_))
+        with ThreadPoolExecutor(workers, thread_name_prefix="store-stat") as pool:
+            return list(pool.map(self.stat, keys_))
 
     def copy(self, source: str, dest: str) -> None:
         """A server-side copy (CopyObject): the bytes never leave the S3 server, and the

@@ -65,6 +65,24 @@ def test_missing_key(store: Store) -> None:
     store.delete(key)  # deleting nothing is fine
 
 
+def test_stat_many_answers_in_order_with_none_for_the_missing(store: Store) -> None:
+    written = {keys.frame_key(JOB, i): bytes([i]) * (100 + i) for i in range(0, 24, 2)}
+    for key, data in written.items():
+        store.put(key, data, "image/png")
+    asked = [keys.frame_key(JOB, i) for i in range(24)]  # the odd frames were never written
+    got = store.stat_many(asked)
+    assert got == [store.stat(key) for key in asked]
+    for key, info in zip(asked, got, strict=True):
+        if key in written:
+            data = written[key]
+            assert info == ObjectInfo(key, len(data), hashlib.sha256(data).hexdigest(), "image/png")
+        else:
+            assert info is None
+    assert store.stat_many([]) == []
+    with pytest.raises(ValueError, match="key"):
+        store.stat_many([*asked, "../escape"])
+
+
 def test_copy_is_an_object_of_its_own(store: Store) -> None:
     # A fork's frames are copies of its parent's: deleting the parent's keeps them.
     source, dest = keys.frame_key(JOB, 1), keys.frame_key(OTHER_JOB, 1)

@@ -213,3 +213,21 @@ def test_a_volume_left_empty_by_a_kill_does_not_hold_up_the_restart(
     assert volumes_on_disk(data) == loaded >= 1
     private_seaweed.start(timeout=20)
     assert store.get(keys.frame_key(JOB, 0)) == b"before"
+
+
+def test_stat_many_keeps_several_heads_in_flight(s3_store: S3Store, monkeypatch) -> None:
+    # Each HEAD is a round trip to the server: one after another, a completed job's view
+    # would wait on ~3 a frame. Every HEAD here waits until 4 are in flight together.
+    stored = [keys.frame_key(JOB, i) for i in range(8)]
+    for key in stored:
+        s3_store.put(key, PNG, "image/png")
+    together = threading.Barrier(4, timeout=10)
+    head = s3_store._client.stat_object
+
+    def stat_object(*args, **kwargs):
+        together.wait()  # BrokenBarrierError after 10 s unless 4 HEADs wait at once
+        return head(*args, **kwargs)
+
+    monkeypatch.setattr(s3_store._client, "stat_object", stat_object)
+    infos = s3_store.stat_many(stored)
+    assert [info.key for info in infos if info is not None] == stored
