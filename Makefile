@@ -69,6 +69,7 @@ bench: setup ## benchmarks: print figures and ratios
 	$(PY) bench/chain_host.py
 	$(PY) bench/store_put.py
 	$(PY) bench/store_stat.py
+	$(PY) bench/kv_get.py
 	$(PY) bench/overhead.py
 	$(PY) bench/load.py
 	$(PY) bench/history.py

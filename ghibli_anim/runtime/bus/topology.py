@@ -192,15 +192,36 @@ def consumer_configs(ack_wait_s: float, max_deliver: int) -> list[tuple[str, api
     ]
 
 
-async def _ensure_kv(js: JetStreamContext, bucket: Bucket, replicas: int) -> None:
-    config = api.KeyValueConfig(
+def direct_reads(replicas: int) -> bool:
+    """Whether a KV bucket answers reads with direct gets.
+
+    A direct get returns the stored message as it is; the other path (the stream's
+    MSG.GET API) wraps it in JSON with the value in base64, which costs the server and
+    the reader CPU on every read of a job's state (the renderer reads it for every
+    frame; ``bench/kv_get.py`` measures both ways). With one replica the one server
+    answers both ways, after every write it has acknowledged. With several, any replica
+    may answer a direct get, and a follower may not yet hold the last write: a renderer
+    could read a job as not yet rendering and skip its work. So only single-replica
+    buckets read directly.
+    """
+    return replicas == 1
+
+
+def kv_config(bucket: Bucket, replicas: int) -> api.KeyValueConfig:
+    """The configuration ``bus init`` creates ``bucket`` with."""
+    return api.KeyValueConfig(
         bucket=bucket.name,
         description=bucket.description,
         history=bucket.history,
         ttl=bucket.max_age_s,
         storage=api.StorageType.FILE,
         replicas=replicas,
+        direct=direct_reads(replicas),
     )
+
+
+async def _ensure_kv(js: JetStreamContext, bucket: Bucket, replicas: int) -> None:
+    config = kv_config(bucket, replicas)
     try:
         await js.create_key_value(config)
         if not bucket.atomic:
@@ -215,6 +236,7 @@ async def _ensure_kv(js: JetStreamContext, bucket: Bucket, replicas: int) -> Non
     stream.max_msgs_per_subject = bucket.history
     stream.max_age = bucket.max_age_s or 0
     stream.num_replicas = replicas
+    stream.allow_direct = direct_reads(replicas)
     stream.description = bucket.description
     stream.allow_atomic = bucket.atomic or None
     if bucket.max_age_s and stream.duplicate_window > bucket.max_age_s:

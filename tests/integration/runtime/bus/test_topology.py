@@ -23,7 +23,7 @@ from ghibli_anim.runtime.bus.names import (
     WORK_STREAM,
 )
 from ghibli_anim.runtime.bus.publish import new_event, publish_event
-from ghibli_anim.runtime.bus.topology import init_bus
+from ghibli_anim.runtime.bus.topology import BUCKETS, direct_reads, init_bus, kv_config
 
 
 async def test_init_bus_is_idempotent_and_updates_consumers(nbus: Bus) -> None:
@@ -60,6 +60,8 @@ async def test_init_bus_is_idempotent_and_updates_consumers(nbus: Bus) -> None:
     # The job store writes a status change and its index entries as one atomic batch.
     assert (await js.stream_info(f"KV_{JOBS_BUCKET}")).config.allow_atomic
     assert not (await js.stream_info(f"KV_{IDEM_BUCKET}")).config.allow_atomic
+    for bucket in BUCKETS:  # one replica: reads are direct gets
+        assert (await js.stream_info(f"KV_{bucket.name}")).config.allow_direct, bucket.name
 
     # A changed AckWait/MaxDeliver updates the consumer; waiting work stays.
     await render(nbus)
@@ -97,3 +99,30 @@ async def test_init_bus_narrows_an_older_conductor_in_place(nbus: Bus) -> None:
     info = await js.consumer_info(EVENTS_STREAM, CONDUCTOR)
     assert not info.config.filter_subject and len(info.config.filter_subjects) > 1
     assert info.num_pending == 1  # what was waiting stays
+
+
+async def test_init_bus_turns_on_direct_reads_of_an_older_bucket(nbus: Bus) -> None:
+    """Buckets made before reads were direct get them from ``bus init``; values stay."""
+    js = nbus.js
+    for bucket in BUCKETS:
+        info = await js.stream_info(f"KV_{bucket.name}")
+        info.config.allow_direct = False
+        await js.update_stream(info.config)
+    kv = await js.key_value(IDEM_BUCKET)
+    await kv.put("before", b"kept")
+    await init_bus(js, ack_wait_s=ACK_WAIT, max_deliver=MAX_DELIVER)
+    for bucket in BUCKETS:
+        assert (await js.stream_info(f"KV_{bucket.name}")).config.allow_direct, bucket.name
+    direct = await js.key_value(IDEM_BUCKET)
+    assert direct._direct  # what nats-py reads the bucket with, from its stream's config
+    assert (await direct.get("before")).value == b"kept"
+
+
+def test_only_single_replica_buckets_read_directly() -> None:
+    # A follower of a replicated stream may answer a direct get before it holds the last
+    # write: with several replicas, every read goes to the leader.
+    assert direct_reads(1) and not direct_reads(3)
+    for bucket in BUCKETS:
+        assert kv_config(bucket, 1).direct is True
+        assert kv_config(bucket, 3).direct is False
+        assert kv_config(bucket, 3).replicas == 3
