@@ -27,8 +27,9 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from ghibli_anim.contracts import keys
@@ -92,6 +93,21 @@ def measure(store: S3Store, server_pid: int, frames: int, size: int) -> None:
     print(f"the three side by side: {1000 * statistics.median(walls):.2f} ms a frame (median)")
 
 
+@contextmanager
+def seaweed_store(prefix: str) -> Iterator[tuple[S3Store, int]]:
+    """A store on a SeaweedFS of its own in a temporary folder, and the server's pid."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        server = SeaweedS3(Path(tmp) / "s3", ACCESS_KEY, SECRET_KEY).start()
+        try:
+            store = S3Store(server.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET, secure=False)
+            store.ensure_bucket()
+            assert server.pid is not None
+            print(f"SeaweedFS at {server.endpoint}, {os.cpu_count()} cores")
+            yield store, server.pid
+        finally:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=100, help="PUTs of each kind")
@@ -99,16 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.frames < 1:
         parser.error(f"--frames: must be at least 1, got {args.frames}")
-    with tempfile.TemporaryDirectory(prefix="bench-store-put-") as tmp:
-        server = SeaweedS3(Path(tmp) / "s3", ACCESS_KEY, SECRET_KEY).start()
-        try:
-            store = S3Store(server.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET, secure=False)
-            store.ensure_bucket()
-            assert server.pid is not None
-            print(f"SeaweedFS at {server.endpoint}, {os.cpu_count()} cores")
-            measure(store, server.pid, args.frames, args.size)
-        finally:
-            server.stop()
+    with seaweed_store("bench-store-put-") as (store, server_pid):
+        measure(store, server_pid, args.frames, args.size)
 
 
 if __name__ == "__main__":

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+
+from store_put import seaweed_store  # its SeaweedFS and store, as it measures PUTs
 
 from ghibli_anim.contracts import keys
-from ghibli_anim.devtools.seaweed import SeaweedS3
 from ghibli_anim.devtools.stack import ACCESS_KEY, BUCKET, SECRET_KEY
 from ghibli_anim.runtime.processes import LOOPBACK
 from ghibli_anim.runtime.store.s3 import STAT_CONCURRENCY, S3Store
@@ -143,15 +141,8 @@ def main() -> None:
             parser.error(f"--{name}: must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.latency_ms <= 1000:
         parser.error(f"--latency-ms: must be in 0..1000, got {args.latency_ms:g}")
-    with tempfile.TemporaryDirectory(prefix="bench-store-stat-") as tmp:
-        server = SeaweedS3(Path(tmp) / "s3", ACCESS_KEY, SECRET_KEY).start()
-        try:
-            store = S3Store(server.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET, secure=False)
-            store.ensure_bucket()
-            print(f"SeaweedFS at {server.endpoint}, {os.cpu_count()} cores")
-            measure(store, args.frames, args.reps, args.latency_ms)
-        finally:
-            server.stop()
+    with seaweed_store("bench-store-stat-") as (store, _):
+        measure(store, args.frames, args.reps, args.latency_ms)
 
 
 if __name__ == "__main__":

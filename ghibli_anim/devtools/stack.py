@@ -40,7 +40,7 @@ from ghibli_anim.runtime.processes import (
     ChildServer,
     LauncherError,
     NatsServer,
-    free_ports,
+    pick_ports,
 )
 
 log = logging.getLogger(__name__)
@@ -115,17 +115,11 @@ class _ServeProcess(ChildServer):
         self._pick_ports()
 
     def _pick_ports(self) -> None:
-        picked = free_ports((0 if self._given_port else 1) + (1 if self._metrics else 0))
-        self.port = self._given_port or picked.pop(0)
-        self.metrics_port = picked.pop(0) if self._metrics else None
+        self.port, self.metrics_port = pick_ports(self._given_port, self._metrics)
 
     def _repick_ports(self, log: str) -> bool:
-        chosen = {self.port, self.metrics_port} - {self._given_port, None}
-        taken = {int(port) for port in _SERVE_PORT_TAKEN.findall(log)}
-        if not taken & chosen:
-            return False
-        self._pick_ports()
-        return True
+        chosen = {self.port, self.metrics_port} - {self._given_port}
+        return self._pick_again_if_taken(_SERVE_PORT_TAKEN, log, chosen, self._pick_ports)
 
     def _port_env(self) -> dict[str, str]:
         """The variables that tell the process where to listen."""

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +95,12 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def pick_ports(given: int, second: bool) -> tuple[int, int | None]:
+    """``given`` (a free port when 0), and a second free port when ``second``."""
+    picked = free_ports((0 if given else 1) + (1 if second else 0))
+    return given or picked.pop(0), picked.pop(0) if second else None
 
 
 def _log_tail(path: Path, limit: int = 2000) -> str:
@@ -266,6 +273,16 @@ class ChildServer:
         process took a port this object chose, choose fresh ones and return True
         (start again); else False (the error stands)."""
         return False
+
+    def _pick_again_if_taken(
+        self, taken: re.Pattern[str], log: str, chosen: set[int | None], pick: Callable[[], None]
+    ) -> bool:
+        """``_repick_ports`` for a server that logs each port it found in use (``taken``'s
+        first group): ``pick`` again when one of them is a port this object ``chosen``."""
+        if not {int(port) for port in taken.findall(log)} & (chosen - {None}):
+            return False
+        pick()
+        return True
 
     # -- public ------------------------------------------------------------
     @property
@@ -502,17 +519,11 @@ class NatsServer(ChildServer):
 
     def _pick_ports(self) -> None:
         """Free ports for the client port (unless given) and the monitoring port."""
-        picked = free_ports((0 if self._given_port else 1) + (1 if self._monitor else 0))
-        self.port = self._given_port or picked.pop(0)
-        self.monitor_port = picked.pop(0) if self._monitor else None
+        self.port, self.monitor_port = pick_ports(self._given_port, self._monitor)
 
     def _repick_ports(self, log: str) -> bool:
-        chosen = {self.port, self.monitor_port} - {self._given_port, None}
-        taken = {int(port) for port in _NATS_PORT_TAKEN.findall(log)}
-        if not taken & chosen:
-            return False
-        self._pick_ports()
-        return True
+        chosen = {self.port, self.monitor_port} - {self._given_port}
+        return self._pick_again_if_taken(_NATS_PORT_TAKEN, log, chosen, self._pick_ports)
 
     @property
     def url(self) -> str:

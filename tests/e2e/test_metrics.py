@@ -21,9 +21,8 @@ from support.processes import port_taken, starts
 from ghibli_anim.contracts import config, keys
 from ghibli_anim.contracts.config import SERVICES
 from ghibli_anim.contracts.pb import animation_pb2, types_pb2
-from ghibli_anim.devtools import stack as stack_module
 from ghibli_anim.devtools.stack import LocalStack
-from ghibli_anim.runtime import metrics
+from ghibli_anim.runtime import metrics, processes
 from ghibli_anim.runtime.bus.names import CONDUCTOR_EVENTS
 from ghibli_anim.runtime.client import AnimationClient
 from ghibli_anim.runtime.store.s3 import S3Store
@@ -198,10 +197,10 @@ def test_a_port_taken_before_the_first_start_is_picked_again(
 ):
     # Another process binds a port between its choice and the server binding it.
     stack, _ = metered
-    pick = stack_module.free_ports
+    pick = processes.free_ports
     first = pick(2 if metered_too else 1)  # what the process picks first: its port, then metrics
     picks = iter([list(first)])  # the picker pops from what it gets
-    monkeypatch.setattr(stack_module, "free_ports", lambda count: next(picks, None) or pick(count))
+    monkeypatch.setattr(processes, "free_ports", lambda count: next(picks, None) or pick(count))
     with port_taken(first[taken_index]):
         proc = stack.add(name, metrics=metered_too)
     try:

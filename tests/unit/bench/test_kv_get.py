@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "kv_get.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+from support.bench import run_bench
 
 
 def test_small_run_prints_both_ways_for_each_size() -> None:
-    proc = run("--frames", "2,5", "--reads", "3", timeout=300)
+    proc = run_bench("kv_get.py", "--frames", "2,5", "--reads", "3", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for frames in (2, 5):
         for way in ("MSG.GET API", "direct get"):
@@ -34,9 +20,9 @@ def test_small_run_prints_both_ways_for_each_size() -> None:
 
 
 def test_bad_sizes_are_refused_by_name() -> None:
-    proc = run("--frames", "24,x", timeout=60)
+    proc = run_bench("kv_get.py", "--frames", "24,x", timeout=60)
     assert (
         proc.returncode == 2 and "--frames: expected counts like 24,120, got '24,x'" in proc.stderr
     )
-    proc = run("--frames", "0", timeout=60)
+    proc = run_bench("kv_get.py", "--frames", "0", timeout=60)
     assert proc.returncode == 2 and "--frames: each count must be at least 1" in proc.stderr

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from support.bench import run_bench
 
 
 def test_small_run_prints_every_kind_and_the_frame_total() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "store_put.py"), "--frames", "3", "--size", "64"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_bench("store_put.py", "--frames", "3", "--size", "64", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for kind in ("frame", "depth map", "record"):
         # KiB, wall, client CPU and server CPU: four figures per kind.
@@ -27,11 +17,5 @@ def test_small_run_prints_every_kind_and_the_frame_total() -> None:
 
 
 def test_frames_below_one_is_refused_by_name() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "store_put.py"), "--frames", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_bench("store_put.py", "--frames", "0", timeout=60)
     assert proc.returncode == 2 and "--frames: must be at least 1, got 0" in proc.stderr

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "store_stat.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+from support.bench import run_bench
 
 
 def test_small_run_prints_both_ways_and_the_ratio() -> None:
-    proc = run("--frames", "4", "--reps", "2", timeout=300)
+    proc = run_bench("store_stat.py", "--frames", "4", "--reps", "2", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 4 frames: a frame, a record and a depth map each, then the plan, manifest and gif.
     assert "a completed job of 4 frames: 15 files (median of 2)" in proc.stdout
@@ -32,7 +18,9 @@ def test_small_run_prints_both_ways_and_the_ratio() -> None:
 
 
 def test_a_run_through_the_delaying_relay() -> None:
-    proc = run("--frames", "2", "--reps", "1", "--latency-ms", "5", timeout=300)
+    proc = run_bench(
+        "store_stat.py", "--frames", "2", "--reps", "1", "--latency-ms", "5", timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "through a relay that holds each chunk 5 ms each way" in proc.stdout
     # Every HEAD waits at least one round trip (10 ms) through the relay.
@@ -42,7 +30,7 @@ def test_a_run_through_the_delaying_relay() -> None:
 
 
 def test_reps_below_one_is_refused_by_name() -> None:
-    proc = run("--reps", "0", timeout=60)
+    proc = run_bench("store_stat.py", "--reps", "0", timeout=60)
     assert proc.returncode == 2 and "--reps: must be at least 1, got 0" in proc.stderr
-    proc = run("--latency-ms", "-1", timeout=60)
+    proc = run_bench("store_stat.py", "--latency-ms", "-1", timeout=60)
     assert proc.returncode == 2 and "--latency-ms: must be in 0..1000, got -1" in proc.stderr
