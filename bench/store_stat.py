@@ -35,48 +35,23 @@ from store_put import seaweed_store  # its SeaweedFS and store, as it measures P
 
 from ghibli_anim.contracts import keys
 from ghibli_anim.devtools.stack import ACCESS_KEY, BUCKET, SECRET_KEY
+from ghibli_anim.devtools.tcp_relay import TcpRelay
 from ghibli_anim.runtime.processes import LOOPBACK
 from ghibli_anim.runtime.store.s3 import STAT_CONCURRENCY, S3Store
 
 
 @contextmanager
 def delayed(target_port: int, latency_s: float) -> Iterator[int]:
-    """A TCP relay on a free loopback port to ``target_port`` that holds each chunk
-    ``latency_s`` before passing it on, both ways; yields its port."""
+    """A relay to ``target_port`` (``devtools/tcp_relay.py``) that holds each chunk
+    ``latency_s`` both ways, on a thread of its own; yields its port."""
     loop = asyncio.new_event_loop()
-    writers: set[asyncio.StreamWriter] = set()
-    relays: set[asyncio.Task] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await asyncio.sleep(latency_s)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        relays.add(asyncio.current_task())
-        up_reader, up_writer = await asyncio.open_connection(LOOPBACK, target_port)
-        writers.update((writer, up_writer))
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def shutdown() -> None:
-        server.close()
-        for writer in writers:  # the pipes read the end of their streams and return
-            writer.close()
-        await asyncio.gather(*relays, return_exceptions=True)
-
-    server = loop.run_until_complete(asyncio.start_server(relay, LOOPBACK, 0))
+    relay = loop.run_until_complete(TcpRelay(LOOPBACK, target_port, delay_s=latency_s).start())
     thread = threading.Thread(target=loop.run_forever, name="delay-relay", daemon=True)
     thread.start()
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield relay.port
     finally:
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(relay.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
