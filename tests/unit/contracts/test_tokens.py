@@ -45,3 +45,23 @@ def test_tokenizer_without_torch(tmp_path: Path) -> None:
     out = run_python(code, {"ANIM_CACHE_DIR": str(tmp_path)}).strip().splitlines()[-1]
     assert Path(out) == tmp_path / f"tiny-v{tiny_models.TINY_VERSION}" / "tokenizer"
     assert tree(Path(out)) == tiny_tokenizer.tokenizer_files()
+
+
+def test_a_text_is_tokenized_once_per_tokenizer(counter) -> None:
+    # The renderer counts its prompt for every frame of a shot: once is enough.
+    calls: list[str] = []
+
+    def tokenizer(text: str, truncation: bool) -> dict:
+        calls.append(text)
+        return counter.tokenizer(text, truncation=truncation)
+
+    mine = TokenCounter(tokenizer)
+    first = mine.fit("a paper lantern over a rice field", "prompt", False)
+    assert mine.fit("a paper lantern over a rice field", "prompt", False) == first
+    assert mine.count("a paper lantern over a rice field") == first[0]
+    assert calls == ["a paper lantern over a rice field"]
+    assert mine.count("a kite") == counter.count("a kite")
+    assert calls[-1] == "a kite" and len(calls) == 2
+    # Another tokenizer counts for itself.
+    assert counter.count("a paper lantern over a rice field") == first[0]
+    assert len(calls) == 2

@@ -25,6 +25,7 @@ from ghibli_anim.services.renderer.continuity import (
     DISTANCE_SIDE,
     Camera,
     Reference,
+    camera_matrix,
     color_distance,
     finish_frame,
     match_colors,
@@ -404,6 +405,35 @@ def test_zoom_and_rotate_move_known_points(camera: Camera) -> None:
     assert scale == pytest.approx(camera.zoom, abs=0.01)
     assert angle == pytest.approx(camera.rotate, abs=0.3)  # counter-clockwise positive
     assert (tx, ty) == pytest.approx((camera.pan_x * W, camera.pan_y * H), abs=0.3)
+
+
+@pytest.mark.parametrize("interpolation", [cv2.INTER_LINEAR, cv2.INTER_NEAREST, cv2.INTER_CUBIC])
+@pytest.mark.parametrize(
+    "camera",
+    [
+        Camera(zoom=1.02, pan_x=0.01),
+        Camera(zoom=0.85, rotate=12.0, pan_x=0.1),
+        Camera(zoom=1.3, rotate=-33.0, pan_x=-0.2, pan_y=0.15),
+    ],
+    ids=lambda c: f"z{c.zoom}-r{c.rotate}",
+)
+@pytest.mark.parametrize("size", [(96, 128), (61, 83)])
+def test_an_rgb_frame_moves_to_the_bytes_of_a_three_channel_warp(
+    camera: Camera, interpolation: int, size: tuple[int, int]
+) -> None:
+    # warp_camera moves RGB as RGBA (OpenCV's fast path); the bytes must not change.
+    height, width = size
+    rgb = np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = cv2.warpAffine(
+        rgb,
+        camera_matrix(width, height, camera),
+        (width, height),
+        flags=interpolation,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+    moved = warp_camera(rgb, camera, interpolation=interpolation)
+    assert moved.shape == rgb.shape and moved.dtype == np.uint8
+    assert np.array_equal(moved, expected)
 
 
 def test_borders_reflect_and_depth_moves_with_the_frame() -> None:
