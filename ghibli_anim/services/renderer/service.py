@@ -180,8 +180,22 @@ class _Ahead:
     spec: object  # the FrameSpec its work will carry
     with_depth: bool
     task: asyncio.Future
+    """The render, as the event loop awaits it."""
+    done: Future
+    """The same render for other threads: the next frame ahead starts from it."""
     steps: _Steps
     timer: metrics.FrameTimer
+
+
+class _NotInMemory(LookupError):
+    """A frame's input was to come from the frame before it, which did not leave it."""
+
+
+def _done(value: T) -> Future:
+    """A future that is already done, with ``value``."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _quiet(task: asyncio.Future) -> None:
@@ -273,6 +287,9 @@ class RendererService(TorchService):
         self._encoder = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix="renderer-encode"
         )
+        # Frames rendered ahead whose source frame was already done start here; the others
+        # start in the thread that finishes their source frame.
+        self._torch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="renderer-ahead")
         self._ahead: _Ahead | None = None
         self._renders: set[_Steps] = set()  # renders whose thread may still run
         self.consumers = [
@@ -336,14 +353,23 @@ class RendererService(TorchService):
                 raise NonRetryable(f"depth_output_key: {depth_key} is not a key of job {job_id}")
         # frame.progress events from the torch thread, all out before frame.rendered.
         progress = ProgressReporter(self.bus.nc, work, self.name, started=started)
+        render_ahead = self.settings["ANIM_RENDER_AHEAD"] and self.recent.capacity
         try:
+            chained = None
+            if render_ahead and ahead is not None:
+                # This frame is still rendering ahead: the next one follows it in the same
+                # thread the moment it is done, with no event-loop turn in between.
+                chained = self._start_ahead(state, work, ahead.done)
             result, timer, source_read, rendered_ahead = await self._result(
                 work, delivery, ahead, depth_key, progress
             )
             # The next frame starts on the device now, while this one's last progress
             # event, PNG, store writes and announcement follow.
-            if self.settings["ANIM_RENDER_AHEAD"] and self.recent.capacity:
-                self._start_ahead(state, work, result)
+            if render_ahead and not rendered_ahead:
+                if chained is not None and self._ahead is chained:  # it followed a failure
+                    chained.steps.abandoned.set()
+                    self._ahead = None
+                self._start_ahead(state, work, _done(result))
         finally:
             await progress.close()
         png = await asyncio.wrap_future(result.encoded)
@@ -435,55 +461,108 @@ class RendererService(TorchService):
     # Frame i+1 depends only on frame i and its spec, both in this process once frame i
     # is rendered. Rendering it right away, while frame i is encoded, stored and
     # announced and the conductor sends the next work, takes all of that off the chain's
-    # critical path (ARCHITECTURE.md). Nothing of a frame rendered ahead is stored or
-    # announced until its work arrives; a work for anything else drops it.
+    # critical path (ARCHITECTURE.md). When frame i's work arrives while frame i is still
+    # rendering ahead, frame i+1 is queued behind it in that thread, so the device goes
+    # from one to the next without waiting for the event loop. Nothing of a frame
+    # rendered ahead is stored or announced until its work arrives; a work for anything
+    # else drops it.
 
     def _start_ahead(
-        self, state: animation_pb2.JobState, work: bus_pb2.RenderWork, result: _Rendered
-    ) -> None:
+        self, state: animation_pb2.JobState, work: bus_pb2.RenderWork, rendering: Future
+    ) -> _Ahead | None:
+        """Render frame ``work.frame + 1`` ahead of its work, from frame ``work.frame`` once
+        ``rendering`` (its render) is done: in the thread that finishes that render, or,
+        when it is done already, in the torch pool. Returns the frame ahead, if any."""
         job_id, n = work.job_id, work.frame + 1
         if n >= len(state.frame_specs) or self._ahead is not None:
-            return
+            return None
         if any(consumer.in_hand > 1 for consumer in self.consumers):
-            return  # another job's frame is waiting for the device: it goes first
+            return None  # another job's frame is waiting for the device: it goes first
         spec = state.frame_specs[n]
-        # What this frame leaves in memory, then what the recent frames hold: nothing is
-        # read from the store for a frame that may never be asked for.
-        memory: dict[str, np.ndarray] = {keys.frame_key(job_id, work.frame): result.pixels}
-        if result.depth is not None and work.depth_output_key:
-            memory[work.depth_output_key] = result.depth.pixels
-
-        def recall(key: str) -> np.ndarray | None:
-            return memory[key] if key in memory else self.recent.get(key)
-
-        source = recall(spec.source_key) if spec.source_key else None
-        depth = recall(spec.depth_key) if spec.depth_key else None
-        if (spec.source_key and source is None) or (spec.depth_key and depth is None):
-            return
-        reference = None
+        # What frame work.frame leaves in memory comes from its render; the rest from the
+        # recent frames, now: nothing is read from the store for a frame that may never be
+        # asked for.
+        own = {keys.frame_key(job_id, work.frame)}
+        if work.depth_output_key:
+            own.add(work.depth_output_key)
+        found: dict[str, np.ndarray] = {}
+        for key in (spec.source_key, spec.depth_key):
+            if key and key not in own:
+                pixels = self.recent.get(key)
+                if pixels is None:
+                    return None
+                found[key] = pixels
         ref_key = spec.color_reference_key
-        if ref_key and ref_key != keys.frame_key(job_id, n):
+        reference = None
+        if ref_key and ref_key != keys.frame_key(job_id, n) and ref_key not in own:
             reference = self.references.get(ref_key)
             if reference is None:
-                pixels = recall(ref_key)
+                pixels = self.recent.get(ref_key)
                 if pixels is None:
-                    return
+                    return None
                 reference = coherence.Reference(pixels)
+                self.references.put(ref_key, reference)
         timer = metrics.FrameTimer(self.name)
         steps = self._steps(job_id, n)
         with_depth = lifecycle.needs_depth(state.frame_specs, n)
-        inputs = _Inputs(source, depth, reference)
+        context = contextvars.copy_context()  # the render's span joins this frame's trace
 
-        def render() -> _Rendered:
+        def inputs(before: _Rendered) -> _Inputs:
+            memory = dict(found)
+            memory[keys.frame_key(job_id, work.frame)] = before.pixels
+            if before.depth is not None and work.depth_output_key:
+                memory[work.depth_output_key] = before.depth.pixels
+
+            def recall(key: str) -> np.ndarray | None:
+                if not key:
+                    return None
+                if key not in memory:
+                    raise _NotInMemory(f"{key}: not left in memory by frame {work.frame}")
+                return memory[key]
+
+            ref = reference
+            if ref_key and ref_key in own:  # frame work.frame is the colour reference
+                ref = coherence.Reference(recall(ref_key))
+                self.references.put(ref_key, ref)
+            return _Inputs(recall(spec.source_key), recall(spec.depth_key), ref)
+
+        def render(before: _Rendered) -> _Rendered:
             attributes = {"anim.job_id": job_id, "anim.frame": n, "anim.ahead": True}
             with tracing.span(self.name, "render.ahead", attributes):
-                return self._render(spec, inputs, steps, timer, with_depth)
+                return self._render(spec, inputs(before), steps, timer, with_depth)
 
-        task = asyncio.ensure_future(asyncio.to_thread(steps.run, render))
+        ahead_done: Future = Future()
+        loop_thread = threading.get_ident()
+
+        def launch(finished: Future) -> None:
+            # Any failure lands on the frame ahead: its work then renders it anew.
+            if not ahead_done.set_running_or_notify_cancel():
+                steps.finished.set()
+                return
+            try:
+                if steps.abandoned.is_set():
+                    raise FrameAbandoned(f"frame {n}: not wanted here any more")
+                value = steps.run(context.run, render, finished.result())
+            except BaseException as exc:
+                ahead_done.set_exception(exc)
+            else:
+                ahead_done.set_result(value)
+            finally:
+                steps.finished.set()
+
+        def follow(finished: Future) -> None:
+            # Never on the event loop: a future done before this was attached calls back
+            # at once, in the attaching thread.
+            if threading.get_ident() == loop_thread:
+                self._torch.submit(launch, finished)
+            else:
+                launch(finished)
+
+        task = asyncio.wrap_future(ahead_done)
         task.add_done_callback(_quiet)
-        self._ahead = _Ahead(job_id, n, spec, with_depth, task, steps, timer)
-        if reference is not None and ref_key:
-            self.references.put(ref_key, reference)
+        self._ahead = _Ahead(job_id, n, spec, with_depth, task, ahead_done, steps, timer)
+        rendering.add_done_callback(follow)
+        return self._ahead
 
     def _steps(self, job_id: str, frame: int) -> _Steps:
         steps = _Steps(job_id, frame)
@@ -695,6 +774,7 @@ class RendererService(TorchService):
             steps.abandoned.set()
         for steps in running:
             await asyncio.to_thread(steps.finished.wait, CLOSE_WAIT_S)
+        self._torch.shutdown(wait=True)
         self._encoder.shutdown(wait=True)
         await super().close()
 

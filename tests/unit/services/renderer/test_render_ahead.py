@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -172,4 +173,43 @@ async def test_a_work_whose_spec_differs_is_rendered_from_its_own_spec(
     record = json.loads(service.store.get(keys.frame_record_key(JOB, 1)))
     assert record["rendered_ahead"] is False and record["seed"] == state.frame_specs[1].seed + 1
     assert service.store.get(keys.frame_key(JOB, 1)) != plain[0][1]
+    await service.close()
+
+
+async def test_the_next_frame_follows_a_frame_ahead_without_the_event_loop(
+    plain, tmp_path, tiny_cache_dir
+) -> None:
+    # Frame 1's work arrives while frame 1 is still rendering ahead: frame 2 must start in
+    # the thread that finishes frame 1, even while the event loop is busy elsewhere.
+    service = await _renderer(tmp_path, tiny_cache_dir, ahead=True)
+    state = _job(JOB, tiny_cache_dir)
+    await service.jobs.create(state)
+    gate, started = threading.Event(), {i: threading.Event() for i in range(N)}
+    render = service._render
+
+    def gated(spec, *args, **kwargs):
+        started[spec.index].set()
+        if spec.index == 1:
+            gate.wait(60)
+        return render(spec, *args, **kwargs)
+
+    service._render = gated
+    await _render(service, state, 0)  # frame 1 starts ahead and waits at the gate
+    assert started[1].wait(30)
+    second = asyncio.ensure_future(_render(service, state, 1))
+    for _ in range(600):  # until frame 1's work has queued frame 2 behind it
+        if service._ahead is not None and service._ahead.frame == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert service._ahead is not None and service._ahead.frame == 2
+    assert not started[2].is_set()
+    gate.set()
+    # The event loop stays blocked here: only the torch thread can start frame 2 now.
+    assert started[2].wait(20), "frame 2 waited for the event loop"
+    await second
+    for i in range(2, N):
+        await _render(service, state, i)
+    frames, depth, records = _outputs(service, JOB)
+    assert (frames, depth) == plain[:2]
+    assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
     await service.close()
