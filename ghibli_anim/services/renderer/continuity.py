@@ -73,7 +73,9 @@ _EPS = 1e-6
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB (D65; L in 0..100) of sRGB uint8 pixels, as float32."""
-    return cv2.cvtColor(as_rgb(rgb).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    # One pass: the same float32 quotients as astype(float32) / 255, without the copy.
+    unit = np.divide(as_rgb(rgb), np.float32(255.0), dtype=np.float32)
+    return cv2.cvtColor(unit, cv2.COLOR_RGB2Lab)
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
