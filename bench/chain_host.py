@@ -26,6 +26,10 @@ busy processes than cores, a floor under the time per frame.
 Last line: ``host_ms_per_frame=<median> p95=<p95>`` of the distributed arm, untraced.
 
     python bench/chain_host.py [--frames 24] [--size 512] [--arms embedded,distributed]
+                               [--no-breakdown]
+
+``--no-breakdown`` skips the traced run: the figures only, in half the time (what
+``bench/interleave.py`` runs, alternating two checkouts).
 """
 
 from __future__ import annotations
@@ -342,6 +346,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", type=int, default=512, help="frame width and height")
     parser.add_argument("--arms", default="embedded,distributed")
+    parser.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="skip the distributed arm's traced run (its breakdown): the figures only",
+    )
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = set(arms) - {"embedded", "distributed"}
@@ -357,8 +366,9 @@ def main() -> None:
         if "embedded" in arms:
             results["embedded"] = report("embedded", _embedded(work, env, args.frames, args.size))
         if "distributed" in arms:
-            traced = _distributed(work, env, args.frames, args.size, traced=True)
-            report("distributed, traced (for the breakdown)", traced)
+            if not args.no_breakdown:
+                traced = _distributed(work, env, args.frames, args.size, traced=True)
+                report("distributed, traced (for the breakdown)", traced)
             results["distributed"] = report(
                 "distributed", _distributed(work, env, args.frames, args.size, traced=False)
             )
