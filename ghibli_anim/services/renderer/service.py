@@ -191,6 +191,29 @@ class _NotInMemory(LookupError):
     """A frame's input was to come from the frame before it, which did not leave it."""
 
 
+_queued = threading.local()
+
+
+def _run_queued(fn: Callable[[Future], None], finished: Future) -> None:
+    """``fn(finished)``, then, in this thread, whatever it queued behind it.
+
+    A frame ahead that finishes calls back the next one in its thread (``set_result``
+    runs the future's callbacks): that call is queued here and run once the finished
+    frame's call has returned, so a long chain runs in a loop, not as ever deeper
+    recursion holding every frame it rendered."""
+    queue = getattr(_queued, "calls", None)
+    if queue is not None:  # inside a queued call of this thread: run after it
+        queue.append((fn, finished))
+        return
+    _queued.calls = queue = [(fn, finished)]
+    try:
+        while queue:
+            call, arg = queue.pop(0)
+            call(arg)
+    finally:
+        _queued.calls = None
+
+
 def _done(value: T) -> Future:
     """A future that is already done, with ``value``."""
     future: Future = Future()
@@ -360,16 +383,20 @@ class RendererService(TorchService):
                 # This frame is still rendering ahead: the next one follows it in the same
                 # thread the moment it is done, with no event-loop turn in between.
                 chained = self._start_ahead(state, work, ahead.done)
-            result, timer, source_read, rendered_ahead = await self._result(
-                work, delivery, ahead, depth_key, progress
-            )
+            try:
+                result, timer, source_read, rendered_ahead = await self._result(
+                    work, delivery, ahead, depth_key, progress
+                )
+            except BaseException:
+                self._drop(chained)
+                raise
             # The next frame starts on the device now, while this one's last progress
             # event, PNG, store writes and announcement follow.
-            if render_ahead and not rendered_ahead:
-                if chained is not None and self._ahead is chained:  # it followed a failure
-                    chained.steps.abandoned.set()
-                    self._ahead = None
-                self._start_ahead(state, work, _done(result))
+            if render_ahead:
+                if not rendered_ahead:  # the chained one followed a failure
+                    self._drop(chained)
+                if chained is None or chained.steps.abandoned.is_set():
+                    self._start_ahead(state, work, _done(result))
         finally:
             await progress.close()
         png = await asyncio.wrap_future(result.encoded)
@@ -542,27 +569,44 @@ class RendererService(TorchService):
             try:
                 if steps.abandoned.is_set():
                     raise FrameAbandoned(f"frame {n}: not wanted here any more")
-                value = steps.run(context.run, render, finished.result())
+                try:
+                    before = finished.result()
+                except BaseException as exc:  # its own failure stays with frame work.frame
+                    raise FrameAbandoned(f"frame {n}: frame {work.frame} did not finish") from exc
+                value = steps.run(context.run, render, before)
             except BaseException as exc:
                 ahead_done.set_exception(exc)
             else:
-                ahead_done.set_result(value)
+                ahead_done.set_result(value)  # the next frame ahead may be queued behind
             finally:
                 steps.finished.set()
 
         def follow(finished: Future) -> None:
-            # Never on the event loop: a future done before this was attached calls back
-            # at once, in the attaching thread.
-            if threading.get_ident() == loop_thread:
-                self._torch.submit(launch, finished)
-            else:
-                launch(finished)
+            try:
+                # Never on the event loop: a future done before this was attached calls
+                # back at once, in the attaching thread.
+                if threading.get_ident() == loop_thread:
+                    self._torch.submit(_run_queued, launch, finished)
+                else:
+                    _run_queued(launch, finished)
+            except BaseException as exc:  # e.g. the pool is shut: the frame ahead fails
+                if not ahead_done.done():
+                    ahead_done.set_exception(exc)
+                steps.finished.set()
 
         task = asyncio.wrap_future(ahead_done)
         task.add_done_callback(_quiet)
         self._ahead = _Ahead(job_id, n, spec, with_depth, task, ahead_done, steps, timer)
         rendering.add_done_callback(follow)
         return self._ahead
+
+    def _drop(self, ahead: _Ahead | None) -> None:
+        """Stop ``ahead`` (at its next denoising step, or before it starts)."""
+        if ahead is None:
+            return
+        ahead.steps.abandoned.set()
+        if self._ahead is ahead:
+            self._ahead = None
 
     def _steps(self, job_id: str, frame: int) -> _Steps:
         steps = _Steps(job_id, frame)
@@ -774,8 +818,9 @@ class RendererService(TorchService):
             steps.abandoned.set()
         for steps in running:
             await asyncio.to_thread(steps.finished.wait, CLOSE_WAIT_S)
-        self._torch.shutdown(wait=True)
-        self._encoder.shutdown(wait=True)
+        # Off the event loop: a render that has not reached a step yet may take a while.
+        await asyncio.to_thread(self._torch.shutdown, wait=True)
+        await asyncio.to_thread(self._encoder.shutdown, wait=True)
         await super().close()
 
     async def give_up(self, work: bus_pb2.RenderWork, failure: Failure) -> None:

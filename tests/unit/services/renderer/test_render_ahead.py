@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -194,22 +195,79 @@ async def test_the_next_frame_follows_a_frame_ahead_without_the_event_loop(
         return render(spec, *args, **kwargs)
 
     service._render = gated
-    await _render(service, state, 0)  # frame 1 starts ahead and waits at the gate
-    assert started[1].wait(30)
-    second = asyncio.ensure_future(_render(service, state, 1))
-    for _ in range(600):  # until frame 1's work has queued frame 2 behind it
-        if service._ahead is not None and service._ahead.frame == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert service._ahead is not None and service._ahead.frame == 2
-    assert not started[2].is_set()
-    gate.set()
-    # The event loop stays blocked here: only the torch thread can start frame 2 now.
-    assert started[2].wait(20), "frame 2 waited for the event loop"
-    await second
+    try:
+        await _render(service, state, 0)  # frame 1 starts ahead and waits at the gate
+        assert started[1].wait(30)
+        second = asyncio.ensure_future(_render(service, state, 1))
+        await _queued_behind(service, 2)  # frame 1's work has queued frame 2 behind it
+        assert not started[2].is_set()
+        gate.set()
+        # The event loop stays blocked here: only the torch thread can start frame 2 now.
+        assert started[2].wait(20), "frame 2 waited for the event loop"
+        await second
+    finally:
+        gate.set()
     for i in range(2, N):
         await _render(service, state, i)
     frames, depth, records = _outputs(service, JOB)
     assert (frames, depth) == plain[:2]
     assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
+    await service.close()
+
+
+async def _queued_behind(service: RendererService, frame: int) -> None:
+    for _ in range(600):
+        if service._ahead is not None and service._ahead.frame == frame:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"frame {frame} was not queued to render ahead")
+
+
+def _stack_depth() -> int:
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth
+
+
+async def test_a_chain_of_frames_ahead_runs_in_a_loop_not_ever_deeper(
+    plain, tmp_path, tiny_cache_dir
+) -> None:
+    # Every work arrives while its frame is still rendering ahead, so each frame is started
+    # by the thread that finishes the one before: at the same depth of that thread's stack
+    # (a recursion would hold every frame it rendered, and end in RecursionError).
+    service = await _renderer(tmp_path, tiny_cache_dir, ahead=True)
+    state = _job(JOB, tiny_cache_dir)
+    await service.jobs.create(state)
+    gates, started = (
+        {i: threading.Event() for i in range(N)},
+        {i: threading.Event() for i in range(N)},
+    )
+    depth: dict[int, int] = {}
+    render = service._render
+
+    def gated(spec, *args, **kwargs):
+        depth[spec.index] = _stack_depth()
+        started[spec.index].set()
+        if spec.index > 0:
+            gates[spec.index].wait(60)
+        return render(spec, *args, **kwargs)
+
+    service._render = gated
+    try:
+        await _render(service, state, 0)  # frame 1 starts ahead and waits at its gate
+        for i in range(1, N):
+            assert await asyncio.to_thread(started[i].wait, 30)
+            handler = asyncio.ensure_future(_render(service, state, i))
+            if i + 1 < N:
+                await _queued_behind(service, i + 1)
+            gates[i].set()
+            await handler
+    finally:
+        for gate in gates.values():
+            gate.set()
+    frames, depth_maps, records = _outputs(service, JOB)
+    assert (frames, depth_maps) == plain[:2]
+    assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
+    assert depth[1] == depth[2] == depth[3], depth
     await service.close()
