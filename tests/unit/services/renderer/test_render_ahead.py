@@ -177,42 +177,28 @@ async def test_a_work_whose_spec_differs_is_rendered_from_its_own_spec(
     await service.close()
 
 
-async def test_the_next_frame_follows_a_frame_ahead_without_the_event_loop(
-    plain, tmp_path, tiny_cache_dir
-) -> None:
-    # Frame 1's work arrives while frame 1 is still rendering ahead: frame 2 must start in
-    # the thread that finishes frame 1, even while the event loop is busy elsewhere.
-    service = await _renderer(tmp_path, tiny_cache_dir, ahead=True)
-    state = _job(JOB, tiny_cache_dir)
-    await service.jobs.create(state)
-    gate, started = threading.Event(), {i: threading.Event() for i in range(N)}
-    render = service._render
+class _Gates:
+    """The renderer's ``_render`` held at a gate for each frame in ``held``, until released;
+    notes when each frame's render starts, and at what depth of its thread's stack."""
 
-    def gated(spec, *args, **kwargs):
-        started[spec.index].set()
-        if spec.index == 1:
-            gate.wait(60)
-        return render(spec, *args, **kwargs)
+    def __init__(self, service: RendererService, held: range) -> None:
+        self.gates = {i: threading.Event() for i in held}
+        self.started = {i: threading.Event() for i in range(N)}
+        self.depth: dict[int, int] = {}
+        render = service._render
 
-    service._render = gated
-    try:
-        await _render(service, state, 0)  # frame 1 starts ahead and waits at the gate
-        assert started[1].wait(30)
-        second = asyncio.ensure_future(_render(service, state, 1))
-        await _queued_behind(service, 2)  # frame 1's work has queued frame 2 behind it
-        assert not started[2].is_set()
-        gate.set()
-        # The event loop stays blocked here: only the torch thread can start frame 2 now.
-        assert started[2].wait(20), "frame 2 waited for the event loop"
-        await second
-    finally:
-        gate.set()
-    for i in range(2, N):
-        await _render(service, state, i)
-    frames, depth, records = _outputs(service, JOB)
-    assert (frames, depth) == plain[:2]
-    assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
-    await service.close()
+        def gated(spec, *args, **kwargs):
+            self.depth[spec.index] = _stack_depth()
+            self.started[spec.index].set()
+            if spec.index in self.gates:
+                self.gates[spec.index].wait(60)
+            return render(spec, *args, **kwargs)
+
+        service._render = gated
+
+    def release_all(self) -> None:
+        for gate in self.gates.values():
+            gate.set()
 
 
 async def _queued_behind(service: RendererService, frame: int) -> None:
@@ -230,6 +216,35 @@ def _stack_depth() -> int:
     return depth
 
 
+async def test_the_next_frame_follows_a_frame_ahead_without_the_event_loop(
+    plain, tmp_path, tiny_cache_dir
+) -> None:
+    # Frame 1's work arrives while frame 1 is still rendering ahead: frame 2 must start in
+    # the thread that finishes frame 1, even while the event loop is busy elsewhere.
+    service = await _renderer(tmp_path, tiny_cache_dir, ahead=True)
+    state = _job(JOB, tiny_cache_dir)
+    await service.jobs.create(state)
+    gates = _Gates(service, held=range(1, 2))
+    try:
+        await _render(service, state, 0)  # frame 1 starts ahead and waits at the gate
+        assert gates.started[1].wait(30)
+        second = asyncio.ensure_future(_render(service, state, 1))
+        await _queued_behind(service, 2)  # frame 1's work has queued frame 2 behind it
+        assert not gates.started[2].is_set()
+        gates.release_all()
+        # The event loop stays blocked here: only the torch thread can start frame 2 now.
+        assert gates.started[2].wait(20), "frame 2 waited for the event loop"
+        await second
+    finally:
+        gates.release_all()
+    for i in range(2, N):
+        await _render(service, state, i)
+    frames, depth, records = _outputs(service, JOB)
+    assert (frames, depth) == plain[:2]
+    assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
+    await service.close()
+
+
 async def test_a_chain_of_frames_ahead_runs_in_a_loop_not_ever_deeper(
     plain, tmp_path, tiny_cache_dir
 ) -> None:
@@ -239,35 +254,20 @@ async def test_a_chain_of_frames_ahead_runs_in_a_loop_not_ever_deeper(
     service = await _renderer(tmp_path, tiny_cache_dir, ahead=True)
     state = _job(JOB, tiny_cache_dir)
     await service.jobs.create(state)
-    gates, started = (
-        {i: threading.Event() for i in range(N)},
-        {i: threading.Event() for i in range(N)},
-    )
-    depth: dict[int, int] = {}
-    render = service._render
-
-    def gated(spec, *args, **kwargs):
-        depth[spec.index] = _stack_depth()
-        started[spec.index].set()
-        if spec.index > 0:
-            gates[spec.index].wait(60)
-        return render(spec, *args, **kwargs)
-
-    service._render = gated
+    gates = _Gates(service, held=range(1, N))
     try:
         await _render(service, state, 0)  # frame 1 starts ahead and waits at its gate
         for i in range(1, N):
-            assert await asyncio.to_thread(started[i].wait, 30)
+            assert await asyncio.to_thread(gates.started[i].wait, 30)
             handler = asyncio.ensure_future(_render(service, state, i))
             if i + 1 < N:
                 await _queued_behind(service, i + 1)
-            gates[i].set()
+            gates.gates[i].set()
             await handler
     finally:
-        for gate in gates.values():
-            gate.set()
+        gates.release_all()
     frames, depth_maps, records = _outputs(service, JOB)
     assert (frames, depth_maps) == plain[:2]
     assert [r["rendered_ahead"] for r in records] == [False, True, True, True]
-    assert depth[1] == depth[2] == depth[3], depth
+    assert gates.depth[1] == gates.depth[2] == gates.depth[3], gates.depth
     await service.close()
